@@ -1,0 +1,15 @@
+"""MaskLab: see and test what masking does to masked language models.
+
+    streamlit run app.py
+
+Router only: the pages live in pages/, everything that is not UI in mlm_core/.
+"""
+
+import streamlit as st
+
+st.set_page_config(page_title="MaskLab", page_icon="🎭", layout="wide")
+
+pages = [
+    st.Page("pages/explore.py", title="Explore", icon="🔍", default=True),
+]
+st.navigation(pages).run()

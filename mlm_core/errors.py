@@ -1,0 +1,22 @@
+"""The project's exceptions: each message tells the user what to do next.
+
+They subclass ``ValueError`` so that callers that only know the standard library still
+catch them; pages show them with ``st.error`` and the CLI prints them on one line and
+exits non-zero.
+"""
+
+
+class MaskLabError(ValueError):
+    """Base class of every error caused by the user's input, model or file."""
+
+
+class InputError(MaskLabError):
+    """The text, positions or parameters cannot be used as given."""
+
+
+class NothingToMaskError(InputError):
+    """The input has no token that could be masked (empty text, or rules left nothing)."""
+
+
+class ModelLoadError(MaskLabError):
+    """A model cannot be loaded safely or is not a masked language model."""

@@ -1,0 +1,269 @@
+"""Predictions at masked positions, joint filling and pseudo-log-likelihood.
+
+Every function takes token ids (already masked by the user or a strategy) and returns
+plain dataclasses and numpy arrays, never figures.
+
+Inputs longer than the model's limit are split into windows around the masked positions;
+every masked position is predicted in a window that contains it, and a notice says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mlm_core.errors import InputError, NothingToMaskError
+from mlm_core.models import LoadedModel
+
+FILL_MODES = ("independent", "joint")
+MAX_TOP_K = 100
+PLL_BATCH = 32  # copies of the sentence per forward pass when scoring every token
+
+
+@dataclass(frozen=True)
+class Candidate:
+    token: str
+    token_id: int
+    prob: float
+
+
+@dataclass(frozen=True)
+class PositionPrediction:
+    """The model's guesses for one masked position."""
+
+    position: int
+    top: tuple[Candidate, ...]
+    original_id: int | None = None  # the token that was there before masking, when known
+    original_token: str | None = None
+    original_prob: float | None = None
+    original_rank: int | None = None  # 1 = the model's first choice
+    fill_step: int | None = None  # joint filling: 1 = filled first
+
+    @property
+    def hit(self) -> bool | None:
+        return None if self.original_id is None else self.top[0].token_id == self.original_id
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predictions for all masked positions of one input.
+
+    ``log_prob`` is the sum of the log-probabilities of the filled tokens: with
+    ``fill="joint"`` it is the joint log-probability of the filled sentence (chain rule,
+    most confident first); with ``fill="independent"`` each position ignores the others'
+    fillings, so it is only the product of independent guesses.
+    """
+
+    input_ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    predictions: tuple[PositionPrediction, ...]
+    filled_ids: tuple[int, ...]
+    fill: str
+    log_prob: float
+    attentions: np.ndarray | None = None  # (layers, heads, T, T) when asked for and T fits
+    notices: tuple[str, ...] = ()
+
+    @property
+    def joint_prob(self) -> float:
+        return math.exp(self.log_prob)
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # first content position (in the full sequence) inside the window
+    end: int  # one past the last
+
+
+def plan_windows(length: int, positions: Sequence[int], max_length: int) -> list[Window]:
+    """Windows of at most ``max_length - 2`` content tokens covering every position.
+
+    Example: ``plan_windows(1000, [10, 900], 512)`` gives two windows, one around each mask.
+    Positions index the full sequence, whose first and last tokens are special.
+    """
+    inner = max_length - 2
+    content_start, content_end = 1, length - 1
+    if length <= max_length:
+        return [Window(content_start, content_end)]
+    windows: list[Window] = []
+    for position in sorted(positions):
+        if windows and windows[-1].start <= position < windows[-1].end:
+            continue
+        start = max(content_start, min(position - inner // 2, content_end - inner))
+        windows.append(Window(start, start + inner))
+    return windows
+
+
+def _check(loaded: LoadedModel, ids: Sequence[int], positions: Sequence[int], top_k: int, fill: str) -> None:
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InputError(f"top-k must be between 1 and {MAX_TOP_K}; got {top_k}.")
+    if fill not in FILL_MODES:
+        raise InputError(f"fill must be one of {', '.join(FILL_MODES)}; got {fill!r}.")
+    if not positions:
+        raise NothingToMaskError(
+            f"No masked position: type {loaded.mask_token} where a word should be predicted, "
+            "click a token, or choose a masking strategy."
+        )
+    bad = [p for p in positions if not 0 < p < len(ids) - 1]
+    if bad:
+        raise InputError(f"Positions {bad} are outside the text (special tokens cannot be masked).")
+
+
+def forward(
+    loaded: LoadedModel,
+    ids: Sequence[int],
+    attention_exclude: Sequence[bool] | None = None,
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """One forward pass. Returns logits (T, V) and, if asked, attentions (L, H, T, T).
+
+    ``attention_exclude`` removes tokens from the context: the attention mask is 0 for
+    them, so no position attends to them (a_ij = 0 for excluded j).
+    """
+    input_ids = torch.tensor([list(ids)], device=loaded.device)
+    mask = torch.ones_like(input_ids)
+    if attention_exclude is not None:
+        mask[0, torch.tensor(list(attention_exclude), dtype=torch.bool, device=loaded.device)] = 0
+    with loaded.lock, torch.inference_mode():  # attention recording is shared state on the module
+        out = loaded.model(input_ids=input_ids, attention_mask=mask, output_attentions=output_attentions)
+    attentions = None
+    if output_attentions:
+        attentions = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()  # (L, H, T, T)
+    return out.logits[0].float(), attentions
+
+
+def _special_ids(loaded: LoadedModel) -> torch.Tensor:
+    return torch.tensor(sorted(set(loaded.tokenizer.all_special_ids)), device=loaded.device)
+
+
+def _position_prediction(
+    loaded: LoadedModel, logits: torch.Tensor, position: int, top_k: int, original_id: int | None, step=None
+) -> PositionPrediction:
+    probs = torch.softmax(logits, dim=-1)  # (V,)
+    ranked = probs.clone()
+    ranked[_special_ids(loaded)] = -1.0  # never offer [CLS], [SEP], [MASK] ... as a word
+    values, indices = ranked.topk(top_k)
+    names = loaded.tokenizer.convert_ids_to_tokens(indices.tolist())
+    top = tuple(Candidate(n, int(i), float(v)) for n, i, v in zip(names, indices.tolist(), values.tolist()))
+    original = {}
+    if original_id is not None:
+        original_prob = float(probs[original_id])
+        original = {
+            "original_id": int(original_id),
+            "original_token": loaded.tokenizer.convert_ids_to_tokens(int(original_id)),
+            "original_prob": original_prob,
+            "original_rank": int((ranked > original_prob).sum()) + 1,
+        }
+    return PositionPrediction(position=position, top=top, fill_step=step, **original)
+
+
+def predict(
+    loaded: LoadedModel,
+    ids: Sequence[int],
+    positions: Sequence[int] | None = None,
+    originals: dict[int, int] | None = None,
+    top_k: int = 5,
+    fill: str = "independent",
+    attention_exclude: Sequence[bool] | None = None,
+    output_attentions: bool = False,
+) -> Prediction:
+    """Top-k guesses at ``positions`` (default: wherever the mask token is).
+
+    ``originals`` maps a position to the id that was there before masking (for hit/miss and
+    the original token's probability). ``fill="joint"`` fills one position at a time, most
+    confident first, each guess conditioned on the previous ones.
+    Example: ``predict(m, tokenize(m.tokenizer, "Paris is the capital of [MASK].").ids)``.
+    """
+    ids = [int(i) for i in ids]
+    if positions is None:
+        positions = [i for i, t in enumerate(ids) if t == loaded.mask_token_id]
+    positions = sorted(set(int(p) for p in positions))
+    _check(loaded, ids, positions, top_k, fill)
+    originals = originals or {}
+    windows = plan_windows(len(ids), positions, loaded.max_length)
+    notices = []
+    if len(windows) > 1 or len(ids) > loaded.max_length:
+        notices.append(
+            f"The input has {len(ids)} tokens, more than this model's {loaded.max_length}; each mask was "
+            f"predicted in a window of {loaded.max_length} tokens around it ({len(windows)} window(s))."
+        )
+    filled = list(ids)
+    results: dict[int, PositionPrediction] = {}
+    log_prob = 0.0
+    attentions = None
+    for window in windows:
+        inside = [p for p in positions if window.start <= p < window.end]
+        offset = window.start - 1  # window token k corresponds to full position k + offset
+
+        def window_ids(source):
+            return [source[0], *source[window.start : window.end], source[-1]]
+
+        exclude = None if attention_exclude is None else window_ids(list(attention_exclude))
+        want_attention = output_attentions and len(ids) <= loaded.max_length
+        if fill == "independent":
+            logits, attentions = forward(loaded, window_ids(filled), exclude, want_attention)
+            for p in inside:
+                results[p] = _position_prediction(loaded, logits[p - offset], p, top_k, originals.get(p))
+                filled[p] = results[p].top[0].token_id
+                log_prob += math.log(max(results[p].top[0].prob, 1e-45))
+        else:
+            remaining = list(inside)
+            step = 0
+            while remaining:
+                logits, _ = forward(loaded, window_ids(filled), exclude)
+                probs = torch.softmax(logits, dim=-1)
+                probs[:, _special_ids(loaded)] = 0.0
+                best = max(remaining, key=lambda p: float(probs[p - offset].max()))
+                step += 1
+                results[best] = _position_prediction(loaded, logits[best - offset], best, top_k,
+                                                     originals.get(best), step)
+                filled[best] = results[best].top[0].token_id
+                log_prob += math.log(max(results[best].top[0].prob, 1e-45))
+                remaining.remove(best)
+            if want_attention:
+                _, attentions = forward(loaded, window_ids(ids), exclude, True)
+    if output_attentions and attentions is None:
+        notices.append("Attention is shown only for inputs that fit in one window.")
+    return Prediction(
+        input_ids=tuple(ids),
+        positions=tuple(positions),
+        predictions=tuple(results[p] for p in positions),
+        filled_ids=tuple(filled),
+        fill=fill,
+        log_prob=log_prob,
+        attentions=attentions,
+        notices=tuple(notices),
+    )
+
+
+def pseudo_log_likelihood(loaded: LoadedModel, ids: Sequence[int]) -> tuple[float, np.ndarray]:
+    """PLL (Salazar et al. 2020): mask each non-special token in turn, sum log p(original).
+
+    Returns (total, per-position log-probabilities with NaN at special positions), shape (T,).
+    """
+    ids = [int(i) for i in ids]
+    if len(ids) > loaded.max_length:
+        raise InputError(f"Pseudo-log-likelihood needs at most {loaded.max_length} tokens; got {len(ids)}.")
+    special = set(loaded.tokenizer.all_special_ids)
+    positions = [i for i, t in enumerate(ids) if t not in special]
+    scores = np.full(len(ids), np.nan)
+    for start in range(0, len(positions), PLL_BATCH):
+        chunk = positions[start : start + PLL_BATCH]
+        batch = torch.tensor([ids] * len(chunk), device=loaded.device)
+        rows = torch.arange(len(chunk), device=loaded.device)
+        cols = torch.tensor(chunk, device=loaded.device)
+        batch[rows, cols] = loaded.mask_token_id
+        with loaded.lock, torch.inference_mode():
+            logits = loaded.model(input_ids=batch).logits  # (B, T, V)
+        log_probs = torch.log_softmax(logits[rows, cols].float(), dim=-1)  # (B, V)
+        targets = torch.tensor([ids[p] for p in chunk], device=loaded.device)
+        scores[chunk] = log_probs[rows, targets].cpu().numpy()
+    return float(np.nansum(scores)), scores
+
+
+def fill_text(loaded: LoadedModel, ids: Sequence[int]) -> str:
+    """Decoded text without special tokens (for showing a filled-in sentence)."""
+    return loaded.tokenizer.decode(list(ids), skip_special_tokens=True)

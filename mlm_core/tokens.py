@@ -1,0 +1,242 @@
+"""Tokenization into a ``Tokens`` record that every later step shares.
+
+Two rules make typed text safe and predictable:
+
+* the model's own mask string (``[MASK]``, ``<mask>``) typed by the user is honoured as a
+  mask; every other special string (``[CLS]``, ``</s>``, ``<pad>``) is split into ordinary
+  word pieces, so typing it never injects a control token;
+* offsets always point into the original text, so highlights line up with what was typed,
+  whatever the script (emoji, combining marks, RTL, CJK).
+
+Each token also gets a category (stopword, punctuation, number, content, special) from its
+whole word, so all pieces of a word share one category.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+
+from mlm_core.errors import InputError, NothingToMaskError
+
+MAX_TEXT_CHARS = 100_000
+STOPWORD = "stopword"
+PUNCTUATION = "punctuation"
+NUMBER = "number"
+CONTENT = "content"
+SPECIAL = "special"
+CATEGORIES = (STOPWORD, PUNCTUATION, NUMBER, CONTENT)
+
+# Fast tokenizers are not thread-safe ("Already borrowed"); one lock per tokenizer object.
+_TOKENIZER_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def tokenizer_lock(tokenizer) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _TOKENIZER_LOCKS.setdefault(id(tokenizer), threading.Lock())
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A tokenized text. All lists have one entry per token, special tokens included.
+
+    Example: ``tokenize(tok, "Hi [MASK].")`` gives tokens ``[CLS] hi [MASK] . [SEP]``,
+    offsets ``(0,0) (0,2) (3,9) (9,10) (0,0)`` and ``mask_positions == [2]``.
+    """
+
+    text: str
+    ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    offsets: tuple[tuple[int, int], ...]  # character span in ``text``; (0, 0) for specials
+    word_ids: tuple[int | None, ...]  # None for special tokens
+    special: tuple[bool, ...]
+    categories: tuple[str, ...]
+    mask_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def mask_positions(self) -> list[int]:
+        """Positions holding the mask token (typed by the user or set by a strategy)."""
+        return [i for i, token_id in enumerate(self.ids) if token_id == self.mask_token_id]
+
+    @property
+    def eligible_positions(self) -> list[int]:
+        """Positions a strategy may choose: everything but special tokens."""
+        return [i for i, is_special in enumerate(self.special) if not is_special]
+
+    def word_text(self, position: int) -> str:
+        """The whole word (from the original text) that the token at ``position`` belongs to."""
+        word = self.word_ids[position]
+        if word is None:
+            return self.tokens[position]
+        spans = [self.offsets[i] for i, w in enumerate(self.word_ids) if w == word]
+        return self.text[min(s for s, _ in spans) : max(e for _, e in spans)]
+
+    def with_ids(self, ids: list[int] | tuple[int, ...], tokenizer) -> Tokens:
+        """The same positions with other ids (e.g. after masking); offsets stay the original ones."""
+        if len(ids) != len(self.ids):
+            raise InputError("Masking must keep the number of tokens.")
+        return Tokens(
+            text=self.text,
+            ids=tuple(int(i) for i in ids),
+            tokens=tuple(tokenizer.convert_ids_to_tokens([int(i) for i in ids])),
+            offsets=self.offsets,
+            word_ids=self.word_ids,
+            special=self.special,
+            categories=self.categories,
+            mask_token_id=self.mask_token_id,
+        )
+
+
+def visible_text(text: str) -> str:
+    """The text without format/control characters: what decides 'nothing to mask'."""
+    return "".join(ch for ch in text if unicodedata.category(ch)[0] not in "CZ").strip()
+
+
+def check_text(text: str) -> None:
+    """Raise InputError for text that cannot be tokenized meaningfully."""
+    if not isinstance(text, str) or not visible_text(text):
+        raise NothingToMaskError("Nothing to mask: the text is empty or contains only spaces or invisible characters.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InputError(f"The text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}. Shorten it.")
+
+
+@lru_cache(maxsize=8)
+def _special_frame(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The special ids a tokenizer puts before and after a single sequence."""
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return tuple(full[:start]), tuple(full[start + len(bare) :])
+    return (), ()
+
+
+@lru_cache(maxsize=4)
+def _stopwords(language: str) -> frozenset[str]:
+    import stopwordsiso
+
+    return frozenset(stopwordsiso.stopwords(language))
+
+
+def word_category(word: str, language: str = "en") -> str:
+    """stopword / punctuation / number / content for one word of the original text."""
+    stripped = word.strip()
+    if not stripped:
+        return PUNCTUATION
+    if all(unicodedata.category(ch)[0] in "PS" for ch in stripped):
+        return PUNCTUATION  # Unicode punctuation and symbols, not only ASCII
+    if any(ch.isdigit() for ch in stripped) and all(ch.isdigit() or ch in ".,:/-%" for ch in stripped):
+        return NUMBER
+    if stripped.lower() in _stopwords(language):
+        return STOPWORD
+    return CONTENT
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD (one for one, so offsets stay valid).
+
+    Tokenizers refuse strings that cannot be encoded as UTF-8 (a TypeError otherwise).
+    """
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _with_marks(text: str, start: int, end: int, spans) -> list[tuple[int, int]]:
+    """Spans of one piece in ``text`` coordinates, each stretched over the combining marks after it.
+
+    Uncased tokenizers strip accents, so "e" + U+0301 maps to the "e" alone; the highlight must
+    cover the accent too.
+    """
+    shifted = [(start + s, start + e) for s, e in spans]
+    result = []
+    for k, (s, e) in enumerate(shifted):
+        limit = shifted[k + 1][0] if k + 1 < len(shifted) else end
+        while s < e < limit and unicodedata.category(text[e]).startswith("M"):
+            e += 1
+        result.append((s, e))
+    return result
+
+
+def _mask_pattern(mask_token: str | None) -> re.Pattern | None:
+    return re.compile(re.escape(mask_token)) if mask_token else None
+
+
+def tokenize(tokenizer, text: str, language: str = "en") -> Tokens:
+    """Tokenize ``text`` for a masked LM (see the module docstring for the rules).
+
+    Raises InputError for empty/invisible text or text over ``MAX_TEXT_CHARS``.
+    """
+    check_text(text)
+    mask_token, mask_id = tokenizer.mask_token, tokenizer.mask_token_id
+    prefix, suffix = _special_frame(tokenizer)
+    ids, offsets, word_ids = [], [], []
+    word_base = 0
+    cursor = 0
+    pieces: list[tuple[int, int, bool]] = []  # (start, end, is_mask)
+    pattern = _mask_pattern(mask_token)
+    for match in pattern.finditer(text) if pattern else ():
+        pieces.append((cursor, match.start(), False))
+        pieces.append((match.start(), match.end(), True))
+        cursor = match.end()
+    pieces.append((cursor, len(text), False))
+
+    with tokenizer_lock(tokenizer):
+        for start, end, is_mask in pieces:
+            if is_mask:
+                ids.append(mask_id)
+                offsets.append((start, end))
+                word_ids.append(word_base)
+                word_base += 1
+                continue
+            if start == end:
+                continue
+            encoded = tokenizer(
+                _encodable(text[start:end]),
+                add_special_tokens=False,
+                split_special_tokens=True,  # typed [CLS] or </s> stays text
+                return_offsets_mapping=True,
+            )
+            piece_words = encoded.word_ids()
+            piece_offsets = _with_marks(text, start, end, encoded["offset_mapping"])
+            for token_id, span, word in zip(encoded["input_ids"], piece_offsets, piece_words):
+                ids.append(token_id)
+                offsets.append(span)
+                word_ids.append(None if word is None else word_base + word)
+            used = [w for w in piece_words if w is not None]
+            word_base += (max(used) + 1) if used else 0
+        tokens = tokenizer.convert_ids_to_tokens(list(prefix) + ids + list(suffix))
+    if not ids:
+        raise NothingToMaskError("Nothing to mask: the text produced no tokens for this model.")
+
+    word_spans: dict[int, list[int]] = {}
+    for (s, e), word in zip(offsets, word_ids):
+        span = word_spans.setdefault(word, [s, e])
+        span[0], span[1] = min(span[0], s), max(span[1], e)
+    categories = []
+    for token_id, word in zip(ids, word_ids):
+        if token_id == mask_id:
+            categories.append(CONTENT)  # unknown until predicted; counts as a content slot
+        else:
+            s, e = word_spans[word]
+            categories.append(word_category(text[s:e], language))
+
+    n_prefix, n_suffix = len(prefix), len(suffix)
+    return Tokens(
+        text=text,
+        ids=tuple(prefix) + tuple(ids) + tuple(suffix),
+        tokens=tuple(tokens),
+        offsets=((0, 0),) * n_prefix + tuple(offsets) + ((0, 0),) * n_suffix,
+        word_ids=(None,) * n_prefix + tuple(word_ids) + (None,) * n_suffix,
+        special=(True,) * n_prefix + (False,) * len(ids) + (True,) * n_suffix,
+        categories=(SPECIAL,) * n_prefix + tuple(categories) + (SPECIAL,) * n_suffix,
+        mask_token_id=mask_id,
+    )

@@ -1,0 +1,118 @@
+"""Build the English text corpus the default model is MLM-trained on.
+
+Sources are Debian packages that install offline on any machine of this project:
+
+    apt-get install wordnet-base fortunes fortunes-min dict-gcide dict-devil dict-jargon
+
+* WordNet 3.0 glosses and their quoted usage examples (short, everyday sentences),
+* the fortune-cookie collections (conversational English, quotes, jokes),
+* GCIDE (Webster 1913 + WordNet), the Devil's Dictionary and the Jargon File:
+  definitions and the literary quotations that illustrate them.
+
+Output: ``train.txt`` and ``heldout.txt``, one text segment per line. The split is by a
+hash of the segment, so re-running the recipe gives the same split.
+
+    python recipes/default_model/build_corpus.py --out /tmp/masklab-corpus
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+
+WORDNET_DIR = Path("/usr/share/wordnet")
+FORTUNE_DIR = Path("/usr/share/games/fortunes")
+DICTD_DIR = Path("/usr/share/dictd")
+# Fortune files that are mostly ASCII drawings, code or non-English.
+FORTUNE_SKIP = {"ascii-art", "translate-me", "perl", "linux", "linuxcookie", "debian", "knghtbrd"}
+HELDOUT_PERCENT = 2
+# Everyday sentences are what users type; the dictionaries are mostly definitions and
+# 19th-century quotations. Training segments from these sources are written this often.
+TRAIN_REPEATS = {"fortunes": 2, "wordnet": 2}
+
+
+def clean(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text
+
+
+def wordnet_segments() -> Iterator[str]:
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in (WORDNET_DIR / f"data.{pos}").read_text(encoding="latin-1").splitlines():
+            if line.startswith("  ") or "|" not in line:
+                continue  # licence header
+            gloss = line.split("|", 1)[1]
+            examples = re.findall(r'"([^"]{8,})"', gloss)
+            definition = re.split(r';\s*"', gloss, maxsplit=1)[0].strip(" ;")
+            lemma = line.split()[4].replace("_", " ")
+            if definition:
+                yield f"{lemma}: {definition}."
+            for example in examples:
+                yield example[0].upper() + example[1:] + ("" if example[-1] in ".!?" else ".")
+
+
+def fortune_segments() -> Iterator[str]:
+    for path in sorted(FORTUNE_DIR.iterdir()):
+        if path.suffix or path.is_symlink() or path.name in FORTUNE_SKIP:
+            continue
+        for cookie in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+            letters = sum(ch.isalpha() for ch in cookie)
+            if letters < 20 or letters < 0.6 * len(cookie.replace(" ", "").replace("\n", "")):
+                continue  # drawings and tables
+            yield cookie
+
+
+def dictd_segments(name: str) -> Iterator[str]:
+    text = gzip.open(DICTD_DIR / f"{name}.dict.dz", "rt", encoding="utf-8", errors="replace").read()
+    for paragraph in re.split(r"\n\s*\n", text):
+        paragraph = re.sub(r"\[1913 Webster\]|\[WordNet 1\.5\]|\[PJC\]|\[Obs\.\]", " ", paragraph)
+        paragraph = re.sub(r"--[A-Z][\w.\s]{0,30}$", " ", paragraph.strip())  # quotation author
+        paragraph = re.sub(r"[{}]", "", paragraph)
+        paragraph = re.sub(r"\\[^\\]*\\", "", paragraph)  # pronunciation \Af*fect"\
+        paragraph = re.sub(r"\[[^\]]*\]", "", paragraph)  # etymology
+        paragraph = re.sub(r"^\s*\d+\.\s*", "", paragraph)  # sense numbers
+        words = paragraph.split()
+        if len(words) < 5 or sum(ch.isalpha() for ch in paragraph) < 0.7 * len(paragraph.replace(" ", "")):
+            continue
+        yield paragraph
+
+
+def segments() -> Iterator[tuple[str, str]]:
+    yield from (("wordnet", s) for s in wordnet_segments())
+    yield from (("fortunes", s) for s in fortune_segments())
+    for name in ("gcide", "devil", "jargon"):
+        yield from ((name, s) for s in dictd_segments(name))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    counts: dict[str, list[int]] = {}
+    with open(args.out / "train.txt", "w") as train, open(args.out / "heldout.txt", "w") as heldout:
+        for source, raw in segments():
+            segment = clean(raw)
+            if len(segment) < 12 or segment in seen:
+                continue
+            seen.add(segment)
+            digest = int(hashlib.sha1(segment.encode()).hexdigest(), 16)
+            held = digest % 100 < HELDOUT_PERCENT
+            repeats = 1 if held else TRAIN_REPEATS.get(source, 1)
+            (heldout if held else train).write((segment + "\n") * repeats)
+            stats = counts.setdefault(source, [0, 0])
+            stats[0] += 1
+            stats[1] += len(segment.split())
+    for source, (n, words) in counts.items():
+        print(f"{source:10s} {n:8d} segments {words:10d} words")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Evaluate the default model as users get it (merged through mlm_core's loader).
+
+Prints one JSON document: held-out masked-token accuracy (top-1/top-5) and perplexity on
+fixed masks (the same masks as train.py's evaluations), and cloze top-1/top-5 on
+assets/cloze_en.jsonl with each sentence's five guesses. The model card quotes it.
+
+    python recipes/default_model/evaluate.py --corpus /tmp/corpus > eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from mlm_core.models import load_model  # noqa: E402
+from mlm_core.predict import predict  # noqa: E402
+from mlm_core.tokens import tokenize  # noqa: E402
+from recipes.default_model.train import mask_tokens, masked_loss, pad  # noqa: E402
+
+
+@torch.no_grad()
+def heldout_metrics(loaded, lines: list[str], mlm_probability: float) -> dict:
+    tokenizer, model = loaded.tokenizer, loaded.model
+    sequences = tokenizer(lines, truncation=True, max_length=96)["input_ids"]
+    special_ids = torch.tensor(tokenizer.all_special_ids)
+    generator = torch.Generator().manual_seed(0)  # the same masks as train.py's evaluations
+    loss_sum, count, top1, top5 = 0.0, 0, 0, 0
+    for start in range(0, len(sequences), 64):
+        ids, attention = pad(sequences[start : start + 64], tokenizer.pad_token_id)
+        inputs, labels = mask_tokens(ids, torch.isin(ids, special_ids), mlm_probability,
+                                     tokenizer.mask_token_id, 999, len(tokenizer), generator)
+        if (labels != -100).sum() == 0:
+            continue
+        loss, logits, targets = masked_loss(model, inputs, attention, labels)
+        loss_sum += loss.item() * len(targets)
+        count += len(targets)
+        best = logits.topk(5, dim=-1).indices
+        top1 += (best[:, 0] == targets).sum().item()
+        top5 += (best == targets[:, None]).any(-1).sum().item()
+    return {"masked_tokens": count, "top1": top1 / count, "top5": top5 / count,
+            "loss": loss_sum / count, "perplexity": math.exp(loss_sum / count)}
+
+
+def cloze_metrics(loaded, items: list[dict]) -> dict:
+    rows, hits1, hits5 = [], 0, 0
+    for item in items:
+        tokens = tokenize(loaded.tokenizer, item["text"])
+        guesses = [c.token for c in predict(loaded, tokens.ids, top_k=5).predictions[0].top]
+        hit1, hit5 = guesses[0] in item["answers"], any(g in item["answers"] for g in guesses)
+        hits1 += hit1
+        hits5 += hit5
+        rows.append({"text": item["text"], "top5": guesses, "hit_top1": hit1, "hit_top5": hit5})
+    return {"sentences": len(items), "top1": hits1 / len(items), "top5": hits5 / len(items), "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Evaluate the default model.")
+    parser.add_argument("--corpus", type=Path, help="folder with heldout.txt from build_corpus.py")
+    parser.add_argument("--heldout-segments", type=int, default=3000)
+    parser.add_argument("--mlm-probability", type=float, default=0.2)
+    parser.add_argument("--cloze", type=Path, default=ROOT / "assets" / "cloze_en.jsonl")
+    args = parser.parse_args()
+    loaded = load_model(None, device="cpu")
+    items = [json.loads(line) for line in args.cloze.read_text().splitlines() if line.strip()]
+    report = {"model": loaded.name, "cloze": cloze_metrics(loaded, items)}
+    if args.corpus:
+        lines = (args.corpus / "heldout.txt").read_text().splitlines()[: args.heldout_segments]
+        report["heldout"] = heldout_metrics(loaded, lines, args.mlm_probability)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

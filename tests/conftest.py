@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny BERT built offline from a fixture vocabulary, and the real default model.
+
+The tiny model (2 layers, 2 heads, 32 wide, a 40-token vocabulary) is written to disk in
+safetensors like any Hugging Face model, so the loader's real code path is exercised.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TINY_WORDS = (
+    "the a is of and to in it was cat dog sat on mat ran paris france capital "
+    "city big small red blue house tree ##s ##ed he she".split()
+)
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "?", "'", *TINY_WORDS]
+
+
+def build_tiny_bert(folder, seed: int = 0, vocab: list[str] | None = None):
+    """Write a randomly initialised tiny BertForMaskedLM and its tokenizer to ``folder``."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    vocab = vocab or TINY_VOCAB
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertForMaskedLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir):
+    from mlm_core.models import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer():
+    from transformers import AutoTokenizer
+
+    from mlm_core.default_model import base_encoder_dir
+
+    return AutoTokenizer.from_pretrained(base_encoder_dir())
+
+
+@pytest.fixture(scope="session")
+def default_loaded():
+    from mlm_core.models import load_model
+
+    return load_model(None, device="cpu")
