@@ -1,0 +1,154 @@
+"""Crash-safe checkpoints: safetensors files, a manifest with checksums written last.
+
+A checkpoint is a folder ``step-00000120`` holding ``model.safetensors`` (trainable state),
+``optimizer.safetensors`` (optimizer tensors and RNG state) and ``state.json`` (step, data
+position, scheduler, best loss...). It is written as ``step-00000120.tmp``: every file is
+fsynced, then ``manifest.json`` (sizes and SHA-256 of the others) is written and fsynced,
+then the folder is renamed. A SIGKILL at any moment leaves either a complete checkpoint or
+a ``.tmp`` folder that ``sweep_temporaries`` removes; resume takes the newest checkpoint
+whose manifest verifies, else the one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_PATTERN = re.compile(r"^step-(\d{8})$")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON-able rest."""
+    tensors, scalars = {}, {}
+    for index, values in state_dict["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("state."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for name, value in rest["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    model_tensors: dict[str, torch.Tensor],
+    optimizer_tensors: dict[str, torch.Tensor],
+    state: dict,
+) -> Path:
+    """Write checkpoint ``step`` atomically into ``folder``; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:08d}"
+    tmp = folder / f"step-{step:08d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    files = {
+        "model.safetensors": lambda p: save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model_tensors.items()}, str(p)
+        ),
+        "optimizer.safetensors": lambda p: save_file(optimizer_tensors, str(p)),
+        "state.json": lambda p: p.write_text(json.dumps(state)),
+    }
+    manifest = {"step": step, "files": {}}
+    for name, write in files.items():
+        write(tmp / name)
+        _fsync_file(tmp / name)
+        manifest["files"][name] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    _fsync_file(tmp / "manifest.json")
+    if final.exists():  # a previous attempt at this step completed; replace it whole
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(folder)
+    return final
+
+
+def verify(checkpoint: Path) -> bool:
+    """True when the manifest exists and every file matches its size and checksum."""
+    try:
+        manifest = json.loads((checkpoint / "manifest.json").read_text())
+        return all(
+            (checkpoint / name).stat().st_size == meta["bytes"] and _sha256(checkpoint / name) == meta["sha256"]
+            for name, meta in manifest["files"].items()
+        )
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Complete-looking checkpoint folders, oldest first (not yet verified)."""
+    if not folder.exists():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and STEP_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_PATTERN.match(p.name).group(1)))
+
+
+def latest_valid(folder: Path) -> Path | None:
+    """The newest checkpoint whose manifest verifies."""
+    for candidate in reversed(checkpoints(folder)):
+        if verify(candidate):
+            return candidate
+    return None
+
+
+def load_checkpoint(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    return (
+        load_file(str(checkpoint / "model.safetensors")),
+        load_file(str(checkpoint / "optimizer.safetensors")),
+        json.loads((checkpoint / "state.json").read_text()),
+    )
+
+
+def sweep_temporaries(folder: Path) -> None:
+    """Remove half-written checkpoints left by a crash."""
+    if folder.exists():
+        for path in folder.glob("*.tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def prune(folder: Path, keep_last: int, keep: set[int] = frozenset()) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints and the steps in ``keep`` (e.g. best)."""
+    existing = checkpoints(folder)
+    for path in existing[:-keep_last] if keep_last else existing:
+        if int(STEP_PATTERN.match(path.name).group(1)) not in keep:
+            shutil.rmtree(path, ignore_errors=True)
