@@ -57,8 +57,8 @@ class LoadedModel:
     """A masked LM in eval mode with its tokenizer, ready for every analysis."""
 
     name: str
-    model: torch.nn.Module
-    tokenizer: object
+    model: torch.nn.Module = field(repr=False)  # a full module repr buries test failures and logs
+    tokenizer: object = field(repr=False)
     device: torch.device
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -135,6 +135,13 @@ def load_model(name: str | None = None, device: str | None = None) -> LoadedMode
         return loaded
 
 
+def load_fresh(name: str | None = None, device: str | None = "cpu") -> LoadedModel:
+    """A private copy in train mode (for fine-tuning), never the shared cached one."""
+    loaded = _load_uncached((name or DEFAULT_MODEL_NAME).strip(), pick_device(device))
+    loaded.model.train()
+    return loaded
+
+
 def loaded_model_count() -> int:
     """How many models are in memory (the classroom load test checks there is one copy)."""
     with _cache_lock:
@@ -161,7 +168,7 @@ def _load_uncached(name: str, device: torch.device) -> LoadedModel:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence load reports (e.g. the default model's head being 'newly initialised')."""
     from transformers.utils import logging as hf_logging
 
@@ -186,7 +193,7 @@ def _assemble_default_model():
     if not adapter.exists():
         raise ModelLoadError(f"The default model's adapter is missing ({adapter}); reinstall MaskLab.")
     base = base_encoder_dir()
-    with _quiet_transformers():
+    with quiet_transformers():
         model = BertForMaskedLM.from_pretrained(base, use_safetensors=True, attn_implementation="eager")
     tensors, scale = load_adapter(adapter)
     merge_adapter(model, tensors, scale)
@@ -257,7 +264,7 @@ def _load_pretrained(name: str):
         raise ModelLoadError(f"Cannot find model '{name}': {hint}. Check the id or give a local folder.") from exc
     check_config(config.to_dict(), name)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = AutoModelForMaskedLM.from_pretrained(
                 source,
                 use_safetensors=True,

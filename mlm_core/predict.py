@@ -195,16 +195,17 @@ def predict(
     log_prob = 0.0
     attentions = None
     for window in windows:
-        inside = [p for p in positions if window.start <= p < window.end]
+        # Windows may overlap: a position already predicted in an earlier window is not redone.
+        inside = [p for p in positions if window.start <= p < window.end and p not in results]
         offset = window.start - 1  # window token k corresponds to full position k + offset
 
-        def window_ids(source):
+        def window_ids(source, window=window):
             return [source[0], *source[window.start : window.end], source[-1]]
 
         exclude = None if attention_exclude is None else window_ids(list(attention_exclude))
         want_attention = output_attentions and len(ids) <= loaded.max_length
         if fill == "independent":
-            logits, attentions = forward(loaded, window_ids(filled), exclude, want_attention)
+            logits, attentions = forward(loaded, window_ids(ids), exclude, want_attention)
             for p in inside:
                 results[p] = _position_prediction(loaded, logits[p - offset], p, top_k, originals.get(p))
                 filled[p] = results[p].top[0].token_id

@@ -21,6 +21,7 @@ A run whose process died without saying so (SIGKILL, power loss, app restart) is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -106,7 +107,7 @@ class RunRecord:
         return record
 
 
-def _process_alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
@@ -242,7 +243,7 @@ class RunStore:
         if record.status == RUNNING:
             with self._connect() as db:
                 db.execute("UPDATE runs SET cancel_requested = 1, updated = ? WHERE id = ?", (time.time(), run_id))
-            if not _process_alive(record.pid):
+            if not process_alive(record.pid):
                 return self.transition(run_id, CANCELLED, reason="cancelled by the user")
             return self.get(run_id)
         raise RunError(f"Run {run_id} is already {record.status}.")
@@ -256,17 +257,15 @@ class RunStore:
         """Mark running runs whose process is gone as interrupted; returns their ids."""
         with self._connect() as db:
             rows = db.execute("SELECT id, pid FROM runs WHERE status = ?", (RUNNING,)).fetchall()
-        lost = [row["id"] for row in rows if not _process_alive(row["pid"])]
+        lost = [row["id"] for row in rows if not process_alive(row["pid"])]
         for run_id in lost:
-            try:
+            with contextlib.suppress(RunError):  # it may have finished between the two reads
                 self.transition(run_id, INTERRUPTED, reason="the training process stopped unexpectedly")
-            except RunError:
-                pass  # it finished between the two reads
         return lost
 
     def delete(self, run_id: str) -> None:
         record = self.get(run_id)
-        if record.status == RUNNING and _process_alive(record.pid):
+        if record.status == RUNNING and process_alive(record.pid):
             raise RunError(f"Run {run_id} is running; cancel it before deleting it.")
         import shutil
 

@@ -118,11 +118,20 @@ def _special_frame(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (), ()
 
 
-@lru_cache(maxsize=4)
-def _stopwords(language: str) -> frozenset[str]:
-    import stopwordsiso
+@lru_cache(maxsize=8)
+def stopwords(language: str = "en") -> frozenset[str]:
+    """spaCy's stopword list for ``language`` (ISO 639-1, ~70 languages; no model needed).
 
-    return frozenset(stopwordsiso.stopwords(language))
+    spaCy's lists hold function words ("the", "of", "would"); broader lists such as
+    stopwords-iso also count "hello" or "world", which would surprise a class.
+    """
+    import importlib
+
+    try:
+        module = importlib.import_module(f"spacy.lang.{language}.stop_words")
+    except ModuleNotFoundError as exc:
+        raise InputError(f"No stopword list for language '{language}'. Use an ISO 639-1 code such as en, de, fr.") from exc
+    return frozenset(word.lower() for word in module.STOP_WORDS)
 
 
 def word_category(word: str, language: str = "en") -> str:
@@ -134,7 +143,7 @@ def word_category(word: str, language: str = "en") -> str:
         return PUNCTUATION  # Unicode punctuation and symbols, not only ASCII
     if any(ch.isdigit() for ch in stripped) and all(ch.isdigit() or ch in ".,:/-%" for ch in stripped):
         return NUMBER
-    if stripped.lower() in _stopwords(language):
+    if stripped.lower() in stopwords(language):
         return STOPWORD
     return CONTENT
 

@@ -1,0 +1,230 @@
+"""Training jobs: each run in its own OS process, bound to the run store.
+
+``submit()`` validates a corpus and settings, stores them with the run and launches it
+(at most ``max_parallel()`` at once; the rest wait queued). ``execute()`` is what the job
+process (``python -m mlm_core.jobs ROOT RUN_ID``) and the CLI's foreground ``train`` /
+``runs resume`` call: it drives the Trainer and turns every outcome into a final state
+with a reason, so the UI never has to read a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from mlm_core import checkpoints
+from mlm_core.corpus import Corpus, read_corpus
+from mlm_core.errors import MaskLabError
+from mlm_core.runs import (
+    CANCELLED,
+    DIVERGED,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    RunError,
+    RunRecord,
+    RunStore,
+    process_alive,
+)
+from mlm_core.training import Cancelled, Diverged, TrainConfig, Trainer, TrainingCallbacks
+
+CORPUS_FILE = "corpus.data"  # the uploaded bytes; the user's file name is kept only in the config
+STATUS_EVERY_S = 1.0  # how often a job writes its step to SQLite (cheap, but not every step)
+
+
+def masklab_home() -> Path:
+    return Path(os.environ.get("MASKLAB_HOME", Path.home() / ".masklab"))
+
+
+def default_store() -> RunStore:
+    return RunStore(masklab_home() / "runs")
+
+
+def max_parallel() -> int:
+    """Runs trained at once (default 1: one job already uses every core or the GPU)."""
+    return max(1, int(os.environ.get("MASKLAB_MAX_RUNS", "1")))
+
+
+class StoreCallbacks(TrainingCallbacks):
+    """Progress into the run store, plus an optional printer (the CLI's progress output)."""
+
+    def __init__(self, store: RunStore, run_id: str, printer: Callable[[str, dict], None] | None = None):
+        self.store, self.run_id, self.printer = store, run_id, printer
+        self._last_write = 0.0
+        self._last_cancel_check = 0.0
+        self.best: dict = {}
+
+    def on_start(self, info: dict) -> None:
+        self.store.update(self.run_id, device=info["device"], total_steps=info["total_steps"])
+        if self.printer:
+            self.printer("start", info)
+
+    def on_step(self, step: int, total: int, loss: float) -> None:
+        now = time.monotonic()
+        if now - self._last_write >= STATUS_EVERY_S or step == total:
+            self.store.update(self.run_id, step=step)
+            self._last_write = now
+        if self.printer:
+            self.printer("step", {"step": step, "total": total, "loss": loss})
+
+    def on_eval(self, record: dict) -> None:
+        self.store.append_metrics(self.run_id, record)
+        fields = {"step": record["step"]}
+        if record.get("heldout_loss", float("inf")) < self.best.get("heldout_loss", float("inf")):
+            self.best = record
+            fields.update(best_heldout_loss=record["heldout_loss"], best_accuracy=record["masked_accuracy"])
+        self.store.update(self.run_id, **fields)
+        if self.printer:
+            self.printer("eval", record)
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_cancel_check < 0.5:
+            return False
+        self._last_cancel_check = now
+        return self.store.cancel_requested(self.run_id)
+
+
+def submit(
+    store: RunStore,
+    config: TrainConfig,
+    corpus_bytes: bytes,
+    request_id: str | None = None,
+    launch: bool = True,
+) -> tuple[RunRecord, bool]:
+    """Validate, store and (by default) launch a run. Returns (run, created).
+
+    The same ``request_id`` twice (a double click on Start) gives the same run.
+    """
+    read_corpus(corpus_bytes, config.corpus_name, config.corpus_column, config.text_unit)  # raises CorpusError
+    record, created = store.create(config.to_dict(), request_id)
+    if created:
+        path = store.folder(record.id) / CORPUS_FILE
+        path.write_bytes(corpus_bytes)
+    if launch:
+        launch_pending(store)
+    return store.get(record.id), created
+
+
+@contextlib.contextmanager
+def _launch_lock(store: RunStore):
+    with open(store.root / "launch.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def launch_pending(store: RunStore) -> list[str]:
+    """Start queued runs in their own processes while fewer than ``max_parallel()`` run."""
+    started = []
+    with _launch_lock(store):  # two launchers never exceed the limit or start a run twice
+        store.refresh()
+        runs = store.list()
+        running = sum(1 for r in runs if r.status == RUNNING)
+        for record in sorted((r for r in runs if r.status == QUEUED), key=lambda r: r.created):
+            if running >= max_parallel():
+                break
+            folder = store.folder(record.id)
+            with open(folder / "log.txt", "ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "mlm_core.jobs", str(store.root), record.id],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # survives the app's process and its restarts
+                    cwd=str(Path(__file__).resolve().parent.parent),
+                )
+            with contextlib.suppress(RunError):  # the job process may have marked itself running first
+                store.transition(record.id, RUNNING, pid=process.pid)
+            running += 1
+            started.append(record.id)
+    return started
+
+
+def resume(store: RunStore, run_id: str, launch: bool = True) -> RunRecord:
+    """Put an interrupted run back in the queue (it continues from its newest checkpoint)."""
+    store.refresh()
+    record = store.get(run_id)
+    if record.status != INTERRUPTED:
+        raise RunError(f"Run {run_id} is {record.status}; only interrupted runs can be resumed.")
+    store.transition(run_id, QUEUED)
+    if launch:
+        launch_pending(store)
+    return store.get(run_id)
+
+
+def load_corpus(store: RunStore, run_id: str, config: TrainConfig) -> Corpus:
+    data = (store.folder(run_id) / CORPUS_FILE).read_bytes()
+    return read_corpus(data, config.corpus_name, config.corpus_column, config.text_unit)
+
+
+def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] | None = None) -> RunRecord:
+    """Train run ``run_id`` in this process until it reaches a final state."""
+    record = store.get(run_id)
+    if record.status == QUEUED:
+        record = store.transition(run_id, RUNNING, pid=os.getpid())
+    elif record.status != RUNNING or process_alive(record.pid) and record.pid != os.getpid():
+        raise RunError(f"Run {run_id} is {record.status}; it cannot be started here.")
+    folder = store.folder(run_id)
+    checkpoints.sweep_temporaries(folder / "checkpoints")
+    try:
+        config = TrainConfig.from_dict(record.config)
+        corpus = load_corpus(store, run_id, config)
+        trainer = Trainer(config, corpus, folder, StoreCallbacks(store, run_id, printer), store.root / "cache")
+        resume_from = checkpoints.latest_valid(folder / "checkpoints")
+        result = trainer.run(resume_from)
+        best = result.get("best", {})
+        return store.transition(
+            run_id, FINISHED, step=result["step"],
+            best_heldout_loss=best.get("heldout_loss"), best_accuracy=best.get("masked_accuracy"),
+        )
+    except Cancelled as exc:
+        return store.transition(run_id, CANCELLED, reason=str(exc))
+    except Diverged as exc:
+        return store.transition(run_id, DIVERGED, reason=str(exc))
+    except MaskLabError as exc:
+        return store.transition(run_id, FAILED, reason=str(exc))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            reason = "the disk is full; the last complete checkpoint is intact. Free space and start again."
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        return store.transition(run_id, FAILED, reason=reason)
+    except Exception as exc:  # noqa: BLE001 - any other failure must still end the run cleanly
+        traceback.print_exc()
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "out of memory" in reason.lower():
+            reason = f"out of GPU memory even with the batch split into pieces: {reason}"
+        return store.transition(run_id, FAILED, reason=f"{type(exc).__name__}: {reason}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a job process: ``python -m mlm_core.jobs ROOT RUN_ID``."""
+    root, run_id = (argv or sys.argv[1:])[:2]
+    store = RunStore(root)
+    try:
+        record = execute(store, run_id)
+        print(f"run {run_id}: {record.status} {record.reason or ''}", flush=True)
+    except RunError as exc:
+        print(f"run {run_id}: {exc}", flush=True)
+        return 2
+    finally:
+        launch_pending(store)  # hand the freed slot to the next queued run
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

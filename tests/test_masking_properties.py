@@ -1,0 +1,252 @@
+"""Property tests: every strategy on arbitrary Unicode text (and arbitrary id blocks) stays consistent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlm_core.errors import InputError, NothingToMaskError
+from mlm_core.masking import (
+    EXCLUDED,
+    IGNORE_INDEX,
+    KEPT,
+    KIND_BY_CODE,
+    MASKED,
+    RANDOM,
+    AdaptiveMasking,
+    AttentionExclusion,
+    Compose,
+    ManualMasking,
+    RandomMasking,
+    RuleBased,
+    SpanMasking,
+    TokenBatch,
+    Vocab,
+    WholeWordMasking,
+    apply_strategy,
+    mask_batch,
+    mask_text,
+    selection_frequency,
+)
+from mlm_core.privacy import PrivacyMasking
+from mlm_core.tokens import tokenize
+
+PROPERTY_SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+PIECES = [
+    "the",
+    "unbelievable",
+    "Paris",
+    "[MASK]",
+    "[CLS]",
+    "</s>",
+    "<pad>",
+    "bob@example.org",
+    "+44 20 7946 0958",
+    "https://x.org/a",
+    "3.14",
+    "«",
+    "…",
+    "👩‍👩‍👧",
+    "é",
+    "e\u0301",
+    "שלום",
+    "東京",
+    "\u200b",
+    "\x00",
+    "\ud800",  # a lone surrogate
+    "<img src=x onerror=alert(1)>",
+    " ",
+    "\n",
+]
+TEXT = st.one_of(
+    st.text(max_size=60),
+    st.lists(st.sampled_from(PIECES), max_size=12).map(" ".join),
+    st.lists(st.sampled_from(PIECES), max_size=12).map("".join),
+)
+STRATEGIES = [
+    RandomMasking(0.3),
+    RandomMasking(0.3, exact=True, random_excludes_special=True),
+    WholeWordMasking(0.4),
+    WholeWordMasking(0.4, exact=True),
+    SpanMasking(0.3, geometric_p=0.3, max_span_length=4),
+    RuleBased(rule="stopwords"),
+    RuleBased(rule="punctuation", mode="protect"),
+    RuleBased(rule="regex", pattern=r"\w+", rate=0.5),
+    RuleBased(rule="words", words=("the", "paris", "東京")),
+    AttentionExclusion(rule="numbers"),
+    Compose(
+        (
+            RuleBased(rule="stopwords", mode="protect"),
+            RandomMasking(0.5),
+            AttentionExclusion(rule="punctuation"),
+        )
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def vocab(default_tokenizer):
+    return Vocab.from_tokenizer(default_tokenizer)
+
+
+def check_consistent(tokens, result, vocab: Vocab, whole_words: bool = False) -> None:
+    n = len(tokens)
+    assert (
+        len(result.input_ids) == len(result.labels) == len(result.kinds) == len(result.attention_exclude) == n
+    )
+    assert result.original_ids.tolist() == list(tokens.ids)
+    chosen = 0
+    for i in range(n):
+        kind, original, now, label = (
+            result.kinds[i],
+            tokens.ids[i],
+            int(result.input_ids[i]),
+            int(result.labels[i]),
+        )
+        typed = original == vocab.mask_token_id and not tokens.special[i]
+        assert kind in KIND_BY_CODE
+        assert bool(result.attention_exclude[i]) == (kind == EXCLUDED)
+        start, end = tokens.offsets[i]
+        assert 0 <= start <= end <= len(tokens.text)
+        if tokens.special[i]:
+            assert (kind, label, now) == (None, IGNORE_INDEX, original)
+            continue
+        if kind == MASKED:
+            assert now == vocab.mask_token_id
+            assert label == (IGNORE_INDEX if typed else original)
+        elif kind == RANDOM:
+            assert label == original and 0 <= now < vocab.vocab_size
+        elif kind == KEPT:
+            assert label == original and now == original
+        else:
+            assert label == IGNORE_INDEX and now == original
+        if typed:
+            assert kind == MASKED  # a typed mask always stays a mask
+        chosen += kind in (MASKED, RANDOM, KEPT)
+    assert result.ratio == pytest.approx(chosen / result.n_eligible if result.n_eligible else 0.0)
+    if whole_words:
+        by_word: dict[int, set[bool]] = {}
+        for i, word in enumerate(tokens.word_ids):
+            if word is not None and tokens.ids[i] != vocab.mask_token_id:
+                by_word.setdefault(word, set()).add(result.kinds[i] is not None)
+        assert all(len(states) == 1 for states in by_word.values())
+
+
+def tokenize_or_skip(tokenizer, text):
+    try:
+        return tokenize(tokenizer, text)
+    except (NothingToMaskError, InputError):
+        return None
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.describe())
+@PROPERTY_SETTINGS
+@given(text=TEXT, seed=st.integers(0, 2**32))
+def test_every_strategy_is_consistent_on_any_text(default_tokenizer, vocab, strategy, text, seed):
+    tokens = tokenize_or_skip(default_tokenizer, text)
+    if tokens is None:
+        return
+    try:
+        result = apply_strategy(tokens, strategy, vocab, rng=seed)
+    except NothingToMaskError:
+        return  # only when a protect rule left nothing; the message names it
+    check_consistent(tokens, result, vocab, whole_words=isinstance(strategy, WholeWordMasking))
+    again = apply_strategy(tokens, strategy, vocab, rng=seed)
+    assert np.array_equal(again.input_ids, result.input_ids) and again.kinds == result.kinds
+
+
+@PROPERTY_SETTINGS
+@given(text=TEXT, seed=st.integers(0, 2**32), data=st.data())
+def test_manual_adaptive_and_frequency_on_any_text(default_tokenizer, vocab, text, seed, data):
+    tokens = tokenize_or_skip(default_tokenizer, text)
+    if tokens is None:
+        return
+    eligible = tokens.eligible_positions
+    clicks = data.draw(st.lists(st.sampled_from(eligible), min_size=1, max_size=5))
+    manual = apply_strategy(tokens, ManualMasking(tuple(clicks), whole_word=data.draw(st.booleans())), vocab)
+    check_consistent(tokens, manual, vocab)
+    assert set(clicks) <= set(manual.chosen_positions)
+
+    scores = data.draw(st.lists(st.floats(0, 1e6), min_size=len(tokens), max_size=len(tokens)))
+    adaptive = apply_strategy(tokens, AdaptiveMasking(0.4, uniform_mix=0.1), vocab, rng=seed, scores=scores)
+    check_consistent(tokens, adaptive, vocab)
+
+    frequency = selection_frequency(tokens, WholeWordMasking(0.3), vocab, draws=20, rng=seed)
+    assert frequency.shape == (len(tokens),) and np.all((frequency >= 0) & (frequency <= 1))
+    assert all(frequency[i] == 0 for i, special in enumerate(tokens.special) if special)
+
+
+@PROPERTY_SETTINGS
+@given(text=TEXT, seed=st.integers(0, 2**32), replacement=st.sampled_from(["placeholder", "mask"]))
+def test_privacy_pipeline_on_any_text(default_tokenizer, vocab, text, seed, replacement):
+    strategy = Compose(
+        (
+            PrivacyMasking(replacement=replacement),
+            RuleBased(rule="stopwords", mode="protect"),
+            RandomMasking(0.5),
+        )
+    )
+    try:
+        out = mask_text(default_tokenizer, text, strategy, rng=seed)
+    except (NothingToMaskError, InputError):
+        return
+    check_consistent(out.tokens, out.result, vocab)
+    for item in out.privacy.replacements:
+        assert text[item.start : item.end] == item.original
+        assert out.privacy.text[item.new_start : item.new_end] == item.replacement
+    for position in out.privacy.protected_positions(out.tokens):
+        assert out.result.kinds[position] in (None, MASKED)
+        assert out.result.labels[position] == IGNORE_INDEX
+
+
+@PROPERTY_SETTINGS
+@given(
+    batch_size=st.integers(1, 4),
+    length=st.integers(1, 40),
+    seed=st.integers(0, 2**32),
+    p=st.floats(0, 1),
+    data=st.data(),
+)
+def test_batch_path_invariants_on_arbitrary_blocks(vocab, batch_size, length, seed, p, data):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab.vocab_size, (batch_size, length), generator=g)
+    pieces = torch.randint(1, 4, (batch_size, length), generator=g)
+    word_ids = torch.stack([torch.repeat_interleave(torch.arange(length), row)[:length] for row in pieces])
+    attention = torch.rand(batch_size, length, generator=g) > 0.2
+    scores = torch.rand(batch_size, length, generator=g)
+    batch = TokenBatch.from_ids(ids, vocab, attention_mask=attention, word_ids=word_ids, scores=scores)
+    strategy = data.draw(
+        st.sampled_from(
+            [
+                RandomMasking(p),
+                RandomMasking(p, exact=True),
+                WholeWordMasking(p),
+                WholeWordMasking(p, exact=True),
+                SpanMasking(p),
+                AdaptiveMasking(p),
+            ]
+        )
+    )
+    result = mask_batch(batch, strategy, vocab, rng=seed)
+    typed = ~batch.special & (ids == vocab.mask_token_id)
+    chosen = result.labels != IGNORE_INDEX
+    assert not bool((chosen & batch.special).any())
+    assert torch.equal(result.labels[chosen], ids[chosen])
+    assert bool((result.kind_codes[typed] == 1).all())
+    assert torch.equal(result.input_ids[result.kind_codes == 0], ids[result.kind_codes == 0])
+    assert torch.equal(result.n_chosen, (chosen | typed).sum(1))
+    assert bool((result.n_chosen <= result.n_eligible).all())
+    if isinstance(strategy, RandomMasking | WholeWordMasking | SpanMasking) and getattr(
+        strategy, "exact", True
+    ):
+        n = (~batch.special & ~typed).sum(1)
+        assert bool(
+            (
+                chosen.sum(1) >= torch.where(n > 0, (n.double() * p + 0.5).floor().clamp_min(1), 0) * (p > 0)
+            ).all()
+        )
