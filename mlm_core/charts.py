@@ -1,11 +1,13 @@
 """Figures for the pages, built from mlm_core results; no Streamlit here so they can be tested.
 
 Token axes use integer positions with the tokens as tick labels: Plotly would otherwise
-merge repeated labels ("the", "the") into one row.
+merge repeated labels ("the", "the") into one row. Plotly renders a subset of HTML in labels,
+titles and hover text (``<b>``, ``<a href>``), so every token and title goes through ``literal``.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -20,6 +22,11 @@ KIND_COLOURS = {
     None: "#c7d3e3",
 }
 HIT_COLOUR, MISS_COLOUR, NEUTRAL_COLOUR = "#2ca02c", "#d62728", "#1f77b4"
+
+
+def literal(text: str) -> str:
+    """``text`` escaped so that Plotly shows it as typed (it decodes &lt; &gt; &amp; back)."""
+    return html.escape(str(text), quote=False)
 
 
 def topk_bars(prediction: PositionPrediction, title: str = "", height: int = 260) -> go.Figure:
@@ -40,19 +47,288 @@ def topk_bars(prediction: PositionPrediction, title: str = "", height: int = 260
             text=[f"{c.prob:.1%}" for c in candidates],
             textposition="auto",
             hovertemplate="%{customdata}: %{x:.2%}<extra></extra>",
-            customdata=[c.token for c in candidates],
+            customdata=[literal(c.token) for c in candidates],
         )
     )
     figure.update_layout(
-        title=title,
+        title=literal(title),
         height=height,
         margin=dict(l=10, r=10, t=40 if title else 10, b=10),
         xaxis=dict(title="probability", range=[0, 1], tickformat=".0%"),
-        yaxis=dict(tickmode="array", tickvals=list(range(len(candidates))), ticktext=[c.token for c in candidates]),
+        yaxis=dict(
+            tickmode="array",
+            tickvals=list(range(len(candidates))),
+            ticktext=[literal(c.token) for c in candidates],
+        ),
     )
     return figure
 
 
 def token_axis(tokens: Sequence[str]) -> dict:
     """Axis settings that keep repeated tokens apart (integer ticks labelled by token)."""
-    return dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=list(tokens))
+    return dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=[literal(t) for t in tokens])
+
+
+# --------------------------------------------------------------------------- explain: attention,
+# interference and attribution figures. Matrices come from mlm_core.attention / interference /
+# attribution as numpy arrays; rows are "from" tokens, columns "to" tokens.
+
+HIGHLIGHT_COLOUR = "#d62728"
+ATTENTION_SCALE = "Blues"
+DIVERGING_SCALE = "RdBu_r"  # red = more / helped, blue = less / hurt; zero is white
+BEFORE_COLOUR, AFTER_COLOUR = "#9ecae1", "#08519c"
+
+
+def safe_labels(labels: Sequence[str]) -> list[str]:
+    """``literal`` for a list (hover data, titles built from tokens)."""
+    return [literal(label) for label in labels]
+
+
+def _labelled_axis(labels: Sequence[str], title: str = "") -> dict:
+    return dict(token_axis(labels), title=title, tickangle=0 if len(labels) < 12 else -60)
+
+
+def _outline(figure: go.Figure, highlight: Sequence[int], n: int, width: int = 2, **cell) -> None:
+    """Red outlines around the row (from) and column (to) of each highlighted position of an n×n map."""
+    line = dict(color=HIGHLIGHT_COLOUR, width=width)
+    for p in highlight:
+        figure.add_shape(type="rect", x0=p - 0.5, x1=p + 0.5, y0=-0.5, y1=n - 0.5, line=line, **cell)
+        figure.add_shape(type="rect", x0=-0.5, x1=n - 0.5, y0=p - 0.5, y1=p + 0.5, line=line, **cell)
+
+
+def _square_height(n: int, base: int = 220, per_token: int = 22, cap: int = 760) -> int:
+    return min(cap, base + per_token * n)
+
+
+def attention_heatmap(
+    matrix,
+    labels: Sequence[str],
+    highlight: Sequence[int] = (),
+    title: str = "",
+    diverging: bool = False,
+    zmax: float | None = None,
+) -> go.Figure:
+    """A T×T attention map: row i = where token i looks (from), column j = token j (to).
+
+    Masked positions (``highlight``) are outlined in red. ``diverging`` draws a difference map
+    centred on zero. Tick labels are the tokens (integer axes keep repeated tokens apart).
+    """
+    n = len(labels)
+    shown = safe_labels(labels)
+    heat = dict(
+        z=matrix,
+        x=list(range(n)),
+        y=list(range(n)),
+        customdata=[[[row, col] for col in shown] for row in shown],
+        hovertemplate="from %{customdata[0]} to %{customdata[1]}: %{z:.3f}<extra></extra>",
+    )
+    if diverging:
+        bound = zmax or float(max(1e-9, abs(matrix).max()))
+        heat.update(colorscale=DIVERGING_SCALE, zmid=0, zmin=-bound, zmax=bound)
+    else:
+        heat.update(colorscale=ATTENTION_SCALE, zmin=0, zmax=zmax)
+    figure = go.Figure(go.Heatmap(**heat))
+    _outline(figure, highlight, n)
+    figure.update_layout(
+        title=literal(title),
+        height=_square_height(n),
+        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        xaxis=_labelled_axis(labels, "to"),
+        yaxis=dict(_labelled_axis(labels, "from"), autorange="reversed", tickangle=0),
+    )
+    return figure
+
+
+def attention_grid(
+    layer_att,
+    labels: Sequence[str],
+    highlight: Sequence[int] = (),
+    columns: int = 4,
+    title: str = "",
+    subplot_titles: Sequence[str] | None = None,
+) -> go.Figure:
+    """Small multiples: one T×T map per head of one layer, (H, T, T), on one colour scale."""
+    from plotly.subplots import make_subplots
+
+    n_heads, n = len(layer_att), len(labels)
+    columns = max(1, min(columns, n_heads))
+    rows = -(-n_heads // columns)
+    titles = list(subplot_titles or [f"head {h}" for h in range(n_heads)])
+    figure = make_subplots(rows=rows, cols=columns, subplot_titles=safe_labels(titles), horizontal_spacing=0.03,
+                           vertical_spacing=0.08 / max(1, rows - 1) if rows > 1 else 0.05)
+    show_ticks = n <= 24
+    for h in range(n_heads):
+        row, col = h // columns + 1, h % columns + 1
+        figure.add_trace(
+            go.Heatmap(z=layer_att[h], colorscale=ATTENTION_SCALE, zmin=0, zmax=1, showscale=h == 0,
+                       hovertemplate=f"head {h}: " + "from %{y} to %{x}: %{z:.3f}<extra></extra>"),
+            row=row, col=col,
+        )
+        _outline(figure, highlight, n, width=1, row=row, col=col)
+        axis = dict(token_axis(labels), showticklabels=show_ticks, tickfont=dict(size=8))
+        figure.update_xaxes(axis, row=row, col=col, tickangle=-90)
+        figure.update_yaxes(axis, row=row, col=col, autorange="reversed")
+    figure.update_layout(title=literal(title), height=min(1400, 60 + rows * (180 + 6 * n)), margin=dict(l=10, r=10, t=60, b=10))
+    return figure
+
+
+def layer_head_heatmap(values, title: str = "", value_label: str = "", diverging: bool = False) -> go.Figure:
+    """One cell per layer (rows, bottom layer at the top) and head (columns): an (L, H) array."""
+    n_layers, n_heads = values.shape
+    heat = dict(
+        z=values,
+        x=list(range(n_heads)),
+        y=list(range(n_layers)),
+        text=[[f"{v:.2f}" for v in row] for row in values],
+        texttemplate="%{text}" if n_layers * n_heads <= 200 else None,
+        colorbar=dict(title=value_label),
+        hovertemplate="layer %{y}, head %{x}: %{z:.4f}<extra></extra>",
+    )
+    if diverging:
+        bound = float(max(1e-9, abs(values).max()))
+        heat.update(colorscale=DIVERGING_SCALE, zmid=0, zmin=-bound, zmax=bound)
+    else:
+        heat.update(colorscale=ATTENTION_SCALE)
+    figure = go.Figure(go.Heatmap(**heat))
+    figure.update_layout(
+        title=literal(title),
+        height=min(700, 140 + 34 * n_layers),
+        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        xaxis=dict(tickmode="array", tickvals=list(range(n_heads)), title="head"),
+        yaxis=dict(tickmode="array", tickvals=list(range(n_layers)), title="layer", autorange="reversed"),
+    )
+    return figure
+
+
+def from_position_heatmap(values, labels: Sequence[str], position: int, title: str = "") -> go.Figure:
+    """Where one masked position looks in every layer: (L, T), layers as rows, tokens as columns."""
+    n_layers = len(values)
+    figure = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=list(range(len(labels))),
+            y=list(range(n_layers)),
+            colorscale=ATTENTION_SCALE,
+            zmin=0,
+            customdata=[safe_labels(labels)] * n_layers,
+            hovertemplate="layer %{y} → %{customdata}: %{z:.3f}<extra></extra>",
+        )
+    )
+    line = dict(color=HIGHLIGHT_COLOUR, width=2)
+    figure.add_shape(type="rect", x0=position - 0.5, x1=position + 0.5, y0=-0.5, y1=n_layers - 0.5, line=line)
+    figure.update_layout(
+        title=literal(title),
+        height=min(600, 160 + 32 * n_layers),
+        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        xaxis=_labelled_axis(labels, "attends to"),
+        yaxis=dict(tickmode="array", tickvals=list(range(n_layers)), title="layer", autorange="reversed"),
+    )
+    return figure
+
+
+def side_by_side_heatmaps(
+    left, right, left_labels: Sequence[str], right_labels: Sequence[str], titles: Sequence[str],
+    highlight: Sequence[int] = (),
+) -> go.Figure:
+    """Two T×T maps (e.g. masked and unmasked) next to each other on one colour scale."""
+    from plotly.subplots import make_subplots
+
+    n = len(left_labels)
+    figure = make_subplots(rows=1, cols=2, subplot_titles=safe_labels(titles), horizontal_spacing=0.12)
+    for col, (matrix, labels) in enumerate(((left, left_labels), (right, right_labels)), start=1):
+        figure.add_trace(
+            go.Heatmap(z=matrix, colorscale=ATTENTION_SCALE, zmin=0, zmax=1, showscale=col == 2,
+                       hovertemplate="from %{y} to %{x}: %{z:.3f}<extra></extra>"),
+            row=1, col=col,
+        )
+        figure.update_xaxes(_labelled_axis(labels), row=1, col=col)
+        figure.update_yaxes(dict(_labelled_axis(labels), tickangle=0), autorange="reversed", row=1, col=col)
+        _outline(figure, highlight, n, row=1, col=col)
+    figure.update_layout(height=_square_height(n, base=260, per_token=18), margin=dict(l=10, r=10, t=50, b=10))
+    return figure
+
+
+def whatif_bars(before, after, reference_id: int | None = None, title: str = "") -> go.Figure:
+    """Top-k before and after a change, as grouped horizontal bars over the union of both lists.
+
+    ``before``/``after`` are PositionPrediction; a token missing from one top-k shows its
+    probability there as unknown (no bar). The reference token's label is starred.
+    """
+    order: list[tuple[int, str]] = []
+    for c in (*before.top, *after.top):
+        if (c.token_id, c.token) not in order:
+            order.append((c.token_id, c.token))
+    p_before = {c.token_id: c.prob for c in before.top}
+    p_after = {c.token_id: c.prob for c in after.top}
+    order = order[::-1]  # first bar at the top
+    labels = [("★ " if tid == reference_id else "") + tok for tid, tok in order]
+    y = list(range(len(order)))
+    figure = go.Figure()
+    for name, probs, colour in (("before", p_before, BEFORE_COLOUR), ("after", p_after, AFTER_COLOUR)):
+        figure.add_trace(
+            go.Bar(
+                name=name,
+                x=[probs.get(tid) for tid, _ in order],
+                y=y,
+                orientation="h",
+                marker_color=colour,
+                customdata=safe_labels([tok for _, tok in order]),
+                hovertemplate=name + " %{customdata}: %{x:.2%}<extra></extra>",
+            )
+        )
+    figure.update_layout(
+        title=literal(title),
+        barmode="group",
+        height=min(700, 120 + 34 * len(order)),
+        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        xaxis=dict(title="probability", tickformat=".0%", rangemode="tozero"),
+        yaxis=dict(tickmode="array", tickvals=y, ticktext=safe_labels(labels)),
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return figure
+
+
+def attribution_bars(scores, labels: Sequence[str], highlight: Sequence[int] = (), title: str = "") -> go.Figure:
+    """One bar per token (or word): red pushed the target up, blue pushed it down; masks outlined."""
+    scores = [float(s) for s in scores]
+    colours = ["#d62728" if s > 0 else "#1f77b4" for s in scores]
+    figure = go.Figure(
+        go.Bar(
+            x=list(range(len(scores))),
+            y=scores,
+            marker_color=colours,
+            marker_line=dict(color=[HIGHLIGHT_COLOUR if i in highlight else "rgba(0,0,0,0)"
+                                    for i in range(len(scores))], width=2),
+            customdata=safe_labels(labels),
+            hovertemplate="%{customdata}: %{y:.4f}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=literal(title),
+        height=340,
+        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        xaxis=_labelled_axis(labels),
+        yaxis=dict(title="attribution", zeroline=True),
+    )
+    return figure
+
+
+def frequency_strip(tokens: Sequence[str], frequency: Sequence[float], draws: int, height: int = 220) -> go.Figure:
+    """How often each token was chosen over ``draws`` draws (one bar per token, in text order)."""
+    figure = go.Figure(
+        go.Bar(
+            x=list(range(len(tokens))),
+            y=list(frequency),
+            marker_color=KIND_COLOURS["masked"],
+            hovertemplate="%{customdata}: chosen in %{y:.0%} of draws<extra></extra>",
+            customdata=list(tokens),
+        )
+    )
+    figure.update_layout(
+        height=height,
+        margin=dict(l=10, r=10, t=30, b=10),
+        title=f"How often each token is chosen ({draws} draws)",
+        xaxis=token_axis(tokens),
+        yaxis=dict(range=[0, 1], tickformat=".0%", title="chosen"),
+    )
+    return figure

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -37,33 +38,137 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: GPU when present)")
 
 
+def strategy_param_names() -> dict[str, str]:
+    """Every strategy parameter once, with the help text of its first declaration."""
+    from mlm_core.masking import STRATEGIES
+
+    names: dict[str, str] = {}
+    for name, spec in STRATEGIES.items():
+        if name in ("compose", "manual", "attention-exclusion", "privacy"):
+            continue
+        for param in spec.params:
+            names.setdefault(param.name, param.help)
+    return names
+
+
+def add_strategy_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """--strategy and its options, generated from the masking registry (one place)."""
+    from mlm_core.explore import MAIN_STRATEGIES
+
+    group = parser.add_argument_group("masking (options apply to the chosen strategy)")
+    group.add_argument("--strategy", choices=MAIN_STRATEGIES, required=required, default=None,
+                       help="how positions are chosen (default: only the typed mask tokens)")
+    for name, help_text in strategy_param_names().items():
+        if name == "rate":
+            continue  # --rate below covers it for the rule-based strategy
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", default=None, metavar="VALUE",
+                           help=help_text)
+    group.add_argument("--rate", default=None, metavar="P",
+                       help="masking rate: --mlm-probability, or the rule-based share of matching words")
+    group.add_argument("--privacy", action="store_true", help="replace e-mails, URLs, phones and numbers first")
+    group.add_argument("--protect", default="", help="never mask these: stopwords,punctuation,numbers")
+    group.add_argument("--exclude", default="", help="remove from the context: stopwords, punctuation or numbers")
+    group.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+
+
+def strategy_from_args(args: argparse.Namespace):
+    from mlm_core.explore import build_strategy
+    from mlm_core.masking import STRATEGIES
+
+    given = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    if args.rate is not None:
+        given["rate" if args.strategy == "rule-based" else "mlm_probability"] = args.rate
+    if args.strategy is None:
+        if given:
+            raise MaskLabError(f"--{next(iter(given)).replace('_', '-')} needs --strategy.")
+        params = {}
+    else:
+        valid = {p.name for p in STRATEGIES[args.strategy].params}
+        wrong = sorted(set(given) - valid)
+        if wrong:
+            raise MaskLabError(
+                f"--{wrong[0].replace('_', '-')} is not an option of the {args.strategy} strategy; its options: "
+                + ", ".join(f"--{v.replace('_', '-')}" for v in sorted(valid))
+            )
+        params = given
+    protect = [rule.strip() for rule in args.protect.split(",") if rule.strip()]
+    return build_strategy(args.strategy, params, args.privacy, protect, args.exclude)
+
+
 @command("predict")
 def run_predict(args: argparse.Namespace) -> dict:
+    from mlm_core.explore import explore
     from mlm_core.models import load_model
-    from mlm_core.predict import fill_text, predict
-    from mlm_core.tokens import tokenize
+    from mlm_core.predict import fill_text
 
     loaded = load_model(args.model, args.device)
-    tokens = tokenize(loaded.tokenizer, args.text)
-    result = predict(loaded, tokens.ids, top_k=args.top_k, fill=args.fill)
+    result = explore(loaded, args.text, strategy_from_args(args), args.seed, top_k=args.top_k, fill=args.fill)
+    prediction = result.prediction
     return {
         "model": loaded.name,
         "mask_token": loaded.mask_token,
-        "tokens": list(tokens.tokens),
-        "masked_positions": list(result.positions),
-        "fill": result.fill,
-        "log_prob": result.log_prob,
-        "filled_text": fill_text(loaded, result.filled_ids),
+        "tokens": loaded.tokenizer.convert_ids_to_tokens(list(result.input_ids)),
+        "original_tokens": list(result.tokens.tokens),
+        "kinds": list(result.kinds),
+        "masked_positions": list(prediction.positions),
+        "ratio": result.ratio,
+        "fill": prediction.fill,
+        "log_prob": prediction.log_prob,
+        "filled_text": fill_text(loaded, prediction.filled_ids),
         "predictions": [
             {
                 "position": p.position,
+                "kind": result.kinds[p.position],
+                "original": p.original_token,
+                "original_prob": p.original_prob,
                 "fill_step": p.fill_step,
                 "top": [{"token": c.token, "prob": c.prob} for c in p.top],
             }
-            for p in result.predictions
+            for p in prediction.predictions
         ],
         "notices": list(result.notices),
     }
+
+
+@command("mask")
+def run_mask(args: argparse.Namespace) -> dict:
+    from mlm_core.explore import reading_tokens, surprisal_scores
+    from mlm_core.masking import Vocab, apply_strategy
+    from mlm_core.models import load_model
+    from mlm_core.training import is_adaptive
+
+    loaded = load_model(args.model, args.device)
+    strategy = strategy_from_args(args)
+    tokens, privacy = reading_tokens(loaded, args.text, strategy)
+    protected = privacy.protected_positions(tokens) if privacy else ()
+    scores = surprisal_scores(loaded, tokens) if is_adaptive(strategy) else None
+    result = apply_strategy(tokens, strategy, Vocab.from_tokenizer(loaded.tokenizer), rng=args.seed,
+                            scores=scores, protected=protected)
+    return {
+        "model": loaded.name,
+        "strategy": args.strategy,
+        "seed": args.seed,
+        "text": tokens.text,
+        "tokens": loaded.tokenizer.convert_ids_to_tokens([int(i) for i in result.input_ids]),
+        "original_tokens": list(tokens.tokens),
+        "kinds": list(result.kinds),
+        "labels": [int(label) for label in result.labels],
+        "ratio": result.ratio,
+        "privacy": [] if privacy is None else [
+            {"kind": r.kind, "original": r.original, "replacement": r.replacement} for r in privacy.replacements
+        ],
+    }
+
+
+def format_mask(record: dict) -> str:
+    marks = {"masked": "M", "random": "R", "kept": "K", "excluded": "X", None: " "}
+    lines = [f"model: {record['model']}  strategy: {record['strategy']}  seed: {record['seed']}"]
+    for shown, original, kind in zip(record["tokens"], record["original_tokens"], record["kinds"]):
+        change = f"  (was {original})" if shown != original else ""
+        lines.append(f"  [{marks[kind]}] {shown}{change}")
+    lines.append(f"ratio (α): {record['ratio']:.3f}")
+    lines.extend(f"privacy: {p['kind']} '{p['original']}' -> {p['replacement']}" for p in record["privacy"])
+    return "\n".join(lines)
 
 
 def format_predict(record: dict) -> str:
@@ -76,7 +181,7 @@ def format_predict(record: dict) -> str:
     return "\n".join(lines)
 
 
-FORMATTERS: dict[str, Callable[[dict], str]] = {"predict": format_predict}
+FORMATTERS: dict[str, Callable[[dict], str]] = {"predict": format_predict, "mask": format_mask}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=positive_int, default=5, help="guesses per position (default 5)")
     p.add_argument("--fill", choices=["independent", "joint"], default="independent",
                    help="independent: one pass; joint: fill one mask at a time, most confident first")
+    add_strategy_arguments(p, required=False)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = sub.add_parser("mask", help="show how a masking strategy corrupts a text")
+    p.add_argument("text", help="the text to mask")
+    add_model_argument(p)
+    add_strategy_arguments(p, required=True)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     return parser
 
@@ -107,8 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if args.json:
-        print(json.dumps(record, ensure_ascii=False, indent=1))
-    else:
-        print(FORMATTERS[args.command](record))
+    except Exception as exc:  # a bug: still one line for the user, the traceback only on request
+        if os.environ.get("MASKLAB_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (set MASKLAB_DEBUG=1 for details)", file=sys.stderr)
+        return 1
+    try:
+        if args.json:
+            print(json.dumps(record, ensure_ascii=False, indent=1))
+        else:
+            print(FORMATTERS[args.command](record))
+    except BrokenPipeError:  # e.g. piped into head: the reader has what it wanted
+        sys.stderr.close()
     return 0

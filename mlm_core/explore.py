@@ -1,7 +1,16 @@
-"""The explorer's pipeline in one call: text → tokens → mask → predictions.
+"""The explorer's pipeline in one call: text → privacy → tokens → mask → predictions.
 
 Pages and the CLI call ``explore()``; it validates the input and returns one record with
 everything a view needs, so what the page shows is exactly what the CLI prints.
+
+Order of operations (the same as the trainer's):
+
+1. privacy steps rewrite the raw text (``PrivacyResult`` says what was replaced);
+2. the text is tokenized; typed mask tokens and clicked tokens become masks (clicks keep
+   their original token for hit/miss);
+3. the strategy (if any) chooses more positions and corrupts them 80/10/10, or excludes
+   tokens from the context;
+4. the model predicts every masked, random-replaced and kept position.
 """
 
 from __future__ import annotations
@@ -9,55 +18,149 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mlm_core.errors import InputError
-from mlm_core.models import LoadedModel
-from mlm_core.predict import Prediction, predict
-from mlm_core.tokens import Tokens, tokenize
+import numpy as np
 
+from mlm_core.errors import InputError
+from mlm_core.masking import (
+    MASKED,
+    AttentionExclusion,
+    Compose,
+    MaskResult,
+    RuleBased,
+    Vocab,
+    apply_strategy,
+    prepare_text,
+    selection_frequency,
+    strategy_from_params,
+)
+from mlm_core.models import LoadedModel
+from mlm_core.predict import Prediction, predict, pseudo_log_likelihood
+from mlm_core.privacy import PrivacyResult
+from mlm_core.tokens import Tokens, tokenize
+from mlm_core.training import is_adaptive
+
+MAIN_STRATEGIES = ("random", "whole-word", "span", "rule-based", "adaptive")  # the explorer's choices
 MAX_MASKED_FRACTION = 0.8  # beyond this the "predictions" are mostly the model's prior
+FREQUENCY_DRAWS = 200
 
 
 @dataclass(frozen=True)
 class Exploration:
-    tokens: Tokens  # the text as typed (typed mask tokens included)
-    masked: Tokens  # after manual masking: what the model sees
+    tokens: Tokens  # the text as the model reads it (after privacy), before masking
+    mask: MaskResult | None  # what the strategy did (None: only typed/clicked masks)
+    kinds: tuple[str | None, ...]  # per position: masked / random / kept / excluded / None
+    input_ids: tuple[int, ...]  # what the model sees
     prediction: Prediction
+    privacy: PrivacyResult | None = None
     notices: tuple[str, ...] = ()
 
+    @property
+    def ratio(self) -> float:
+        """α: masked positions / maskable positions."""
+        eligible = len(self.tokens.eligible_positions)
+        return len(self.prediction.positions) / eligible if eligible else 0.0
 
-def masked_ids(tokens: Tokens, positions: Sequence[int], mask_token_id: int) -> list[int]:
-    """``tokens.ids`` with the given positions replaced by the mask token (specials refused)."""
+
+def reading_tokens(loaded: LoadedModel, text: str, strategy=None) -> tuple[Tokens, PrivacyResult | None]:
+    """The tokens the model will read: after the strategy's privacy step, before masking."""
+    privacy = None if strategy is None else prepare_text(text, strategy, mask_token=loaded.mask_token)
+    return tokenize(loaded.tokenizer, text if privacy is None else privacy.text), privacy
+
+
+def with_masks(tokens: Tokens, positions: Sequence[int], loaded: LoadedModel) -> Tokens:
+    """``tokens`` with ``positions`` replaced by the mask token (special tokens refused)."""
     ids = list(tokens.ids)
     for position in positions:
         if not 0 <= position < len(ids) or tokens.special[position]:
             raise InputError(f"Position {position} cannot be masked: it is a special token or outside the text.")
-        ids[position] = mask_token_id
-    return ids
+        ids[position] = loaded.mask_token_id
+    return tokens.with_ids(ids, loaded.tokenizer)
+
+
+def surprisal_scores(loaded: LoadedModel, tokens: Tokens) -> np.ndarray:
+    """(T,) −log p of each token given the rest (0 at special/mask positions): adaptive masking's scores."""
+    _, log_probs = pseudo_log_likelihood(loaded, tokens.ids)
+    return np.nan_to_num(-log_probs, nan=0.0).clip(min=0.0)
 
 
 def explore(
     loaded: LoadedModel,
     text: str,
+    strategy=None,
+    seed: int = 0,
     manual_positions: Sequence[int] = (),
     top_k: int = 5,
     fill: str = "independent",
     output_attentions: bool = False,
 ) -> Exploration:
-    """Mask ``text`` (typed mask tokens plus ``manual_positions``) and predict every mask."""
-    tokens = tokenize(loaded.tokenizer, text)
-    ids = masked_ids(tokens, manual_positions, loaded.mask_token_id)
-    masked = tokens.with_ids(ids, loaded.tokenizer)
-    positions = masked.mask_positions
+    """Mask ``text`` (typed masks, clicked ``manual_positions`` and ``strategy``) and predict."""
+    tokens, privacy = reading_tokens(loaded, text, strategy)
+    clicked = with_masks(tokens, manual_positions, loaded)
+    kinds: list[str | None] = [MASKED if i == loaded.mask_token_id else None for i in clicked.ids]
+    ids = list(clicked.ids)
+    attention_exclude = None
+    originals = {p: tokens.ids[p] for p in manual_positions}
+    mask = None
+    if strategy is not None:
+        vocab = Vocab.from_tokenizer(loaded.tokenizer)
+        scores = surprisal_scores(loaded, clicked) if is_adaptive(strategy) else None
+        protected = privacy.protected_positions(tokens) if privacy else ()
+        mask = apply_strategy(clicked, strategy, vocab, rng=seed, scores=scores, protected=protected)
+        ids = [int(i) for i in mask.input_ids]
+        kinds = [k or kinds[i] for i, k in enumerate(mask.kinds)]
+        attention_exclude = mask.attention_exclude.tolist() if mask.attention_exclude.any() else None
+        originals.update({p: int(mask.labels[p]) for p in mask.chosen_positions if mask.labels[p] >= 0})
+    positions = [i for i, kind in enumerate(kinds) if kind in ("masked", "random", "kept")]
     eligible = len(tokens.eligible_positions)
-    notices = []
-    if positions and len(positions) > MAX_MASKED_FRACTION * eligible and eligible > 1:
+    if len(positions) > MAX_MASKED_FRACTION * eligible and eligible > 1:
         raise InputError(
             f"{len(positions)} of {eligible} tokens are masked; the limit is {MAX_MASKED_FRACTION:.0%}. "
-            "Unmask some tokens so the model has context to work from."
+            "Lower the rate or unmask some tokens so the model has context to work from."
         )
-    if len(positions) > 1 and fill == "independent":
+    notices = []
+    if privacy and privacy.replacements:
+        found = ", ".join(f"{n} {kind}" for kind, n in privacy.counts().items())
+        notices.append(f"Privacy masking replaced {found} before the model saw the text.")
+    if sum(k == MASKED for k in kinds) > 1 and fill == "independent":
         notices.append("Each mask is predicted independently: the guesses ignore one another. "
                        "Choose joint filling to fill them one at a time.")
-    originals = {p: tokens.ids[p] for p in manual_positions}
-    prediction = predict(loaded, ids, positions, originals, top_k, fill, output_attentions=output_attentions)
-    return Exploration(tokens, masked, prediction, tuple(notices) + prediction.notices)
+    prediction = predict(loaded, ids, positions, originals, top_k, fill, attention_exclude, output_attentions)
+    return Exploration(tokens, mask, tuple(kinds), tuple(ids), prediction, privacy,
+                       tuple(notices) + prediction.notices)
+
+
+def chosen_frequency(loaded: LoadedModel, text: str, strategy, seed: int = 0,
+                     draws: int = FREQUENCY_DRAWS) -> tuple[Tokens, np.ndarray]:
+    """How often each token is chosen over ``draws`` draws of ``strategy`` (the explorer's strip)."""
+    tokens, privacy = reading_tokens(loaded, text, strategy)
+    vocab = Vocab.from_tokenizer(loaded.tokenizer)
+    scores = surprisal_scores(loaded, tokens) if is_adaptive(strategy) else None
+    protected = privacy.protected_positions(tokens) if privacy else ()
+    return tokens, selection_frequency(tokens, strategy, vocab, draws=draws, rng=seed, scores=scores,
+                                       protected=protected)
+
+
+def build_strategy(
+    name: str | None,
+    params: dict | None = None,
+    privacy: bool = False,
+    protect: Sequence[str] = (),
+    exclude: str = "",
+):
+    """The explorer's composition, shared by the page and the CLI: privacy first, then
+    protection rules, then the main strategy, then attention exclusion. None if nothing."""
+    main = None if not name or name == "none" else strategy_from_params(name, params or {})
+    return compose(
+        strategy_from_params("privacy", {}) if privacy else None,
+        *(RuleBased(rule=rule, mode="protect") for rule in protect),
+        main,
+        AttentionExclusion(rule=exclude) if exclude else None,
+    )
+
+
+def compose(*steps) -> object | None:
+    """One strategy from the explorer's parts (privacy, protection, main, exclusion); None if empty."""
+    present = [s for s in steps if s is not None]
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else Compose(tuple(present))

@@ -51,3 +51,11 @@ def legend(large: bool = False) -> str:
         for kind, label in KIND_LABELS.items()
         if kind
     )
+
+
+def escape_markdown(text: str) -> str:
+    """Text shown inside st.markdown: HTML escaped and Markdown control characters neutralised."""
+    escaped = html.escape(text)
+    for char in "\\`*_{}[]()#+-.!|>~":
+        escaped = escaped.replace(char, "\\" + char)
+    return escaped

@@ -1,13 +1,13 @@
-"""Explore: type a sentence, mask tokens, see what the model puts in each blank."""
+"""Explore: type a sentence, choose how to mask it, see what the model puts in each blank."""
 
 import streamlit as st
 
 from mlm_core import charts, render
 from mlm_core.errors import MaskLabError
-from mlm_core.explore import explore
+from mlm_core.explore import FREQUENCY_DRAWS, chosen_frequency, explore, reading_tokens
 from mlm_core.predict import fill_text
-from mlm_core.tokens import tokenize
 from ui.common import model_sidebar, show_error
+from ui.strategy import masking_controls
 
 st.title("Explore")
 loaded = model_sidebar()
@@ -22,48 +22,52 @@ text = st.text_area(
     height=90,
 )
 params["text"] = text
-left, right = st.columns(2)
-top_k = left.slider("Guesses per mask (top-k)", 1, 20, 5, key="top_k")
-fill = right.radio(
-    "Several masks", ["independent", "joint"], horizontal=True, key="fill",
-    help="independent: one pass, each blank ignores the others. joint: fill the most confident blank "
-    "first, then predict the rest with it filled in.",
-)
 
-try:
-    tokens = tokenize(loaded.tokenizer, text)
-except MaskLabError as exc:
-    show_error(exc)
-    st.stop()
+controls, output = st.columns([1, 2], gap="large")
+with controls:
+    try:
+        strategy, seed = masking_controls()
+    except MaskLabError as exc:
+        show_error(exc)
+        st.stop()
+    top_k = st.slider("Guesses per mask (top-k)", 1, 20, 5, key="top_k")
+    fill = st.radio("Several masks", ["independent", "joint"], horizontal=True, key="fill",
+                    help="independent: one pass, each blank ignores the others. joint: fill the most "
+                    "confident blank first, then predict the rest with it filled in.")
 
-choosable = [i for i in tokens.eligible_positions if tokens.ids[i] != loaded.mask_token_id]
-clicked = st.pills(
-    "Click tokens to mask them",
-    choosable,
-    format_func=lambda i: tokens.tokens[i],
-    selection_mode="multi",
-    key=f"manual-{loaded.name}-{hash(text)}",
-)
+with output:
+    try:
+        tokens, _ = reading_tokens(loaded, text, strategy)
+    except MaskLabError as exc:
+        show_error(exc)
+        st.stop()
+    choosable = [i for i in tokens.eligible_positions if tokens.ids[i] != loaded.mask_token_id]
+    clicked = st.pills("Click tokens to mask them", choosable, format_func=lambda i: tokens.tokens[i],
+                       selection_mode="multi", key=f"manual-{loaded.name}-{hash(tokens.text)}")
+    try:
+        result = explore(loaded, text, strategy, seed, sorted(clicked or []), top_k=top_k, fill=fill)
+    except MaskLabError as exc:
+        show_error(exc)
+        st.stop()
 
-try:
-    result = explore(loaded, text, sorted(clicked or []), top_k=top_k, fill=fill)
-except MaskLabError as exc:
-    show_error(exc)
-    st.stop()
+    shown = loaded.tokenizer.convert_ids_to_tokens(list(result.input_ids))
+    st.markdown(render.token_chips(shown, result.kinds, result.tokens.special), unsafe_allow_html=True)
+    st.markdown(render.legend() + f" &nbsp; α = {result.ratio:.0%} of maskable tokens", unsafe_allow_html=True)
+    for notice in result.notices:
+        st.info(notice)
+    st.markdown(f"**Filled in:** {render.escape_markdown(fill_text(loaded, result.prediction.filled_ids))}")
 
-kinds = ["masked" if p in result.prediction.positions else None for p in range(len(result.masked))]
-st.markdown(render.token_chips(result.masked.tokens, kinds, result.masked.special), unsafe_allow_html=True)
-for notice in result.notices:
-    st.info(notice)
-st.markdown(f"**Filled in:** {fill_text(loaded, result.prediction.filled_ids)}")
+    guesses = result.prediction.predictions
+    columns = st.columns(min(3, len(guesses)))
+    for n, guess in enumerate(guesses):
+        title = f"{guess.position}: {result.kinds[guess.position]}"
+        if guess.original_token:
+            title += f" · '{guess.original_token}' " + ("✓ hit" if guess.hit else f"✗ rank {guess.original_rank}")
+        with columns[n % len(columns)]:
+            st.plotly_chart(charts.topk_bars(guess, title), key=f"topk-{n}")
 
-columns = st.columns(min(3, len(result.prediction.predictions)))
-for n, guess in enumerate(result.prediction.predictions):
-    title = f"position {guess.position}"
-    if guess.original_token:
-        verdict = "hit" if guess.hit else f"miss, original ranked {guess.original_rank}"
-        title += f" · original '{guess.original_token}' ({verdict})"
-    if guess.fill_step:
-        title += f" · filled {guess.fill_step}."
-    with columns[n % len(columns)]:
-        st.plotly_chart(charts.topk_bars(guess, title), key=f"topk-{n}")
+    if strategy is not None:
+        with st.expander(f"How often does this strategy choose each token? ({FREQUENCY_DRAWS} draws)"):
+            strip_tokens, frequency = chosen_frequency(loaded, text, strategy, seed)
+            st.plotly_chart(charts.frequency_strip(strip_tokens.tokens, frequency, FREQUENCY_DRAWS),
+                            key="frequency")
