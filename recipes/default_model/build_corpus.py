@@ -69,7 +69,8 @@ def fortune_segments() -> Iterator[str]:
 
 
 def dictd_segments(name: str) -> Iterator[str]:
-    text = gzip.open(DICTD_DIR / f"{name}.dict.dz", "rt", encoding="utf-8", errors="replace").read()
+    with gzip.open(DICTD_DIR / f"{name}.dict.dz", "rt", encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
     for paragraph in re.split(r"\n\s*\n", text):
         paragraph = re.sub(r"\[1913 Webster\]|\[WordNet 1\.5\]|\[PJC\]|\[Obs\.\]", " ", paragraph)
         paragraph = re.sub(r"--[A-Z][\w.\s]{0,30}$", " ", paragraph.strip())  # quotation author

