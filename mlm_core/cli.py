@@ -181,7 +181,142 @@ def format_predict(record: dict) -> str:
     return "\n".join(lines)
 
 
-FORMATTERS: dict[str, Callable[[dict], str]] = {"predict": format_predict, "mask": format_mask}
+def _store(args: argparse.Namespace):
+    from mlm_core.jobs import default_store
+    from mlm_core.runs import RunStore
+
+    return RunStore(args.out) if args.out else default_store()
+
+
+def _final_record(record) -> dict:
+    data = record.as_dict()
+    data["held_out_loss"] = data.get("best_heldout_loss")
+    data["masked_accuracy"] = data.get("best_accuracy")
+    return data
+
+
+class ProgressPrinter:
+    """Training progress: JSON lines with --json, else a progress bar on a terminal."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.bar = None
+
+    def __call__(self, event: str, data: dict) -> None:
+        if self.as_json:
+            if event != "step":
+                print(json.dumps({"event": event, **data}), flush=True)
+            return
+        if event == "start":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=data["total_steps"], initial=data["resumed_from"], unit="step",
+                            disable=not sys.stderr.isatty(), file=sys.stderr)
+            print(f"training on {data['device']}: {data['train_blocks']} blocks, {data['total_steps']} steps",
+                  file=sys.stderr)
+        elif event == "step" and self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{data['loss']:.3f}")
+        elif event == "eval":
+            line = (f"step {data['step']}: train loss {data['train_loss']:.3f}, held-out loss "
+                    f"{data.get('heldout_loss', float('nan')):.3f}, accuracy {data.get('masked_accuracy', 0):.3f}, "
+                    f"{data['tokens_per_s']:.0f} tokens/s")
+            (self.bar.write if self.bar is not None else print)(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_foreground(store, run_id: str, as_json: bool) -> dict:
+    from mlm_core.jobs import execute
+
+    printer = ProgressPrinter(as_json)
+    try:
+        record = execute(store, run_id, printer)
+    finally:
+        printer.close()
+    final = _final_record(record)
+    if as_json:  # the last JSON line is the run's final record; nothing more is printed
+        print(json.dumps({"event": "final", **final}, default=str), flush=True)
+        final["_printed"] = True
+    return final
+
+
+@command("train")
+def run_train(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from mlm_core.jobs import submit
+    from mlm_core.masking import params_of
+    from mlm_core.training import TrainConfig
+
+    corpus_path = Path(args.corpus)
+    if not corpus_path.is_file():
+        raise MaskLabError(f"No corpus file at '{args.corpus}'.")
+    strategy = strategy_from_args(args)
+    config = TrainConfig(
+        corpus_name=corpus_path.name, corpus_column=args.column, text_unit=args.text_unit,
+        model=args.model, strategy=strategy.name if strategy else "random",
+        strategy_params=params_of(strategy) if strategy else {},
+        masking=args.masking, rate_schedule=args.rate_schedule, rate_end=args.rate_end,
+        steps=None if args.epochs and not args.steps else (args.steps or 200), epochs=args.epochs,
+        batch_size=args.batch, seq_len=args.seq_len, lr=args.lr, freeze=args.freeze,
+        prune_sparsity=args.prune, eval_every=args.eval_every, checkpoint_every=args.eval_every,
+        seed=args.seed, device=args.device,
+    )
+    store = _store(args)
+    record, _ = submit(store, config, corpus_path.read_bytes(), launch=False)
+    return _run_foreground(store, record.id, args.json)
+
+
+@command("runs")
+def run_runs(args: argparse.Namespace) -> dict:
+    from mlm_core import jobs
+
+    store = _store(args)
+    if args.action == "list":
+        return {"runs": [_final_record(r) for r in store.list()]}
+    if not args.run_id:
+        raise MaskLabError(f"runs {args.action} needs a run id (see `python -m mlm_core runs list`).")
+    if args.action == "show":
+        store.refresh()
+        record = _final_record(store.get(args.run_id))
+        record["metrics"] = store.metrics(args.run_id)
+        return record
+    if args.action == "cancel":
+        return _final_record(store.request_cancel(args.run_id))
+    if args.action == "delete":
+        store.delete(args.run_id)
+        return {"run_id": args.run_id, "deleted": True}
+    jobs.resume(store, args.run_id, launch=False)
+    return _run_foreground(store, args.run_id, args.json)
+
+
+def format_run(record: dict) -> str:
+    if record.get("deleted"):
+        return f"deleted run {record['run_id']}"
+    loss = record.get("held_out_loss")
+    accuracy = record.get("masked_accuracy")
+    cfg = record.get("config", {})
+    return (f"{record['run_id']}  {record['status']:<11}  step {record['step']}/{record.get('total_steps') or '?'}  "
+            f"held-out loss {'-' if loss is None else f'{loss:.3f}'}  accuracy "
+            f"{'-' if accuracy is None else f'{accuracy:.3f}'}  {cfg.get('strategy', '')}/{cfg.get('masking', '')}"
+            + (f"  ({record['reason']})" if record.get("reason") else ""))
+
+
+def format_runs(record: dict) -> str:
+    if "runs" in record:
+        return "\n".join(format_run(r) for r in record["runs"]) or "no runs yet"
+    return format_run(record)
+
+
+FORMATTERS: dict[str, Callable[[dict], str]] = {
+    "predict": format_predict,
+    "mask": format_mask,
+    "train": format_run,
+    "runs": format_runs,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +340,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_argument(p)
     add_strategy_arguments(p, required=True)
     p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = sub.add_parser("train", help="fine-tune a masked LM on a corpus with a masking scheme")
+    p.add_argument("--corpus", required=True, help="txt (one text per line), CSV/TSV or JSONL file")
+    p.add_argument("--column", default=None, help="text column of a CSV/TSV/JSONL corpus")
+    p.add_argument("--text-unit", choices=["line", "paragraph"], default="line", help="txt: a text per line or paragraph")
+    add_model_argument(p)
+    add_strategy_arguments(p, required=False)
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--static", dest="masking", action="store_const", const="static",
+                      help="one mask per example, reused every epoch")
+    when.add_argument("--dynamic", dest="masking", action="store_const", const="dynamic",
+                      help="a fresh mask each epoch (default)")
+    p.set_defaults(masking="dynamic")
+    p.add_argument("--rate-schedule", choices=["constant", "linear", "cosine"], default="constant",
+                   help="move the masking rate from --rate to --rate-end over the run")
+    p.add_argument("--rate-end", type=float, default=None, help="masking rate at the end of the run")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default 200)")
+    length.add_argument("--epochs", type=float, default=None, help="passes over the corpus")
+    p.add_argument("--batch", type=positive_int, default=16, help="blocks per step (default 16)")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="block length in tokens (default 128)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--freeze", nargs="*", default=[], metavar="PART",
+                   help="freeze parts: embeddings, layer.N, all-but-head")
+    p.add_argument("--prune", type=float, default=0.0, help="magnitude-pruning sparsity kept during training")
+    p.add_argument("--eval-every", type=positive_int, default=50, help="evaluate and checkpoint every N steps")
+    p.add_argument("--out", default=None, help="run store folder (default ~/.masklab/runs or $MASKLAB_HOME/runs)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line; the last is the final record")
+
+    p = sub.add_parser("runs", help="list, show, resume, cancel or delete training runs")
+    p.add_argument("action", choices=["list", "show", "resume", "cancel", "delete"])
+    p.add_argument("run_id", nargs="?", help="the run (see runs list)")
+    p.add_argument("--out", default=None, help="run store folder (default ~/.masklab/runs)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -225,8 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(exc).__name__}: {exc} (set MASKLAB_DEBUG=1 for details)", file=sys.stderr)
         return 1
     try:
-        if args.json:
-            print(json.dumps(record, ensure_ascii=False, indent=1))
+        if record.pop("_printed", False):
+            pass  # streamed already (train --json)
+        elif args.json:
+            print(json.dumps(record, ensure_ascii=False, indent=1, default=str))
         else:
             print(FORMATTERS[args.command](record))
     except BrokenPipeError:  # e.g. piped into head: the reader has what it wanted
