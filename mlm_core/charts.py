@@ -30,7 +30,10 @@ def literal(text: str) -> str:
 
 
 def topk_bars(prediction: PositionPrediction, title: str = "", height: int = 260) -> go.Figure:
-    """Horizontal bars of the top-k guesses, best at the top; the original token in green/red."""
+    """Horizontal bars of the top-k guesses, best at the top; the original token in green.
+
+    ``title`` may have several lines (``\n``); each is shown literally.
+    """
     candidates = list(prediction.top)[::-1]  # Plotly draws the first bar at the bottom
     colours = [
         NEUTRAL_COLOUR
@@ -51,9 +54,9 @@ def topk_bars(prediction: PositionPrediction, title: str = "", height: int = 260
         )
     )
     figure.update_layout(
-        title=literal(title),
+        title=dict(text="<br>".join(literal(line) for line in title.split("\n")), font=dict(size=14)),
         height=height,
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        margin=dict(l=10, r=10, t=60 if "\n" in title else 40 if title else 10, b=10),
         xaxis=dict(title="probability", range=[0, 1], tickformat=".0%"),
         yaxis=dict(
             tickmode="array",
@@ -132,7 +135,7 @@ def attention_heatmap(
     figure.update_layout(
         title=literal(title),
         height=_square_height(n),
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        margin=dict(l=10, r=10, t=60 if "<br>" in title else 40 if title else 10, b=10),
         xaxis=_labelled_axis(labels, "to"),
         yaxis=dict(_labelled_axis(labels, "from"), autorange="reversed", tickangle=0),
     )
@@ -154,34 +157,44 @@ def attention_grid(
     columns = max(1, min(columns, n_heads))
     rows = -(-n_heads // columns)
     titles = list(subplot_titles or [f"head {h}" for h in range(n_heads)])
-    figure = make_subplots(rows=rows, cols=columns, subplot_titles=safe_labels(titles), horizontal_spacing=0.03,
-                           vertical_spacing=0.08 / max(1, rows - 1) if rows > 1 else 0.05)
-    show_ticks = n <= 24
+    show_ticks = n <= 24  # beyond that the labels overlap; hover still names both tokens
+    figure = make_subplots(rows=rows, cols=columns, subplot_titles=safe_labels(titles), horizontal_spacing=0.02,
+                           vertical_spacing=min(0.12, 0.18 / rows))
+    shown = safe_labels(labels)
+    pairs = [[[r, c] for c in shown] for r in shown]
     for h in range(n_heads):
         row, col = h // columns + 1, h % columns + 1
         figure.add_trace(
             go.Heatmap(z=layer_att[h], colorscale=ATTENTION_SCALE, zmin=0, zmax=1, showscale=h == 0,
-                       hovertemplate=f"head {h}: " + "from %{y} to %{x}: %{z:.3f}<extra></extra>"),
+                       customdata=pairs,
+                       hovertemplate=f"head {h}: " + "from %{customdata[0]} to %{customdata[1]}: %{z:.3f}<extra></extra>"),
             row=row, col=col,
         )
         _outline(figure, highlight, n, width=1, row=row, col=col)
-        axis = dict(token_axis(labels), showticklabels=show_ticks, tickfont=dict(size=8))
-        figure.update_xaxes(axis, row=row, col=col, tickangle=-90)
-        figure.update_yaxes(axis, row=row, col=col, autorange="reversed")
-    figure.update_layout(title=literal(title), height=min(1400, 60 + rows * (180 + 6 * n)), margin=dict(l=10, r=10, t=60, b=10))
+        axis = dict(token_axis(labels), tickfont=dict(size=8))
+        figure.update_xaxes(axis, row=row, col=col, tickangle=-90, showticklabels=show_ticks and row == rows)
+        figure.update_yaxes(axis, row=row, col=col, autorange="reversed", showticklabels=show_ticks and col == 1)
+    height = min(1600, 80 + rows * (140 + 8 * n) + (60 if show_ticks else 0))
+    figure.update_layout(title=literal(title), height=height, margin=dict(l=10, r=10, t=70, b=10))
     return figure
 
 
-def layer_head_heatmap(values, title: str = "", value_label: str = "", diverging: bool = False) -> go.Figure:
-    """One cell per layer (rows, bottom layer at the top) and head (columns): an (L, H) array."""
+def layer_head_heatmap(
+    values, title: str = "", value_label: str = "", diverging: bool = False, percent: bool = False
+) -> go.Figure:
+    """One cell per layer (rows, bottom layer at the top) and head (columns): an (L, H) array.
+
+    ``percent`` shows probabilities (e.g. drops in probability) as signed percentages.
+    """
     n_layers, n_heads = values.shape
+    cell = "{:+.2%}" if percent else "{:.2f}"
     heat = dict(
         z=values,
         x=list(range(n_heads)),
         y=list(range(n_layers)),
-        text=[[f"{v:.2f}" for v in row] for row in values],
+        text=[[cell.format(v) for v in row] for row in values],
         texttemplate="%{text}" if n_layers * n_heads <= 200 else None,
-        colorbar=dict(title=value_label),
+        colorbar=dict(title=value_label, tickformat=".1%" if percent else None),
         hovertemplate="layer %{y}, head %{x}: %{z:.4f}<extra></extra>",
     )
     if diverging:
@@ -193,7 +206,7 @@ def layer_head_heatmap(values, title: str = "", value_label: str = "", diverging
     figure.update_layout(
         title=literal(title),
         height=min(700, 140 + 34 * n_layers),
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        margin=dict(l=10, r=10, t=60 if "<br>" in title else 40 if title else 10, b=10),
         xaxis=dict(tickmode="array", tickvals=list(range(n_heads)), title="head"),
         yaxis=dict(tickmode="array", tickvals=list(range(n_layers)), title="layer", autorange="reversed"),
     )
@@ -219,7 +232,7 @@ def from_position_heatmap(values, labels: Sequence[str], position: int, title: s
     figure.update_layout(
         title=literal(title),
         height=min(600, 160 + 32 * n_layers),
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        margin=dict(l=10, r=10, t=60 if "<br>" in title else 40 if title else 10, b=10),
         xaxis=_labelled_axis(labels, "attends to"),
         yaxis=dict(tickmode="array", tickvals=list(range(n_layers)), title="layer", autorange="reversed"),
     )
@@ -251,8 +264,9 @@ def side_by_side_heatmaps(
 def whatif_bars(before, after, reference_id: int | None = None, title: str = "") -> go.Figure:
     """Top-k before and after a change, as grouped horizontal bars over the union of both lists.
 
-    ``before``/``after`` are PositionPrediction; a token missing from one top-k shows its
-    probability there as unknown (no bar). The reference token's label is starred.
+    ``before``/``after`` are PositionPrediction; a token missing from one top-k has no bar
+    there, except the followed (original) token, whose probability is always known. Its
+    label is starred.
     """
     order: list[tuple[int, str]] = []
     for c in (*before.top, *after.top):
@@ -260,6 +274,9 @@ def whatif_bars(before, after, reference_id: int | None = None, title: str = "")
             order.append((c.token_id, c.token))
     p_before = {c.token_id: c.prob for c in before.top}
     p_after = {c.token_id: c.prob for c in after.top}
+    for prediction, probs in ((before, p_before), (after, p_after)):
+        if prediction.original_id is not None and prediction.original_prob is not None:
+            probs[prediction.original_id] = prediction.original_prob  # the followed token, even outside the top-k
     order = order[::-1]  # first bar at the top
     labels = [("★ " if tid == reference_id else "") + tok for tid, tok in order]
     y = list(range(len(order)))
@@ -280,7 +297,7 @@ def whatif_bars(before, after, reference_id: int | None = None, title: str = "")
         title=literal(title),
         barmode="group",
         height=min(700, 120 + 34 * len(order)),
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        margin=dict(l=10, r=10, t=60 if "<br>" in title else 40 if title else 10, b=10),
         xaxis=dict(title="probability", tickformat=".0%", rangemode="tozero"),
         yaxis=dict(tickmode="array", tickvals=y, ticktext=safe_labels(labels)),
         legend=dict(orientation="h", y=-0.2),
@@ -289,7 +306,7 @@ def whatif_bars(before, after, reference_id: int | None = None, title: str = "")
 
 
 def attribution_bars(scores, labels: Sequence[str], highlight: Sequence[int] = (), title: str = "") -> go.Figure:
-    """One bar per token (or word): red pushed the target up, blue pushed it down; masks outlined."""
+    """One bar per token (or word): red pushed the target up, blue pushed it down; masks on a shaded band."""
     scores = [float(s) for s in scores]
     colours = ["#d62728" if s > 0 else "#1f77b4" for s in scores]
     figure = go.Figure(
@@ -297,8 +314,6 @@ def attribution_bars(scores, labels: Sequence[str], highlight: Sequence[int] = (
             x=list(range(len(scores))),
             y=scores,
             marker_color=colours,
-            marker_line=dict(color=[HIGHLIGHT_COLOUR if i in highlight else "rgba(0,0,0,0)"
-                                    for i in range(len(scores))], width=2),
             customdata=safe_labels(labels),
             hovertemplate="%{customdata}: %{y:.4f}<extra></extra>",
         )
@@ -306,10 +321,13 @@ def attribution_bars(scores, labels: Sequence[str], highlight: Sequence[int] = (
     figure.update_layout(
         title=literal(title),
         height=340,
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        margin=dict(l=10, r=10, t=60 if "<br>" in title else 40 if title else 10, b=10),
         xaxis=_labelled_axis(labels),
         yaxis=dict(title="attribution", zeroline=True),
     )
+    for p in highlight:
+        figure.add_shape(type="rect", x0=p - 0.5, x1=p + 0.5, y0=0, y1=1, yref="paper", layer="below",
+                         fillcolor=HIGHLIGHT_COLOUR, opacity=0.15, line_width=0)
     return figure
 
 
@@ -330,5 +348,41 @@ def frequency_strip(tokens: Sequence[str], frequency: Sequence[float], draws: in
         title=f"How often each token is chosen ({draws} draws)",
         xaxis=token_axis(tokens),
         yaxis=dict(range=[0, 1], tickformat=".0%", title="chosen"),
+    )
+    return figure
+
+
+# --------------------------------------------------------------------------- training curves: long-form
+# frames from mlm_core.compare_runs (columns step, value and a series column), one chart per metric.
+
+CURVE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf")
+PERCENT_METRICS = ("accuracy", "masking rate")  # metrics shown as percentages
+
+
+def metric_curves(frame, title: str, series: str = "metric", height: int = 300) -> go.Figure:
+    """Lines of ``value`` against ``step``, one per distinct ``series`` value (a run or a metric).
+
+    Series names (run labels, category names) are shown literally in the legend and hover.
+    A percentage axis is used when the title names an accuracy or a rate.
+    """
+    figure = go.Figure()
+    for n, (name, part) in enumerate(frame.groupby(series, sort=False)):
+        part = part.sort_values("step")
+        shown = literal(name)
+        figure.add_trace(go.Scatter(
+            x=part["step"].tolist(), y=part["value"].tolist(), name=shown, mode="lines+markers",
+            marker=dict(size=5), line=dict(color=CURVE_COLOURS[n % len(CURVE_COLOURS)]),
+            hovertemplate="%{fullData.name}<br>step %{x}: %{y:.4g}<extra></extra>",  # no name in the template: "%{" stays text
+        ))
+    percent = any(word in title.lower() for word in PERCENT_METRICS)
+    figure.update_layout(
+        title=dict(text=literal(title), font=dict(size=14)),
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=10),
+        xaxis=dict(title="step", rangemode="tozero"),
+        yaxis=dict(tickformat=".0%" if percent else None, rangemode="tozero" if percent else "normal"),
+        legend=dict(orientation="h", y=-0.25),
+        showlegend=frame[series].nunique() > 1,
     )
     return figure

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from mlm_core import cli_explain
 from mlm_core.errors import MaskLabError
 
 EXIT_BAD_INPUT = 2
@@ -317,6 +318,8 @@ FORMATTERS: dict[str, Callable[[dict], str]] = {
     "train": format_run,
     "runs": format_runs,
 }
+COMMANDS.update(attend=cli_explain.run_attend, attribute=cli_explain.run_attribute)
+FORMATTERS.update(attend=cli_explain.format_attend, attribute=cli_explain.format_attribute)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", nargs="?", help="the run (see runs list)")
     p.add_argument("--out", default=None, help="run store folder (default ~/.masklab/runs)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    cli_explain.add_parsers(sub)
     return parser
 
 

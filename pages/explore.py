@@ -7,6 +7,7 @@ from mlm_core.errors import MaskLabError
 from mlm_core.explore import FREQUENCY_DRAWS, chosen_frequency, explore, reading_tokens
 from mlm_core.predict import fill_text
 from ui.common import model_sidebar, show_error
+from ui.explain import attention_panel, attribution_panel, interference_panel
 from ui.strategy import masking_controls
 
 st.title("Explore")
@@ -60,14 +61,24 @@ with output:
     guesses = result.prediction.predictions
     columns = st.columns(min(3, len(guesses)))
     for n, guess in enumerate(guesses):
-        title = f"{guess.position}: {result.kinds[guess.position]}"
+        title = f"position {guess.position} · {result.kinds[guess.position]}"
         if guess.original_token:
-            title += f" · '{guess.original_token}' " + ("✓ hit" if guess.hit else f"✗ rank {guess.original_rank}")
+            verdict = "✓ hit" if guess.hit else f"✗ rank {guess.original_rank}"
+            title += f"\noriginal '{guess.original_token}' {verdict}"
         with columns[n % len(columns)]:
-            st.plotly_chart(charts.topk_bars(guess, title), key=f"topk-{n}")
+            st.plotly_chart(charts.topk_bars(guess, title, height=300), key=f"topk-{n}")
 
     if strategy is not None:
         with st.expander(f"How often does this strategy choose each token? ({FREQUENCY_DRAWS} draws)"):
             strip_tokens, frequency = chosen_frequency(loaded, text, strategy, seed)
             st.plotly_chart(charts.frequency_strip(strip_tokens.tokens, frequency, FREQUENCY_DRAWS),
                             key="frequency")
+
+st.subheader("Why?")
+attention_tab, whatif_tab, attribution_tab = st.tabs(["Attention", "What if…", "Which words mattered"])
+with attention_tab:
+    attention_panel(loaded, result)
+with whatif_tab:
+    interference_panel(loaded, result)
+with attribution_tab:
+    attribution_panel(loaded, result)

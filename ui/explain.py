@@ -1,0 +1,437 @@
+"""The Explore page's "why?" panels: attention, what-ifs (interference) and attributions.
+
+Each panel is thin: read its widgets, call mlm_core, draw with mlm_core.charts, offer the
+numbers as CSV/JSON. Widget keys start with xa- (attention), xi- (interference) or xt-
+(attribution); keys whose options depend on the model or the tokens carry a short
+signature of them, so a new sentence or model starts from fresh choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from mlm_core import attention, attribution, charts, interference, render
+from mlm_core.errors import MaskLabError
+from mlm_core.explore import Exploration
+from mlm_core.models import LoadedModel
+from mlm_core.tokens import CATEGORIES, Tokens
+from ui.common import show_error
+
+IMAGE_FORMATS = ("png", "svg")
+ATTENTION_VIEWS = (
+    "One head",
+    "All heads of a layer",
+    "Layer × head overview",
+    "Mean over heads",
+    "Rollout",
+    "From the mask",
+    "Masked vs unmasked",
+)
+WHATIFS = ("Exclude tokens", "Switch heads off", "Prune weights")
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _model_sig(loaded: LoadedModel) -> str:
+    return f"{loaded.num_layers}x{loaded.num_heads}"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the model read in an exploration, in the form the panels need."""
+
+    tokens: Tokens  # the model's input ids and tokens, with the text's word ids and specials
+    positions: list[int]  # predicted positions (masked, random, kept)
+    originals: dict[int, int]  # position -> original id, where known (clicked or chosen by a strategy)
+    exclude: list[bool] | None  # positions the exploration already removed from the context
+    typed: list[int]  # masks the user typed (no original word)
+    sig: str  # short signature of the input, for widget keys
+
+
+def seen(loaded: LoadedModel, exploration: Exploration) -> Seen:
+    tokens = exploration.tokens.with_ids(exploration.input_ids, loaded.tokenizer)
+    prediction = exploration.prediction
+    excluded = [kind == "excluded" for kind in exploration.kinds]
+    return Seen(
+        tokens=tokens,
+        positions=list(prediction.positions),
+        originals={p.position: p.original_id for p in prediction.predictions if p.original_id is not None},
+        exclude=excluded if any(excluded) else None,
+        typed=[p for p in prediction.positions if exploration.tokens.ids[p] == loaded.mask_token_id],
+        sig=hashlib.sha1(repr((exploration.input_ids, exploration.kinds)).encode()).hexdigest()[:8],
+    )
+
+
+def _numbered(labels) -> list[str]:
+    """Unique row/column names for tables: '3 the'."""
+    return [f"{i} {label}" for i, label in enumerate(labels)]
+
+
+def _image_format(prefix: str) -> str:
+    return st.radio("Chart image", IMAGE_FORMATS, horizontal=True, key=f"{prefix}-image",
+                    format_func=str.upper, help="The camera icon above each chart downloads it in this format.")
+
+
+def _chart(figure, key: str, name: str, image_format: str) -> None:
+    config = {"toImageButtonOptions": {"format": image_format, "filename": name, "scale": 2}, "displaylogo": False}
+    st.plotly_chart(figure, key=key, config=config)
+
+
+def _downloads(frame: pd.DataFrame, record: dict, name: str, key: str) -> None:
+    """The numbers behind a chart as CSV (the table) and JSON (the table plus its settings)."""
+    left, right = st.columns(2)
+    left.download_button("Numbers (CSV)", frame.to_csv().encode(), f"{name}.csv", "text/csv",
+                         key=f"{key}-csv", on_click="ignore")
+    right.download_button("Numbers (JSON)", json.dumps(record, ensure_ascii=False, indent=1).encode(),
+                          f"{name}.json", "application/json", key=f"{key}-json", on_click="ignore")
+
+
+def _matrix_record(matrix: np.ndarray, labels, **settings) -> tuple[pd.DataFrame, dict]:
+    names = _numbered(labels)
+    frame = pd.DataFrame(np.asarray(matrix, dtype=float), index=names, columns=names)
+    return frame, {"tokens": list(labels), "matrix": np.asarray(matrix, dtype=float).round(6).tolist(), **settings}
+
+
+def _position_label(exploration: Exploration, position: int) -> str:
+    guess = next(p for p in exploration.prediction.predictions if p.position == position)
+    return f"position {position} (guess '{guess.top[0].token}')"
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def attention_panel(loaded: LoadedModel, exploration: Exploration) -> None:
+    """Where the model looks: heads, layers, aggregates, the mask's view, masked vs unmasked."""
+    view_of = seen(loaded, exploration)
+    tokens, positions = view_of.tokens, view_of.positions
+    sig = _model_sig(loaded)
+    try:
+        att = attention.attention_maps(loaded, tokens.ids, view_of.exclude)  # (L, H, T, T)
+    except MaskLabError as exc:
+        show_error(exc)
+        return
+    n_layers, n_heads = att.shape[:2]
+
+    top = st.columns([3, 2, 2])
+    view = top[0].selectbox("View", ATTENTION_VIEWS, key="xa-view")
+    merge = top[1].toggle("Merge word pieces", key="xa-merge",
+                          help="Rows averaged, columns summed over a word's pieces.")
+    with top[2]:
+        image_format = _image_format("xa")
+
+    groups = attention.word_groups(tokens.word_ids) if merge else [[i] for i in range(len(tokens))]
+    labels = attention.group_labels(tokens.tokens, groups, loaded.tokenizer)
+    group_of = {p: g for g, members in enumerate(groups) for p in members}
+    highlight = sorted({group_of[p] for p in positions})
+
+    def merged(matrix: np.ndarray) -> np.ndarray:
+        return attention.merge_words(matrix, groups) if merge else matrix
+
+    def layer_select(label: str = "Layer") -> int:
+        return st.selectbox(label, range(n_layers), index=n_layers - 1, format_func=lambda i: f"layer {i}",
+                            key=f"xa-layer-{sig}")
+
+    def head_select(with_mean: bool = False) -> int | None:
+        options = ([None] if with_mean else []) + list(range(n_heads))
+        return st.selectbox("Head", options, format_func=lambda h: "mean of heads" if h is None else f"head {h}",
+                            key=f"xa-head-{sig}{'-m' if with_mean else ''}")
+
+    def position_select() -> int:
+        return st.selectbox("Masked position", positions, format_func=lambda p: _position_label(exploration, p),
+                            key=f"xa-position-{view_of.sig}")
+
+    settings: dict = {"view": view, "merged_words": merge}
+    slug = view.lower().replace(" × ", "x").replace(" ", "-")
+    cols = st.columns(3)
+    if view in ("One head", "Mean over heads", "All heads of a layer"):
+        with cols[0]:
+            layer = layer_select()
+        settings["layer"] = layer
+        if view == "One head":
+            with cols[1]:
+                head = head_select()
+            settings["head"] = head
+            matrix = merged(att[layer, head])
+            figure = charts.attention_heatmap(matrix, labels, highlight, f"Layer {layer}, head {head}")
+        elif view == "Mean over heads":
+            matrix = merged(attention.head_mean(att)[layer])
+            figure = charts.attention_heatmap(matrix, labels, highlight, f"Layer {layer}, mean of {n_heads} heads")
+        else:
+            grid = merged(att[layer])  # (H, W, W)
+            figure = charts.attention_grid(grid, labels, highlight, title=f"Layer {layer}: every head")
+            matrix = grid.mean(axis=0)
+            settings.update(note="matrix: mean of the heads", heads=grid.round(6).tolist())
+    elif view == "Rollout":
+        with cols[0]:
+            layer = layer_select("Up to layer")
+        residual = cols[1].slider("Residual weight", 0.0, 1.0, 0.5, 0.05, key="xa-residual",
+                                  help="Weight of the skip connection in each layer: Â = r·I + (1−r)·A.")
+        settings.update(layer=layer, residual=residual)
+        matrix = merged(attention.rollout(att, residual)[layer])
+        figure = charts.attention_heatmap(matrix, labels, highlight, f"Rollout through layers 0–{layer}")
+    elif view == "From the mask":
+        with cols[0]:
+            position = position_select()
+        with cols[1]:
+            head = head_select(with_mean=True)
+        rows = attention.from_position(merged(att), group_of[position])  # (L, H, W)
+        values = rows.mean(axis=1) if head is None else rows[:, head]  # (L, W)
+        settings.update(position=position, head=head)
+        figure = charts.from_position_heatmap(values, labels, group_of[position],
+                                              f"Where position {position} looks, layer by layer")
+        _chart(figure, "xa-chart", f"attention-{slug}", image_format)
+        frame = pd.DataFrame(values, index=[f"layer {i}" for i in range(n_layers)], columns=_numbered(labels))
+        _downloads(frame, {"tokens": labels, "layers": values.round(6).tolist(), **settings},
+                   f"attention-from-{position}", "xa-data")
+        return
+    elif view == "Layer × head overview":
+        metric = cols[0].selectbox("Measure", attention.OVERVIEW_METRICS, key="xa-metric",
+                                   help="entropy: how spread out (bits); max: the largest weight; "
+                                   "to token: the weight given to one token.")
+        with cols[1]:
+            position = position_select()
+        target = None
+        if metric == "to token":
+            target = cols[2].selectbox("To token", range(len(labels)), format_func=lambda i: f"{i} {labels[i]}",
+                                       key=f"xa-target-{view_of.sig}-{merge}")
+        values = attention.head_overview(merged(att), group_of[position], metric, target)
+        settings.update(position=position, metric=metric, target=target)
+        figure = charts.layer_head_heatmap(values, f"{metric} from position {position}", metric)
+        _chart(figure, "xa-chart", f"attention-{slug}", image_format)
+        frame = pd.DataFrame(values, index=[f"layer {i}" for i in range(n_layers)],
+                             columns=[f"head {h}" for h in range(n_heads)])
+        _downloads(frame, {"values": values.round(6).tolist(), **settings}, "attention-overview", "xa-data")
+        return
+    else:  # masked vs unmasked
+        with cols[0]:
+            layer = layer_select()
+        with cols[1]:
+            head = head_select(with_mean=True)
+        mode = cols[2].radio("Show", ["side by side", "difference"], horizontal=True, key="xa-compare")
+        plain_ids = attention.unmasked_ids(exploration.tokens.ids, exploration.prediction.filled_ids,
+                                           loaded.mask_token_id)
+        if view_of.typed:
+            st.caption("Typed masks have no original word: the unmasked sentence uses the model's first guess.")
+        try:
+            with_mask, without = attention.masked_vs_unmasked(loaded, tokens.ids, plain_ids, view_of.exclude)
+        except MaskLabError as exc:
+            show_error(exc)
+            return
+        plain_labels = attention.group_labels(loaded.tokenizer.convert_ids_to_tokens(plain_ids), groups,
+                                              loaded.tokenizer)
+
+        def pick(a: np.ndarray) -> np.ndarray:
+            return merged(a[layer].mean(axis=0) if head is None else a[layer, head])
+
+        a, b = pick(with_mask), pick(without)
+        which = "mean of heads" if head is None else f"head {head}"
+        settings.update(layer=layer, head=head, mode=mode, unmasked_tokens=plain_labels,
+                        unmasked_matrix=b.round(6).tolist())
+        if mode == "difference":
+            matrix = a - b
+            figure = charts.attention_heatmap(matrix, labels, highlight,
+                                              f"Masked − unmasked, layer {layer}, {which}", diverging=True)
+        else:
+            matrix = a
+            figure = charts.side_by_side_heatmaps(a, b, labels, plain_labels, ["masked", "unmasked"], highlight)
+    _chart(figure, "xa-chart", f"attention-{slug}", image_format)
+    frame, record = _matrix_record(matrix, labels, **settings)
+    _downloads(frame, record, f"attention-{slug}", "xa-data")
+
+
+# --------------------------------------------------------------------------- interference
+
+
+def _show_whatifs(whatifs, name: str, image_format: str, extra: dict | None = None) -> None:
+    rows = [
+        {
+            "position": w.position,
+            "token followed": w.reference_token,
+            "p before": w.reference_before,
+            "p after": w.reference_after,
+            "change": w.change,
+            "top before": ", ".join(c.token for c in w.before.top),
+            "top after": ", ".join(c.token for c in w.after.top),
+        }
+        for w in whatifs
+    ]
+    frame = pd.DataFrame(rows).set_index("position")
+    st.dataframe(frame.style.format({"p before": "{:.2%}", "p after": "{:.2%}", "change": "{:+.2%}"}))
+    columns = st.columns(min(3, len(whatifs)))
+    for n, w in enumerate(whatifs):
+        title = f"position {w.position}: '{w.reference_token}' {w.reference_before:.1%} → {w.reference_after:.1%}"
+        with columns[n % len(columns)]:
+            _chart(charts.whatif_bars(w.before, w.after, w.reference_id, title), f"xi-chart-{n}",
+                   f"{name}-{w.position}", image_format)
+    _downloads(frame, {"whatif": name, **(extra or {}), "positions": [w.as_dict() for w in whatifs]}, name,
+               "xi-data")
+
+
+def interference_panel(loaded: LoadedModel, exploration: Exploration) -> None:
+    """What if the context loses tokens, heads are switched off or weights are pruned?"""
+    view_of = seen(loaded, exploration)
+    tokens, positions, originals = view_of.tokens, view_of.positions, view_of.originals
+    ids, base = list(tokens.ids), view_of.exclude
+    sig = _model_sig(loaded)
+    top = st.columns([3, 2])
+    kind = top[0].radio("What if…", WHATIFS, horizontal=True, key="xi-kind")
+    with top[1]:
+        image_format = _image_format("xi")
+    top_k = len(exploration.prediction.predictions[0].top)  # as many guesses as the page shows
+    if base:
+        st.caption("Tokens the masking strategy already excluded stay excluded before and after.")
+    try:
+        if kind == "Exclude tokens":
+            rules = st.multiselect("Remove every…", CATEGORIES, key="xi-rules",
+                                   help="Categories come from the whole word: stopword, punctuation, number, content.")
+            choosable = [i for i in tokens.eligible_positions if i not in positions]
+            picked = st.multiselect("…and these tokens", choosable, format_func=lambda i: f"{i} {tokens.tokens[i]}",
+                                    key=f"xi-tokens-{view_of.sig}")
+            exclude = interference.exclusion(tokens, picked, rules, keep=positions)
+            kinds = ["masked" if i in positions else ("excluded" if exclude[i] or (base and base[i]) else None)
+                     for i in range(len(ids))]
+            st.markdown(render.token_chips(tokens.tokens, kinds, tokens.special), unsafe_allow_html=True)
+            if not any(exclude):
+                st.info("Pick tokens or a rule: they are removed from the context (no position attends to them).")
+                return
+            whatifs = interference.exclude_tokens(loaded, ids, positions, exclude, originals, top_k, base)
+            removed = [tokens.tokens[i] for i, e in enumerate(exclude) if e]
+            _show_whatifs(whatifs, "exclude", image_format, {"excluded": removed, "rules": rules})
+        elif kind == "Switch heads off":
+            heads = [(la, h) for la in range(loaded.num_layers) for h in range(loaded.num_heads)]
+            cols = st.columns(2)
+            whole = cols[0].multiselect("Every head of layers", range(loaded.num_layers),
+                                        format_func=lambda la: f"layer {la}", key=f"xi-layers-off-{sig}")
+            single = cols[1].multiselect("Single heads", heads, format_func=lambda lh: f"layer {lh[0]} · head {lh[1]}",
+                                         key=f"xi-heads-off-{sig}")
+            off = sorted(set(single) | {(la, h) for la in whole for h in range(loaded.num_heads)})
+            if off:
+                whatifs = interference.mask_heads(loaded, ids, positions, off, originals, top_k, base)
+                _show_whatifs(whatifs, "heads-off", image_format, {"heads_off": off})
+            else:
+                st.info("Choose heads (or whole layers) to switch off.")
+            _head_importance(loaded, exploration, view_of, image_format)
+        else:
+            cols = st.columns(3)
+            sparsity = cols[0].slider("Sparsity", 0.0, 0.95, 0.3, 0.05, key="xi-sparsity",
+                                      help="Fraction of the encoder's linear weights set to zero, smallest first.")
+            scope = cols[1].radio("Threshold", interference.PRUNE_SCOPES, horizontal=True, key="xi-scope",
+                                  format_func=lambda s: {"layer": "per weight matrix", "global": "global"}[s])
+            layers = cols[2].multiselect("Layers", range(loaded.num_layers), default=list(range(loaded.num_layers)),
+                                         format_func=lambda la: f"layer {la}", key=f"xi-prune-layers-{sig}")
+            if not layers:
+                st.info("Choose at least one layer to prune.")
+                return
+            report = interference.prune(loaded, ids, positions, sparsity, scope, layers, originals, top_k, base)
+            st.caption(f"{report.pruned:,} of {report.total:,} weights set to zero ({report.achieved:.1%}); "
+                       "the shared model is unchanged.")
+            _show_whatifs(report.whatifs, "prune", image_format,
+                          {"sparsity": sparsity, "scope": scope, "layers": layers, "pruned": report.pruned,
+                           "total": report.total})
+    except MaskLabError as exc:
+        show_error(exc)
+
+
+def _head_importance(loaded: LoadedModel, exploration: Exploration, view_of: Seen, image_format: str) -> None:
+    st.markdown("**Head importance**: how much the followed token's probability drops when one head is off.")
+    cols = st.columns([2, 1])
+    position = cols[0].selectbox("Masked position", view_of.positions,
+                                 format_func=lambda p: _position_label(exploration, p),
+                                 key=f"xi-importance-position-{view_of.sig}")
+    reference = view_of.originals.get(position)
+    request = (loaded.name, view_of.sig, position, reference)
+    if cols[1].button("Measure every head", key="xi-importance-run"):
+        drops, p_base, reference = interference.head_importance(loaded, view_of.tokens.ids, position, reference,
+                                                                view_of.exclude)
+        st.session_state["xi-importance-result"] = (request, drops, p_base, reference)
+    stored = st.session_state.get("xi-importance-result")
+    if not stored or stored[0] != request:
+        return
+    _, drops, p_base, reference = stored
+    token = loaded.tokenizer.convert_ids_to_tokens(reference)
+    title = f"Drop in p('{token}') (now {p_base:.1%}) with one head off"
+    _chart(charts.layer_head_heatmap(drops, title, "drop", diverging=True, percent=True), "xi-importance-chart",
+           "head-importance", image_format)
+    frame = pd.DataFrame(drops, index=[f"layer {i}" for i in range(len(drops))],
+                         columns=[f"head {h}" for h in range(drops.shape[1])])
+    _downloads(frame, {"position": position, "token": token, "p_all_heads": p_base, "drops": drops.round(6).tolist()},
+               "head-importance", "xi-importance-data")
+
+
+# --------------------------------------------------------------------------- attribution
+
+
+def attribution_chips(labels, scores, highlight=()) -> str:
+    """Tokens tinted by score (red raised the target, blue lowered it); text escaped by render.chip."""
+    scale = float(np.max(np.abs(scores))) or 1.0
+    parts = []
+    for i, (label, score) in enumerate(zip(labels, scores)):
+        alpha = min(1.0, abs(float(score)) / scale) * 0.85
+        colour = f"rgba(214,39,40,{alpha:.2f})" if score > 0 else f"rgba(31,119,180,{alpha:.2f})"
+        parts.append(render.chip(label, colour, title=f"{i}: {float(score):+.4f}", strong=i in highlight))
+    return '<div style="line-height:2.1">' + "".join(parts) + "</div>"
+
+
+def attribution_panel(loaded: LoadedModel, exploration: Exploration) -> None:
+    """Which context tokens raised or lowered the probability of one token at one mask (captum)."""
+    view_of = seen(loaded, exploration)
+    tokens, positions = view_of.tokens, view_of.positions
+    cols = st.columns(3)
+    position = cols[0].selectbox("Masked position", positions, format_func=lambda p: _position_label(exploration, p),
+                                 key=f"xt-position-{view_of.sig}")
+    target = cols[1].text_input("Token to explain", key="xt-target", placeholder="the first guess",
+                                help="Any single token of the vocabulary; empty: the model's first guess.").strip()
+    method = cols[2].radio("Method", attribution.METHODS, format_func=attribution.METHOD_LABELS.get, key="xt-method",
+                           help="Integrated Gradients is exact up to the reported delta; the others take one "
+                           "backward pass each.")
+    steps, baseline = attribution.DEFAULT_STEPS, "pad"
+    if method == "ig":
+        cols = st.columns(2)
+        steps = cols[0].slider("Steps", 1, attribution.MAX_STEPS, attribution.DEFAULT_STEPS, key="xt-steps",
+                               help="More steps: smaller convergence delta, longer wait.")
+        baseline = cols[1].selectbox("Baseline token", attribution.BASELINES, key="xt-baseline",
+                                     help="The baseline replaces every context token by this one; special tokens "
+                                     "and the masks stay.")
+    cols = st.columns([1, 1, 2])
+    merge = cols[0].toggle("Merge word pieces", key="xt-merge")
+    with cols[2]:
+        image_format = _image_format("xt")
+    request = (loaded.name, view_of.sig, position, target, method, steps if method == "ig" else None, baseline)
+    if cols[1].button("Explain", key="xt-run", type="primary"):
+        try:
+            with st.spinner("Computing attributions …"):
+                result = attribution.attribute(loaded, tokens.ids, position, target or None, method, steps, baseline,
+                                               attention_exclude=view_of.exclude)
+            st.session_state["xt-result"] = (request, result)
+        except MaskLabError as exc:
+            show_error(exc)
+            return
+    stored = st.session_state.get("xt-result")
+    if not stored or stored[0] != request:
+        st.caption("Choose the settings, then press Explain.")
+        return
+    result = stored[1]
+    groups = attention.word_groups(tokens.word_ids) if merge else [[i] for i in range(len(tokens))]
+    labels = attention.group_labels(tokens.tokens, groups, loaded.tokenizer)
+    scores = attention.merge_scores(result.scores, groups) if merge else result.scores
+    highlight = [g for g, members in enumerate(groups) if any(p in positions for p in members)]
+
+    summary = (f"**{attribution.METHOD_LABELS[result.method]}** of p('{render.escape_markdown(result.target_token)}') = "
+               f"{result.target_prob:.2%}")
+    if result.method == "ig":
+        summary += (f" · baseline \\[{result.baseline}\\] gives {result.baseline_prob:.2%} · {result.steps} steps "
+                    f"in batches of {result.internal_batch_size} · convergence delta {result.delta:+.2e}")
+    st.markdown(summary + f" · {result.seconds:.2f} s")
+    st.markdown(attribution_chips(labels, scores, highlight), unsafe_allow_html=True)
+    title = f"Attribution to '{result.target_token}' at position {result.position}"
+    _chart(charts.attribution_bars(scores, labels, highlight, title), "xt-chart", "attribution", image_format)
+    frame = pd.DataFrame({"token": labels, "score": scores})
+    record = dict(result.as_dict(), tokens=labels, scores=[float(s) for s in scores], merged_words=merge)
+    _downloads(frame, record, f"attribution-{result.method}", "xt-data")
