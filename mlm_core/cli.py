@@ -322,8 +322,15 @@ COMMANDS.update(attend=cli_explain.run_attend, attribute=cli_explain.run_attribu
 FORMATTERS.update(attend=cli_explain.format_attend, attribute=cli_explain.format_attribute)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line and exit status 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m mlm_core",
         description="MaskLab: see and test what masking does to masked language models.",
     )

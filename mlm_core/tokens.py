@@ -193,7 +193,12 @@ def tokenize(tokenizer, text: str, language: str = "en") -> Tokens:
     pieces: list[tuple[int, int, bool]] = []  # (start, end, is_mask)
     pattern = _mask_pattern(mask_token)
     for match in pattern.finditer(text) if pattern else ():
-        pieces.append((cursor, match.start(), False))
+        # The space before a mask belongs to the mask (RoBERTa's <mask> is lstrip): tokenized on
+        # its own it would become a stray "Ġ"/"▁" token the model never saw before a mask.
+        before = match.start()
+        while before > cursor and text[before - 1].isspace():
+            before -= 1
+        pieces.append((cursor, before, False))
         pieces.append((match.start(), match.end(), True))
         cursor = match.end()
     pieces.append((cursor, len(text), False))

@@ -10,6 +10,8 @@ from ui.common import model_sidebar, show_error
 from ui.explain import attention_panel, attribution_panel, interference_panel
 from ui.strategy import masking_controls
 
+MAX_URL_TEXT = 2000
+
 st.title("Explore")
 loaded = model_sidebar()
 if loaded is None:
@@ -22,7 +24,10 @@ text = st.text_area(
     key="text",
     height=90,
 )
-params["text"] = text
+if len(text) <= MAX_URL_TEXT:  # long texts would make unusable links; they stay in the session
+    params["text"] = text
+elif "text" in params:
+    del params["text"]
 
 controls, output = st.columns([1, 2], gap="large")
 with controls:
@@ -62,6 +67,8 @@ with output:
     columns = st.columns(min(3, len(guesses)))
     for n, guess in enumerate(guesses):
         title = f"position {guess.position} · {result.kinds[guess.position]}"
+        if guess.fill_step:
+            title += f" · filled {guess.fill_step}."
         if guess.original_token:
             verdict = "✓ hit" if guess.hit else f"✗ rank {guess.original_rank}"
             title += f"\noriginal '{guess.original_token}' {verdict}"

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 TINY_WORDS = (
-    "the a is of and to in it was cat dog sat on mat ran paris france capital "
+    "the a is of and to in it was cat dog sat on mat ran paris france capital "  # noqa: SIM905 (readable)
     "city big small red blue house tree ##s ##ed he she".split()
 )
 TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "?", "'", *TINY_WORDS]

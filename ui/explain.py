@@ -115,7 +115,7 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> None:
     try:
         att = attention.attention_maps(loaded, tokens.ids, view_of.exclude)  # (L, H, T, T)
     except MaskLabError as exc:
-        show_error(exc)
+        st.info(str(exc))  # e.g. a text longer than one window: not a mistake, just not shown
         return
     n_layers, n_heads = att.shape[:2]
 

@@ -100,7 +100,7 @@ def masking_controls(key: str = "mask", default: str = "random"):
         st.session_state[seed_key] = (st.session_state[seed_key] + 1) % 2**31
 
     seed = st.number_input("Seed (the same seed repeats a demo)", 0, 2**31 - 1, key=seed_key)
-    st.button("🎲 Draw again", key=f"{key}-draw", on_click=draw_again, disabled=name == NONE,
+    st.button("Draw again", key=f"{key}-draw", on_click=draw_again, disabled=name == NONE,
               help="A new random draw: the seed goes up by one.")
 
     strategy = build_strategy(None if name == NONE else name, values, privacy_on, protect, exclude)

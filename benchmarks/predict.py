@@ -1,0 +1,111 @@
+"""Latency of one fill-mask prediction: mlm_core (with attentions) against transformers' pipeline.
+
+Both sides get the same model object and tokenizer, the same ~20 everyday sentences, the same
+torch thread count, and run interleaved in one process after a warm-up, so background load hits
+both alike. Ours does more: it also returns every layer's attention weights (L, H, T, T), the
+original-token bookkeeping and special-token filtering. The pipeline returns top-5 tokens.
+
+    python benchmarks/predict.py [--rounds N]
+
+Lower is better; the last line is ``ratio: ours/pipeline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from mlm_core.models import load_model  # noqa: E402
+from mlm_core.predict import predict  # noqa: E402
+from mlm_core.tokens import tokenize  # noqa: E402
+
+SENTENCES = [
+    "I drank a cup of [MASK] this morning.",
+    "The capital of France is [MASK].",
+    "She opened the [MASK] and let the cat in.",
+    "We went to the beach to swim in the [MASK].",
+    "He brushed his [MASK] before going to bed.",
+    "The children played football in the [MASK] after school.",
+    "It was raining, so I took my [MASK].",
+    "My phone battery is almost [MASK].",
+    "Please turn off the [MASK] when you leave the room.",
+    "The train to London leaves at nine [MASK].",
+    "She bought fresh bread at the [MASK].",
+    "The doctor told him to get more [MASK].",
+    "They watched a [MASK] at the cinema last night.",
+    "I need to wash my [MASK] before dinner.",
+    "The baby is sleeping, so please be [MASK].",
+    "We planted tomatoes in the [MASK] this spring.",
+    "He forgot his password and could not log [MASK].",
+    "The soup is too hot to [MASK] right now.",
+    "After the long walk we were very [MASK].",
+    "The library closes at six [MASK] on Sundays.",
+]
+TOP_K = 5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8, help="passes over the sentences (default 8)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
+    args = parser.parse_args()
+
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    loaded = load_model(None, device="cpu")
+    torch.set_num_threads(args.threads or torch.get_num_threads())  # both sides run with this count
+    fill_mask = pipeline("fill-mask", model=loaded.model, tokenizer=loaded.tokenizer, device=loaded.device)
+
+    def ours(sentence: str):
+        ids = tokenize(loaded.tokenizer, sentence).ids
+        return predict(loaded, ids, top_k=TOP_K, output_attentions=True)
+
+    def baseline(sentence: str):
+        return fill_mask(sentence, top_k=TOP_K)
+
+    for sentence in SENTENCES:  # warm-up: allocator, first-call hooks, caches
+        for _ in range(2):
+            ours(sentence)
+            baseline(sentence)
+        assert ours(sentence).predictions[0].top[0].token == baseline(sentence)[0]["token_str"].replace(
+            " ", ""
+        )
+
+    times: dict[str, list[float]] = {"ours": [], "pipeline": []}
+    for round_ in range(args.rounds):
+        for sentence in SENTENCES:
+            order = (("ours", ours), ("pipeline", baseline))
+            for name, function in order if round_ % 2 == 0 else order[::-1]:  # alternate who goes first
+                start = time.perf_counter()
+                function(sentence)
+                times[name].append(time.perf_counter() - start)
+
+    ours_ms = statistics.median(times["ours"]) * 1000
+    pipeline_ms = statistics.median(times["pipeline"]) * 1000
+    ratio = ours_ms / pipeline_ms
+    print(
+        f"model: {loaded.name} on {loaded.describe()['device']}; {len(SENTENCES)} sentences x {args.rounds} rounds"
+    )
+    print(
+        f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
+    )
+    print(f"ours (tokenize + predict, top-{TOP_K}, with attentions): median {ours_ms:.2f} ms")
+    print(f"pipeline (transformers fill-mask, top-{TOP_K}): median {pipeline_ms:.2f} ms")
+    verdict = "ours is faster" if ratio < 1 else "the pipeline is faster"
+    print(f"lower is better: ours / pipeline = {ratio:.3f} ({verdict})")
+    print(f"ratio: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Browser tests: a real Chromium (Debian package) against a running Streamlit server."""

@@ -1,0 +1,166 @@
+"""The Fine-tune page in a real Chromium: a bad upload names its line; a started run's progress
+bar moves while the page polls; Cancel stops it.
+
+The app runs on its own server here, with MASKLAB_HOME in a temporary folder, so runs never
+land in the user's store. Job processes started through the page are killed by their pids
+(from that store) when the module ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_training import corpus_bytes
+
+from mlm_core.runs import RUNNING, RunStore
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+SERVER_START_TIMEOUT_S = 180
+BAD_CSV = b"id,text\n1,the cat sat\n2,the dog ran,extra\n3,the mat\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def masklab_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("masklab-home")
+    yield home
+    store = RunStore(home / "runs")
+    for record in store.list():
+        if record.status == RUNNING and record.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def finetune_url(chromium_path, masklab_home, tmp_path_factory):
+    """A Streamlit server whose run store is ``masklab_home``; yields the Fine-tune page's URL."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("streamlit-ft") / "server.log").open("w")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "MASKLAB_HOME": str(masklab_home), "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    try:
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"streamlit exited with {server.returncode}; see {log.name}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer within {SERVER_START_TIMEOUT_S} s")
+            time.sleep(0.5)
+        yield f"{url}/finetune"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def settle(page, ms: int = 600) -> None:
+    """Let Streamlit finish the rerun a widget change started."""
+    page.wait_for_timeout(ms)
+    page.locator('[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"]'
+                 ).first.wait_for(state="detached", timeout=120_000)
+
+
+def upload(page, name: str, data: bytes, mime: str = "text/plain") -> None:
+    page.locator("input[type=file]").set_input_files({"name": name, "mimeType": mime, "buffer": data})
+    settle(page)
+
+
+def set_number(page, label: str, value) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    settle(page)
+
+
+def progress_value(page) -> float:
+    bar = page.locator('[role="progressbar"]').first
+    return float(bar.get_attribute("aria-valuenow") or 0)
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_model_dir, masklab_home, artifacts):
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(finetune_url)
+    page.get_by_text("Block 1:", exact=False).first.wait_for()  # the demo corpus preview
+
+    page.get_by_text("Upload a file", exact=True).click()
+    settle(page)
+    upload(page, "<img src=x onerror=alert(1)>.csv", BAD_CSV, "text/csv")
+    error = page.get_by_text("Line 3", exact=False).first
+    error.wait_for()
+    assert "3 fields where the header has 2" in error.inner_text()
+    assert page.locator("img[src='x']").count() == 0
+    page.screenshot(path=str(artifacts / "finetune-bad-upload.png"), full_page=True)
+
+    upload(page, "tiny.txt", corpus_bytes())
+    page.get_by_text("240 texts", exact=False).first.wait_for()
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Start from").click()
+    page.get_by_role("option", name="Other: hub id or local folder").click()
+    settle(page)
+    other = page.get_by_label("Hub id or model folder", exact=True)
+    other.fill(str(tiny_model_dir))
+    other.press("Enter")
+    settle(page)
+    set_number(page, "Steps", 20_000)
+    set_number(page, "Batch (blocks per step)", 8)
+    set_number(page, "Block length (tokens)", 32)
+    page.get_by_text("estimated time", exact=False).first.wait_for()
+
+    page.get_by_role("button", name="Start training").click()
+    page.locator('[role="progressbar"]').first.wait_for()
+    assert "run=" in page.url  # the followed run is in the URL: a reload re-attaches
+    first = wait_until(lambda: progress_value(page) > 0 and progress_value(page), 150, "the first steps")
+    later = wait_until(lambda: progress_value(page) > first and progress_value(page), 90, "the bar to move")
+    assert later > first
+    page.get_by_text("left", exact=False).first.wait_for()  # an ETA
+    page.screenshot(path=str(artifacts / "finetune-live.png"), full_page=True)
+
+    page.reload()  # a closed and reopened tab comes back to the same run
+    page.locator('[role="progressbar"]').first.wait_for()
+    assert wait_until(lambda: progress_value(page) >= later and progress_value(page), 60, "re-attaching")
+    page.get_by_role("button", name="Cancel the run").click()
+    page.get_by_text("cancelled", exact=False).first.wait_for(timeout=90_000)
+    page.screenshot(path=str(artifacts / "finetune-cancelled.png"), full_page=True)
+    runs = RunStore(masklab_home / "runs").list()
+    assert len(runs) == 1 and runs[0].status == "cancelled"
+    assert dialogs == []

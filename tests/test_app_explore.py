@@ -1,0 +1,156 @@
+"""The Explore page through Streamlit's AppTest: predictions, messages instead of tracebacks, clicks.
+
+AppTest runs no JavaScript; tests/browser/ covers what happens in a real page.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from mlm_core.predict import fill_text, predict
+from mlm_core.render import escape_markdown
+from mlm_core.tokens import tokenize
+from ui.strategy import NONE
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAYLOAD = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(autouse=True)
+def clear_streamlit_caches():
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def run_app(text: str | None = None, model: str | None = None, strategy: str | None = NONE) -> AppTest:
+    """The app after its first run; by default with no masking strategy (typed and clicked masks only)."""
+    app = AppTest.from_file(APP, default_timeout=120)
+    if text is not None:
+        app.query_params["text"] = text
+    if model is not None:
+        app.query_params["model"] = model
+    if strategy is not None:
+        app.query_params["strategy"] = strategy
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def charts(app: AppTest) -> list[dict]:
+    """The top-k bar charts, one per predicted position (other panels have charts too)."""
+    return [
+        json.loads(chart.proto.spec) for chart in app.get("plotly_chart") if chart.key.startswith("topk-")
+    ]
+
+
+def top_token(spec: dict) -> str:
+    return spec["layout"]["yaxis"]["ticktext"][-1]  # best guess is drawn at the top
+
+
+def errors(app: AppTest) -> list[str]:
+    return [e.value for e in app.error] + [e.value for e in app.sidebar.error]
+
+
+def test_default_sentence_on_default_model(default_loaded):
+    app = run_app()
+    assert app.title[0].value == "Explore"
+    text = app.text_area(key="text").value
+    assert "[MASK]" in text
+    expected = predict(default_loaded, tokenize(default_loaded.tokenizer, text).ids)
+    (spec,) = charts(app)
+    assert top_token(spec) == expected.predictions[0].top[0].token
+    assert not errors(app)
+    filled = escape_markdown(fill_text(default_loaded, expected.filled_ids))
+    assert any(m.value == f"**Filled in:** {filled}" for m in app.markdown)
+
+
+def test_default_page_with_its_default_strategy():
+    app = run_app(strategy=None)
+    assert not errors(app)
+    assert charts(app), "no predictions on the default page"
+
+
+def test_text_without_mask_shows_a_message(tiny_model_dir):
+    app = run_app(model=str(tiny_model_dir))
+    app.text_area(key="text").input("the cat sat on the mat").run()
+    assert not app.exception
+    assert any("No masked position" in e for e in errors(app))
+    assert charts(app) == []
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\u200b\u200e"])
+def test_empty_text_shows_a_message(tiny_model_dir, text):
+    app = run_app(model=str(tiny_model_dir))
+    app.text_area(key="text").input(text).run()
+    assert not app.exception
+    assert any("Nothing to mask" in e for e in errors(app))
+
+
+def test_html_in_text_is_escaped(tiny_model_dir):
+    app = run_app(text=f"{PAYLOAD} the [MASK] sat", model=str(tiny_model_dir))
+    html_blocks = [m.value for m in app.markdown if m.allow_html]
+    assert html_blocks, "the token strip is missing"
+    assert all(PAYLOAD not in block and "<img" not in block for block in html_blocks)
+    assert len(charts(app)) == 1
+
+
+def test_unknown_model_shows_an_error():
+    app = run_app(model="no-such-org/no-such-model")
+    assert any("Cannot find model 'no-such-org/no-such-model'" in e for e in errors(app))
+    assert charts(app) == []
+
+
+def test_tiny_model_through_other(tiny_model_dir):
+    app = run_app(text="the cat [MASK] on the mat", model=str(tiny_model_dir))
+    assert app.selectbox(key="model_choice").value.startswith("Other")
+    assert app.text_input(key="model_other").value == str(tiny_model_dir)
+    assert len(charts(app)) == 1
+    assert app.query_params["model"] == str(tiny_model_dir)
+
+
+def test_clicking_tokens_masks_them(tiny_model_dir):
+    app = run_app(text="the cat [MASK] on the mat", model=str(tiny_model_dir))
+    (pills,) = app.get("button_group")
+    assert list(pills.options) == ["the", "cat", "on", "the", "mat"]  # repeated "the" stays two chips
+    pills.set_value([2]).run()  # position 2: "cat"
+    assert not app.exception
+    specs = charts(app)
+    assert len(specs) == 2  # the typed mask and the clicked one
+    titles = [spec["layout"]["title"]["text"] for spec in specs]
+    assert any("original 'cat'" in title for title in titles)
+    strip = next(m.value for m in app.markdown if m.allow_html)  # the token strip comes first
+    assert strip.count(": masked") == 2
+
+
+def test_joint_fill_matches_the_library(tiny_loaded, tiny_model_dir):
+    text = "[MASK] cat [MASK] on the mat"
+    app = run_app(text=text, model=str(tiny_model_dir))
+    app.radio(key="fill").set_value("joint").run()
+    assert not app.exception
+    expected = predict(tiny_loaded, tokenize(tiny_loaded.tokenizer, text).ids, fill="joint")
+    filled = escape_markdown(fill_text(tiny_loaded, expected.filled_ids))
+    assert any(m.value == f"**Filled in:** {filled}" for m in app.markdown)
+    assert len(charts(app)) == 2
+    assert not any("independently" in i.value for i in app.info)
+
+
+def test_text_over_the_limit_shows_a_message(tiny_model_dir):
+    app = run_app(model=str(tiny_model_dir))
+    app.text_area(key="text").input("the cat " * 12_501 + "[MASK]").run()
+    assert not app.exception
+    assert any("limit is 100,000" in e for e in errors(app))
+
+
+def test_text_longer_than_the_model_is_windowed(tiny_model_dir):
+    text = "the cat sat on the mat and the dog ran in the house " * 8 + "the [MASK] sat."
+    app = run_app(text=text, model=str(tiny_model_dir))
+    assert any("window" in i.value for i in app.info)
+    assert len(charts(app)) == 1

@@ -1,0 +1,37 @@
+"""Figures: repeated tokens keep their own ticks; the top-k bars read best-first."""
+
+from __future__ import annotations
+
+from mlm_core.charts import HIT_COLOUR, token_axis, topk_bars
+from mlm_core.predict import Candidate, PositionPrediction
+
+
+def test_token_axis_keeps_repeated_tokens():
+    tokens = ["[CLS]", "the", "cat", "saw", "the", "the", "[SEP]"]
+    axis = token_axis(tokens)
+    assert axis["ticktext"] == tokens
+    assert axis["tickvals"] == list(range(len(tokens)))
+
+
+def test_topk_bars_labels_equal_tokens_even_when_repeated():
+    top = (Candidate("the", 1, 0.5), Candidate("a", 2, 0.3), Candidate("the", 3, 0.1))
+    figure = topk_bars(PositionPrediction(position=2, top=top, original_id=2), title="<b>x</b>")
+    yaxis = figure.layout.yaxis
+    assert list(yaxis.ticktext) == ["the", "a", "the"][::-1]  # best at the top
+    assert list(yaxis.tickvals) == [0, 1, 2]
+    bar = figure.data[0]
+    assert list(bar.x) == [0.1, 0.3, 0.5]
+    assert list(bar.customdata) == ["the", "a", "the"]
+    assert bar.marker.color[1] == HIT_COLOUR  # "a" is the original token
+
+
+def test_tokens_and_titles_are_literal_in_plotly():
+    """Plotly renders <b>, <a href> in labels; a token must show as typed (Plotly decodes &lt; back)."""
+    top = (Candidate("<b>x</b>", 1, 0.6), Candidate("<a href='javascript:alert(1)'>y</a>", 2, 0.4))
+    figure = topk_bars(
+        PositionPrediction(position=1, top=top), title="original '<img src=x onerror=alert(1)>'"
+    )
+    shown = [*figure.layout.yaxis.ticktext, figure.layout.title.text, *figure.data[0].customdata]
+    assert not any("<" in label or ">" in label for label in shown)
+    assert "&lt;b&gt;x&lt;/b&gt;" in shown
+    assert token_axis(["<i>", "a&b"])["ticktext"] == ["&lt;i&gt;", "a&amp;b"]

@@ -1,0 +1,35 @@
+"""The Streamlit server configuration keeps its protections on."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+CONFIG = Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml"
+
+
+def test_server_protections_stay_on():
+    server = tomllib.loads(CONFIG.read_text())["server"]
+    assert server["enableXsrfProtection"] is True
+    assert server["enableCORS"] is True
+    assert server["fileWatcherType"] == "none"  # torch's lazy modules break the watcher
+
+
+def test_no_usage_statistics_or_error_details():
+    config = tomllib.loads(CONFIG.read_text())
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["client"]["showErrorDetails"] in ("none", False)
+
+
+def test_ci_runs_the_readme_test_command():
+    root = CONFIG.parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands[0] == "pip install -r requirements.txt && streamlit run app.py"
+    test_command = commands[1]
+    assert "pytest" in test_command
+    ci = (root / ".ci" / "run").read_text(encoding="utf-8")
+    assert any(line.startswith(test_command + " ") or line == test_command for line in ci.splitlines())
+    assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
+    assert "playwright install" not in ci.replace("no `playwright install`", "")
