@@ -11,5 +11,8 @@ st.set_page_config(page_title="MaskLab", page_icon="🎭", layout="wide")
 
 pages = [
     st.Page("pages/explore.py", title="Explore", icon="🔍", default=True),
+    st.Page("pages/batch.py", title="Batch analysis", icon="📊"),
+    st.Page("pages/finetune.py", title="Fine-tune", icon="🏋️"),
+    st.Page("pages/runs.py", title="Runs", icon="📈"),
 ]
 st.navigation(pages).run()

@@ -386,3 +386,79 @@ def metric_curves(frame, title: str, series: str = "metric", height: int = 300) 
         showlegend=frame[series].nunique() > 1,
     )
     return figure
+
+
+# --------------------------------------------------------------------------- batch analysis: from
+# mlm_core.evaluate.EvalReport.summary(), one row per configuration and category with 95% intervals
+# in <metric>_low / <metric>_high (NaN where there is none).
+
+METRIC_LABELS = {
+    "top1": "top-1 accuracy",
+    "top5": "top-5 accuracy",
+    "mean_log_prob": "mean log-probability of the original token",
+}
+
+
+def _rgba(colour: str, alpha: float) -> str:
+    red, green, blue = (int(colour[k : k + 2], 16) for k in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{alpha})"
+
+
+def _metric_axis(metric: str) -> dict:
+    if metric == "mean_log_prob":
+        return dict(title=METRIC_LABELS[metric])
+    return dict(title=METRIC_LABELS[metric], tickformat=".0%", range=[0, 1.02])
+
+
+def category_bars(summary, metric: str = "top1", height: int = 380) -> go.Figure:
+    """Grouped bars: one group per category (all, stopword, punctuation, number, content), one bar per
+    configuration, whiskers for the 95% interval. Configuration names are shown literally."""
+    categories = list(dict.fromkeys(summary["category"]))
+    figure = go.Figure()
+    for n, (label, part) in enumerate(summary.groupby("config", sort=False)):
+        part = part.set_index("category").reindex(categories)
+        value, low, high = part[metric], part[f"{metric}_low"], part[f"{metric}_high"]
+        figure.add_trace(go.Bar(
+            name=literal(label), x=list(range(len(categories))), y=value.tolist(),
+            error_y=dict(type="data", symmetric=False, array=(high - value).tolist(),
+                         arrayminus=(value - low).tolist(), visible=bool(low.notna().any())),
+            marker_color=CURVE_COLOURS[n % len(CURVE_COLOURS)], customdata=part["n"].tolist(),
+            hovertemplate="%{fullData.name}<br>%{y:.3f} (n = %{customdata:,})<extra></extra>",
+        ))
+    figure.update_layout(
+        title=dict(text=literal(f"{METRIC_LABELS[metric]} by token category"), font=dict(size=14)),
+        barmode="group", height=height, margin=dict(l=10, r=10, t=40, b=10),
+        xaxis=dict(token_axis(categories), title="category"), yaxis=_metric_axis(metric),
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return figure
+
+
+def rate_curves(summary, metric: str = "top1", category: str = "all", height: int = 380) -> go.Figure:
+    """``metric`` against the masking rate, one line per series (a configuration without its rate),
+    with its 95% interval as a band. ``category`` picks the row of the summary (all, stopword, ...)."""
+    part = summary[summary["category"] == category]
+    figure = go.Figure()
+    for n, (series, rows) in enumerate(part.groupby("series", sort=False)):
+        rows = rows.sort_values("rate")
+        colour = CURVE_COLOURS[n % len(CURVE_COLOURS)]
+        rates = rows["rate"].tolist()
+        shown = literal(series)
+        if rows[f"{metric}_low"].notna().all():
+            figure.add_trace(go.Scatter(
+                x=rates + rates[::-1], y=rows[f"{metric}_high"].tolist() + rows[f"{metric}_low"].tolist()[::-1],
+                fill="toself", fillcolor=_rgba(colour, 0.18), line=dict(width=0), hoverinfo="skip",
+                showlegend=False, legendgroup=shown, name=shown,
+            ))
+        figure.add_trace(go.Scatter(
+            x=rates, y=rows[metric].tolist(), name=shown, legendgroup=shown, mode="lines+markers",
+            line=dict(color=colour), marker=dict(size=6), customdata=rows["n"].tolist(),
+            hovertemplate="%{fullData.name}<br>rate %{x:.0%}: %{y:.3f} (n = %{customdata:,})<extra></extra>",
+        ))
+    figure.update_layout(
+        title=dict(text=literal(f"{METRIC_LABELS[metric]} vs masking rate ({category})"), font=dict(size=14)),
+        height=height, margin=dict(l=10, r=10, t=40, b=10),
+        xaxis=dict(title="masking rate", tickformat=".0%"), yaxis=_metric_axis(metric),
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return figure

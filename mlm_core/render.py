@@ -55,7 +55,7 @@ def legend(large: bool = False) -> str:
 
 def escape_markdown(text: str) -> str:
     """Text shown inside st.markdown: HTML escaped and Markdown control characters neutralised."""
-    escaped = html.escape(text)
+    escaped = html.escape(text, quote=False)  # quotes stay: &#x27; would be broken by escaping '#'
     for char in "\\`*_{}[]()#+-.!|>~":
         escaped = escaped.replace(char, "\\" + char)
     return escaped

@@ -6,12 +6,13 @@ from mlm_core import charts, render
 from mlm_core.errors import MaskLabError
 from mlm_core.explore import FREQUENCY_DRAWS, chosen_frequency, explore, reading_tokens
 from mlm_core.predict import fill_text
-from ui.common import model_sidebar, show_error
+from ui.common import model_sidebar, route_through_app, show_error
 from ui.explain import attention_panel, attribution_panel, interference_panel
 from ui.strategy import masking_controls
 
 MAX_URL_TEXT = 2000
 
+route_through_app()
 st.title("Explore")
 loaded = model_sidebar()
 if loaded is None:

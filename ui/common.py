@@ -11,6 +11,26 @@ from mlm_core.models import LoadedModel, load_model
 OTHER_MODEL = "Other: hub id or local folder"
 
 
+def route_through_app() -> None:
+    """Make a direct link to this page (``/finetune?run=ID``) go through app.py's router.
+
+    Streamlit keeps a process-wide flag, set while a ``pages/`` folder exists and cleared by the
+    first ``st.navigation`` call: if a fresh server's first visitor opens a page's own URL, the
+    page runs alone, in legacy multipage mode (no set_page_config, file names in the sidebar),
+    and stays so for every session until someone opens "/". Clearing it and rerunning lets
+    app.py route this page. Only on a session's first run, which never carries a click (AppTest
+    sets the flag again before every run).
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the flag has no such mode
+        return
+    if PagesManager.uses_pages_directory and not st.session_state.get("routed-by-app"):
+        st.session_state["routed-by-app"] = True
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def model_sidebar() -> LoadedModel | None:
     """Model picker; returns the loaded model, or None after showing why it could not load."""
     params = st.query_params

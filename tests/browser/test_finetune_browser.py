@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -120,8 +122,10 @@ def wait_until(predicate, timeout_s: float, what: str):
 def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_model_dir, masklab_home, artifacts):
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    page.goto(finetune_url)
+    page.goto(finetune_url)  # a fresh server's first visitor, by the page's own link
     page.get_by_text("Block 1:", exact=False).first.wait_for()  # the demo corpus preview
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    assert "Fine-tune" in nav and "app" not in nav.split()  # routed by app.py, not legacy pages/ mode
 
     page.get_by_text("Upload a file", exact=True).click()
     settle(page)
@@ -144,6 +148,8 @@ def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_mo
     set_number(page, "Steps", 20_000)
     set_number(page, "Batch (blocks per step)", 8)
     set_number(page, "Block length (tokens)", 32)
+    page.get_by_text("Evaluation and checkpoints", exact=True).click()
+    set_number(page, "Evaluate every N steps (0: about 20 evaluations per run)", 150)
     page.get_by_text("estimated time", exact=False).first.wait_for()
 
     page.get_by_role("button", name="Start training").click()
@@ -152,8 +158,10 @@ def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_mo
     first = wait_until(lambda: progress_value(page) > 0 and progress_value(page), 150, "the first steps")
     later = wait_until(lambda: progress_value(page) > first and progress_value(page), 90, "the bar to move")
     assert later > first
-    page.get_by_text("left", exact=False).first.wait_for()  # an ETA
-    page.screenshot(path=str(artifacts / "finetune-live.png"), full_page=True)
+    page.get_by_text(re.compile(r"step [0-9,]+/20,000 · about .+ left")).first.wait_for()  # with an ETA
+    page.locator(".js-plotly-plot").first.wait_for(timeout=150_000)  # curves after the first evaluation
+    page.locator('[role="progressbar"]').first.scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "finetune-live.png"))
 
     page.reload()  # a closed and reopened tab comes back to the same run
     page.locator('[role="progressbar"]').first.wait_for()
@@ -163,4 +171,47 @@ def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_mo
     page.screenshot(path=str(artifacts / "finetune-cancelled.png"), full_page=True)
     runs = RunStore(masklab_home / "runs").list()
     assert len(runs) == 1 and runs[0].status == "cancelled"
+
+    page.goto(finetune_url.replace("/finetune", "/runs"))
+    page.get_by_text("1 of 1 runs", exact=False).first.wait_for()
+    page.screenshot(path=str(artifacts / "runs.png"))
     assert dialogs == []
+
+
+def test_runs_page_compares_two_finished_runs(page, finetune_url, tiny_model_dir, masklab_home, artifacts):
+    import torch
+
+    from mlm_core import jobs
+    from mlm_core.training import TrainConfig
+
+    store = RunStore(masklab_home / "runs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for strategy, masking, lr in (("random", "dynamic", 1e-3), ("span", "static", 1e-2)):
+            config = TrainConfig(model=str(tiny_model_dir), device="cpu", steps=6, batch_size=4, seq_len=32,
+                                 lr=lr, eval_every=2, eval_blocks=8, strategy=strategy, masking=masking,
+                                 corpus_name="tiny.txt")
+            record, _ = jobs.submit(store, config, corpus_bytes(), launch=False)
+            assert jobs.execute(store, record.id).status == "finished"
+    finally:
+        torch.set_num_threads(threads)
+    page.goto(finetune_url.replace("/finetune", "/runs"))
+    page.get_by_text("runs.", exact=False).first.wait_for()
+    box = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Runs to compare")
+    for label in ("random/dynamic · finished", "span/static · finished"):
+        box.click()
+        page.get_by_role("option", name=label).click()
+        settle(page)
+    page.keyboard.press("Escape")
+    page.get_by_text("Highlighted: settings that differ", exact=False).first.wait_for()
+    assert page.locator(".js-plotly-plot").count() >= 6
+    page.get_by_role("heading", name="Compare runs").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "runs-compare.png"))
+
+    with page.expect_download(timeout=120_000) as download:  # the zip is built on this click only
+        page.get_by_role("button", name="Model (.zip)").click()
+    with zipfile.ZipFile(download.value.path()) as archive:
+        names = archive.namelist()
+    assert any(n.endswith("-model/config.json") for n in names)
+    assert any(n.endswith("model.safetensors") for n in names)

@@ -1,0 +1,204 @@
+"""Views of the run store for the Runs and Fine-tune pages: the runs table, progress and ETA,
+metric curves in long form, configs side by side, and a run's model as a zip.
+
+Everything returns pandas frames or dataclasses (figures are built in ``charts``).
+
+Example::
+
+    frame = runs_table(store.list())
+    curves = compare_metrics({"run A": store.metrics(a), "run B": store.metrics(b)})
+    table = config_table({"run A": record_a.config, "run B": record_b.config})
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mlm_core.errors import InputError
+from mlm_core.finetune import model_name
+from mlm_core.runs import QUEUED, RUNNING, RunRecord
+
+ACTIVE_STATES = (QUEUED, RUNNING)
+METRICS = {  # metrics.jsonl key → label; one chart per metric
+    "train_loss": "train loss",
+    "heldout_loss": "held-out loss",
+    "perplexity": "held-out perplexity",
+    "masked_accuracy": "masked-token accuracy",
+    "masked_top5": "masked-token top-5 accuracy",
+    "tokens_per_s": "tokens/s",
+    "masking_rate": "masking rate",
+    "lr": "learning rate",
+}
+CATEGORY_PREFIX = "accuracy: "  # by-category accuracies: "accuracy: stopword", ...
+TABLE_COLUMNS = ("run", "status", "model", "strategy", "masking", "steps", "best held-out loss",
+                 "best accuracy", "device", "duration", "created")
+MAX_ZIP_BYTES = 4 * 1024**3  # a model folder larger than this is refused (zip is built in memory)
+
+
+def format_duration(seconds: float | None) -> str:
+    """'2 h 05 min', '3 min 20 s', '12 s' or '—'."""
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def run_label(record: RunRecord) -> str:
+    """Short name of a run in menus and legends: id, strategy and static/dynamic."""
+    config = record.config
+    return f"{record.id} · {config.get('strategy', '?')}/{config.get('masking', '?')} · {record.status}"
+
+
+def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """One row per run with the columns of ``TABLE_COLUMNS`` (numbers stay numbers for sorting)."""
+    rows = []
+    for r in records:
+        c = r.config
+        steps = r.total_steps or c.get("steps")
+        rows.append({
+            "run": r.id,
+            "status": r.status,
+            "model": model_name(c.get("model")),
+            "strategy": c.get("strategy", ""),
+            "masking": c.get("masking", ""),
+            "steps": f"{r.step}/{steps if steps is not None else '?'}",
+            "best held-out loss": r.best_heldout_loss,
+            "best accuracy": r.best_accuracy,
+            "device": r.device or "",
+            "duration": r.duration,
+            "created": pd.Timestamp(r.created, unit="s").tz_localize("UTC").tz_convert(None).floor("s"),
+        })
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def filter_runs(frame: pd.DataFrame, statuses: Sequence[str] = (), text: str = "",
+                sort_by: str = "created", descending: bool = True) -> pd.DataFrame:
+    """Rows whose status is in ``statuses`` (all if empty) and whose text columns contain ``text``."""
+    kept = frame
+    if statuses:
+        kept = kept[kept["status"].isin(list(statuses))]
+    text = text.strip().lower()
+    if text:
+        haystack = kept[["run", "model", "strategy", "masking", "device"]].astype(str).agg(" ".join, axis=1)
+        kept = kept[haystack.str.lower().str.contains(text, regex=False)]
+    if sort_by in kept.columns:
+        kept = kept.sort_values(sort_by, ascending=not descending, na_position="last", kind="stable")
+    return kept.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+@dataclass(frozen=True)
+class Progress:
+    fraction: float  # 0..1
+    eta_s: float | None  # None until a step has been timed
+    text: str
+
+
+def progress(record: RunRecord, now: float | None = None) -> Progress:
+    """How far a run is, and when it should end at the pace it has kept since it started."""
+    now = time.time() if now is None else now
+    total = record.total_steps or record.config.get("steps") or 0
+    fraction = min(1.0, record.step / total) if total else 0.0
+    eta = None
+    if record.status == RUNNING and record.started and record.step > 0 and total:
+        elapsed = now - record.started
+        eta = elapsed / record.step * (total - record.step)
+    text = f"step {record.step:,}/{total:,}" if total else f"step {record.step:,}"
+    if record.status == RUNNING:
+        text += f" · about {format_duration(eta)} left" if eta is not None else " · starting"
+    elif record.status == QUEUED:
+        text += " · queued (waiting for a free slot)"
+    else:
+        text += f" · {record.status}"
+        if record.duration is not None:
+            text += f" after {format_duration(record.duration)}"
+    return Progress(fraction, eta, text)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def metric_frame(metrics: Sequence[Mapping]) -> pd.DataFrame:
+    """Long form (step, metric, value) of one run's evaluations; categories as 'accuracy: <name>'."""
+    rows = []
+    for record in metrics:
+        step = record.get("step")
+        for key, label in METRICS.items():
+            value = record.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                rows.append((step, label, float(value)))
+        for category, stats in sorted((record.get("by_category") or {}).items()):
+            rows.append((step, CATEGORY_PREFIX + category, float(stats.get("top1", math.nan))))
+    return pd.DataFrame(rows, columns=["step", "metric", "value"])
+
+
+def compare_metrics(runs: Mapping[str, Sequence[Mapping]]) -> pd.DataFrame:
+    """Long form (run, step, metric, value) of several runs (label → metrics)."""
+    frames = [metric_frame(metrics).assign(run=label) for label, metrics in runs.items()]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=["run", "step", "metric", "value"])
+    return pd.concat(frames, ignore_index=True)[["run", "step", "metric", "value"]]
+
+
+def categories(frame: pd.DataFrame) -> list[str]:
+    """The by-category accuracy metrics present in a metric frame."""
+    return sorted(m for m in frame["metric"].unique() if str(m).startswith(CATEGORY_PREFIX))
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def _flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name + "."))
+        elif isinstance(value, list | tuple):
+            flat[name] = ", ".join(map(str, value)) or "—"
+        else:
+            flat[name] = "—" if value is None or value == {} else str(value)
+    return flat
+
+
+def config_table(configs: Mapping[str, Mapping]) -> pd.DataFrame:
+    """Settings (rows) × runs (columns), plus a boolean 'differs' column; differing rows first."""
+    flat = {label: _flatten(config) for label, config in configs.items()}
+    keys = sorted({k for f in flat.values() for k in f})
+    table = pd.DataFrame({label: [f.get(k, "—") for k in keys] for label, f in flat.items()}, index=keys)
+    table.index.name = "setting"
+    table["differs"] = table.nunique(axis=1) > 1
+    return table.sort_values("differs", ascending=False, kind="stable")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def zip_folder(folder: Path) -> bytes:
+    """The folder's files as a zip (paths relative to the folder). Built in memory, on request."""
+    folder = Path(folder)
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()]
+    if sum(p.stat().st_size for p in files) > MAX_ZIP_BYTES:
+        raise InputError(f"The model folder is over {MAX_ZIP_BYTES / 1024**3:.0f} GB; copy it from {folder}.")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:  # weights barely compress
+        for path in files:
+            archive.write(path, f"{folder.parent.name}-model/{path.relative_to(folder)}")
+    return buffer.getvalue()

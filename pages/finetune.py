@@ -1,0 +1,100 @@
+"""Fine-tune: a corpus, a model and a masking scheme → a training run, followed live.
+
+The run is its own process (``mlm_core.jobs``): leaving the page or closing the browser does
+not stop it, and ``?run=ID`` in the URL re-attaches to it.
+"""
+
+import streamlit as st
+
+from mlm_core import finetune, jobs
+from mlm_core.compare_runs import format_duration
+from mlm_core.errors import MaskLabError
+from mlm_core.render import escape_markdown
+from mlm_core.training import TrainConfig
+from ui import runs as run_ui
+from ui.common import route_through_app, show_error
+from ui.corpus import corpus_input
+from ui.strategy import masking_controls
+
+route_through_app()
+st.title("Fine-tune")
+store = jobs.default_store()
+request = run_ui.request_id("ft", start_pressed=bool(st.session_state.get("ft-start")))
+following = run_ui.followed_run(store)
+if following:
+    st.info(f"Following run {following}: its progress is at the bottom of the page. The run goes on if you "
+            "leave; come back here or to the Runs page to see it.")
+
+st.header("1 · Corpus")
+choice = corpus_input("ft-corpus")
+
+st.header("2 · Model")
+option = run_ui.model_choice(store, "ft")
+tokenizer = None
+layers, max_len = None, 512
+if option is not None:
+    try:
+        tokenizer = finetune.load_tokenizer(option.model)
+        layers, max_len = finetune.model_limits(option.model)
+    except MaskLabError as exc:
+        show_error(exc)
+
+st.header("3 · Masking")
+controls, preview = st.columns([1, 2], gap="large")
+config = None
+with controls:
+    try:
+        strategy, seed = masking_controls("ft")
+        name, params, notices = finetune.training_strategy(strategy)
+        schedule = run_ui.schedule_controls(finetune.strategy_rate(name, params), "ft")
+    except MaskLabError as exc:
+        show_error(exc)
+        name = None
+    else:
+        for notice in notices:
+            st.info(notice)
+
+st.header("4 · Training")
+settings = run_ui.training_settings("ft", layers, max_len)
+if choice is not None and option is not None and tokenizer is not None and name is not None:
+    try:
+        config = TrainConfig(corpus_name=choice.name, corpus_column=choice.column, text_unit=choice.text_unit,
+                             model=option.model, strategy=name, strategy_params=params, seed=seed,
+                             **schedule, **settings)
+    except MaskLabError as exc:
+        show_error(exc)
+
+with preview:
+    st.subheader("Three training examples, as the trainer corrupts them")
+    if config is None:
+        st.caption("The preview appears once the corpus, the model and the masking are valid.")
+    else:
+        try:
+            run_ui.show_preview(finetune.preview_examples(tokenizer, choice.corpus.texts, config))
+        except MaskLabError as exc:
+            show_error(exc)
+
+device_type, device_name = finetune.device_summary()
+if config is not None:
+    blocks = finetune.estimate_train_blocks(tokenizer, choice.corpus.texts, config.seq_len, config.heldout_fraction)
+    estimate = finetune.estimate_time(store, config, device_type, blocks)
+    st.markdown(f"**Device:** {escape_markdown(device_name)} · **about {blocks:,} training blocks** · "
+                f"**{estimate.steps:,} steps** · **estimated time: {format_duration(estimate.seconds)}**")
+    st.caption(f"Estimated from {estimate.basis}.")
+else:
+    st.markdown(f"**Device:** {escape_markdown(device_name)}")
+
+if st.button("▶ Start training", type="primary", key="ft-start", disabled=config is None):
+    try:
+        run, created = jobs.submit(store, config, choice.data, request)
+    except MaskLabError as exc:
+        show_error(exc)
+    else:
+        run_ui.request_done("ft")
+        run_ui.set_followed(run.id)
+        following = run.id
+        if not created:
+            st.info(f"Run {run.id} was already started by this click: a second click does not start another.")
+
+if following:
+    run_ui.follow(store, following)

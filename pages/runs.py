@@ -1,0 +1,50 @@
+"""Runs: every fine-tuning run in a table; compare runs; probe a run before/after; act on a run."""
+
+import streamlit as st
+
+from mlm_core import jobs
+from mlm_core.compare_runs import TABLE_COLUMNS, filter_runs, run_label, runs_table
+from mlm_core.runs import STATES
+from ui import runs as run_ui
+from ui.common import route_through_app
+
+route_through_app()
+st.title("Runs")
+store = jobs.default_store()
+records = store.list()  # also marks runs whose process died as interrupted
+if not records:
+    st.info("No runs yet: start one on the Fine-tune page.")
+    st.page_link("pages/finetune.py", label="Fine-tune", icon="🏋️")
+    st.stop()
+by_id = {r.id: r for r in records}
+
+filters = st.columns([2, 3, 2, 1, 1])
+statuses = filters[0].multiselect("Status", STATES, key="runs-status")
+text = filters[1].text_input("Search (run, model, strategy, device)", key="runs-search")
+sort_by = filters[2].selectbox("Sort by", TABLE_COLUMNS, index=TABLE_COLUMNS.index("created"), key="runs-sort")
+descending = filters[3].toggle("Descending", value=True, key="runs-desc")
+filters[4].button("↻ Refresh", key="runs-refresh")
+table = filter_runs(runs_table(records), statuses, text, sort_by, descending)
+st.dataframe(table, hide_index=True, width="stretch", column_config={
+    "best held-out loss": st.column_config.NumberColumn(format="%.3f"),
+    "best accuracy": st.column_config.NumberColumn(format="percent"),
+    "duration": st.column_config.NumberColumn("duration (s)", format="%.0f"),
+})
+st.caption(f"{len(table)} of {len(records)} runs.")
+
+st.header("Compare runs")
+chosen = st.multiselect("Runs to compare", list(table["run"]), format_func=lambda i: run_label(by_id[i]),
+                        key="runs-compare", placeholder="Choose two or more runs")
+if chosen:
+    run_ui.compare(store, [by_id[i] for i in chosen])
+
+st.header("One run")
+run_id = st.selectbox("Run", list(table["run"]), format_func=lambda i: run_label(by_id[i]), key="runs-one")
+if run_id:
+    record = by_id[run_id]
+    if record.reason:
+        st.caption(f"Reason: {record.reason}")
+    run_ui.run_actions(store, record)
+    with st.expander("Before / after probes: the same sentences through the base model and this run's model",
+                     expanded=False):
+        run_ui.probes_panel(store, record)

@@ -1,0 +1,229 @@
+"""The Fine-tune page through AppTest: corpus checks, preview, start a tiny run, follow it, cancel it.
+
+Runs go to a temporary MASKLAB_HOME; every job process a test starts is killed by its pid
+(read from that store) when the test ends. AppTest runs no JavaScript, so the live fragment
+is exercised by re-running the page; tests/browser/ watches the real polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+from test_training import corpus_bytes
+
+from mlm_core import jobs
+from mlm_core.runs import CANCELLED, FINAL_STATES, FINISHED, RUNNING
+from mlm_core.training import TrainConfig
+from ui.corpus import UPLOAD
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/finetune.py"
+WAIT_S = 150  # a job process imports torch and transformers on a busy 2-core machine
+
+
+@pytest.fixture(autouse=True)
+def environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # job processes: one thread each
+    monkeypatch.setenv("MASKLAB_MAX_RUNS", "1")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def store():
+    """The page's run store; afterwards, kill the job processes still alive among its runs (by pid)."""
+    store = jobs.default_store()
+    yield store
+    for record in store.list():
+        if record.status == RUNNING and record.pid and record.pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGKILL)
+
+
+def open_page(**query) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=120)
+    for key, value in query.items():
+        app.query_params[key] = value
+    app.switch_page(PAGE)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def upload(app: AppTest, name: str, data: bytes) -> AppTest:
+    app.radio(key="ft-corpus-source").set_value(UPLOAD).run()
+    app.get("file_uploader")[0].set_value((name, data, "application/octet-stream"))
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def tiny_settings(app: AppTest, model_dir, steps: int) -> AppTest:
+    """Upload a corpus over the tiny vocabulary, choose the tiny BERT and small sizes."""
+    upload(app, "tiny.txt", corpus_bytes())
+    app.selectbox(key="ft-model").set_value("Other: hub id or local folder").run()
+    app.text_input(key="ft-model-other").set_value(str(model_dir)).run()
+    app.number_input(key="ft-steps").set_value(steps)
+    app.number_input(key="ft-batch").set_value(4)
+    app.number_input(key="ft-seq").set_value(32)
+    app.number_input(key="ft-lr").set_value(1e-3)
+    app.run()
+    assert not app.exception, app.exception
+    assert not errors(app), errors(app)
+    return app
+
+
+def errors(app: AppTest) -> list[str]:
+    return [e.value for e in app.error]
+
+
+def start(app: AppTest) -> AppTest:
+    app.button(key="ft-start").click().run()
+    assert not app.exception, app.exception
+    return app
+
+
+def wait_for_state(app: AppTest, store, run_id: str, states, timeout: float = WAIT_S):
+    """Re-run the page (as the fragment's timer would) until the run reaches one of ``states``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app.run()
+        assert not app.exception, app.exception
+        if store.get(run_id).status in states:
+            app.run()  # the page as it looks once the run has ended
+            return store.get(run_id)
+        time.sleep(1.0)
+    raise AssertionError(f"run {run_id} stayed {store.get(run_id).status} for {timeout} s")
+
+
+def test_demo_corpus_shows_preview_device_and_estimate(store):
+    app = open_page()
+    assert not errors(app)
+    captions = [c.value for c in app.caption]
+    assert any("3,000 texts" in c for c in captions)  # the demo corpus: size and counts
+    assert sum(c.startswith("Block ") for c in captions) == 3  # three corrupted training examples
+    chips = [m.value for m in app.markdown if 'title="' in m.value]
+    assert len(chips) == 3 and all("[MASK]" in c for c in chips)
+    summary = next(m.value for m in app.markdown if m.value.startswith("**Device:**"))
+    assert "CPU" in summary or "NVIDIA" in summary
+    assert "estimated time" in summary
+    assert any("rough default" in c for c in captions)  # no finished run to measure from: said so
+    assert not app.button(key="ft-start").disabled
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("ragged.csv", b"id,text\n1,the cat\n2,the dog,extra\n", "Line 3"),
+        ("bad.jsonl", b'{"text": "the cat"}\n{"text": oops}\n', "Line 2"),
+        ("empty.csv", b"text\n", "has no text"),
+        ("binary.txt", b"\x00\x01\x02" * 100, "binary"),
+        ("long.txt", b"ok line\n" + b"x" * 100_001 + b"\n", "Line 2"),
+    ],
+)
+def test_bad_uploads_are_rejected_naming_the_line(store, name, data, expected):
+    app = upload(open_page(), name, data)
+    assert any(expected in e for e in errors(app)), errors(app)
+    assert app.button(key="ft-start").disabled  # nothing can start from a bad file
+    assert store.list() == []
+
+
+def test_table_upload_offers_a_column_picker_and_html_names_stay_text(store):
+    data = b"id,review,label\n" + b"".join(b"%d,the cat sat on the mat number %d,pos\n" % (i, i) for i in range(40))
+    app = upload(open_page(), "<img src=x onerror=alert(1)>.csv", data)
+    assert app.selectbox(key="ft-corpus-column").value == "review"  # the preferred name is chosen
+    summary = next(c.value for c in app.caption if "texts" in c.value)
+    assert "<img" not in summary and "&lt;img" in summary
+    app.selectbox(key="ft-corpus-column").set_value("label").run()
+    assert not app.exception
+    assert app.dataframe[0].value.iloc[0, 0] == "pos"  # the preview follows the chosen column
+
+
+def test_start_a_tiny_run_follow_it_to_the_end(store, tiny_model_dir):
+    app = tiny_settings(open_page(), tiny_model_dir, steps=8)
+    request = app.session_state["ft-request"]
+    start(app)
+    runs = store.list()
+    assert len(runs) == 1  # the run appears at once...
+    run_id = runs[0].id
+    assert app.query_params["run"] == [run_id] or app.query_params["run"] == run_id  # ...in the URL
+    assert app.get("progress"), "the live panel shows a progress bar"
+    config = runs[0].config
+    assert config["model"] == str(tiny_model_dir) and config["steps"] == 8 and config["seq_len"] == 32
+    assert config["corpus_name"] == "tiny.txt"
+    start(app)  # a second click with the same request: no second run
+    assert len(store.list()) == 1
+    assert any("second click" in i.value for i in app.info)
+    assert app.session_state["ft-request"] == request
+    record = wait_for_state(app, store, run_id, FINAL_STATES)
+    assert record.status == FINISHED, record.reason
+    bar = app.get("progress")[0]
+    assert bar.value == 100 and "finished" in bar.text
+    titles = [c.proto.spec for c in app.get("plotly_chart")]
+    assert len(titles) == 4 and any("held-out perplexity" in t for t in titles)
+    assert any("masked-token accuracy" in t for t in titles)
+    # The next estimate on this model and device comes from the finished run.
+    app.number_input(key="ft-steps").set_value(9).run()
+    assert app.session_state["ft-request"] != request  # renewed: the next Start is a new run
+    basis = next(c.value.replace("\\", "") for c in app.caption if c.value.startswith("Estimated from"))
+    assert f"run {run_id} measured on this device" in basis
+
+
+def test_cancel_a_running_run_and_come_back_to_it(store, tiny_model_dir):
+    app = tiny_settings(open_page(), tiny_model_dir, steps=200_000)
+    start(app)
+    run_id = store.list()[0].id
+    deadline = time.monotonic() + WAIT_S
+    while store.get(run_id).status != RUNNING or store.get(run_id).step == 0:  # a job that is really training
+        assert time.monotonic() < deadline, "the job did not start training"
+        time.sleep(1.0)
+    # A new session (a closed browser) re-attaches from the URL and can cancel.
+    again = open_page(run=run_id)
+    assert any(run_id in m.value for m in again.markdown)
+    again.button(key=f"cancel-{run_id}").click().run()
+    record = wait_for_state(again, store, run_id, FINAL_STATES)
+    assert record.status == CANCELLED
+    assert "cancelled" in again.get("progress")[0].text
+
+
+def test_unknown_run_in_the_url_is_a_message(store):
+    app = open_page(run="20990101-000000-abcdef")
+    assert any("no run" in w.value for w in app.warning)
+    assert not app.get("progress")
+
+
+def test_a_queued_run_from_elsewhere_is_followed(store, tiny_model_dir):
+    config = TrainConfig(model=str(tiny_model_dir), steps=2, batch_size=2, seq_len=16, corpus_name="c.txt")
+    record, _ = jobs.submit(store, config, corpus_bytes(40), launch=False)
+    app = open_page(run=record.id)
+    bar = app.get("progress")[0]
+    assert bar.value == 0 and "queued" in bar.text
+    app.button(key=f"cancel-{record.id}").click().run()
+    assert store.get(record.id).status == CANCELLED
+    assert "cancelled" in app.get("progress")[0].text
+    app.button(key=f"unfollow-{record.id}").click().run()
+    assert not app.exception, app.exception
+    assert not app.get("progress") and "run" not in app.query_params
+
+
+def test_a_followed_run_deleted_elsewhere_is_let_go(store, tiny_model_dir):
+    config = TrainConfig(model=str(tiny_model_dir), steps=2, batch_size=2, seq_len=16, corpus_name="c.txt")
+    record, _ = jobs.submit(store, config, corpus_bytes(40), launch=False)
+    app = open_page(run=record.id)
+    assert app.get("progress")
+    store.request_cancel(record.id)
+    store.delete(record.id)  # e.g. from the Runs page in another tab
+    app.run()
+    assert not app.exception, app.exception
+    assert not app.get("progress") and "run" not in app.query_params

@@ -1,0 +1,349 @@
+"""Widget groups for fine-tuning runs, shared by the Fine-tune and Runs pages.
+
+* settings: the model to start from, static/dynamic and the rate schedule, training sizes;
+* following a run live (``follow``): a fragment that polls the run store, so leaving the
+  page never touches the job, and the run in the URL (``?run=ID``) re-attaches;
+* a run's curves, comparing runs, a run's actions (explorer, zip, resume, cancel, delete)
+  and before/after probes.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import streamlit as st
+
+from mlm_core import charts, jobs
+from mlm_core.compare_runs import (
+    ACTIVE_STATES,
+    METRICS,
+    categories,
+    compare_metrics,
+    config_table,
+    metric_frame,
+    progress,
+    run_label,
+    zip_folder,
+)
+from mlm_core.errors import MaskLabError
+from mlm_core.finetune import (
+    ModelOption,
+    PreviewExample,
+    is_lstm_folder,
+    model_name,
+    model_options,
+    run_model_folder,
+)
+from mlm_core.models import load_model
+from mlm_core.probes import base_model_for, parse_sentences, preset_sentences, probe, probe_table
+from mlm_core.render import escape_markdown, token_chips
+from mlm_core.runs import INTERRUPTED, RUNNING, RunError, RunRecord, RunStore
+from ui.common import show_error
+
+POLL_S = 2.0  # how often a followed run is read from the store
+OTHER = "Other: hub id or local folder"
+FOLLOW_KEY = "follow-run"
+LSTM_NOTE = ("An LSTM run's model cannot open in the explorer: it has no attention to show and is not a "
+             "Hugging Face model.")
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def model_choice(store: RunStore, key: str) -> ModelOption | None:
+    """The model to fine-tune; None until an 'other' model is typed."""
+    options = model_options(store)
+    labels = [o.label for o in options] + [OTHER]
+    label = st.selectbox("Start from", labels, key=f"{key}-model",
+                         help="Finished runs are listed with their model; LSTM runs are not (an LSTM cannot "
+                         "be fine-tuned further: choose scratch-lstm for a new one).")
+    if label != OTHER:
+        return options[labels.index(label)]
+    name = st.text_input("Hub id or model folder", key=f"{key}-model-other",
+                         placeholder="distilbert-base-uncased or /path/to/a/model").strip()
+    if not name:
+        st.info("Type a hub id (e.g. bert-base-uncased) or the path of a folder with model.safetensors.")
+        return None
+    return ModelOption(name, name, "other")
+
+
+def schedule_controls(rate: float | None, key: str) -> dict:
+    """Static/dynamic masking and the rate schedule → TrainConfig fields."""
+    left, right = st.columns(2)
+    masking = left.radio("Masks", ["dynamic", "static"], horizontal=True, key=f"{key}-masking",
+                         help="dynamic: a fresh mask every time a block is seen (RoBERTa). static: one mask "
+                         "per block, drawn once and reused every epoch (original BERT).")
+    schedule = right.radio("Rate schedule", ["constant", "linear", "cosine"], horizontal=True,
+                           key=f"{key}-schedule", disabled=rate is None,
+                           help="Move the masking rate from a start to an end value over the run (e.g. "
+                           "30% → 15%). Applies to strategies with an mlm_probability.")
+    fields = {"masking": masking, "rate_schedule": "constant", "rate_start": rate, "rate_end": rate}
+    if rate is not None and schedule != "constant":
+        start, end = st.slider("Rate from → to", 0.01, 1.0, (min(1.0, 2 * rate), rate), 0.01,
+                               key=f"{key}-rates")
+        fields.update(rate_schedule=schedule, rate_start=start, rate_end=end)
+    return fields
+
+
+def training_settings(key: str, layers: int | None, max_len: int) -> dict:
+    """Length, batch, block length, learning rate, freezing, evaluation → TrainConfig fields."""
+    left, middle, right = st.columns(3)
+    unit = left.radio("Length in", ["steps", "epochs"], horizontal=True, key=f"{key}-unit")
+    if unit == "steps":
+        steps, epochs = int(left.number_input("Steps", 1, 1_000_000, 200, key=f"{key}-steps")), None
+    else:
+        steps, epochs = None, float(left.number_input("Epochs", 0.1, 1000.0, 1.0, 0.5, key=f"{key}-epochs"))
+    batch = int(middle.number_input("Batch (blocks per step)", 1, 4096, 16, key=f"{key}-batch"))
+    seq_len = int(middle.number_input("Block length (tokens)", 8, max_len, min(128, max_len), key=f"{key}-seq"))
+    lr = float(right.number_input("Learning rate", 1e-7, 0.5, 5e-5, 1e-5, format="%.1e", key=f"{key}-lr"))
+    parts = ["embeddings", "all-but-head", *(f"layer.{i}" for i in range(layers or 0))]
+    freeze = right.multiselect("Freeze", parts, key=f"{key}-freeze",
+                               help="Frozen parameters are not trained (parameter masking).")
+    with st.expander("Evaluation and checkpoints"):
+        every = int(st.number_input("Evaluate every N steps (0: about 20 evaluations per run)", 0, 1_000_000, 0,
+                                    key=f"{key}-eval"))
+        keep = int(st.number_input("Checkpoint every N evaluations", 1, 1000, 5, key=f"{key}-ckpt",
+                                   help="A checkpoint is what an interrupted run resumes from."))
+    if every == 0:
+        every = max(1, (steps or 1000) // 20)
+    return dict(steps=steps, epochs=epochs, batch_size=batch, seq_len=seq_len, lr=lr, freeze=freeze,
+                eval_every=every, checkpoint_every=every * keep)
+
+
+def show_preview(examples: list[PreviewExample]) -> None:
+    for example in examples:
+        st.caption(f"Block {example.block + 1}: {example.chosen} of {len(example.tokens)} positions to predict "
+                   f"(rate {example.rate:.0%} at step 0)")
+        titles = [f"was {o}" if k in ("masked", "random") else k or "" for o, k in zip(example.originals, example.kinds)]
+        st.markdown(token_chips(example.tokens, example.kinds, example.special, titles), unsafe_allow_html=True)
+
+
+# ----------------------------------------------------------------------------- start requests
+
+
+def request_id(key: str, start_pressed: bool) -> str:
+    """This session's id for the next Start; a double click reuses it, so it makes one run.
+
+    After a start the id is renewed on the next page run in which Start was not pressed.
+    """
+    if f"{key}-request" not in st.session_state or (
+            st.session_state.get(f"{key}-renew") and not start_pressed):
+        st.session_state[f"{key}-request"] = uuid.uuid4().hex
+        st.session_state[f"{key}-renew"] = False
+    return st.session_state[f"{key}-request"]
+
+
+def request_done(key: str) -> None:
+    st.session_state[f"{key}-renew"] = True
+
+
+# ----------------------------------------------------------------------------- following a run
+
+
+def followed_run(store: RunStore) -> str | None:
+    """The run this page follows: ``?run=ID`` in the URL, else this session's last one."""
+    run_id = st.query_params.get("run") or st.session_state.get(FOLLOW_KEY)
+    if not run_id:
+        return None
+    try:
+        store.get(run_id)
+    except RunError:
+        st.warning(f"There is no run {escape_markdown(run_id)} (deleted?).")
+        stop_following()
+        return None
+    set_followed(run_id)
+    return run_id
+
+
+def set_followed(run_id: str) -> None:
+    st.session_state[FOLLOW_KEY] = run_id
+    st.query_params["run"] = run_id
+
+
+def stop_following() -> None:
+    st.session_state.pop(FOLLOW_KEY, None)
+    if "run" in st.query_params:
+        del st.query_params["run"]
+
+
+def _act(action, *args) -> None:
+    """A button callback: a run operation, its refusal shown as a message instead of a traceback."""
+    try:
+        action(*args)
+    except MaskLabError as exc:
+        st.session_state["run-message"] = str(exc)
+
+
+def follow(store: RunStore, run_id: str) -> None:
+    """The live panel of ``run_id``; polls every POLL_S while the run is queued or running."""
+    try:
+        active = store.get(run_id).status in ACTIVE_STATES
+    except RunError:
+        active = False  # gone: the panel says so and stops following
+    st.fragment(_live, run_every=POLL_S if active else None)(store, run_id, active)
+
+
+def _live(store: RunStore, run_id: str, was_active: bool) -> None:
+    if st.session_state.get(FOLLOW_KEY) != run_id:
+        st.rerun()  # no longer followed ("Stop following" in this fragment): redraw the page without it
+    store.refresh()  # a job that died is marked interrupted
+    try:
+        record = store.get(run_id)
+    except RunError:  # deleted (on the Runs page, or by the CLI) while followed
+        stop_following()
+        st.rerun()
+    config = record.config
+    with st.container(border=True):
+        st.markdown(f"**Run {record.id}** · {escape_markdown(model_name(config.get('model')))} · "
+                    f"{config.get('strategy')}/{config.get('masking')} · device {record.device or '…'}")
+        status = progress(record)
+        st.progress(status.fraction, text=status.text)
+        if message := st.session_state.pop("run-message", None):
+            st.warning(message)
+        if record.reason:
+            (st.info if record.status in ("cancelled", INTERRUPTED) else st.error)(
+                f"{record.status}: {record.reason}")
+        metrics = store.metrics(run_id)
+        if metrics:
+            last = metrics[-1]
+            cells = st.columns(4)
+            cells[0].metric("held-out loss", f"{last.get('heldout_loss', float('nan')):.3f}")
+            cells[1].metric("perplexity", f"{last.get('perplexity', float('nan')):.1f}")
+            cells[2].metric("masked-token accuracy", f"{last.get('masked_accuracy', 0):.1%}")
+            cells[3].metric("tokens/s", f"{last.get('tokens_per_s', 0):,.0f}")
+            run_curves(metrics, key=f"live-{run_id}")
+        elif record.status in ACTIVE_STATES:
+            st.caption("The curves appear after the first evaluation.")
+        buttons = st.columns(3)
+        if record.status in ACTIVE_STATES:
+            buttons[0].button("⏹ Cancel the run", key=f"cancel-{run_id}", on_click=_act,
+                              args=(store.request_cancel, run_id))
+        if record.status == INTERRUPTED:
+            buttons[0].button("▶ Resume", key=f"resume-{run_id}", on_click=_act, args=(jobs.resume, store, run_id))
+        buttons[1].button("Stop following (the run goes on)", key=f"unfollow-{run_id}", on_click=stop_following)
+    if was_active != (record.status in ACTIVE_STATES):
+        st.rerun()  # the whole page: poll (again) or stop polling, offer what the new state allows
+
+
+def run_curves(metrics: list[dict], key: str) -> None:
+    """One run's curves: losses, perplexity, accuracy (overall and by token category), tokens/s."""
+    frame = metric_frame(metrics)
+    accuracy = frame[frame.metric.isin([METRICS["masked_accuracy"], *categories(frame)])]
+    charts_ = [
+        ("loss", frame[frame.metric.isin([METRICS["train_loss"], METRICS["heldout_loss"]])]),
+        ("held-out perplexity", frame[frame.metric == METRICS["perplexity"]]),
+        ("masked-token accuracy (overall and by category)", accuracy),
+        ("tokens/s", frame[frame.metric == METRICS["tokens_per_s"]]),
+    ]
+    columns = st.columns(2)
+    for n, (title, part) in enumerate(charts_):
+        with columns[n % 2]:
+            st.plotly_chart(charts.metric_curves(part, title), key=f"{key}-{n}")
+
+
+# ----------------------------------------------------------------------------- runs page
+
+
+def compare(store: RunStore, records: list[RunRecord]) -> None:
+    """Curves of several runs overlaid (one chart per metric) and their configs side by side."""
+    labels = {r.id: run_label(r) for r in records}
+    frame = compare_metrics({labels[r.id]: store.metrics(r.id) for r in records})
+    if frame.empty:
+        st.info("None of these runs has been evaluated yet.")
+    else:
+        shown = [m for m in ("train_loss", "heldout_loss", "perplexity", "masked_accuracy", "masked_top5",
+                             "tokens_per_s")]
+        category = st.selectbox("Accuracy by token category", categories(frame) or ["—"], key="compare-category")
+        titles = [METRICS[m] for m in shown] + ([category] if category != "—" else [])
+        columns = st.columns(2)
+        for n, title in enumerate(titles):
+            with columns[n % 2]:
+                st.plotly_chart(charts.metric_curves(frame[frame.metric == title], title, series="run"),
+                                key=f"compare-{n}")
+    table = config_table({labels[r.id]: r.config for r in records})
+    only = st.toggle("Only the settings that differ", value=False, key="compare-only")
+    rows = table[table["differs"]] if only else table
+    st.dataframe(rows.drop(columns="differs").style.apply(
+        lambda row: ["background-color: #fff3b0" if table.loc[row.name, "differs"] else ""] * len(row), axis=1),
+        width="stretch")
+    st.caption("Highlighted: settings that differ between the runs.")
+
+
+def run_actions(store: RunStore, record: RunRecord) -> None:
+    """What can be done with one run: follow, explorer, zip, resume, cancel, delete (confirmed)."""
+    folder = run_model_folder(store, record)
+    lstm = folder is not None and is_lstm_folder(folder)
+    cells = st.columns(5)
+    if record.status in ACTIVE_STATES and cells[0].button("Follow live", key="act-follow"):
+        st.switch_page("pages/finetune.py", query_params={"run": record.id})
+    if folder is not None and not lstm and cells[0].button("🔍 Open in the explorer", key="act-explore"):
+        st.switch_page("pages/explore.py", query_params={"model": str(folder)})
+    if folder is not None:
+        cells[1].download_button("⬇ Model (.zip)", data=lambda: zip_folder(folder), file_name=f"{record.id}-model.zip",
+                                 mime="application/zip", key="act-zip", on_click="ignore")
+    if record.status == INTERRUPTED:
+        cells[2].button("▶ Resume", key="act-resume", on_click=_act, args=(jobs.resume, store, record.id))
+    if record.status in ACTIVE_STATES:
+        cells[2].button("⏹ Cancel", key="act-cancel", on_click=_act, args=(store.request_cancel, record.id))
+    running = record.status == RUNNING
+    if cells[3].button("🗑 Delete", key="act-delete", disabled=running,
+                       help="Cancel the run first." if running else "Removes the run and its files."):
+        st.session_state["confirm-delete"] = record.id
+    if lstm:
+        st.caption(LSTM_NOTE)
+    if folder is None:
+        st.caption("The model can be opened and downloaded once the run has finished.")
+    if message := st.session_state.pop("run-message", None):
+        st.warning(message)
+    if st.session_state.get("confirm-delete") == record.id:
+        st.warning(f"Delete run {record.id} and all its files (model, checkpoints, metrics)? This cannot be undone.")
+        yes, no = st.columns(2)
+        if yes.button("Yes, delete it", type="primary", key="act-delete-yes"):
+            st.session_state.pop("confirm-delete")
+            _act(store.delete, record.id)
+            st.rerun()
+        if no.button("Keep it", key="act-delete-no"):
+            st.session_state.pop("confirm-delete")
+            st.rerun()
+
+
+PRESETS, TYPED = "Preset cloze sentences (assets/cloze_en.jsonl)", "Sentences I type"
+
+
+def probes_panel(store: RunStore, record: RunRecord) -> None:
+    """The same sentences through the run's base model and its fine-tuned model, side by side."""
+    folder = run_model_folder(store, record)
+    if folder is None or is_lstm_folder(folder):
+        st.info(LSTM_NOTE if folder is not None else "Probes need a finished run (its model is saved at the end).")
+        return
+    base_name, note = base_model_for(record.config)
+    st.caption(f"Before: {escape_markdown(model_name(base_name))} · after: run {record.id}. " + note)
+    source = st.radio("Sentences", [PRESETS, TYPED], horizontal=True, key="probe-source")
+    typed = ""
+    if source == TYPED:
+        typed = st.text_area("One sentence per line. A sentence with the mask token has its masks predicted "
+                             "('sentence | answer' names the expected word); a sentence without one has each "
+                             "token masked in turn.", "Paris is the capital of [MASK]. | france\n"
+                             "The cat sat on the mat.", key="probe-text")
+    top_k = st.slider("Guesses per position (top-k)", 1, 10, 5, key="probe-k")
+    if st.button("Run the probes", key="probe-run"):
+        try:
+            with st.spinner("Loading both models and probing …"):
+                base, tuned = load_model(base_name), load_model(str(folder))
+                sentences = preset_sentences(base.mask_token) if source == PRESETS else parse_sentences(typed)
+                st.session_state["probe-results"] = (record.id, probe(base, tuned, sentences, top_k))
+        except MaskLabError as exc:
+            show_error(exc)
+    run_id, results = st.session_state.get("probe-results", (None, []))
+    if run_id != record.id or not results:
+        return
+    table = probe_table(results)
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in ("p before", "p after", "change")})
+    row = st.selectbox("Top-k side by side for", range(len(results)), key="probe-row",
+                       format_func=lambda i: f"{i + 1}. {results[i].context[:80]}")
+    chosen = results[row]
+    before, after = st.columns(2)
+    title = f"original '{chosen.original}'" if chosen.original else "no original token"
+    before.plotly_chart(charts.topk_bars(chosen.before, f"before ({model_name(base_name)})\n{title}"), key="probe-before")
+    after.plotly_chart(charts.topk_bars(chosen.after, f"after (run {record.id})\n{title}"), key="probe-after")
