@@ -11,6 +11,7 @@ whose manifest verifies, else the one before.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 STEP_PATTERN = re.compile(r"^step-(\d{8})$")
@@ -90,17 +92,35 @@ def save_checkpoint(
         "state.json": lambda p: p.write_text(json.dumps(state)),
     }
     manifest = {"step": step, "files": {}}
-    for name, write in files.items():
-        write(tmp / name)
-        _fsync_file(tmp / name)
-        manifest["files"][name] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    _fsync_file(tmp / "manifest.json")
+    try:
+        for name, write in files.items():
+            write(tmp / name)
+            _fsync_file(tmp / name)
+            manifest["files"][name] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _fsync_file(tmp / "manifest.json")
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy only takes space (disk full)
+        if isinstance(exc, SafetensorError) and is_disk_full(exc):
+            raise OSError(errno.ENOSPC, f"No space left on device while writing {tmp.name}") from exc
+        raise
     if final.exists():  # a previous attempt at this step completed; replace it whole
         shutil.rmtree(final)
     tmp.rename(final)
     _fsync_dir(folder)
     return final
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(STEP_PATTERN.match(checkpoint.name).group(1))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC, also when a library reports it only in its message (safetensors' SafetensorError)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "os error 28" in text
 
 
 def verify(checkpoint: Path) -> bool:

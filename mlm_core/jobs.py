@@ -10,7 +10,6 @@ with a reason, so the UI never has to read a traceback.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import subprocess
@@ -36,10 +35,12 @@ from mlm_core.runs import (
     RunStore,
     process_alive,
 )
-from mlm_core.training import Cancelled, Diverged, TrainConfig, Trainer, TrainingCallbacks
+from mlm_core.training import Cancelled, Diverged, TrainConfig, Trainer, TrainingCallbacks, split_texts
 
 CORPUS_FILE = "corpus.data"  # the uploaded bytes; the user's file name is kept only in the config
 STATUS_EVERY_S = 1.0  # how often a job writes its step to SQLite (cheap, but not every step)
+CANCEL_POLL_S = 0.5  # how often a job reads its cancel flag
+DISK_FULL = "the disk is full; the last complete checkpoint is intact. Free space and start again."
 
 
 def masklab_home() -> Path:
@@ -65,7 +66,10 @@ class StoreCallbacks(TrainingCallbacks):
         self.best: dict = {}
 
     def on_start(self, info: dict) -> None:
-        self.store.update(self.run_id, device=info["device"], total_steps=info["total_steps"])
+        self.best = dict(info.get("best") or {})  # a resumed run's best so far (from its checkpoint)
+        self.store.update(self.run_id, device=info["device"], total_steps=info["total_steps"],
+                          best_heldout_loss=self.best.get("heldout_loss"),
+                          best_accuracy=self.best.get("masked_accuracy"))
         if self.printer:
             self.printer("start", info)
 
@@ -89,7 +93,7 @@ class StoreCallbacks(TrainingCallbacks):
 
     def should_stop(self) -> bool:
         now = time.monotonic()
-        if now - self._last_cancel_check < 0.5:
+        if now - self._last_cancel_check < CANCEL_POLL_S:
             return False
         self._last_cancel_check = now
         return self.store.cancel_requested(self.run_id)
@@ -106,11 +110,10 @@ def submit(
 
     The same ``request_id`` twice (a double click on Start) gives the same run.
     """
-    read_corpus(corpus_bytes, config.corpus_name, config.corpus_column, config.text_unit)  # raises CorpusError
-    record, created = store.create(config.to_dict(), request_id)
-    if created:
-        path = store.folder(record.id) / CORPUS_FILE
-        path.write_bytes(corpus_bytes)
+    corpus = read_corpus(corpus_bytes, config.corpus_name, config.corpus_column, config.text_unit)  # CorpusError
+    split_texts(corpus.texts, config.heldout_fraction)  # too small to hold a text out: say so now, not in the job
+    # The corpus is in the folder before the run exists: a racing launcher never starts it without one.
+    record, created = store.create(config.to_dict(), request_id, files={CORPUS_FILE: corpus_bytes})
     if launch:
         launch_pending(store)
     return store.get(record.id), created
@@ -184,6 +187,8 @@ def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] |
         corpus = load_corpus(store, run_id, config)
         trainer = Trainer(config, corpus, folder, StoreCallbacks(store, run_id, printer), store.root / "cache")
         resume_from = checkpoints.latest_valid(folder / "checkpoints")
+        # Evaluations after the checkpoint were logged by the dead process; they are recomputed.
+        store.truncate_metrics(run_id, checkpoints.step_of(resume_from) if resume_from else 0)
         result = trainer.run(resume_from)
         best = result.get("best", {})
         return store.transition(
@@ -196,15 +201,12 @@ def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] |
         return store.transition(run_id, DIVERGED, reason=str(exc))
     except MaskLabError as exc:
         return store.transition(run_id, FAILED, reason=str(exc))
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            reason = "the disk is full; the last complete checkpoint is intact. Free space and start again."
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-        return store.transition(run_id, FAILED, reason=reason)
     except Exception as exc:  # noqa: BLE001 - any other failure must still end the run cleanly
         traceback.print_exc()
+        if checkpoints.is_disk_full(exc):  # safetensors reports it as SafetensorError, not OSError
+            return store.transition(run_id, FAILED, reason=DISK_FULL)
+        if isinstance(exc, OSError):
+            return store.transition(run_id, FAILED, reason=f"{type(exc).__name__}: {exc}")
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "out of memory" in reason.lower():
             reason = f"out of GPU memory even with the batch split into pieces: {reason}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import time
 import uuid
@@ -148,8 +149,14 @@ class RunStore:
             raise RunError(f"'{run_id}' is not a run id.")
         return self.root / run_id
 
-    def create(self, config: dict, request_id: str | None = None) -> tuple[RunRecord, bool]:
-        """A new queued run, or the existing one for the same ``request_id`` (created=False)."""
+    def create(
+        self, config: dict, request_id: str | None = None, files: dict[str, bytes] | None = None
+    ) -> tuple[RunRecord, bool]:
+        """A new queued run, or the existing one for the same ``request_id`` (created=False).
+
+        ``files`` (name → bytes, e.g. the corpus) are written into the run's folder before the
+        row exists, so no reader or launcher ever sees a run without them.
+        """
         if request_id:
             existing = self._find_request(request_id)
             if existing:
@@ -158,6 +165,8 @@ class RunStore:
         folder = self.folder(run_id)
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        for name, data in (files or {}).items():
+            (folder / name).write_bytes(data)
         now = time.time()
         try:
             with self._connect() as db:
@@ -166,8 +175,7 @@ class RunStore:
                     (run_id, request_id, now, now, QUEUED, json.dumps(config, sort_keys=True)),
                 )
         except sqlite3.IntegrityError:  # the same request won a race in another process
-            (folder / "config.json").unlink()
-            folder.rmdir()
+            shutil.rmtree(folder, ignore_errors=True)
             return self._find_request(request_id), False
         return self.get(run_id), True
 
@@ -267,8 +275,6 @@ class RunStore:
         record = self.get(run_id)
         if record.status == RUNNING and process_alive(record.pid):
             raise RunError(f"Run {run_id} is running; cancel it before deleting it.")
-        import shutil
-
         shutil.rmtree(self.folder(run_id), ignore_errors=True)
         with self._connect() as db:
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
@@ -278,6 +284,19 @@ class RunStore:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+    def truncate_metrics(self, run_id: str, step: int) -> None:
+        """Drop evaluations after ``step`` (a resumed run recomputes them from its checkpoint)."""
+        path = self.folder(run_id) / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = "".join(json.dumps(r) + "\n" for r in self.metrics(run_id) if r.get("step", 0) <= step)
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w") as handle:
+            handle.write(kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
 
     def metrics(self, run_id: str) -> list[dict]:
         path = self.folder(run_id) / "metrics.jsonl"

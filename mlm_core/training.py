@@ -109,6 +109,13 @@ class TrainConfig:
             problems.append("prune_sparsity must be in [0, 1)")
         if not 0 < self.heldout_fraction < 0.5:
             problems.append("heldout_fraction must be between 0 and 0.5")
+        for name in ("eval_every", "eval_blocks", "checkpoint_every", "keep_checkpoints"):
+            if not 1 <= getattr(self, name) <= 1_000_000:  # 0 would divide by zero or keep no checkpoint
+                problems.append(f"{name} must be from 1 to 1,000,000")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append("warmup_ratio must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            problems.append("weight_decay and grad_clip must not be negative")
         for rate in (self.rate_start, self.rate_end):
             if rate is not None and not 0 < rate <= 1:
                 problems.append("masking rates must be in (0, 1]")
@@ -178,10 +185,12 @@ def split_texts(texts: tuple[str, ...], heldout_fraction: float) -> tuple[list[s
     for text in texts:
         bucket = int(hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) / 0xFFFFFFFF
         (heldout if bucket < heldout_fraction else train).append(text)
-    if not heldout and len(train) > 1:
+    if len(texts) < 2:
+        raise InputError("The corpus is too small: it needs at least two texts (one is held out).")
+    if not heldout:
         heldout.append(train.pop())
     if not train:
-        raise InputError("The corpus is too small: it needs at least two texts (one is held out).")
+        train.append(heldout.pop())
     return train, heldout
 
 
@@ -434,10 +443,13 @@ class Trainer:
         apply_freezing(self.model, config.freeze)
         self.prune = pruning_masks(self.model, config.prune_sparsity)
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        # fused: one kernel over all parameters; the default loops over them in Python on the CPU,
+        # which cost more than the forward pass of the default model there.
         self.optimizer = torch.optim.AdamW([p for _, p in self.trainable], lr=config.lr,
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, fused=True)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.micro_batches = 1  # raised when CUDA runs out of memory
+        self.pending_losses: list[float] = []  # train losses since the last evaluation (checkpointed)
         self.token_loss = torch.full((self.vocab.vocab_size,), 1.0)  # adaptive: running loss per token id
         self.eval_batch = self._eval_masks()
 
@@ -506,7 +518,8 @@ class Trainer:
         if torch.cuda.is_available():
             optimizer_tensors["rng.cuda"] = torch.cuda.get_rng_state()
         optimizer_tensors["adaptive.token_loss"] = self.token_loss.clone()
-        state = {"step": step, "best": best, "optimizer": optimizer_rest, "micro_batches": self.micro_batches}
+        state = {"step": step, "best": best, "optimizer": optimizer_rest, "micro_batches": self.micro_batches,
+                 "pending_losses": self.pending_losses}
         path = checkpoints.save_checkpoint(self.out_dir / "checkpoints", step, self._unique_tensors(),
                                            optimizer_tensors, state)
         keep = {best.get("step", -1)}
@@ -536,6 +549,7 @@ class Trainer:
         self.token_loss = optimizer_tensors.pop("adaptive.token_loss")
         self.optimizer.load_state_dict(checkpoints.unflatten_optimizer(optimizer_tensors, state["optimizer"]))
         self.micro_batches = state.get("micro_batches", 1)
+        self.pending_losses = list(state.get("pending_losses", []))
         return state["step"], state["best"]
 
     # -- the loop
@@ -626,13 +640,14 @@ class Trainer:
     def run(self, resume_from: Path | None = None) -> dict:
         self.model.train()
         step, best = 0, {}
+        torch.manual_seed(self.config.seed)  # dropout draws from the global RNG: same seed, same run
         if resume_from is not None:
-            step, best = self.restore(resume_from)
+            step, best = self.restore(resume_from)  # ...and a resumed run continues its RNG state
         device = self.accelerator.device
         self.callbacks.on_start({"device": str(device), "total_steps": self.total_steps,
                                  "train_blocks": len(self.train_data), "heldout_blocks": len(self.heldout),
-                                 "resumed_from": step})
-        busy, tokens_since, losses_since = 0.0, 0, []  # busy: seconds spent in training steps
+                                 "resumed_from": step, "best": best})
+        busy, tokens_since = 0.0, 0  # busy: seconds spent in training steps
         record: dict = {}
         while step < self.total_steps:
             if self.callbacks.should_stop():
@@ -642,17 +657,18 @@ class Trainer:
             busy += time.perf_counter() - tick
             step += 1
             tokens_since += tokens
-            losses_since.append(loss)
+            self.pending_losses.append(loss)
             self.callbacks.on_step(step, self.total_steps, loss)
             if step % self.config.eval_every == 0 or step == self.total_steps:
-                record = {"step": step, "train_loss": float(np.mean(losses_since)), "lr": self.learning_rate(step - 1),
+                record = {"step": step, "train_loss": float(np.mean(self.pending_losses)),
+                          "lr": self.learning_rate(step - 1),
                           "masking_rate": rate, "tokens_per_s": tokens_since / max(busy, 1e-9), "time": time.time(),
                           **self.evaluate()}
                 if record.get("heldout_loss", math.inf) < best.get("heldout_loss", math.inf):
                     best = {"step": step, "heldout_loss": record["heldout_loss"],
                             "masked_accuracy": record["masked_accuracy"]}
                 self.callbacks.on_eval(record)
-                busy, tokens_since, losses_since = 0.0, 0, []
+                busy, tokens_since, self.pending_losses = 0.0, 0, []
             if step % self.config.checkpoint_every == 0 and step < self.total_steps:
                 self.callbacks.on_checkpoint(step, self.save(step, best))
         self.save_final_model()
