@@ -29,7 +29,6 @@ from mlm_core.errors import InputError, ModelLoadError
 from mlm_core.masking import (
     KIND_BY_CODE,
     DrawPolicy,
-    RateSchedule,
     Vocab,
     mask_examples,
     strategy_from_params,
@@ -38,7 +37,16 @@ from mlm_core.masking import (
 from mlm_core.privacy import PrivacyMasking
 from mlm_core.runs import FINISHED, RunRecord, RunStore
 from mlm_core.tokens import tokenizer_lock
-from mlm_core.training import SCRATCH_MODELS, TrainConfig, is_adaptive, needs_word_texts, pack, split_texts
+from mlm_core.training import (
+    SCRATCH_MODELS,
+    TrainConfig,
+    is_adaptive,
+    needs_word_texts,
+    pack,
+    rate_schedule,
+    split_texts,
+    training_texts,
+)
 
 PREVIEW_EXAMPLES = 3
 # Rough throughput (the trainer's tokens/s) when no finished run on this device and model has
@@ -163,8 +171,7 @@ def model_limits(model: str | None) -> tuple[int | None, int]:
 def training_strategy(strategy) -> tuple[str, dict, list[str]]:
     """(registry name, params, notices) of the explorer's composed strategy, as the trainer takes it.
 
-    Privacy replacement is a text step the trainer does not run on corpora, so it is left out
-    (with a notice) rather than silently ignored.
+    Privacy replacement stays in: the trainer applies it to the corpus before packing.
     """
     from mlm_core.explore import compose
     from mlm_core.masking import Compose, params_of
@@ -172,14 +179,13 @@ def training_strategy(strategy) -> tuple[str, dict, list[str]]:
     if strategy is None:
         raise InputError("Choose a masking strategy: training needs one to choose the positions to predict.")
     steps = strategy.steps if isinstance(strategy, Compose) else (strategy,)
-    kept = [s for s in steps if not isinstance(s, PrivacyMasking)]
     notices = []
-    if len(kept) < len(steps):
-        notices.append("Privacy replacement is left out: the trainer reads the corpus as uploaded "
-                       "(replace personal data in the file before training).")
-    if not kept:
+    if all(isinstance(s, PrivacyMasking) for s in steps):
         raise InputError("Privacy replacement alone chooses no positions: choose a masking strategy.")
-    strategy = compose(*kept)
+    if any(isinstance(s, PrivacyMasking) for s in steps):
+        notices.append("Personal data (e-mails, URLs, phone numbers, numbers) is replaced in the corpus "
+                       "before training.")
+    strategy = compose(*steps)
     return strategy.name, params_of(strategy), notices
 
 
@@ -212,14 +218,14 @@ class PreviewExample:
         return sum(kind in ("masked", "random", "kept") for kind in self.kinds)
 
 
-def _first_blocks(tokenizer, texts, config: TrainConfig, keep_words: bool, wanted: int):
+def _first_blocks(tokenizer, texts, config: TrainConfig, strategy, wanted: int):
     """The first ``wanted`` training blocks, packing only as much of the corpus as they need."""
     size = 256
     while True:
-        prefix = list(texts[:size])
-        train, _ = split_texts(tuple(prefix), config.heldout_fraction)
+        prefix = training_texts(tuple(texts[:size]), strategy, tokenizer)
+        train, _ = split_texts(prefix, config.heldout_fraction)
         with tokenizer_lock(tokenizer):
-            data = pack(train, tokenizer, config.seq_len, keep_words)
+            data = pack(train, tokenizer, config.seq_len, needs_word_texts(strategy))
         if len(data) > wanted or size >= len(texts):  # one more than shown: the last is never padded
             return data
         size *= 4
@@ -228,12 +234,9 @@ def _first_blocks(tokenizer, texts, config: TrainConfig, keep_words: bool, wante
 def preview_examples(tokenizer, texts, config: TrainConfig, n: int = PREVIEW_EXAMPLES) -> list[PreviewExample]:
     """The first ``n`` training blocks corrupted as the trainer corrupts them in epoch 0."""
     strategy = strategy_from_params(config.strategy, config.strategy_params)
-    data = _first_blocks(tokenizer, texts, config, needs_word_texts(strategy), n)
+    data = _first_blocks(tokenizer, texts, config, strategy, n)
     vocab = Vocab.from_tokenizer(tokenizer)
-    base_rate = getattr(strategy, "mlm_probability", None) or 0.15  # as Trainer.__init__ does
-    start = config.rate_start if config.rate_start is not None else base_rate
-    rate = RateSchedule(config.rate_schedule, start, config.rate_end if config.rate_end is not None else start,
-                        max(1, config.steps or 1)).rate(0)
+    rate = rate_schedule(strategy, config, config.steps or 1).rate(0)  # as the Trainer at step 0
     rows = list(range(min(n, len(data))))
     batch = data.batch(rows, vocab)
     if is_adaptive(strategy):  # the trainer's running token losses start at 1.0: uniform scores

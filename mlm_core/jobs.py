@@ -196,7 +196,7 @@ def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] |
             best_heldout_loss=best.get("heldout_loss"), best_accuracy=best.get("masked_accuracy"),
         )
     except Cancelled as exc:
-        return store.transition(run_id, CANCELLED, reason=str(exc))
+        return store.transition(run_id, CANCELLED, reason=str(exc), step=exc.step)
     except Diverged as exc:
         return store.transition(run_id, DIVERGED, reason=str(exc))
     except MaskLabError as exc:

@@ -46,6 +46,7 @@ from mlm_core.masking import (
     strategy_from_params,
     with_rate,
 )
+from mlm_core.privacy import PrivacyMasking
 from mlm_core.tokens import word_category
 
 SCRATCH_MODELS = ("scratch-transformer", "scratch-lstm")
@@ -148,7 +149,11 @@ class Diverged(RuntimeError):
 
 
 class Cancelled(RuntimeError):
-    """The user asked the run to stop."""
+    """The user asked the run to stop (``step``: the last completed step)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"cancelled at step {step}")
+        self.step = step
 
 
 # ----------------------------------------------------------------------------- data
@@ -274,6 +279,28 @@ def strategy_steps(strategy) -> tuple:
     return tuple(strategy.steps) if isinstance(strategy, Compose) else (strategy,)
 
 
+def privacy_step(strategy) -> PrivacyMasking | None:
+    return next((s for s in strategy_steps(strategy) if isinstance(s, PrivacyMasking)), None)
+
+
+def training_texts(texts: tuple[str, ...], strategy, tokenizer) -> tuple[str, ...]:
+    """The corpus as the model will read it: personal data replaced first when the strategy says so."""
+    privacy = privacy_step(strategy)
+    if privacy is None:
+        return texts
+    return tuple(privacy.apply(text, mask_token=tokenizer.mask_token).text for text in texts)
+
+
+def rate_schedule(strategy, config: TrainConfig, total_steps: int) -> RateSchedule:
+    """The masking rate over the run: config's start/end, else the strategy's own rate throughout."""
+    base = next(  # the first step with a rate (a combined strategy's protect rules have none)
+        (s.mlm_probability for s in strategy_steps(strategy) if hasattr(s, "mlm_probability")), 0.15
+    )
+    start = config.rate_start if config.rate_start is not None else base
+    end = config.rate_end if config.rate_end is not None else start
+    return RateSchedule(config.rate_schedule, start, end, max(1, total_steps))
+
+
 def needs_word_texts(strategy) -> bool:
     """Word-list and regex rules look at word texts; the other strategies need only ids."""
     return any(isinstance(s, RuleBased) and s.rule in ("words", "regex") for s in strategy_steps(strategy))
@@ -285,10 +312,12 @@ def is_adaptive(strategy) -> bool:
 
 def prepare_data(corpus: Corpus, tokenizer, config: TrainConfig, cache_dir: Path | None):
     """(train, heldout) packed data, cached by (corpus hash, tokenizer, block length, split)."""
-    keep_words = needs_word_texts(strategy_from_params(config.strategy, config.strategy_params))
+    strategy = strategy_from_params(config.strategy, config.strategy_params)
+    keep_words = needs_word_texts(strategy)
+    privacy = privacy_step(strategy)
     key = hashlib.sha256(
         f"{corpus.sha256}|{corpus.column}|{tokenizer.name_or_path}|{len(tokenizer)}|{config.seq_len}|"
-        f"{config.heldout_fraction}|{keep_words}".encode()
+        f"{config.heldout_fraction}|{keep_words}|{privacy!r}".encode()
     ).hexdigest()[:24]
     if cache_dir is not None and not keep_words:
         cached = cache_dir / f"blocks-{key}.safetensors"
@@ -299,7 +328,8 @@ def prepare_data(corpus: Corpus, tokenizer, config: TrainConfig, cache_dir: Path
                            tensors[f"{s}.special"], None)
                 for s in ("train", "heldout")
             )
-    train_texts, heldout_texts = split_texts(corpus.texts, config.heldout_fraction)
+    train_texts, heldout_texts = split_texts(training_texts(corpus.texts, strategy, tokenizer),
+                                             config.heldout_fraction)
     train = pack(train_texts, tokenizer, config.seq_len, keep_words)
     heldout = pack(heldout_texts, tokenizer, config.seq_len, keep_words)
     if cache_dir is not None and not keep_words:
@@ -433,13 +463,7 @@ class Trainer:
         self.train_data, self.heldout = prepare_data(corpus, self.tokenizer, config, cache_dir)
         self.strategy = strategy_from_params(config.strategy, config.strategy_params)
         self.policy = DrawPolicy(config.masking, config.seed)
-        base_rate = getattr(self.strategy, "mlm_probability", None) or 0.15
-        self.schedule = RateSchedule(
-            config.rate_schedule,
-            config.rate_start if config.rate_start is not None else base_rate,
-            config.rate_end if config.rate_end is not None else (config.rate_start or base_rate),
-            max(1, self.total_steps),
-        )
+        self.schedule = rate_schedule(self.strategy, config, self.total_steps)
         apply_freezing(self.model, config.freeze)
         self.prune = pruning_masks(self.model, config.prune_sparsity)
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -651,7 +675,7 @@ class Trainer:
         record: dict = {}
         while step < self.total_steps:
             if self.callbacks.should_stop():
-                raise Cancelled(f"cancelled at step {step}")
+                raise Cancelled(step)
             tick = time.perf_counter()
             loss, tokens, rate = self._step_with_oom_retry(step)
             busy += time.perf_counter() - tick

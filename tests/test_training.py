@@ -269,3 +269,21 @@ def test_config_validation_names_every_problem():
     with pytest.raises(ValueError, match="Unknown masking strategy"):
         TrainConfig(strategy="nonsense")
     assert TrainConfig.from_dict({**TrainConfig().to_dict(), "future_field": 1}) == TrainConfig()
+
+
+def test_privacy_replaces_personal_data_before_packing_and_combined_strategies_keep_their_rate(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from mlm_core.masking import params_of, strategy_from_params
+    from mlm_core.training import rate_schedule, training_texts
+
+    strategy = strategy_from_params("compose", {"steps": [
+        {"name": "privacy", "params": {}},
+        {"name": "rule-based", "params": {"rule": "stopwords", "mode": "protect"}},
+        {"name": "random", "params": {"mlm_probability": 0.3}},
+    ]})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = training_texts(("mail bob@example.org now", "the cat sat"), strategy, tokenizer)
+    assert "bob@example.org" not in texts[0] and texts[1] == "the cat sat"
+    cfg = TrainConfig(model=str(tiny_model_dir), strategy="compose", strategy_params=params_of(strategy))
+    assert rate_schedule(strategy, cfg, 10).rate(0) == pytest.approx(0.3)  # not the 0.15 default
