@@ -14,5 +14,7 @@ pages = [
     st.Page("pages/batch.py", title="Batch analysis", icon="📊"),
     st.Page("pages/finetune.py", title="Fine-tune", icon="🏋️"),
     st.Page("pages/runs.py", title="Runs", icon="📈"),
+    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
+    st.Page("pages/teach.py", title="Teach", icon="🎓"),
 ]
 st.navigation(pages).run()

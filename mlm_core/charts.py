@@ -462,3 +462,40 @@ def rate_curves(summary, metric: str = "top1", category: str = "all", height: in
         legend=dict(orientation="h", y=-0.2),
     )
     return figure
+
+
+# --------------------------------------------------------------------------- compare: A vs B
+
+
+def difference_bars(labels: Sequence[str], a, b, title: str = "", height: int = 320) -> go.Figure:
+    """p(original) in B minus A per position: bars above zero where B is more confident."""
+    diffs = [(y or 0.0) - (x or 0.0) for x, y in zip(a, b)]
+    figure = go.Figure(go.Bar(
+        x=list(range(len(labels))),
+        y=diffs,
+        marker_color=[HIT_COLOUR if d >= 0 else MISS_COLOUR for d in diffs],
+        customdata=safe_labels(labels),
+        hovertemplate="%{customdata}: %{y:+.2%}<extra></extra>",
+    ))
+    figure.update_layout(
+        title=literal(title), height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        xaxis=_labelled_axis(labels, "masked position"),
+        yaxis=dict(title="p(original) B − A", tickformat="+.0%", zeroline=True),
+    )
+    return figure
+
+
+def change_bars(tokens: Sequence[str], changes: Sequence[float], title: str = "", height: int = 380) -> go.Figure:
+    """Ranked probability changes (largest first, at the top) for a sentence variant."""
+    tokens, changes = list(tokens)[::-1], list(changes)[::-1]
+    figure = go.Figure(go.Bar(
+        x=changes, y=list(range(len(tokens))), orientation="h",
+        marker_color=[HIT_COLOUR if c >= 0 else MISS_COLOUR for c in changes],
+        customdata=safe_labels(tokens), hovertemplate="%{customdata}: %{x:+.2%}<extra></extra>",
+    ))
+    figure.update_layout(
+        title=literal(title), height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        xaxis=dict(title="probability change (variant − original)", tickformat="+.0%"),
+        yaxis=token_axis(tokens),
+    )
+    return figure

@@ -580,6 +580,9 @@ class Trainer:
 
     def train_step(self, step: int) -> tuple[float, int, float]:
         rows, epoch = self.rows_for(step)
+        # Under `accelerate launch` each process takes its share of the batch; DDP averages the
+        # gradients. One process (the default) takes every row.
+        rows = rows[self.accelerator.process_index :: self.accelerator.num_processes] or rows
         masked, rate = self.mask(rows, epoch, step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(step)
@@ -693,9 +696,12 @@ class Trainer:
                             "masked_accuracy": record["masked_accuracy"]}
                 self.callbacks.on_eval(record)
                 busy, tokens_since, self.pending_losses = 0.0, 0, []
-            if step % self.config.checkpoint_every == 0 and step < self.total_steps:
+            due = step % self.config.checkpoint_every == 0 and step < self.total_steps
+            if due and self.accelerator.is_main_process:  # one writer of checkpoints
                 self.callbacks.on_checkpoint(step, self.save(step, best))
-        self.save_final_model()
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.save_final_model()
         return {"step": step, "best": best, **record}
 
     def _step_with_oom_retry(self, step: int):

@@ -1,0 +1,131 @@
+"""Throughput of batch analysis: mlm_core.evaluate against a loop over transformers' fill-mask pipeline.
+
+Both sides get the same model object, the same sentences of the demo corpus and the same masks:
+whole-word masking at 15% (exactly round(p·n) tokens, at least one per sentence), every chosen
+token replaced by [MASK]. The pipeline reads each sentence with its masks typed in (the benchmark
+checks that it tokenizes to exactly our masked ids, and keeps only those sentences) and returns
+the top-5 at each mask; we score those against the originals, so both sides compute top-1/top-5
+accuracy. Ours does more: log-probability of the original, categories, and per-sentence and
+per-token rows written to disk. Pseudo-log-likelihood is off (the pipeline has no equivalent).
+
+The sentences are split into blocks; ours and the pipeline alternate block by block (who goes
+first alternates too), after a warm-up, so background load hits both alike.
+
+    python benchmarks/evaluate.py [--sentences N] [--blocks K]
+
+Higher is better: the last line is ``ratio: ours/pipeline`` in sentences per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mlm_core.evaluate import EvalConfig, evaluate, sentence_seed  # noqa: E402
+from mlm_core.masking import Vocab, apply_strategy  # noqa: E402
+from mlm_core.models import load_model  # noqa: E402
+from mlm_core.tokens import tokenize  # noqa: E402
+
+DEMO = Path(__file__).resolve().parent.parent / "assets" / "demo_corpus.txt"
+CONFIG = EvalConfig("whole-word", {"mlm_probability": 0.15, "exact": True, "mask_replace_prob": 1.0,
+                                   "random_replace_prob": 0.0})
+TOP_K = 5
+
+
+def masked_text(tokens, result, mask_token: str) -> str:
+    """The sentence with every masked token's characters replaced by the mask token."""
+    text, parts, cursor = tokens.text, [], 0
+    for position in result.chosen_positions:
+        start, end = tokens.offsets[position]
+        parts.append(text[cursor:start] + mask_token)
+        cursor = end
+    return "".join(parts) + text[cursor:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sentences", type=int, default=400, help="sentences of the demo corpus (default 400)")
+    parser.add_argument("--blocks", type=int, default=4, help="alternating blocks (default 4)")
+    args = parser.parse_args()
+
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    loaded = load_model(None, device="cpu")
+    fill_mask = pipeline("fill-mask", model=loaded.model, tokenizer=loaded.tokenizer, device=loaded.device)
+    vocab, strategy = Vocab.from_tokenizer(loaded.tokenizer), CONFIG.build()
+
+    # The same masks on both sides: ours come from the engine's own per-sentence seeds.
+    lines = [line.strip() for line in DEMO.read_text().splitlines() if line.strip()]
+    sentences, prompts, answers, left_out = [], [], [], 0
+    for line in lines[: args.sentences * 2]:
+        tokens = tokenize(loaded.tokenizer, line)
+        result = apply_strategy(tokens, strategy, vocab, rng=sentence_seed(0, len(sentences)))
+        prompt = masked_text(tokens, result, loaded.mask_token)
+        if list(tokenize(loaded.tokenizer, prompt).ids) != [int(i) for i in result.input_ids]:
+            left_out += 1  # a mask inside a word would not survive as text: leave that sentence out of both
+            continue
+        sentences.append(line)
+        prompts.append(prompt)
+        answers.append([int(result.labels[p]) for p in result.chosen_positions])
+        if len(sentences) == args.sentences:
+            break
+
+    def baseline(start: int, stop: int) -> tuple[int, int, int]:
+        n = hit1 = hit5 = 0
+        for prompt, original in zip(prompts[start:stop], answers[start:stop]):
+            out = fill_mask(prompt, top_k=TOP_K)
+            per_mask = out if len(original) > 1 else [out]
+            for guesses, answer in zip(per_mask, original):
+                ids = [g["token"] for g in guesses]
+                n, hit1, hit5 = n + 1, hit1 + (ids[0] == answer), hit5 + (answer in ids)
+        return n, hit1, hit5
+
+    with tempfile.TemporaryDirectory() as cache:
+
+        def ours(start: int, stop: int) -> tuple[int, int, int]:
+            report = evaluate(loaded, sentences[start:stop], CONFIG, first_index=start, with_pll=False,
+                              cache_dir=cache, reuse=False)
+            counts = report.entries[0].tally.counts[0]
+            return int(counts[0]), int(counts[1]), int(counts[2])
+
+        ours(0, 16)  # warm-up: allocator, first-call code paths
+        baseline(0, 16)
+        edges = [round(k * len(sentences) / args.blocks) for k in range(args.blocks + 1)]
+        seconds = {"ours": 0.0, "pipeline": 0.0}
+        totals = {"ours": [0, 0, 0], "pipeline": [0, 0, 0]}
+        for block, (start, stop) in enumerate(zip(edges, edges[1:])):
+            order = [("ours", ours), ("pipeline", baseline)]
+            for name, function in order if block % 2 == 0 else order[::-1]:
+                began = time.perf_counter()
+                counts = function(start, stop)
+                seconds[name] += time.perf_counter() - began
+                totals[name] = [a + b for a, b in zip(totals[name], counts)]
+
+    n = len(sentences)
+    rate = {name: n / seconds[name] for name in seconds}
+    print(f"model: {loaded.name} on {loaded.describe()['device']}; {n} sentences of {DEMO.name} "
+          f"({left_out} left out: a mask inside a word does not survive as text), "
+          f"{totals['ours'][0]} masks, {args.blocks} alternating blocks")
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    for name, label in (("ours", "ours (mlm_core.evaluate, batched, logits at masks only)"),
+                        ("pipeline", "pipeline (transformers fill-mask, one call per sentence)")):
+        masks, hit1, hit5 = totals[name]
+        print(f"{label}: {rate[name]:.1f} sentences/s ({seconds[name]:.2f} s); top-1 {hit1 / masks:.3f}, "
+              f"top-5 {hit5 / masks:.3f} over {masks} masks")
+    ratio = rate["ours"] / rate["pipeline"]
+    verdict = "ours is faster" if ratio > 1 else "the pipeline is faster"
+    print(f"higher is better: ours / pipeline sentences per second = {ratio:.2f} ({verdict})")
+    print(f"ratio: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

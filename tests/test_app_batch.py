@@ -1,0 +1,165 @@
+"""The Batch page through AppTest: upload, sweep, run, results, bad files, limits, and a click to the explorer.
+
+Results go to a temporary MASKLAB_HOME. AppTest runs no JavaScript (so no Stop click during a
+run and no chart download); dataframe row clicks are simulated through their selection state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+import ui.batch
+from mlm_core.evaluate import sentence_seed
+from ui.corpus import UPLOAD
+from ui.strategy import NONE
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/batch.py"
+PAYLOAD = "<img src=x onerror=alert(1)>"
+SENTENCES = b"the cat sat on the mat.\nthe dog ran in the big house!\nparis is the capital of france.\n"
+
+
+@pytest.fixture(autouse=True)
+def environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def open_page(model_dir, start_on_explorer: bool = False, **query) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.query_params["model"] = str(model_dir)
+    for key, value in query.items():
+        app.query_params[key] = value
+    if start_on_explorer:
+        app.run()
+        assert not app.exception, app.exception
+    app.switch_page(PAGE)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def upload(app: AppTest, name: str, data: bytes) -> AppTest:
+    app.radio(key="batch-corpus-source").set_value(UPLOAD).run()
+    app.get("file_uploader")[0].set_value((name, data, "application/octet-stream"))
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def errors(app: AppTest) -> list[str]:
+    return [e.value for e in app.error] + [e.value for e in app.sidebar.error]
+
+
+def run_analysis(app: AppTest) -> AppTest:
+    app.button(key="batch-run").click().run()
+    assert not app.exception, app.exception
+    assert not errors(app), errors(app)
+    return app
+
+
+def charts(app: AppTest) -> dict[str, dict]:
+    return {chart.key: json.loads(chart.proto.spec) for chart in app.get("plotly_chart")}
+
+
+def test_a_rate_sweep_runs_and_shows_tables_charts_and_exports(tiny_model_dir):
+    app = upload(open_page(tiny_model_dir), f"{PAYLOAD}.txt", SENTENCES)
+    caption = next(c.value for c in app.caption if "texts" in c.value)
+    assert "<img" not in caption and "&lt;img" in caption  # the file name stays text
+    app.checkbox(key="batch-sweep").check().run()
+    app.text_input(key="batch-rates").set_value("0.2,0.5").run()
+    app.number_input(key="batch-seeds").set_value(2).run()
+    assert any("3 sentences × 2 configuration(s) × 2 seed(s)" in m.value for m in app.markdown)
+    rows = next(m.value for m in app.markdown if "rows of forward passes" in m.value)
+    planned = int(rows.split("about ")[1].split(" ")[0].replace(",", ""))
+    assert 12 + 3 * 7 <= planned <= 12 + 3 * 12  # 3 x 2 x 2 masked passes + 3 x ~9 tokens of pseudo-log-likelihood
+    run_analysis(app)
+    assert "4 · Results" in [h.value for h in app.header]
+    shown = charts(app)
+    assert set(shown) == {"batch-categories", "batch-rates-chart"}
+    bars = shown["batch-categories"]
+    assert [trace["name"] for trace in bars["data"]] == ["random p=0.2", "random p=0.5"]
+    assert bars["layout"]["xaxis"]["ticktext"] == ["all", "stopword", "punctuation", "number", "content"]
+    curve = [t for t in shown["batch-rates-chart"]["data"] if t.get("mode") == "lines+markers"]
+    assert curve[0]["x"] == [0.2, 0.5]
+    table = next(d.value for d in app.dataframe if "top1_low" in d.value.columns)
+    assert len(table) == 10 and set(table["config"]) == {"random p=0.2", "random p=0.5"}
+    report = app.session_state[ui.batch.REPORT_KEY]
+    assert len(report.summary()) == 10 and report.seeds == (0, 1)
+    keys = {button.key for button in app.get("download_button")}
+    assert keys == {"batch-download-sentences-csv", "batch-download-sentences-json", "batch-download-tokens-csv",
+                    "batch-download-tokens-json", "batch-download-summary"}
+    app.radio(key="batch-metric").set_value("mean_log_prob").run()  # results survive reruns
+    assert not app.exception and "log-probability" in charts(app)["batch-categories"]["layout"]["title"]["text"]
+
+
+def test_html_in_sentences_stays_text(tiny_model_dir):
+    app = upload(open_page(tiny_model_dir), "s.txt", f"{PAYLOAD} the cat sat.\nthe dog ran.\n".encode())
+    run_analysis(app)
+    for element in (*app.markdown, *app.caption):
+        assert "<img" not in element.value
+    texts = app.session_state[ui.batch.REPORT_KEY].rows("sentences")["text"].tolist()
+    assert texts[0] == f"{PAYLOAD} the cat sat."
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), [
+    ("ragged.csv", b"id,text\n1,the cat\n2,the dog,extra\n", "Line 3"),
+    ("bad.jsonl", b'{"text": "the cat"}\n{"text": oops}\n', "Line 2"),
+    ("binary.txt", b"\x00\x01\x02" * 100, "binary"),
+    ("empty.csv", b"text\n", "has no text"),
+])
+def test_bad_files_are_rejected_naming_the_line(tiny_model_dir, name, data, expected):
+    app = upload(open_page(tiny_model_dir), name, data)
+    assert any(expected in e for e in errors(app)), errors(app)
+    assert not [b for b in app.button if b.key == "batch-run"]  # nothing to run
+
+
+def test_a_run_too_big_for_the_page_is_refused(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(ui.batch, "PAGE_MAX_ROWS", 20)
+    app = upload(open_page(tiny_model_dir), "s.txt", SENTENCES)
+    assert any("mlm_core evaluate" in e for e in errors(app))
+    assert app.button(key="batch-run").disabled
+
+
+def test_no_strategy_and_bad_sweeps_are_messages(tiny_model_dir):
+    app = upload(open_page(tiny_model_dir, strategy=NONE), "s.txt", SENTENCES)
+    assert any("Choose a masking strategy" in e for e in errors(app))
+    app = upload(open_page(tiny_model_dir), "s.txt", SENTENCES)
+    app.checkbox(key="batch-sweep").check().run()
+    app.text_input(key="batch-rates").set_value("0.5:0.1").run()
+    assert any("start:stop:step" in e for e in errors(app))
+    app.text_input(key="batch-rates").set_value("0.2").run()
+    app.text_input(key="batch-heads").set_value("9:9").run()
+    assert any("do not exist" in e for e in errors(app))
+
+
+def test_a_click_on_a_hard_token_opens_it_in_the_explorer_with_the_same_mask(tiny_model_dir):
+    app = upload(open_page(tiny_model_dir, start_on_explorer=True, strategy="whole-word", p_mlm_probability="0.4",
+                           exclude="punctuation"), "s.txt", SENTENCES)
+    run_analysis(app)
+    report = app.session_state[ui.batch.REPORT_KEY]
+    hardest = report.hardest_tokens(ui.batch.HARDEST_ROWS)
+    row = hardest.iloc[1]
+    app.session_state["batch-hard-tokens"] = {"selection": {"rows": [1], "columns": []}}
+    app.run()
+    assert not app.exception, app.exception
+    assert [t.value for t in app.title] == ["Explore"]
+    expected_seed = sentence_seed(int(row["seed"]), int(row["sentence"]))
+    assert app.query_params["text"] in (row["text"], [row["text"]])
+    assert app.number_input(key="mask-seed").value == expected_seed  # the link's seed, not the earlier visit's
+    assert app.selectbox(key="mask-strategy").value == "whole-word"
+    tokens = report.rows("tokens")
+    mine = tokens[(tokens["config"] == row["config"]) & (tokens["sentence"] == row["sentence"])
+                  & (tokens["seed"] == row["seed"])]
+    predicted = sorted(int(json.loads(c.proto.spec)["layout"]["title"]["text"].split(" ")[1])
+                       for c in app.get("plotly_chart") if c.key.startswith("topk-"))
+    assert predicted == mine["position"].tolist()  # the explorer masks exactly what the analysis scored
