@@ -485,7 +485,8 @@ def difference_bars(labels: Sequence[str], a, b, title: str = "", height: int = 
     return figure
 
 
-def change_bars(tokens: Sequence[str], changes: Sequence[float], title: str = "", height: int = 380) -> go.Figure:
+def change_bars(tokens: Sequence[str], changes: Sequence[float], title: str = "", height: int = 380,
+                axis_title: str = "probability change (variant − original)") -> go.Figure:
     """Ranked probability changes (largest first, at the top) for a sentence variant."""
     tokens, changes = list(tokens)[::-1], list(changes)[::-1]
     figure = go.Figure(go.Bar(
@@ -495,7 +496,7 @@ def change_bars(tokens: Sequence[str], changes: Sequence[float], title: str = ""
     ))
     figure.update_layout(
         title=literal(title), height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-        xaxis=dict(title="probability change (variant − original)", tickformat="+.0%"),
+        xaxis=dict(title=literal(axis_title), tickformat="+.0%"),
         yaxis=token_axis(tokens),
     )
     return figure

@@ -1,0 +1,89 @@
+"""Compare: the same text under two settings (A and B), their differences, and one-word variants."""
+
+import streamlit as st
+
+from mlm_core import charts
+from mlm_core.compare import ATTENTION_VIEWS, compare, word_swap
+from mlm_core.errors import MaskLabError
+from mlm_core.report import html_report
+from ui.common import route_through_app, show_error
+from ui.compare import share_panel, side_controls, url_get, url_int, url_set
+
+MAX_URL_TEXT = 2000
+
+route_through_app()
+st.title("Compare")
+st.caption("Same text, two settings. With the same strategy and seed both sides mask the same tokens, "
+           "so the differences come from the model, the exclusion or the heads.")
+text = st.text_area("Text (type [MASK] or choose a strategy on each side)",
+                    url_get("text", "The capital of France is [MASK]."), key="text", height=80)
+url_set("text", text if len(text) <= MAX_URL_TEXT else "")
+top_k = st.slider("Guesses per mask (top-k)", 1, 10, url_int("topk", 5, 1, 10), key="topk")
+url_set("topk", top_k, 5)
+
+left, right = st.columns(2, gap="large")
+with left:
+    loaded_a, side_a, settings_a = side_controls("A")
+with right:
+    loaded_b, side_b, settings_b = side_controls("B")
+if side_a is None or side_b is None:
+    st.stop()
+try:
+    result = compare(text, loaded_a, side_a, loaded_b, side_b, top_k=top_k)
+except MaskLabError as exc:
+    show_error(exc)
+    st.stop()
+
+st.subheader("Every position masked in A or B")
+st.dataframe(result.table, hide_index=True, key="compare-table", column_config={
+    c: st.column_config.NumberColumn(format="%.3f") for c in ("p(original) A", "p(original) B", "difference B−A")})
+labels = [f"{p} {result.tokens[p]}" for p in result.positions]
+difference = charts.difference_bars(labels, result.table["p(original) A"], result.table["p(original) B"],
+                                    title="Original token's probability, B − A")
+st.plotly_chart(difference, key="difference")
+
+st.subheader("Attention difference (B − A)")
+cols = st.columns(2)
+view = cols[0].selectbox("View", ATTENTION_VIEWS, index=ATTENTION_VIEWS.index(url_get("att", "mean"))
+                         if url_get("att", "mean") in ATTENTION_VIEWS else 0, key="att")
+layers = loaded_a.num_layers
+layer = cols[1].selectbox("Layer", range(layers), index=url_int("layer", layers - 1, 0, layers - 1),
+                          format_func=lambda i: f"layer {i}", key="layer")
+url_set("att", view, "mean")
+url_set("layer", layer, layers - 1)
+heatmap = None
+try:
+    heatmap = charts.attention_heatmap(result.attention_difference(view, layer), result.tokens,
+                                       highlight=result.positions, diverging=True,
+                                       title=f"{view} attention, layer {layer}: B − A (red: B attends more)")
+    st.plotly_chart(heatmap, key="attention-difference")
+except MaskLabError as exc:
+    show_error(exc)
+
+st.subheader("Sentence variants (model A)")
+cols = st.columns(2)
+old = cols[0].text_input("Replace the word", url_get("swap_from"), key="swap_from", placeholder="he")
+new = cols[1].text_input("with", url_get("swap_to"), key="swap_to", placeholder="she")
+url_set("swap_from", old)
+url_set("swap_to", new)
+swap = None
+if old.strip():
+    try:
+        swap = word_swap(loaded_a, text, old, new)
+        st.markdown(f"Variant: `{swap.variant.replace('`', '')}`")
+        st.dataframe(swap.table, hide_index=True, key="swap-table")
+        first = swap.table[swap.table["mask"] == 1]
+        st.plotly_chart(charts.change_bars(first["token"], first["change"], "Largest changes at the first mask"),
+                        key="swap-chart")
+    except MaskLabError as exc:
+        show_error(exc)
+
+tables = [("Predictions at every masked position", result.table)]
+if swap is not None:
+    tables.append((f"Variant: {swap.variant}", swap.table))
+figures = [("Difference of the original token's probability", difference)]
+if heatmap is not None:
+    figures.append(("Attention difference", heatmap))
+report = html_report("MaskLab — Compare", {"text": text, **{f"A {k}": v for k, v in settings_a.items()},
+                                           **{f"B {k}": v for k, v in settings_b.items()}}, tables, figures)
+share_panel("compare", report, "masklab-compare.html")

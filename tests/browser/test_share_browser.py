@@ -1,0 +1,75 @@
+"""Shared links in a real Chromium: a Teach/Compare URL reproduces the view; screenshots of every
+Teach step (presenter mode, as on a projector) are saved to tests/browser/artifacts/ for review."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+
+from mlm_core.predict import predict
+from mlm_core.tokens import tokenize
+from ui.teach import LESSON
+
+pytestmark = pytest.mark.browser
+
+SENTENCE = "The capital of France is [MASK]."
+STEPS = json.loads(LESSON.read_text())["steps"]
+
+
+def url(app_url: str, page: str, **query) -> str:
+    return f"{app_url}/{page}?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
+
+
+def settle(page) -> None:
+    """Wait until Streamlit has finished the run (its 'running' indicator is gone)."""
+    page.wait_for_timeout(800)
+    page.wait_for_function(  # stale elements (left from the previous run) are gone and nothing is running
+        "document.querySelectorAll('[data-stale=\"true\"]').length === 0 && "
+        "!document.querySelector('[data-testid=\"stStatusWidget\"] [data-testid=\"stStatusWidgetRunningIcon\"]')"
+    )
+    page.wait_for_timeout(300)
+
+
+def test_shared_teach_link_shows_masks_and_top_prediction(page, app_url, default_loaded, artifacts):
+    expected = predict(default_loaded, tokenize(default_loaded.tokenizer, SENTENCE).ids).predictions[0]
+    page.goto(url(app_url, "teach", step="3", text=SENTENCE))
+    page.get_by_role("heading", name=STEPS[2]["title"]).wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    settle(page)
+    chips = page.locator("span[title*='masked']")
+    assert chips.count() == 1 and chips.first.inner_text() == "[MASK]"
+    filled = page.get_by_role("heading", name=f"the capital of france is {expected.top[0].token}", exact=False)
+    assert filled.count() >= 1
+    assert page.locator(".js-plotly-plot .ytick text", has_text=expected.top[0].token).count() >= 1
+    assert page.locator("input[aria-label^='Or type your own']").input_value() == SENTENCE
+    page.screenshot(path=str(artifacts / "teach-shared.png"), full_page=True)
+
+
+def test_every_teach_step_in_presenter_mode(page, app_url, artifacts):
+    page.goto(url(app_url, "teach", presenter="1"))
+    for n, step in enumerate(STEPS, start=1):
+        page.get_by_role("heading", name=step["title"]).wait_for()
+        settle(page)
+        page.locator("[data-testid='stSidebar']").wait_for(state="hidden")  # presenter CSS applied
+        assert page.locator("input[aria-label^='Or type your own']").count() == 0  # controls hidden
+        page.screenshot(path=str(artifacts / f"teach-step-{n}.png"), full_page=True)
+        if n < len(STEPS):
+            page.get_by_role("button", name="Next ▶").click()
+    assert f"step={len(STEPS)}" in page.url and "presenter=1" in page.url
+
+
+def test_shared_compare_link(page, app_url, artifacts):
+    page.goto(url(app_url, "compare", text=SENTENCE, b_heads="0.0,0.1,0.2", layer="5"))
+    page.get_by_text("Attention difference (B − A)").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    settle(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert "b_heads=0.0%2C0.1%2C0.2" in page.url or "b_heads=0.0,0.1,0.2" in page.url
+    page.get_by_text("Share this view").click()
+    code = page.locator("[data-testid='stCode'] code").first
+    code.wait_for()
+    link = code.inner_text()
+    assert "/compare?" in link and "b_heads=" in link
+    page.screenshot(path=str(artifacts / "compare-shared.png"), full_page=True)

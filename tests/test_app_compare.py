@@ -1,0 +1,114 @@
+"""The Compare page through AppTest on the tiny BERT: table, head masking, variants, URL round-trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from mlm_core.compare import Side, compare
+from mlm_core.explore import build_strategy
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/compare.py"
+TEXT = "the cat [MASK] on the mat"
+PAYLOAD = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(autouse=True)
+def clear_streamlit_caches():
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def run_page(query: dict) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=120)
+    for key, value in query.items():
+        app.query_params[key] = value
+    app.switch_page(PAGE)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def tiny_query(tiny_model_dir, **extra) -> dict:
+    return {"text": TEXT, "a_model": str(tiny_model_dir), "b_model": str(tiny_model_dir), **extra}
+
+
+def table(app: AppTest):
+    return next(d.value for d in app.dataframe if "difference B−A" in d.value.columns)
+
+
+def errors(app: AppTest) -> list[str]:
+    return [e.value for e in app.error]
+
+
+def test_identical_sides(tiny_model_dir):
+    app = run_page(tiny_query(tiny_model_dir))
+    assert app.title[0].value == "Compare"
+    frame = table(app)
+    assert list(frame["position"]) == [3]
+    assert frame["difference B−A"].abs().max() == pytest.approx(0.0)
+    assert not errors(app)
+    assert app.get("download_button"), "no report download"
+
+
+def test_heads_off_on_b_matches_the_library(tiny_model_dir, tiny_loaded):
+    app = run_page(tiny_query(tiny_model_dir))
+    app.multiselect(key="b_heads").set_value(["0.1", "1.0"]).run()
+    assert not app.exception
+    assert app.query_params["b_heads"] == "0.1,1.0"
+    expected = compare(TEXT, tiny_loaded, Side(), tiny_loaded, Side(heads_off=((0, 1), (1, 0))))
+    assert table(app)["p(original) B"].tolist() == pytest.approx(expected.table["p(original) B"].tolist())
+
+
+def test_url_round_trip(tiny_model_dir, tiny_loaded):
+    app = run_page(tiny_query(tiny_model_dir, text="the cat sat on the [MASK] and the dog ran in the house"))
+    app.selectbox(key="a_strategy").set_value("random").run()
+    app.selectbox(key="b_strategy").set_value("random").run()
+    app.slider(key="a_random-mlm_probability").set_value(0.4).run()
+    app.number_input(key="a_seed").set_value(7).run()
+    app.selectbox(key="b_exclude").set_value("stopwords").run()
+    app.selectbox(key="att").set_value("rollout").run()
+    app.selectbox(key="layer").set_value(0).run()
+    app.text_input(key="swap_from").input("cat").run()
+    app.text_input(key="swap_to").input("dog").run()
+    assert not app.exception and not errors(app)
+    query = app.query_params.to_dict() if hasattr(app.query_params, "to_dict") else dict(app.query_params)
+    assert query["a_strategy"] == "random" and query["a_p_mlm_probability"] == "0.4" and query["a_seed"] == "7"
+    assert query["b_exclude"] == "stopwords" and query["att"] == "rollout" and query["layer"] == "0"
+    again = run_page(query)
+    for kind, key in [("selectbox", "a_strategy"), ("selectbox", "b_strategy"), ("slider", "a_random-mlm_probability"),
+                      ("number_input", "a_seed"), ("selectbox", "b_exclude"), ("selectbox", "att"),
+                      ("selectbox", "layer"), ("text_input", "swap_from"), ("text_input", "swap_to")]:
+        assert getattr(again, kind)(key=key).value == getattr(app, kind)(key=key).value, key
+    assert table(again).equals(table(app))
+    strategy = build_strategy("random", {"mlm_probability": 0.4})
+    expected = compare(query["text"], tiny_loaded, Side(strategy, 7), tiny_loaded,
+                       Side(build_strategy("random", {}, exclude="stopwords"), 0))
+    assert list(table(again)["position"]) == list(expected.positions)
+
+
+def test_word_swap_table(tiny_model_dir):
+    app = run_page(tiny_query(tiny_model_dir, text="he sat on the [MASK] .", swap_from="he", swap_to="she"))
+    swap = next(d.value for d in app.dataframe if "change" in d.value.columns)
+    assert len(swap) > 0 and swap["change"].abs().is_monotonic_decreasing
+    assert not errors(app)
+
+
+def test_missing_word_and_bad_heads_are_messages(tiny_model_dir):
+    app = run_page(tiny_query(tiny_model_dir, swap_from="zebra", b_heads="9.9,0.0"))
+    assert any("not in the text" in e for e in errors(app))
+    assert app.multiselect(key="b_heads").value == ["0.0"]  # a head the model lacks is dropped from the link
+
+
+def test_no_mask_and_html_are_messages(tiny_model_dir):
+    app = run_page(tiny_query(tiny_model_dir, text=f"{PAYLOAD} the cat"))
+    assert any("No masked position" in e for e in errors(app))
+    html_blocks = [m.value for m in app.markdown if m.allow_html]
+    assert all("<img" not in block for block in html_blocks)

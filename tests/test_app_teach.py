@@ -1,0 +1,96 @@
+"""The Teach page through AppTest on the tiny BERT: every step, presets, presenter mode, URL round-trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from ui.teach import LESSON, VIEWS, load_lesson
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/teach.py"
+STEPS = json.loads(LESSON.read_text())["steps"]
+
+
+@pytest.fixture(autouse=True)
+def clear_streamlit_caches():
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def run_page(query: dict) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=120)
+    for key, value in query.items():
+        app.query_params[key] = value
+    app.switch_page(PAGE)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def errors(app: AppTest) -> list[str]:
+    return [e.value for e in app.error] + [e.value for e in app.sidebar.error]
+
+
+def test_lesson_is_data():
+    lesson = load_lesson()
+    assert [s["view"] for s in lesson["steps"]] == list(VIEWS)
+    assert all(s["presets"] and s["explanation"] for s in lesson["steps"])
+
+
+def test_next_walks_every_step(tiny_model_dir):
+    app = run_page({"model": str(tiny_model_dir)})
+    for n, step in enumerate(STEPS, start=1):
+        assert app.title[0].value == step["title"]
+        assert not errors(app), (step["id"], errors(app))
+        assert app.text_input(key="teach-text").value == step["presets"][0]
+        assert app.query_params.get("step", "1") == str(n)
+        if n < len(STEPS):
+            app.button(key="teach-next").click().run()
+            assert not app.exception, app.exception
+    assert app.button(key="teach-next").disabled
+    app.button(key="teach-back").click().run()
+    assert app.title[0].value == STEPS[-2]["title"]
+
+
+def test_preset_and_own_sentence(tiny_model_dir):
+    app = run_page({"model": str(tiny_model_dir), "step": "3"})
+    app.selectbox(key="teach-preset-2").set_value(STEPS[2]["presets"][1]).run()
+    assert app.text_input(key="teach-text").value == STEPS[2]["presets"][1]
+    app.text_input(key="teach-text").input("the dog [MASK] on the mat").run()
+    assert not errors(app)
+    assert app.query_params["text"] == "the dog [MASK] on the mat"
+    assert [c for c in app.get("plotly_chart") if c.key.startswith("teach-topk")]
+
+
+def test_presenter_mode_hides_controls(tiny_model_dir):
+    app = run_page({"model": str(tiny_model_dir)})
+    app.toggle(key="presenter").set_value(True).run()
+    assert app.query_params["presenter"] == "1"
+    assert any("font-size:1.6rem" in m.value for m in app.markdown if m.allow_html)
+    assert not [w for w in app.text_input if w.key == "teach-text"]
+    assert app.button(key="teach-next")  # navigation stays
+
+
+def test_url_round_trip(tiny_model_dir):
+    app = run_page({"model": str(tiny_model_dir), "step": "4", "text": "the cat [MASK] on the mat"})
+    app.selectbox(key="teach-layer").set_value(0).run()
+    app.selectbox(key="teach-head").set_value(1).run()
+    app.button(key="teach-draw").click().run()
+    app.toggle(key="presenter").set_value(True).run()
+    assert not errors(app)
+    query = app.query_params.to_dict() if hasattr(app.query_params, "to_dict") else dict(app.query_params)
+    assert query["step"] == "4" and query["layer"] == "0" and query["head"] == "1" and query["seed"] == "1"
+    again = run_page(query)
+    assert again.title[0].value == STEPS[3]["title"]
+    assert again.toggle(key="presenter").value is True
+    assert again.selectbox(key="teach-layer").value == 0 and again.selectbox(key="teach-head").value == 1
+    figure = [c.proto.spec for c in again.get("plotly_chart") if c.key == "teach-attention"]
+    assert figure == [c.proto.spec for c in app.get("plotly_chart") if c.key == "teach-attention"]

@@ -1,0 +1,164 @@
+"""The Teach page's lesson (data from assets/teach/lesson.json), presenter styling and step views.
+
+Each view runs the real model on the current sentence; every string from the user or the model
+goes through render (chips) or charts.literal (figures).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import streamlit as st
+
+from mlm_core import charts, render
+from mlm_core.attention import head_mean
+from mlm_core.compare import leave_one_out
+from mlm_core.errors import InputError, MaskLabError
+from mlm_core.explore import build_strategy, explore
+from mlm_core.models import LoadedModel, load_model
+from mlm_core.predict import fill_text
+from ui.common import show_error
+from ui.compare import _run_models, url_get, url_int, url_set
+
+LESSON = Path(__file__).resolve().parent.parent / "assets" / "teach" / "lesson.json"
+VIEWS = ("mask", "strategies", "predict", "attention", "why", "finetune")
+EPOCHS = 3
+# Fixed CSS (no user text): large type and high contrast for a projector; the sidebar and header go.
+PRESENTER_CSS = """<style>
+[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], header {display:none !important}
+.stMainBlockContainer, .block-container {max-width:100% !important; padding-top:1rem !important}
+.stMarkdown p, .stMarkdown li {font-size:1.6rem !important; line-height:1.5; color:#000}
+h1 {font-size:3rem !important} h2, h3 {font-size:2.2rem !important}
+</style>"""
+
+
+@st.cache_data
+def load_lesson(path: str = str(LESSON)) -> dict:
+    """The lesson as data; InputError naming the problem if the file is malformed."""
+    try:
+        lesson = json.loads(Path(path).read_text(encoding="utf-8"))
+        steps = lesson["steps"]
+        for step in steps:
+            if step["view"] not in VIEWS or not step["presets"] or not step["title"]:
+                raise KeyError(step.get("id", "?"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"The lesson file {path} is not valid ({exc}); restore it from the repository.") from exc
+    return lesson
+
+
+def _strip(loaded: LoadedModel, exploration) -> str:
+    shown = loaded.tokenizer.convert_ids_to_tokens(list(exploration.input_ids))
+    return render.token_chips(shown, exploration.kinds, exploration.tokens.special, large=True)
+
+
+def _masked(loaded: LoadedModel, text: str, seed: int, step: dict, **kwargs):
+    """Typed masks if the sentence has any, otherwise the step's strategy (random 15% by default)."""
+    strategy = None
+    if loaded.mask_token not in text:
+        strategy = build_strategy(step.get("strategy", "random"), step.get("params", {}))
+    return explore(loaded, text, strategy, seed, **kwargs)
+
+
+def show_step(loaded: LoadedModel, step: dict, text: str, seed: int, presenter: bool) -> None:
+    explanation, visual = st.columns([1, 2], gap="large")
+    with explanation:
+        st.markdown(render.escape_markdown(step["explanation"]))
+    with visual:
+        try:
+            VIEW_FUNCTIONS[step["view"]](loaded, step, text, seed, presenter)
+        except MaskLabError as exc:
+            show_error(exc)
+
+
+def _mask_view(loaded, step, text, seed, presenter):
+    strategy = build_strategy(step.get("strategy", "random"), step.get("params", {}))
+    result = explore(loaded, text, strategy, seed)
+    st.markdown(_strip(loaded, result), unsafe_allow_html=True)
+    st.markdown(render.legend(large=True), unsafe_allow_html=True)
+    st.markdown(f"**{len(result.prediction.positions)}** of {len(result.tokens.eligible_positions)} "
+                "tokens hidden. Press *Draw again* for another random mask.")
+
+
+def _strategies_view(loaded, step, text, seed, presenter):
+    random_ = build_strategy("random", step.get("params", {}))
+    rows = [("Random", random_, seed), ("Rule-based: stopwords", build_strategy("rule-based", {"rule": "stopwords"}),
+                                         seed)]
+    rows += [(f"Static, epoch {e + 1}: the same mask every time", random_, seed) for e in range(EPOCHS)]
+    rows += [(f"Dynamic, epoch {e + 1}: a fresh mask", random_, seed + e) for e in range(EPOCHS)]
+    for label, strategy, draw in rows:
+        st.markdown(f"**{render.escape_markdown(label)}**")
+        st.markdown(_strip(loaded, explore(loaded, text, strategy, draw)), unsafe_allow_html=True)
+
+
+def _predict_view(loaded, step, text, seed, presenter):
+    result = _masked(loaded, text, seed, step)
+    st.markdown(_strip(loaded, result), unsafe_allow_html=True)
+    st.markdown(f"### {render.escape_markdown(fill_text(loaded, result.prediction.filled_ids))}")
+    guesses = result.prediction.predictions[:3]
+    for n, (column, guess) in enumerate(zip(st.columns(len(guesses)), guesses)):
+        title = f"position {guess.position}" + (f": was '{guess.original_token}'" if guess.original_token else "")
+        figure = charts.topk_bars(guess, title, height=380 if presenter else 300)
+        figure.update_layout(font=dict(size=20 if presenter else 14))
+        column.plotly_chart(figure, key=f"teach-topk-{n}")
+
+
+def _attention_view(loaded, step, text, seed, presenter):
+    result = _masked(loaded, text, seed, step, output_attentions=True)
+    att = result.prediction.attentions
+    if att is None:
+        raise InputError("Attention is shown only for texts that fit in one window; shorten the text.")
+    cols = st.columns(2)
+    layers, heads = loaded.num_layers, loaded.num_heads
+    layer = cols[0].selectbox("Layer", range(layers), index=url_int("layer", layers - 1, 0, layers - 1),
+                              format_func=lambda i: f"layer {i}", key="teach-layer")
+    head_options = ["mean", *range(heads)]
+    wanted = url_get("head", "mean")
+    head = cols[1].selectbox("Head", head_options, format_func=lambda h: "mean of heads" if h == "mean" else f"head {h}",
+                             index=head_options.index(int(wanted) if wanted.isdigit() and int(wanted) < heads
+                                                      else "mean"), key="teach-head")
+    url_set("layer", layer, layers - 1)
+    url_set("head", head, "mean")
+    matrix = head_mean(att)[layer] if head == "mean" else att[layer, head]
+    labels = loaded.tokenizer.convert_ids_to_tokens(list(result.input_ids))
+    figure = charts.attention_heatmap(matrix, labels, highlight=result.prediction.positions,
+                                      title=f"layer {layer}, {'mean of heads' if head == 'mean' else f'head {head}'}")
+    figure.update_layout(font=dict(size=18 if presenter else 12))
+    st.plotly_chart(figure, key="teach-attention")
+
+
+def _why_view(loaded, step, text, seed, presenter):
+    result = _masked(loaded, text, seed, step)
+    guess = result.prediction.predictions[0]
+    st.markdown(f"Best guess at position {guess.position}: **{render.escape_markdown(guess.top[0].token)}** "
+                f"({guess.top[0].prob:.0%})")
+    frame = leave_one_out(loaded, result, guess.position)
+    figure = charts.change_bars([f"{p} {t}" for p, t in zip(frame["position"], frame["token"])],
+                                list(-frame["drop"]), "Change in the best guess's probability without each word",
+                                height=420, axis_title="probability change without the word")
+    figure.update_layout(font=dict(size=18 if presenter else 12))
+    st.plotly_chart(figure, key="teach-why")
+
+
+def _finetune_view(loaded, step, text, seed, presenter):
+    runs = _run_models()
+    if not runs:
+        st.info("No finished fine-tuning run yet. Start one on the Fine-tune page (for example whole-word "
+                "masking on the demo corpus), then come back: it will appear here next to the original model.")
+        _predict_view(loaded, step, text, seed, presenter)
+        return
+    folders = [folder for _, folder in runs]
+    labels = dict((folder, label) for label, folder in runs)
+    wanted = url_get("run")
+    folder = st.selectbox("Fine-tuned run", folders, index=folders.index(wanted) if wanted in folders else 0,
+                          format_func=lambda f: labels[f], key="teach-run")
+    url_set("run", folder)
+    tuned = load_model(folder)
+    for column, (name, model) in zip(st.columns(2), (("original", loaded), ("fine-tuned", tuned))):
+        result = _masked(model, text, seed, step)
+        guess = result.prediction.predictions[0]
+        column.plotly_chart(charts.topk_bars(guess, name, height=380 if presenter else 300), key=f"teach-ft-{name}")
+
+
+VIEW_FUNCTIONS = {"mask": _mask_view, "strategies": _strategies_view, "predict": _predict_view,
+                  "attention": _attention_view, "why": _why_view, "finetune": _finetune_view}
