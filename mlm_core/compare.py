@@ -25,7 +25,7 @@ from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.explore import Exploration, explore
 from mlm_core.interference import head_gates, heads_gated, parse_heads
 from mlm_core.models import LoadedModel
-from mlm_core.predict import Prediction, _special_ids, forward, predict
+from mlm_core.predict import Prediction, forward, predict, special_id_tensor
 from mlm_core.tokens import tokenize
 
 ATTENTION_VIEWS = ("mean", "rollout")
@@ -172,7 +172,7 @@ def word_swap(loaded: LoadedModel, text: str, old: str, new: str, top: int = SWA
         raise NothingToMaskError(f"Type {loaded.mask_token} where a word should be predicted to compare variants.")
     if len(masks_o) != len(masks_v):
         raise InputError("The edit changed the number of masks; replace a word that is not the mask.")
-    special = _special_ids(loaded)
+    special = special_id_tensor(loaded)
     rows = []
     for k, (po, pv) in enumerate(zip(masks_o, masks_v)):
         probs = []

@@ -29,7 +29,7 @@ from torch import nn
 from mlm_core.attention import check_fits
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.models import LoadedModel
-from mlm_core.predict import MAX_TOP_K, PositionPrediction, _position_prediction
+from mlm_core.predict import MAX_TOP_K, PositionPrediction, position_prediction
 from mlm_core.tokens import CATEGORIES, Tokens
 
 PRUNE_SCOPES = ("layer", "global")  # layer: each weight matrix at its own threshold (torch prune's l1_unstructured)
@@ -242,11 +242,11 @@ def _compare(
     originals = originals or {}
     results = []
     for p in positions:
-        before = _position_prediction(loaded, before_logits[p], p, top_k, originals.get(p))
+        before = position_prediction(loaded, before_logits[p], p, top_k, originals.get(p))
         reference = originals.get(p, before.top[0].token_id)
         if p not in originals:  # follow the first guess: its probability and rank, as for an original
-            before = _position_prediction(loaded, before_logits[p], p, top_k, reference)
-        after = _position_prediction(loaded, after_logits[p], p, top_k, reference)
+            before = position_prediction(loaded, before_logits[p], p, top_k, reference)
+        after = position_prediction(loaded, after_logits[p], p, top_k, reference)
         results.append(
             WhatIf(
                 position=p,

@@ -152,16 +152,17 @@ def forward(
     return logits.float(), attentions
 
 
-def _special_ids(loaded: LoadedModel) -> torch.Tensor:
+def special_id_tensor(loaded: LoadedModel) -> torch.Tensor:
+    """The tokenizer's special ids on the model's device (never offered as predictions)."""
     return torch.tensor(sorted(set(loaded.tokenizer.all_special_ids)), device=loaded.device)
 
 
-def _position_prediction(
+def position_prediction(  # also used by the what-ifs, probes and comparisons: one way to rank guesses
     loaded: LoadedModel, logits: torch.Tensor, position: int, top_k: int, original_id: int | None, step=None
 ) -> PositionPrediction:
     probs = torch.softmax(logits, dim=-1)  # (V,)
     ranked = probs.clone()
-    ranked[_special_ids(loaded)] = -1.0  # never offer [CLS], [SEP], [MASK] ... as a word
+    ranked[special_id_tensor(loaded)] = -1.0  # never offer [CLS], [SEP], [MASK] ... as a word
     values, indices = ranked.topk(top_k)
     names = loaded.tokenizer.convert_ids_to_tokens(indices.tolist())
     top = tuple(Candidate(n, int(i), float(v)) for n, i, v in zip(names, indices.tolist(), values.tolist()))
@@ -225,7 +226,7 @@ def predict(
             rows = [p - offset for p in inside]
             logits, attentions = forward(loaded, window_ids(ids), exclude, want_attention, positions=rows)
             for row, p in enumerate(inside):
-                results[p] = _position_prediction(loaded, logits[row], p, top_k, originals.get(p))
+                results[p] = position_prediction(loaded, logits[row], p, top_k, originals.get(p))
                 filled[p] = results[p].top[0].token_id
                 log_prob += math.log(max(results[p].top[0].prob, 1e-45))
         else:
@@ -240,11 +241,11 @@ def predict(
                 if step == 0 and want_attention:
                     attentions = step_attentions
                 probs = torch.softmax(logits, dim=-1)  # (P, V)
-                probs[:, _special_ids(loaded)] = 0.0
+                probs[:, special_id_tensor(loaded)] = 0.0
                 row = int(probs.max(dim=-1).values.argmax())
                 best = remaining[row]
                 step += 1
-                results[best] = _position_prediction(
+                results[best] = position_prediction(
                     loaded, logits[row], best, top_k, originals.get(best), step
                 )
                 filled[best] = results[best].top[0].token_id

@@ -25,7 +25,7 @@ import torch
 from mlm_core.default_model import DEFAULT_MODEL_NAME
 from mlm_core.errors import InputError
 from mlm_core.models import LoadedModel
-from mlm_core.predict import PositionPrediction, _position_prediction, predict
+from mlm_core.predict import PositionPrediction, position_prediction, predict
 from mlm_core.tokens import tokenize, tokenizer_lock
 from mlm_core.training import SCRATCH_MODELS
 
@@ -127,7 +127,7 @@ def _in_turn(loaded: LoadedModel, ids: list[int], positions: list[int], top_k: i
         batch[rows, torch.tensor(chunk, device=loaded.device)] = loaded.mask_token_id
         with loaded.lock, torch.inference_mode():
             logits = loaded.model(input_ids=batch).logits[rows, torch.tensor(chunk, device=loaded.device)]  # (P, V)
-        results.extend(_position_prediction(loaded, logits[i].float(), p, top_k, ids[p]) for i, p in enumerate(chunk))
+        results.extend(position_prediction(loaded, logits[i].float(), p, top_k, ids[p]) for i, p in enumerate(chunk))
     return results
 
 

@@ -184,11 +184,13 @@ def test_curves_show_run_names_literally():
 # ----------------------------------------------------------------------------- fine-tuning plans
 
 
-def test_training_strategy_drops_privacy_and_needs_a_strategy():
+def test_training_strategy_keeps_privacy_and_needs_a_strategy():
     name, params, notices = finetune.training_strategy(build_strategy("span", {}, privacy=True,
                                                                       protect=["stopwords"]))
-    assert name == "compose" and [s["name"] for s in params["steps"]] == ["rule-based", "span"]
-    assert notices and "Privacy" in notices[0]
+    assert name == "compose" and [s["name"] for s in params["steps"]] == ["privacy", "rule-based", "span"]
+    assert notices and "replaced in the corpus" in notices[0]  # the trainer applies it before packing
+    with pytest.raises(InputError, match="Privacy replacement alone"):
+        finetune.training_strategy(build_strategy(None, {}, privacy=True))
     name_random, params_random, none = finetune.training_strategy(build_strategy("random", {"mlm_probability": 0.3}))
     assert (name_random, params_random["mlm_probability"], none) == ("random", 0.3, [])
     assert finetune.strategy_rate(name_random, params_random) == 0.3

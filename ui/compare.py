@@ -17,7 +17,7 @@ from mlm_core.explore import MAIN_STRATEGIES, build_strategy
 from mlm_core.masking import STRATEGIES, params_of, strategy_from_params
 from mlm_core.models import LoadedModel, load_model
 from ui.common import OTHER_MODEL
-from ui.strategy import EXCLUDE_RULES, NONE, SPLIT_PARAMS, _url_value, param_widget
+from ui.strategy import EXCLUDE_RULES, NONE, SPLIT_PARAMS, param_widget, url_value
 
 
 def url_get(name: str, default: str = "") -> str:
@@ -94,7 +94,7 @@ def side_controls(side: str) -> tuple[LoadedModel | None, Side | None, dict]:
                 continue
             if name == "rule-based" and spec.name == "pattern" and values.get("rule") != "regex":
                 continue
-            values[spec.name] = param_widget(spec, f"{prefix}{name}-{spec.name}", _url_value(spec, f"{prefix}p_"))
+            values[spec.name] = param_widget(spec, f"{prefix}{name}-{spec.name}", url_value(spec, f"{prefix}p_"))
     wanted_exclude = url_get(f"{prefix}exclude")
     exclude = st.selectbox("Remove from the context", EXCLUDE_RULES, format_func=lambda r: r or "nothing",
                            index=EXCLUDE_RULES.index(wanted_exclude) if wanted_exclude in EXCLUDE_RULES else 0,

@@ -25,7 +25,8 @@ STRATEGY_HELP = {
 }
 
 
-def _url_value(spec: ParamSpec, prefix: str):
+def url_value(spec: ParamSpec, prefix: str):
+    """The parameter's value from the URL (``<prefix><name>``), or its default when absent or invalid."""
     raw = st.query_params.get(f"{prefix}{spec.name}")
     if raw is None:
         return spec.default
@@ -65,11 +66,11 @@ def strategy_params(name: str, key: str) -> dict:
             continue
         if name == "rule-based" and spec.name == "pattern" and values.get("rule") != "regex":
             continue
-        values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", _url_value(spec, "p_"))
+        values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", url_value(spec, "p_"))
     if split:
         with st.expander("What happens to chosen tokens (80/10/10)"):
             for spec in split:
-                values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", _url_value(spec, "p_"))
+                values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", url_value(spec, "p_"))
     return values
 
 
