@@ -4,6 +4,7 @@ and messages instead of tracebacks for bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -234,3 +235,26 @@ def test_every_view_with_word_pieces_merged(tiny_model_dir):
     app.button(key="xt-run").click().run()
     check(app)
     assert "dogs" in specs(app)[-1]["layout"]["xaxis"]["ticktext"]
+
+
+def test_attention_view_layer_and_head_round_trip_through_the_url(tiny_model_dir):
+    from streamlit.testing.v1 import AppTest
+
+    app_file = Path(__file__).resolve().parent.parent / "app.py"
+
+    first = AppTest.from_file(str(app_file), default_timeout=120)
+    first.query_params.update(model=str(tiny_model_dir), text="the cat sat on the [MASK] .", strategy="none")
+    first.run()
+    layer = next(w for w in first.selectbox if w.key and w.key.startswith("xa-layer-"))
+    layer.set_value(0).run()
+    head = next(w for w in first.selectbox if w.key and w.key.startswith("xa-head-"))
+    head.set_value(1).run()
+    assert not first.exception
+    link = {k: first.query_params[k] for k in first.query_params}
+    assert (link["layer"], link["head"]) == ("0", "1")
+
+    second = AppTest.from_file(str(app_file), default_timeout=120)
+    second.query_params.update(link)
+    second.run()
+    assert next(w for w in second.selectbox if w.key.startswith("xa-layer-")).value == 0
+    assert next(w for w in second.selectbox if w.key.startswith("xa-head-")).value == 1

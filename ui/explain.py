@@ -120,7 +120,11 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> None:
     n_layers, n_heads = att.shape[:2]
 
     top = st.columns([3, 2, 2])
-    view = top[0].selectbox("View", ATTENTION_VIEWS, key="xa-view")
+    params = st.query_params  # view, layer and head go into the link, like the rest of the page
+    wanted_view = params.get("view")
+    view = top[0].selectbox("View", ATTENTION_VIEWS, key="xa-view",
+                            index=ATTENTION_VIEWS.index(wanted_view) if wanted_view in ATTENTION_VIEWS else 0)
+    params["view"] = view
     merge = top[1].toggle("Merge word pieces", key="xa-merge",
                           help="Rows averaged, columns summed over a word's pieces.")
     with top[2]:
@@ -135,13 +139,22 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> None:
         return attention.merge_words(matrix, groups) if merge else matrix
 
     def layer_select(label: str = "Layer") -> int:
-        return st.selectbox(label, range(n_layers), index=n_layers - 1, format_func=lambda i: f"layer {i}",
-                            key=f"xa-layer-{sig}")
+        wanted = params.get("layer", "")
+        index = int(wanted) if wanted.isdigit() and int(wanted) < n_layers else n_layers - 1
+        layer = st.selectbox(label, range(n_layers), index=index, format_func=lambda i: f"layer {i}",
+                             key=f"xa-layer-{sig}")
+        params["layer"] = str(layer)
+        return layer
 
     def head_select(with_mean: bool = False) -> int | None:
         options = ([None] if with_mean else []) + list(range(n_heads))
-        return st.selectbox("Head", options, format_func=lambda h: "mean of heads" if h is None else f"head {h}",
+        wanted = params.get("head", "")
+        chosen = None if wanted == "mean" else int(wanted) if wanted.isdigit() else options[0]
+        head = st.selectbox("Head", options, index=options.index(chosen) if chosen in options else 0,
+                            format_func=lambda h: "mean of heads" if h is None else f"head {h}",
                             key=f"xa-head-{sig}{'-m' if with_mean else ''}")
+        params["head"] = "mean" if head is None else str(head)
+        return head
 
     def position_select() -> int:
         return st.selectbox("Masked position", positions, format_func=lambda p: _position_label(exploration, p),
