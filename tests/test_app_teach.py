@@ -94,3 +94,20 @@ def test_url_round_trip(tiny_model_dir):
     assert again.selectbox(key="teach-layer").value == 0 and again.selectbox(key="teach-head").value == 1
     figure = [c.proto.spec for c in again.get("plotly_chart") if c.key == "teach-attention"]
     assert figure == [c.proto.spec for c in app.get("plotly_chart") if c.key == "teach-attention"]
+
+
+def test_handout_is_a_standalone_escaped_html_page(tiny_loaded):
+    from ui.teach import handout
+
+    text = "the cat <img src=x onerror=alert(1)> sat on the [MASK] ."
+    page = handout(tiny_loaded, load_lesson(), text, seed=0)
+    assert page.startswith("<!DOCTYPE html>") and "<script src=" not in page  # nothing fetched
+    assert "<img src=x" not in page and "&lt;img src=x" in page
+    assert all(step["title"] in page for step in STEPS)
+    assert "Predictions" in page
+
+
+def test_handout_download_is_offered_outside_presenter_mode(tiny_model_dir):
+    app = run_page({"model": str(tiny_model_dir)})
+    assert not errors(app)
+    assert any(button.label.startswith("Download the lesson") for button in app.get("download_button"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from mlm_core import charts, render
@@ -162,3 +163,27 @@ def _finetune_view(loaded, step, text, seed, presenter):
 
 VIEW_FUNCTIONS = {"mask": _mask_view, "strategies": _strategies_view, "predict": _predict_view,
                   "attention": _attention_view, "why": _why_view, "finetune": _finetune_view}
+
+
+def handout(loaded: LoadedModel, lesson: dict, text: str, seed: int) -> str:
+    """The whole lesson on the current sentence as one standalone HTML page (for a handout)."""
+    from mlm_core.report import html_report
+
+    result = _masked(loaded, text, seed, lesson["steps"][0])
+    rows = [
+        {
+            "position": guess.position,
+            "hidden word": guess.original_token or "(typed blank)",
+            "model's top 5": ", ".join(f"{c.token} {c.prob:.0%}" for c in guess.top),
+        }
+        for guess in result.prediction.predictions
+    ]
+    notes = [f"Step {n}. {step['title']}: {step['explanation']}" for n, step in enumerate(lesson["steps"], 1)]
+    return html_report(
+        "MaskLab lesson: what a masked language model does",
+        {"model": loaded.name, "sentence": text, "seed": seed,
+         "what the model read": " ".join(loaded.tokenizer.convert_ids_to_tokens(list(result.input_ids))),
+         "filled in": fill_text(loaded, result.prediction.filled_ids)},
+        tables=[("Predictions", pd.DataFrame(rows))],
+        notes=notes,
+    )
