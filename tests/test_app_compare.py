@@ -71,7 +71,7 @@ def test_url_round_trip(tiny_model_dir, tiny_loaded):
     app = run_page(tiny_query(tiny_model_dir, text="the cat sat on the [MASK] and the dog ran in the house"))
     app.selectbox(key="a_strategy").set_value("random").run()
     app.selectbox(key="b_strategy").set_value("random").run()
-    app.slider(key="a_random-mlm_probability").set_value(0.4).run()
+    app.slider(key="a-random-mlm_probability").set_value(0.4).run()
     app.number_input(key="a_seed").set_value(7).run()
     app.selectbox(key="b_exclude").set_value("stopwords").run()
     app.selectbox(key="att").set_value("rollout").run()
@@ -83,7 +83,7 @@ def test_url_round_trip(tiny_model_dir, tiny_loaded):
     assert query["a_strategy"] == "random" and query["a_p_mlm_probability"] == "0.4" and query["a_seed"] == "7"
     assert query["b_exclude"] == "stopwords" and query["att"] == "rollout" and query["layer"] == "0"
     again = run_page(query)
-    for kind, key in [("selectbox", "a_strategy"), ("selectbox", "b_strategy"), ("slider", "a_random-mlm_probability"),
+    for kind, key in [("selectbox", "a_strategy"), ("selectbox", "b_strategy"), ("slider", "a-random-mlm_probability"),
                       ("number_input", "a_seed"), ("selectbox", "b_exclude"), ("selectbox", "att"),
                       ("selectbox", "layer"), ("text_input", "swap_from"), ("text_input", "swap_to")]:
         assert getattr(again, kind)(key=key).value == getattr(app, kind)(key=key).value, key

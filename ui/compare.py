@@ -17,7 +17,7 @@ from mlm_core.explore import MAIN_STRATEGIES, build_strategy
 from mlm_core.masking import STRATEGIES, params_of, strategy_from_params
 from mlm_core.models import LoadedModel, load_model
 from ui.common import OTHER_MODEL
-from ui.strategy import EXCLUDE_RULES, NONE, SPLIT_PARAMS, param_widget, url_value
+from ui.strategy import EXCLUDE_RULES, NONE, strategy_params
 
 
 def url_get(name: str, default: str = "") -> str:
@@ -85,16 +85,8 @@ def side_controls(side: str) -> tuple[LoadedModel | None, Side | None, dict]:
     wanted = url_get(f"{prefix}strategy", NONE)
     name = st.selectbox("Masking strategy", options, index=options.index(wanted) if wanted in options else 0,
                         key=f"{prefix}strategy")
-    values = {}
-    if name != NONE:
-        for spec in STRATEGIES[name].params:
-            if spec.name in SPLIT_PARAMS:
-                continue  # 80/10/10 stays at its defaults here; Explore has the full panel
-            if name == "rule-based" and spec.name == "words" and values.get("rule") != "words":
-                continue
-            if name == "rule-based" and spec.name == "pattern" and values.get("rule") != "regex":
-                continue
-            values[spec.name] = param_widget(spec, f"{prefix}{name}-{spec.name}", url_value(spec, f"{prefix}p_"))
+    # The explorer's parameter widgets (80/10/10 split included), keyed and linked per side.
+    values = {} if name == NONE else strategy_params(name, side.lower(), url_prefix=f"{prefix}p_")
     wanted_exclude = url_get(f"{prefix}exclude")
     exclude = st.selectbox("Remove from the context", EXCLUDE_RULES, format_func=lambda r: r or "nothing",
                            index=EXCLUDE_RULES.index(wanted_exclude) if wanted_exclude in EXCLUDE_RULES else 0,

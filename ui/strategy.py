@@ -55,8 +55,12 @@ def param_widget(spec: ParamSpec, key: str, value):
     return st.text_input(label, shown, key=key, help=spec.help)
 
 
-def strategy_params(name: str, key: str) -> dict:
-    """Widgets for ``name``'s parameters; returns {param: value} (split settings in an expander)."""
+def strategy_params(name: str, key: str, url_prefix: str = "p_") -> dict:
+    """Widgets for ``name``'s parameters; returns {param: value} (split settings in an expander).
+
+    Widget keys are ``{key}-{name}-{param}``; initial values come from ``{url_prefix}{param}`` in the
+    URL, so two panels on one page (Compare's A and B) keep separate links.
+    """
     specs = STRATEGIES[name].params
     values = {}
     main = [s for s in specs if s.name not in SPLIT_PARAMS]
@@ -66,11 +70,11 @@ def strategy_params(name: str, key: str) -> dict:
             continue
         if name == "rule-based" and spec.name == "pattern" and values.get("rule") != "regex":
             continue
-        values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", url_value(spec, "p_"))
+        values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", url_value(spec, url_prefix))
     if split:
         with st.expander("What happens to chosen tokens (80/10/10)"):
             for spec in split:
-                values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", url_value(spec, "p_"))
+                values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", url_value(spec, url_prefix))
     return values
 
 
