@@ -120,9 +120,12 @@ def batches_by_length(sequences: list[list[int]], token_budget: int, rng: random
 
 
 def masked_loss(model, inputs, attention, labels):
-    hidden = model.bert(input_ids=inputs, attention_mask=attention).last_hidden_state  # (B, T, D)
-    chosen = labels != -100
-    logits = model.cls(hidden[chosen])  # (M, V): the vocabulary projection only where needed
+    device = next(model.parameters()).device  # batches are built on the CPU
+    inputs, attention, labels = inputs.to(device), attention.to(device), labels.to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        hidden = model.bert(input_ids=inputs, attention_mask=attention).last_hidden_state  # (B, T, D)
+        chosen = labels != -100
+        logits = model.cls(hidden[chosen]).float()  # (M, V): the vocabulary projection only where needed
     return nn.functional.cross_entropy(logits, labels[chosen]), logits, labels[chosen]
 
 
@@ -144,7 +147,7 @@ def evaluate(model, heldout, tokenizer, cloze, args, special_ids):
         top1 += (logits.argmax(-1) == targets).sum().item()
     hits1 = hits5 = 0
     for item in cloze:
-        encoded = tokenizer(item["text"], return_tensors="pt")
+        encoded = tokenizer(item["text"], return_tensors="pt").to(next(model.parameters()).device)
         logits = model(**encoded).logits[0, encoded.input_ids[0] == tokenizer.mask_token_id][0]
         top = [tokenizer.convert_ids_to_tokens(int(i)) for i in logits.topk(5).indices]
         hits1 += top[0] in item["answers"]
@@ -174,6 +177,8 @@ def main() -> None:
     parser.add_argument("--heldout-segments", type=int, default=3000)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda (bf16 autocast) or cpu; default: the GPU when there is one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-adapter", type=Path, help="continue from an adapter file written by this script")
     args = parser.parse_args()
@@ -188,6 +193,7 @@ def main() -> None:
     adapters = add_adapters(model, args.rank, args.alpha)
     if args.init_adapter:
         load_into(model, adapters, args.init_adapter)
+    model.to(args.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     print(f"trainable parameters: {sum(p.numel() for p in trainable):,}", flush=True)
 
