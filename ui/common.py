@@ -31,6 +31,16 @@ def route_through_app() -> None:
         st.rerun()
 
 
+def load_with_message(name: str) -> LoadedModel | None:
+    """The model, loaded with a spinner; None after showing why it could not load."""
+    try:
+        with st.spinner(f"Loading {name} …"):
+            return load_model(name)
+    except MaskLabError as exc:
+        st.error(str(exc))
+        return None
+
+
 def model_sidebar() -> LoadedModel | None:
     """Model picker; returns the loaded model, or None after showing why it could not load."""
     params = st.query_params
@@ -54,11 +64,8 @@ def model_sidebar() -> LoadedModel | None:
             if not name:
                 st.info("Type a hub id (e.g. bert-base-uncased) or the path of a model folder.")
                 return None
-        try:
-            with st.spinner(f"Loading {name} …"):
-                loaded = load_model(name)
-        except MaskLabError as exc:
-            st.error(str(exc))
+        loaded = load_with_message(name)
+        if loaded is None:
             return None
         if name != DEFAULT_MODEL_NAME:
             params["model"] = name

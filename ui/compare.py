@@ -12,11 +12,10 @@ import streamlit as st
 
 from mlm_core.compare import Side
 from mlm_core.default_model import DEFAULT_MODEL_NAME
-from mlm_core.errors import MaskLabError
 from mlm_core.explore import MAIN_STRATEGIES, build_strategy
 from mlm_core.masking import STRATEGIES, params_of, strategy_from_params
-from mlm_core.models import LoadedModel, load_model
-from ui.common import OTHER_MODEL
+from mlm_core.models import LoadedModel
+from ui.common import OTHER_MODEL, load_with_message
 from ui.strategy import EXCLUDE_RULES, NONE, strategy_params
 
 
@@ -64,13 +63,9 @@ def model_picker(prefix: str, label: str) -> LoadedModel | None:
         if not name:
             st.info("Type a hub id or the path of a model folder.")
             return None
-    try:
-        with st.spinner(f"Loading {name} …"):
-            loaded = load_model(name)
-    except MaskLabError as exc:
-        st.error(str(exc))
-        return None
-    url_set(f"{prefix}model", name, DEFAULT_MODEL_NAME)
+    loaded = load_with_message(name)
+    if loaded is not None:
+        url_set(f"{prefix}model", name, DEFAULT_MODEL_NAME)
     return loaded
 
 
