@@ -2,38 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import streamlit as st
+from apptest_support import clear_streamlit_caches, open_app_page
 from streamlit.testing.v1 import AppTest
 
 from mlm_core.compare import Side, compare
 from mlm_core.explore import build_strategy
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/compare.py"
 TEXT = "the cat [MASK] on the mat"
 PAYLOAD = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture(autouse=True)
-def clear_streamlit_caches():
-    st.cache_data.clear()
-    st.cache_resource.clear()
+def clean_caches():
+    clear_streamlit_caches()
     yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    clear_streamlit_caches()
 
 
 def run_page(query: dict) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=120)
-    for key, value in query.items():
-        app.query_params[key] = value
-    app.switch_page(PAGE)
-    app.run()
-    assert not app.exception, app.exception
-    return app
+    return open_app_page(PAGE, query)
 
 
 def tiny_query(tiny_model_dir, **extra) -> dict:

@@ -7,14 +7,10 @@ is exercised by re-running the page; tests/browser/ watches the real polling.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
-from pathlib import Path
 
 import pytest
-import streamlit as st
+from apptest_support import clear_streamlit_caches, kill_running_jobs, open_app_page
 from streamlit.testing.v1 import AppTest
 from test_training import corpus_bytes
 
@@ -23,7 +19,6 @@ from mlm_core.runs import CANCELLED, FINAL_STATES, FINISHED, RUNNING
 from mlm_core.training import TrainConfig
 from ui.corpus import UPLOAD
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/finetune.py"
 WAIT_S = 150  # a job process imports torch and transformers on a busy 2-core machine
 
@@ -33,11 +28,9 @@ def environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # job processes: one thread each
     monkeypatch.setenv("MASKLAB_MAX_RUNS", "1")
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    clear_streamlit_caches()
     yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    clear_streamlit_caches()
 
 
 @pytest.fixture
@@ -45,20 +38,11 @@ def store():
     """The page's run store; afterwards, kill the job processes still alive among its runs (by pid)."""
     store = jobs.default_store()
     yield store
-    for record in store.list():
-        if record.status == RUNNING and record.pid and record.pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(record.pid, signal.SIGKILL)
+    kill_running_jobs(store)
 
 
 def open_page(**query) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=120)
-    for key, value in query.items():
-        app.query_params[key] = value
-    app.switch_page(PAGE)
-    app.run()
-    assert not app.exception, app.exception
-    return app
+    return open_app_page(PAGE, query)
 
 
 def upload(app: AppTest, name: str, data: bytes) -> AppTest:

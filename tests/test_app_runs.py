@@ -7,18 +7,14 @@ that test's store when the test ends.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-import streamlit as st
 import torch
+from apptest_support import clear_streamlit_caches, kill_running_jobs, open_app_page
 from streamlit.testing.v1 import AppTest
 from test_training import corpus_bytes
 
@@ -27,7 +23,6 @@ from mlm_core.runs import FINAL_STATES, FINISHED, INTERRUPTED, RUNNING, RunStore
 from mlm_core.training import TrainConfig
 from ui.runs import LSTM_NOTE, TYPED
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/runs.py"
 WAIT_S = 150
 
@@ -65,11 +60,9 @@ def environment(tmp_path, monkeypatch, template_home):
     monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MASKLAB_MAX_RUNS", "1")
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    clear_streamlit_caches()
     yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    clear_streamlit_caches()
 
 
 @pytest.fixture
@@ -77,10 +70,7 @@ def store():
     """This test's store; afterwards, kill the job processes still alive among its runs (by pid)."""
     store = jobs.default_store()
     yield store
-    for record in store.list():
-        if record.status == RUNNING and record.pid and record.pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(record.pid, signal.SIGKILL)
+    kill_running_jobs(store)
 
 
 def runs_by_strategy(store) -> dict[str, str]:
@@ -88,11 +78,7 @@ def runs_by_strategy(store) -> dict[str, str]:
 
 
 def open_page() -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=120)
-    app.switch_page(PAGE)
-    app.run()
-    assert not app.exception, app.exception
-    return app
+    return open_app_page(PAGE)
 
 
 def choose(app: AppTest, run_id: str) -> AppTest:

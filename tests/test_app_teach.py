@@ -3,36 +3,26 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import streamlit as st
+from apptest_support import clear_streamlit_caches, open_app_page
 from streamlit.testing.v1 import AppTest
 
 from ui.teach import LESSON, VIEWS, load_lesson
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/teach.py"
 STEPS = json.loads(LESSON.read_text())["steps"]
 
 
 @pytest.fixture(autouse=True)
-def clear_streamlit_caches():
-    st.cache_data.clear()
-    st.cache_resource.clear()
+def clean_caches():
+    clear_streamlit_caches()
     yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    clear_streamlit_caches()
 
 
 def run_page(query: dict) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=120)
-    for key, value in query.items():
-        app.query_params[key] = value
-    app.switch_page(PAGE)
-    app.run()
-    assert not app.exception, app.exception
-    return app
+    return open_app_page(PAGE, query)
 
 
 def errors(app: AppTest) -> list[str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 import pytest
+from playwright.sync_api import expect
 
 from mlm_core.predict import predict
 from mlm_core.tokens import tokenize
@@ -74,4 +76,5 @@ def test_html_in_the_url_is_shown_as_text(page, app_url):
     page.wait_for_timeout(1000)
     assert dialogs == []
     assert page.locator("img[src='x']").count() == 0
-    assert PAYLOAD in page.locator("textarea").first.input_value()
+    # The text box fills in as the page finishes its run: wait for it rather than read it once.
+    expect(page.locator("textarea").first).to_have_value(re.compile(re.escape(PAYLOAD)), timeout=30_000)

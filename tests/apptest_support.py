@@ -1,0 +1,41 @@
+"""What the AppTest suites share: opening a page of app.py with a query, clean caches, job cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from mlm_core.runs import RUNNING
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def open_app_page(page: str | None, query: dict | None = None) -> AppTest:
+    """Run app.py (routed to ``page`` if given) with ``query`` in the URL; fail on any exception."""
+    app = AppTest.from_file(APP, default_timeout=120)  # model loading takes longer than the default 3 s
+    for key, value in (query or {}).items():
+        app.query_params[key] = value
+    if page:
+        app.switch_page(page)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def clear_streamlit_caches() -> None:
+    """Caches leak between AppTests in one process; tests clear them before and after."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def kill_running_jobs(store) -> None:
+    """Kill the job processes still alive among ``store``'s runs (by their recorded pids only)."""
+    for record in store.list():
+        if record.status == RUNNING and record.pid and record.pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGKILL)
