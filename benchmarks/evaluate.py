@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._results import Printer, write_result  # noqa: E402
 from mlm_core.evaluate import EvalConfig, evaluate, sentence_seed  # noqa: E402
 from mlm_core.masking import Vocab, apply_strategy  # noqa: E402
 from mlm_core.models import load_model  # noqa: E402
@@ -112,18 +113,28 @@ def main() -> None:
 
     n = len(sentences)
     rate = {name: n / seconds[name] for name in seconds}
-    print(f"model: {loaded.name} on {loaded.describe()['device']}; {n} sentences of {DEMO.name} "
-          f"({left_out} left out: a mask inside a word does not survive as text), "
+    say = Printer()  # prints, and keeps the lines for results/evaluate.json
+    say(f"model: {loaded.name} on {loaded.describe()['device']}; {n} sentences of {DEMO.name} "
+        f"({left_out} left out: a mask inside a word does not survive as text), "
           f"{totals['ours'][0]} masks, {args.blocks} alternating blocks")
-    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    say(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     for name, label in (("ours", "ours (mlm_core.evaluate, batched, logits at masks only)"),
                         ("pipeline", "pipeline (transformers fill-mask, one call per sentence)")):
         masks, hit1, hit5 = totals[name]
-        print(f"{label}: {rate[name]:.1f} sentences/s ({seconds[name]:.2f} s); top-1 {hit1 / masks:.3f}, "
-              f"top-5 {hit5 / masks:.3f} over {masks} masks")
+        say(f"{label}: {rate[name]:.1f} sentences/s ({seconds[name]:.2f} s); top-1 {hit1 / masks:.3f}, "
+            f"top-5 {hit5 / masks:.3f} over {masks} masks")
     ratio = rate["ours"] / rate["pipeline"]
     verdict = "ours is faster" if ratio > 1 else "the pipeline is faster"
-    print(f"higher is better: ours / pipeline sentences per second = {ratio:.2f} ({verdict})")
+    say(f"higher is better: ours / pipeline sentences per second = {ratio:.2f} ({verdict})")
+    write_result(
+        "evaluate", title=f"batch analysis, {n} sentences (sentences/s; higher is better)",
+        ours=f"{rate['ours']:.1f} sentences/s",
+        baseline=f'`pipeline("fill-mask")` loop {rate["pipeline"]:.1f} sentences/s',
+        ratio=ratio, goal="≥ 5", better="higher", printed=say.lines,
+        figures={"sentences_per_s": rate, "seconds": seconds, "sentences": n, "masks": totals["ours"][0],
+                 "top1_top5": {k: [v[1] / v[0], v[2] / v[0]] for k, v in totals.items()},
+                 "model": loaded.name},
+    )
     print(f"ratio: {ratio:.2f}")
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from benchmarks._results import Printer, write_result  # noqa: E402
 from mlm_core.attention import attention_maps, rollout  # noqa: E402
 from mlm_core.attribution import attribute  # noqa: E402
 from mlm_core.models import load_model  # noqa: E402
@@ -95,18 +96,28 @@ def main() -> None:
     medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
     ratio = medians["IG 32 steps"] / medians["forward"]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
+    say = Printer()  # prints, and keeps the lines for results/explain.json
+    say(
         f"model: {loaded.name} on {loaded.describe()['device']}; {len(inputs)} sentences of {TOKENS} tokens "
         f"x {args.rounds} rounds; load average {load:.2f}"
     )
-    print(f"forward pass (baseline): median {medians['forward']:.1f} ms")
-    print(f"attention view (all layers and heads + rollout): median {medians['attention view']:.1f} ms")
-    print(
+    say(f"forward pass (baseline): median {medians['forward']:.1f} ms")
+    say(f"attention view (all layers and heads + rollout): median {medians['attention view']:.1f} ms")
+    say(
         f"Integrated Gradients, {STEPS} steps: median {medians['IG 32 steps']:.1f} ms "
         f"(median |convergence delta| {statistics.median(deltas):.1e})"
     )
-    print(f"attention view / forward = {medians['attention view'] / medians['forward']:.2f}")
-    print(f"lower is better: IG time / one forward pass = {ratio:.1f}")
+    say(f"attention view / forward = {medians['attention view'] / medians['forward']:.2f}")
+    say(f"lower is better: IG time / one forward pass = {ratio:.1f}")
+    write_result(
+        "explain", title=f"{STEPS}-step Integrated Gradients vs one forward pass, {TOKENS} tokens "
+        f"(median; lower is better)",
+        ours=f"IG {medians['IG 32 steps'] / 1000:.2f} s; attention view {medians['attention view']:.0f} ms",
+        baseline=f"forward {medians['forward']:.0f} ms", ratio=ratio, goal="IG ≈ 1 s", better="lower",
+        printed=say.lines,
+        figures={"medians_ms": medians, "rounds": args.rounds, "torch_threads": torch.get_num_threads(),
+                 "median_abs_delta": statistics.median(deltas), "device": args.device, "model": loaded.name},
+    )
     print(f"ratio: {ratio:.2f}")
 
 

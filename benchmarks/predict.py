@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from benchmarks._results import Printer, write_result  # noqa: E402
 from mlm_core.models import load_model  # noqa: E402
 from mlm_core.predict import predict  # noqa: E402
 from mlm_core.tokens import tokenize  # noqa: E402
@@ -94,16 +95,24 @@ def main() -> None:
     ours_ms = statistics.median(times["ours"]) * 1000
     pipeline_ms = statistics.median(times["pipeline"]) * 1000
     ratio = ours_ms / pipeline_ms
-    print(
+    say = Printer()  # prints, and keeps the lines for results/predict.json
+    say(
         f"model: {loaded.name} on {loaded.describe()['device']}; {len(SENTENCES)} sentences x {args.rounds} rounds"
     )
-    print(
+    say(
         f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
     )
-    print(f"ours (tokenize + predict, top-{TOP_K}, with attentions): median {ours_ms:.2f} ms")
-    print(f"pipeline (transformers fill-mask, top-{TOP_K}): median {pipeline_ms:.2f} ms")
+    say(f"ours (tokenize + predict, top-{TOP_K}, with attentions): median {ours_ms:.2f} ms")
+    say(f"pipeline (transformers fill-mask, top-{TOP_K}): median {pipeline_ms:.2f} ms")
     verdict = "ours is faster" if ratio < 1 else "the pipeline is faster"
-    print(f"lower is better: ours / pipeline = {ratio:.3f} ({verdict})")
+    say(f"lower is better: ours / pipeline = {ratio:.3f} ({verdict})")
+    write_result(
+        "predict", title=f"one prediction with attentions, top-{TOP_K} (median latency; lower is better)",
+        ours=f"{ours_ms:.1f} ms", baseline=f'`pipeline("fill-mask")` {pipeline_ms:.1f} ms',
+        ratio=ratio, goal="≤ 1.0", better="lower", printed=say.lines,
+        figures={"ours_ms": ours_ms, "pipeline_ms": pipeline_ms, "sentences": len(SENTENCES),
+                 "rounds": args.rounds, "torch_threads": torch.get_num_threads(), "model": loaded.name},
+    )
     print(f"ratio: {ratio:.3f}")
 
 

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks._results import Printer, write_result  # noqa: E402
 from mlm_core.corpus import read_corpus  # noqa: E402
 from mlm_core.models import load_fresh  # noqa: E402
 from mlm_core.training import TrainConfig, Trainer, split_texts  # noqa: E402
@@ -186,11 +187,12 @@ def run(work: Path) -> None:
     hf_trainer = HFTrainer(model=standard.model, args=training_args, train_dataset=dataset,
                            data_collator=collator, callbacks=[Interleave()])
     hf_trainer.remove_callback(PrinterCallback)  # its end-of-run summary would time both sides together
-    print(f"corpus: {source}; {len(corpus.texts):,} texts; train blocks: ours {len(ours.train_data):,}, "
-          f"standard {len(dataset):,}; held-out: {batch.shape[0]} blocks, {int((masked.labels != -100).sum())} "
+    say = Printer()  # prints, and keeps the lines for results/train.json
+    say(f"corpus: {source}; {len(corpus.texts):,} texts; train blocks: ours {len(ours.train_data):,}, "
+        f"standard {len(dataset):,}; held-out: {batch.shape[0]} blocks, {int((masked.labels != -100).sum())} "
           f"masked tokens")
-    print(f"settings: {args.steps} steps, batch {BATCH} x {BLOCK} tokens, lr {LR}, torch threads "
-          f"{torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    say(f"settings: {args.steps} steps, batch {BATCH} x {BLOCK} tokens, lr {LR}, torch threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     hf_trainer.train()
 
     rates = {}
@@ -204,9 +206,9 @@ def run(work: Path) -> None:
     noise = 2 * float(difference.std()) / len(difference) ** 0.5
     for side, name in (("ours", "mlm_core Trainer"), ("standard", "transformers Trainer + collator")):
         seconds = sum(s for s, _ in timing[side][1:])
-        print(f"{name:32s} {rates[side]:9,.0f} tokens/s  ({seconds:6.1f} s for {len(timing[side]) - 1} timed steps)"
-              f"  held-out loss {losses[side]:.4f}")
-    print(f"held-out loss before training: {start_loss:.4f} (both start from the same weights)")
+        say(f"{name:32s} {rates[side]:9,.0f} tokens/s  ({seconds:6.1f} s for {len(timing[side]) - 1} "
+            f"timed steps)  held-out loss {losses[side]:.4f}")
+    say(f"held-out loss before training: {start_loss:.4f} (both start from the same weights)")
     ratio = rates["ours"] / rates["standard"]
     faster = "ours is faster" if ratio > 1 else "the standard recipe is faster"
     gap = losses["ours"] - losses["standard"]
@@ -216,10 +218,22 @@ def run(work: Path) -> None:
         loss_note = "equal within noise"
     else:
         loss_note = "worse"
-    print(f"held-out loss, ours - standard: {gap:+.4f} (paired over {len(difference)} masked tokens; "
-          f"2 standard errors: {noise:.4f}) -> {loss_note}")
-    print(f"{faster} ({ratio:.2f}x tokens/s); ours' held-out loss: {loss_note}; "
-          f"load average now {os.getloadavg()[0]:.1f}")
+    say(f"held-out loss, ours - standard: {gap:+.4f} (paired over {len(difference)} masked tokens; "
+        f"2 standard errors: {noise:.4f}) -> {loss_note}")
+    say(f"{faster} ({ratio:.2f}x tokens/s); ours' held-out loss: {loss_note}; "
+        f"load average now {os.getloadavg()[0]:.1f}")
+    write_result(
+        "train", title=f"fine-tuning throughput, default model, batch {BATCH} x {BLOCK}, {args.steps} steps, "
+        f"{torch.get_num_threads()} thread(s) (tokens/s; higher is better)",
+        ours=f"{rates['ours']:,.0f} tokens/s, held-out loss {losses['ours']:.3f}",
+        baseline=f"`Trainer` + `DataCollatorForLanguageModeling`: {rates['standard']:,.0f} tokens/s, "
+        f"loss {losses['standard']:.3f}",
+        ratio=ratio, goal=f"≥ 1.5 at equal loss (loss: {loss_note})", better="higher",
+        printed=say.lines,
+        figures={"tokens_per_s": rates, "heldout_loss": losses, "loss_before": start_loss, "loss_gap": gap,
+                 "two_standard_errors": noise, "steps": args.steps, "torch_threads": torch.get_num_threads(),
+                 "corpus": source},
+    )
     print(f"ratio: {ratio:.2f}")
 
 

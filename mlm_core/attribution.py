@@ -30,6 +30,7 @@ from mlm_core.attention import check_fits
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.interference import HOOK_DICTS, count_hooks
 from mlm_core.models import LoadedModel
+from mlm_core.tokens import tokenizer_lock
 
 METHODS = ("ig", "saliency", "input_x_gradient")
 METHOD_LABELS = {"ig": "Integrated Gradients", "saliency": "Saliency", "input_x_gradient": "Input × gradient"}
@@ -92,7 +93,8 @@ def target_id_for(loaded: LoadedModel, target: str | int) -> int:
         return int(vocab[text])
     pieces = None
     for candidate in (text, " " + text):
-        ids = tokenizer(candidate, add_special_tokens=False)["input_ids"]
+        with tokenizer_lock(tokenizer):  # an unlocked encode races tokenize() in other sessions
+            ids = tokenizer(candidate, add_special_tokens=False)["input_ids"]
         if len(ids) == 1:
             return int(ids[0])
         pieces = pieces or tokenizer.convert_ids_to_tokens(ids)

@@ -177,8 +177,14 @@ def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] |
     """Train run ``run_id`` in this process until it reaches a final state."""
     record = store.get(run_id)
     if record.status == QUEUED:
-        record = store.transition(run_id, RUNNING, pid=os.getpid())
-    elif record.status != RUNNING or process_alive(record.pid) and record.pid != os.getpid():
+        try:
+            record = store.transition(run_id, RUNNING, pid=os.getpid())
+        except RunError:
+            # launch_pending marks the run running with this process's pid right after starting it;
+            # when that lands between the read above and this transition, the run is ours all the same.
+            # (Refusing here left a dead pid on a "running" run: interrupted before its first step.)
+            record = store.get(run_id)
+    if record.status != RUNNING or process_alive(record.pid) and record.pid != os.getpid():
         raise RunError(f"Run {run_id} is {record.status}; it cannot be started here.")
     folder = store.folder(run_id)
     checkpoints.sweep_temporaries(folder / "checkpoints")

@@ -1,7 +1,8 @@
 """A standalone HTML report of a view, for handouts: no Streamlit, nothing fetched from a network.
 
-Every string is escaped; tables go through ``DataFrame.to_html(escape=True)``; figures are Plotly
-with the library embedded once (``include_plotlyjs=True``), so the file works offline.
+Every string is escaped; tables go through ``DataFrame.to_html(escape=True)``; token strips come
+from ``mlm_core.render`` (which escapes); figures are Plotly with the library embedded once
+(``include_plotlyjs=True``), so the file works offline.
 
 Example: ``html_report("Compare", {"text": "the [MASK] sat"}, tables=[("Predictions", frame)])``.
 """
@@ -12,6 +13,11 @@ import html
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
+
+from mlm_core import render
+from mlm_core.errors import InputError
+from mlm_core.explore import Exploration
+from mlm_core.masking import Compose, params_of
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#111}"
@@ -27,8 +33,13 @@ def html_report(
     tables: Sequence[tuple[str, pd.DataFrame]] = (),
     figures: Sequence[tuple[str, object]] = (),
     notes: Sequence[str] = (),
+    strips: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """One self-contained HTML page: settings (as a definition list), notes, tables, then figures."""
+    """One self-contained HTML page: settings (as a definition list), notes, strips, tables, then figures.
+
+    ``strips`` are (caption, HTML) built by ``mlm_core.render``, whose output is already escaped. A
+    table's index is written only when it names the rows (an attention matrix's tokens, say).
+    """
     esc = html.escape
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -38,9 +49,12 @@ def html_report(
         "</dl>",
         *(f"<p>{esc(note)}</p>" for note in notes),
     ]
+    for caption, fragment in strips:
+        parts.append(f"<h2>{esc(caption)}</h2>{fragment}")
     for caption, frame in tables:
         parts.append(f"<h2>{esc(caption)}</h2>")
-        parts.append(frame.to_html(index=False, escape=True, float_format=lambda x: f"{x:.4f}", border=0))
+        parts.append(frame.to_html(index=not isinstance(frame.index, pd.RangeIndex), escape=True,
+                                   float_format=lambda x: f"{x:.4f}", border=0))
     first = True
     for caption, figure in figures:
         parts.append(f"<h2>{esc(caption)}</h2>")
@@ -49,3 +63,63 @@ def html_report(
         first = False
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def strategy_settings(strategy) -> dict[str, str]:
+    """The masking as report settings: its description and every step's parameters, defaults included.
+
+    Example: ``strategy_settings(build_strategy("random", {}))`` gives ``{"strategy": "random masking",
+    "random": "mlm_probability=0.15, exact=false, ..."}``.
+    """
+    if strategy is None:
+        return {"strategy": "none (typed or clicked masks only)"}
+    steps = strategy.steps if isinstance(strategy, Compose) else (strategy,)
+    settings = {"strategy": strategy.describe()}
+    for n, step in enumerate(steps, 1):
+        try:
+            values = params_of(step, as_strings=True)
+        except InputError:  # a step outside the registry has no parameters to list
+            continue
+        name = step.name if len(steps) == 1 else f"step {n}: {step.name}"
+        settings[name] = ", ".join(f"{key}={value}" for key, value in values.items()) or "no parameters"
+    return settings
+
+
+def prediction_tables(exploration: Exploration) -> list[tuple[str, pd.DataFrame]]:
+    """One (caption, table) per predicted position: rank, guess and probability of the top-k."""
+    tables = []
+    for guess in exploration.prediction.predictions:
+        caption = f"Position {guess.position} ({exploration.kinds[guess.position] or 'typed mask'})"
+        if guess.original_token:
+            caption += f": original '{guess.original_token}', rank {guess.original_rank}"
+            caption += f", p = {guess.original_prob:.4f}" if guess.original_prob is not None else ""
+        if guess.fill_step:
+            caption += f", filled {guess.fill_step}."
+        frame = pd.DataFrame({"rank": range(1, len(guess.top) + 1), "guess": [c.token for c in guess.top],
+                              "probability": [c.prob for c in guess.top]})
+        tables.append((caption, frame))
+    return tables
+
+
+def exploration_report(
+    exploration: Exploration,
+    shown_tokens: Sequence[str],
+    filled_text: str,
+    settings: Mapping[str, object],
+    numbers: Sequence[tuple[str, pd.DataFrame]] = (),
+) -> str:
+    """The Explore view as one standalone page: settings, the token strip, the filled sentence,
+    the top-k at every predicted position and the numbers of the selected "why?" views.
+
+    Tables, not charts: the page carries no script at all, so it opens anywhere, offline, and prints.
+    ``shown_tokens`` are the tokens the model read (``tokenizer.convert_ids_to_tokens(input_ids)``).
+    """
+    strip = render.token_chips(shown_tokens, exploration.kinds, exploration.tokens.special)
+    legend = f"<p>{render.legend()} &nbsp; α = {exploration.ratio:.0%} of maskable tokens</p>"
+    return html_report(
+        "MaskLab — Explore",
+        {**settings, "filled in": filled_text},
+        tables=[*prediction_tables(exploration), *numbers],
+        notes=exploration.notices,
+        strips=[("What the model read", strip + legend)],
+    )

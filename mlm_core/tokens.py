@@ -31,6 +31,10 @@ SPECIAL = "special"
 CATEGORIES = (STOPWORD, PUNCTUATION, NUMBER, CONTENT)
 
 # Fast tokenizers are not thread-safe ("Already borrowed"); one lock per tokenizer object.
+# Every call that encodes must hold it, not only the ones that pass ``split_special_tokens=True``:
+# transformers stores that choice on the shared Rust backend (``encode_special_tokens``) before each
+# encode, so an unlocked call with the default (False) between another thread's setting and its
+# encode turned a typed "[CLS]" into the real control token there.
 _TOKENIZER_LOCKS: dict[int, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -110,8 +114,9 @@ def check_text(text: str) -> None:
 @lru_cache(maxsize=8)
 def _special_frame(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The special ids a tokenizer puts before and after a single sequence."""
-    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
-    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    with tokenizer_lock(tokenizer):  # encodes on the shared backend (see tokenizer_lock)
+        bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+        full = tokenizer("x", add_special_tokens=True)["input_ids"]
     for start in range(len(full) - len(bare) + 1):
         if full[start : start + len(bare)] == bare:
             return tuple(full[:start]), tuple(full[start + len(bare) :])

@@ -47,7 +47,7 @@ from mlm_core.masking import (
     with_rate,
 )
 from mlm_core.privacy import PrivacyMasking
-from mlm_core.tokens import word_category
+from mlm_core.tokens import tokenizer_lock, word_category
 
 SCRATCH_MODELS = ("scratch-transformer", "scratch-lstm")
 EVAL_MASK_SEED = 1234  # every run is evaluated on the same masks, so runs compare
@@ -213,7 +213,9 @@ def pack(texts: list[str], tokenizer, seq_len: int, keep_words: bool) -> PackedD
     word_texts: list[str] = []
     for start in range(0, len(texts), 512):
         chunk = texts[start : start + 512]
-        encoded = tokenizer(chunk, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+        with tokenizer_lock(tokenizer):  # the app's preview shares this tokenizer with other sessions
+            encoded = tokenizer(chunk, add_special_tokens=False, split_special_tokens=True,
+                                return_offsets_mapping=True)
         for row, text in enumerate(chunk):
             word_ids = encoded.word_ids(row)
             offsets = encoded["offset_mapping"][row]

@@ -7,14 +7,22 @@ the same engine on whole files, and on several GPUs under ``accelerate launch``.
 
 import streamlit as st
 
-from ui.batch import configuration_panel, results_panel, run_panel
-from ui.common import model_sidebar, route_through_app
+from ui.batch import URL_FIELDS, configuration_panel, results_panel, run_panel
+from ui.common import (
+    UPLOAD_NOTE,
+    model_sidebar,
+    restore_from_url,
+    route_through_app,
+    save_to_url,
+    share_panel,
+)
 from ui.corpus import corpus_input
 
 route_through_app()
 st.title("Batch analysis")
 st.caption("How well does the model recover masked stopwords, punctuation, numbers and content words in your "
            "sentences, and what changes when words leave the context or heads are switched off?")
+restore_from_url(URL_FIELDS)
 loaded = model_sidebar()
 if loaded is None:
     st.stop()
@@ -25,6 +33,9 @@ choice = corpus_input("batch-corpus")
 st.header("2 · Masking")
 plan = configuration_panel(loaded)
 
+save_to_url(URL_FIELDS)
+
 st.header("3 · Run")
 run_panel(loaded, choice, plan)
+share_panel("batch", note=UPLOAD_NOTE)
 results_panel()

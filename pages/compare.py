@@ -6,8 +6,8 @@ from mlm_core import charts
 from mlm_core.compare import ATTENTION_VIEWS, compare, word_swap
 from mlm_core.errors import MaskLabError
 from mlm_core.report import html_report
-from ui.common import route_through_app, show_error
-from ui.compare import share_panel, side_controls, url_get, url_int, url_set
+from ui.common import route_through_app, share_panel, show_error, url_get, url_int, url_set
+from ui.compare import side_controls
 
 MAX_URL_TEXT = 2000
 

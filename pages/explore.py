@@ -5,12 +5,26 @@ import streamlit as st
 from mlm_core import charts, render
 from mlm_core.errors import MaskLabError
 from mlm_core.explore import FREQUENCY_DRAWS, chosen_frequency, explore, reading_tokens
+from mlm_core.masking import ParamSpec
 from mlm_core.predict import fill_text
-from ui.common import model_sidebar, route_through_app, show_error
+from mlm_core.report import exploration_report, strategy_settings
+from ui.common import (
+    UrlField,
+    latest_result,
+    model_sidebar,
+    restore_from_url,
+    route_through_app,
+    save_to_url,
+    share_panel,
+    show_error,
+)
 from ui.explain import attention_panel, attribution_panel, interference_panel
 from ui.strategy import masking_controls
 
 MAX_URL_TEXT = 2000
+FILLS = ("independent", "joint")
+URL_FIELDS = (UrlField("top_k", ParamSpec("top_k", "int", 5, "Guesses per mask.", 1, 20)),
+              UrlField("fill", ParamSpec("fill", "choice", "independent", "Several masks.", choices=FILLS)))
 
 route_through_app()
 st.title("Explore")
@@ -37,10 +51,12 @@ with controls:
     except MaskLabError as exc:
         show_error(exc)
         st.stop()
+    restore_from_url(URL_FIELDS)
     top_k = st.slider("Guesses per mask (top-k)", 1, 20, 5, key="top_k")
-    fill = st.radio("Several masks", ["independent", "joint"], horizontal=True, key="fill",
+    fill = st.radio("Several masks", FILLS, horizontal=True, key="fill",
                     help="independent: one pass, each blank ignores the others. joint: fill the most "
                     "confident blank first, then predict the rest with it filled in.")
+    save_to_url(URL_FIELDS)
 
 with output:
     try:
@@ -52,7 +68,10 @@ with output:
     clicked = st.pills("Click tokens to mask them", choosable, format_func=lambda i: tokens.tokens[i],
                        selection_mode="multi", key=f"manual-{loaded.name}-{hash(tokens.text)}")
     try:
-        result = explore(loaded, text, strategy, seed, sorted(clicked or []), top_k=top_k, fill=fill)
+        # Attentions come from the prediction's own forward pass, so the attention tab needs no second one.
+        request = (loaded.name, id(loaded.model), text, repr(strategy), seed, tuple(sorted(clicked or [])), top_k, fill)
+        result = latest_result("exploration", request, lambda: explore(
+            loaded, text, strategy, seed, sorted(clicked or []), top_k=top_k, fill=fill, output_attentions=True))
     except MaskLabError as exc:
         show_error(exc)
         st.stop()
@@ -62,7 +81,8 @@ with output:
     st.markdown(render.legend() + f" &nbsp; α = {result.ratio:.0%} of maskable tokens", unsafe_allow_html=True)
     for notice in result.notices:
         st.info(notice)
-    st.markdown(f"**Filled in:** {render.escape_markdown(fill_text(loaded, result.prediction.filled_ids))}")
+    filled = fill_text(loaded, result.prediction.filled_ids)
+    st.markdown(f"**Filled in:** {render.escape_markdown(filled)}")
 
     guesses = result.prediction.predictions
     columns = st.columns(min(3, len(guesses)))
@@ -85,8 +105,15 @@ with output:
 st.subheader("Why?")
 attention_tab, whatif_tab, attribution_tab = st.tabs(["Attention", "What if…", "Which words mattered"])
 with attention_tab:
-    attention_panel(loaded, result)
+    attention_numbers = attention_panel(loaded, result)
 with whatif_tab:
     interference_panel(loaded, result)
 with attribution_tab:
-    attribution_panel(loaded, result)
+    attribution_numbers = attribution_panel(loaded, result)
+
+settings = {"text": text, "model": loaded.name, **strategy_settings(strategy), "seed": seed, "top-k": top_k,
+            "several masks": fill}
+numbers = [n for n in (attention_numbers, attribution_numbers) if n is not None]
+share_panel("explore", lambda: exploration_report(result, shown, filled, settings, numbers), "masklab-explore.html",
+            note="" if len(text) <= MAX_URL_TEXT else f"The text is longer than {MAX_URL_TEXT:,} characters, too long "
+            "for a link: the link opens on the default sentence with these settings; the report has the text.")

@@ -1,7 +1,8 @@
 """Fine-tune: a corpus, a model and a masking scheme → a training run, followed live.
 
 The run is its own process (``mlm_core.jobs``): leaving the page or closing the browser does
-not stop it, and ``?run=ID`` in the URL re-attaches to it.
+not stop it, and ``?run=ID`` in the URL re-attaches to it. Every setting but the uploaded file is in
+the URL too (ui/finetune.py).
 """
 
 import streamlit as st
@@ -12,8 +13,18 @@ from mlm_core.errors import MaskLabError
 from mlm_core.render import escape_markdown
 from mlm_core.training import TrainConfig
 from ui import runs as run_ui
-from ui.common import route_through_app, show_error
+from ui.common import (
+    UPLOAD_NOTE,
+    corpus_url_fields,
+    restore_from_url,
+    route_through_app,
+    save_to_url,
+    share_panel,
+    show_error,
+    url_set,
+)
 from ui.corpus import corpus_input
+from ui.finetune import restore_model, schedule_fields, training_fields
 from ui.strategy import masking_controls
 
 route_through_app()
@@ -26,10 +37,15 @@ if following:
             "leave; come back here or to the Runs page to see it.")
 
 st.header("1 · Corpus")
+corpus_fields = corpus_url_fields("ft-corpus")
+restore_from_url(corpus_fields)
 choice = corpus_input("ft-corpus")
+save_to_url(corpus_fields)
 
 st.header("2 · Model")
+restore_model(finetune.model_options(store))
 option = run_ui.model_choice(store, "ft")
+url_set("model", option.model if option else None)
 tokenizer = None
 layers, max_len = None, 512
 if option is not None:
@@ -46,7 +62,10 @@ with controls:
     try:
         strategy, seed = masking_controls("ft")
         name, params, notices = finetune.training_strategy(strategy)
-        schedule = run_ui.schedule_controls(finetune.strategy_rate(name, params), "ft")
+        rate = finetune.strategy_rate(name, params)
+        restore_from_url(schedule_fields(rate))
+        schedule = run_ui.schedule_controls(rate, "ft")
+        save_to_url(schedule_fields(rate))
     except MaskLabError as exc:
         show_error(exc)
         name = None
@@ -55,7 +74,9 @@ with controls:
             st.info(notice)
 
 st.header("4 · Training")
+restore_from_url(training_fields(layers, max_len))
 settings = run_ui.training_settings("ft", layers, max_len)
+save_to_url(training_fields(layers, max_len))
 if choice is not None and option is not None and tokenizer is not None and name is not None:
     try:
         config = TrainConfig(corpus_name=choice.name, corpus_column=choice.column, text_unit=choice.text_unit,
@@ -83,6 +104,7 @@ if config is not None:
     st.caption(f"Estimated from {estimate.basis}.")
 else:
     st.markdown(f"**Device:** {escape_markdown(device_name)}")
+share_panel("finetune", note=UPLOAD_NOTE)
 
 if st.button("▶ Start training", type="primary", key="ft-start", disabled=config is None):
     try:

@@ -3,8 +3,7 @@
 import streamlit as st
 
 from mlm_core.errors import MaskLabError
-from ui.common import model_sidebar, route_through_app, show_error
-from ui.compare import share_panel, url_get, url_int, url_set
+from ui.common import model_sidebar, route_through_app, share_panel, show_error, url_get, url_int, url_set
 from ui.teach import PRESENTER_CSS, handout, load_lesson, show_step
 
 route_through_app()
@@ -67,7 +66,7 @@ url_set("text", text if len(text) <= 2000 else "")
 url_set("seed", state["teach-seed"], 0)
 url_set("presenter", "1" if presenter else "")
 if not presenter:
-    share_panel("teach", None, "")
+    share_panel("teach")
     try:
         st.download_button("Download the lesson as a handout (HTML)", handout(loaded, lesson, text, state["teach-seed"]),
                            file_name="masklab-lesson.html", mime="text/html", key="teach-handout")

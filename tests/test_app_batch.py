@@ -163,3 +163,74 @@ def test_a_click_on_a_hard_token_opens_it_in_the_explorer_with_the_same_mask(tin
     predicted = sorted(int(json.loads(c.proto.spec)["layout"]["title"]["text"].split(" ")[1])
                        for c in app.get("plotly_chart") if c.key.startswith("topk-"))
     assert predicted == mine["position"].tolist()  # the explorer masks exactly what the analysis scored
+
+
+def query_of(app: AppTest) -> dict:
+    return {key: app.query_params[key] for key in app.query_params}
+
+
+def warnings(app: AppTest) -> list[str]:
+    """Warning texts as shown (Markdown escapes removed)."""
+    return [w.value.replace("\\", "") for w in app.warning]
+
+
+SETTINGS = [("radio", "batch-corpus-unit"), ("selectbox", "batch-strategy"), ("slider", "batch-whole-word-mlm_probability"),
+            ("number_input", "batch-seed"), ("checkbox", "batch-sweep"), ("text_input", "batch-rates"),
+            ("multiselect", "batch-strategies"), ("number_input", "batch-seeds"), ("text_input", "batch-heads"),
+            ("checkbox", "batch-pll")]
+
+
+def test_every_setting_round_trips_through_the_url(tiny_model_dir):
+    app = open_page(tiny_model_dir)
+    app.radio(key="batch-corpus-unit").set_value("paragraph")
+    app.selectbox(key="batch-strategy").set_value("whole-word").run()
+    app.slider(key="batch-whole-word-mlm_probability").set_value(0.3)
+    app.number_input(key="batch-seed").set_value(4)
+    app.checkbox(key="batch-sweep").check().run()
+    app.text_input(key="batch-rates").set_value("0.2,0.5")
+    app.multiselect(key="batch-strategies").set_value(["span"])
+    app.number_input(key="batch-seeds").set_value(2)
+    app.text_input(key="batch-heads").set_value("0:1")
+    app.checkbox(key="batch-pll").uncheck().run()
+    assert not app.exception, app.exception
+    link = query_of(app)
+    assert {k: link[k] for k in ("text_unit", "strategy", "p_mlm_probability", "seed", "sweep", "rates", "also",
+                                 "seeds", "heads", "pll")} == {
+        "text_unit": "paragraph", "strategy": "whole-word", "p_mlm_probability": "0.3", "seed": "4",
+        "sweep": "true", "rates": "0.2,0.5", "also": "span", "seeds": "2", "heads": "0:1", "pll": "false"}
+    plan = next(e.label for e in app.expander if "configuration(s)" in e.label)
+    assert plan == "4 configuration(s) × 2 seed(s)"  # (whole-word, span) × (0.2, 0.5)
+
+    again = open_page(tiny_model_dir, **link)  # a fresh session that has only the link
+    for kind, key in SETTINGS:
+        assert getattr(again, kind)(key=key).value == getattr(app, kind)(key=key).value, key
+    assert next(e.label for e in again.expander if "configuration(s)" in e.label) == plan
+    assert not warnings(again)
+
+
+def test_a_fresh_page_has_a_short_link(tiny_model_dir):
+    app = open_page(tiny_model_dir)
+    assert set(query_of(app)) == {"model", "strategy"}  # every other setting is at its default
+
+
+def test_hostile_url_values_fall_back_with_a_message(tiny_model_dir):
+    app = open_page(tiny_model_dir, seeds="abc", rates="zz", also="bogus", corpus="ftp", pll="maybe",
+                    heads="<b>x</b>", text_unit="page", seed="-1")
+    said = " ".join(warnings(app))
+    for name in ("seeds", "rates", "also", "corpus", "pll", "heads", "text_unit", "seed"):
+        assert f"link's {name}=" in said, name
+    assert "<b>" not in said
+    assert app.number_input(key="batch-seeds").value == 1
+    assert app.text_input(key="batch-rates").value == ui.batch.DEFAULT_SWEEP
+    assert app.multiselect(key="batch-strategies").value == []
+    assert app.checkbox(key="batch-pll").value is True
+    assert app.text_input(key="batch-heads").value == ""
+    assert app.radio(key="batch-corpus-source").value.startswith("Demo")
+
+
+def test_share_panel_has_the_link_and_says_uploads_stay_out(tiny_model_dir):
+    app = upload(open_page(tiny_model_dir), "s.txt", SENTENCES)
+    app.number_input(key="batch-seeds").set_value(3).run()
+    (link,) = [c.value for c in app.code]
+    assert link.startswith("/batch?") and "seeds=3" in link and "corpus=upload" in link
+    assert any("cannot travel in a link" in c.value for c in app.caption)

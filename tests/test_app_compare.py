@@ -101,3 +101,14 @@ def test_no_mask_and_html_are_messages(tiny_model_dir):
     assert any("No masked position" in e for e in errors(app))
     html_blocks = [m.value for m in app.markdown if m.allow_html]
     assert all("<img" not in block for block in html_blocks)
+
+
+def test_share_link_and_hostile_values(tiny_model_dir):
+    app = run_page(tiny_query(tiny_model_dir, a_seed="--5", topk="99", layer="²"))
+    said = " ".join(w.value.replace("\\", "") for w in app.warning)
+    assert "link's a_seed='--5'" in said and "link's layer=" in said and "link's topk='99'" in said
+    assert app.number_input(key="a_seed").value == 0 and app.slider(key="topk").value == 5
+    app.number_input(key="b_seed").set_value(3).run()
+    (link,) = [c.value for c in app.code]
+    assert link.startswith("/compare?") and "b_seed=3" in link and "a_seed" not in link
+    assert "Download this view as a standalone HTML report" in [b.proto.label for b in app.get("download_button")]

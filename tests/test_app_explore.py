@@ -154,3 +154,65 @@ def test_text_longer_than_the_model_is_windowed(tiny_model_dir):
     app = run_app(text=text, model=str(tiny_model_dir))
     assert any("window" in i.value for i in app.info)
     assert len(charts(app)) == 1
+
+
+def query_of(app: AppTest) -> dict:
+    return {key: app.query_params[key] for key in app.query_params}
+
+
+def warnings(app: AppTest) -> list[str]:
+    """Warning texts as shown (Markdown escapes removed)."""
+    return [w.value.replace("\\", "") for w in (*app.warning, *app.sidebar.warning)]
+
+
+def test_every_setting_round_trips_through_the_url(tiny_model_dir):
+    app = run_app(text="the cat sat on the [MASK] and the dog ran in the house", model=str(tiny_model_dir))
+    app.selectbox(key="mask-strategy").set_value("random").run()
+    app.slider(key="mask-random-mlm_probability").set_value(0.4).run()
+    app.number_input(key="mask-seed").set_value(3).run()
+    app.slider(key="top_k").set_value(7).run()
+    app.radio(key="fill").set_value("joint").run()
+    assert not app.exception and not errors(app)
+    link = query_of(app)
+    assert (link["strategy"], link["p_mlm_probability"], link["seed"]) == ("random", "0.4", "3")
+    assert (link["top_k"], link["fill"]) == ("7", "joint")
+
+    again = AppTest.from_file(APP, default_timeout=120)  # a fresh session: only the link
+    again.query_params.update(link)
+    again.run()
+    assert not again.exception, again.exception
+    for kind, key in [("selectbox", "mask-strategy"), ("slider", "mask-random-mlm_probability"),
+                      ("number_input", "mask-seed"), ("slider", "top_k"), ("radio", "fill"), ("text_area", "text")]:
+        assert getattr(again, kind)(key=key).value == getattr(app, kind)(key=key).value, key
+    assert charts(again) == charts(app)  # the same masks, the same guesses
+    assert all(len(spec["data"][0]["x"]) == 7 for spec in charts(again))
+    assert not warnings(again)
+
+
+def test_hostile_url_values_fall_back_with_a_message(tiny_model_dir):
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.query_params.update(model=str(tiny_model_dir), text="the cat [MASK] on the mat", seed="abc", top_k="-3",
+                            fill="sideways", strategy="<b>bogus</b>", p_mlm_probability="lots", layer="²", head="--1")
+    app.run()
+    assert not app.exception, app.exception
+    said = " ".join(warnings(app))
+    for name in ("seed", "top_k", "fill", "strategy", "p_mlm_probability"):
+        assert f"link's {name}=" in said, name
+    assert "<b>" not in said  # the link's text is shown as text
+    assert app.number_input(key="mask-seed").value == 0
+    assert app.slider(key="top_k").value == 5
+    assert app.radio(key="fill").value == "independent"
+    assert app.selectbox(key="mask-strategy").value == "random"
+    assert app.slider(key="mask-random-mlm_probability").value == 0.15
+    assert charts(app), "the page still predicts"
+    assert not {"seed", "top_k", "fill", "p_mlm_probability"} & set(app.query_params)  # the link is repaired
+    assert app.query_params["strategy"] == "random"
+
+
+def test_share_panel_has_the_link_and_a_report(tiny_model_dir):
+    app = run_app(text="the cat [MASK] on the mat", model=str(tiny_model_dir))
+    app.slider(key="top_k").set_value(3).run()
+    (link,) = [c.value for c in app.code]
+    assert link.startswith("/explore?") and "top_k=3" in link and "text=the%20cat%20%5BMASK%5D" in link
+    labels = [b.proto.label for b in app.get("download_button")]
+    assert "Download this view as a standalone HTML report" in labels

@@ -211,3 +211,83 @@ def test_a_followed_run_deleted_elsewhere_is_let_go(store, tiny_model_dir):
     app.run()
     assert not app.exception, app.exception
     assert not app.get("progress") and "run" not in app.query_params
+
+
+def query_of(app: AppTest) -> dict:
+    return {key: app.query_params[key] for key in app.query_params}
+
+
+def warnings(app: AppTest) -> list[str]:
+    """Warning texts as shown (Markdown escapes removed)."""
+    return [w.value.replace("\\", "") for w in app.warning]
+
+
+SETTINGS = [("radio", "ft-corpus-unit"), ("selectbox", "ft-model"), ("text_input", "ft-model-other"),
+            ("selectbox", "ft-strategy"), ("number_input", "ft-seed"), ("radio", "ft-masking"),
+            ("radio", "ft-schedule"), ("slider", "ft-rate-start"), ("slider", "ft-rate-end"), ("radio", "ft-unit"), ("number_input", "ft-epochs"),
+            ("number_input", "ft-batch"), ("number_input", "ft-seq"), ("number_input", "ft-lr"),
+            ("multiselect", "ft-freeze"), ("number_input", "ft-eval"), ("number_input", "ft-ckpt")]
+
+
+def test_every_setting_round_trips_through_the_url(store, tiny_model_dir):
+    app = open_page()
+    assert set(query_of(app)) == {"strategy"}  # a fresh page: every other setting at its default, a short link
+    app.selectbox(key="ft-model").set_value("Other: hub id or local folder").run()
+    app.text_input(key="ft-model-other").set_value(str(tiny_model_dir))
+    app.selectbox(key="ft-strategy").set_value("whole-word").run()
+    app.number_input(key="ft-seed").set_value(5)
+    app.radio(key="ft-masking").set_value("static")
+    app.radio(key="ft-schedule").set_value("linear").run()
+    app.slider(key="ft-rate-start").set_value(0.4)
+    app.slider(key="ft-rate-end").set_value(0.1)
+    app.radio(key="ft-unit").set_value("epochs").run()
+    app.number_input(key="ft-epochs").set_value(2.5)
+    app.number_input(key="ft-batch").set_value(8)
+    app.number_input(key="ft-seq").set_value(32)
+    app.number_input(key="ft-lr").set_value(1e-3)
+    app.multiselect(key="ft-freeze").set_value(["embeddings", "layer.0"])
+    app.number_input(key="ft-eval").set_value(10)
+    app.number_input(key="ft-ckpt").set_value(2).run()
+    assert not app.exception and not errors(app), errors(app)
+    link = query_of(app)
+    assert link == {"model": str(tiny_model_dir), "strategy": "whole-word", "seed": "5",
+                    "masking": "static", "schedule": "linear", "rate_start": "0.4", "rate_end": "0.1", "length_in": "epochs",
+                    "epochs": "2.5", "batch": "8", "seq_len": "32", "lr": "0.001", "freeze": "embeddings,layer.0",
+                    "eval_every": "10", "checkpoint_evals": "2"}
+
+    again = open_page(**link)  # a fresh session (a colleague's browser) that has only the link
+    assert not errors(again) and not warnings(again)
+    for kind, key in SETTINGS:
+        assert getattr(again, kind)(key=key).value == getattr(app, kind)(key=key).value, key
+    blocks = [c.value for c in app.caption if c.value.startswith("Block ")]
+    assert len(blocks) == 3 and blocks == [c.value for c in again.caption if c.value.startswith("Block ")]
+    chips = [m.value for m in app.markdown if 'title="' in m.value]
+    assert chips == [m.value for m in again.markdown if 'title="' in m.value]  # the same corrupted examples
+    (code,) = [c.value for c in again.code]
+    assert code.startswith("/finetune?") and "masking=static" in code
+    assert any("cannot travel in a link" in c.value for c in again.caption)
+
+
+def test_hostile_url_values_fall_back_with_a_message(store):
+    app = open_page(steps="abc", lr="-1", masking="weird", schedule="linear", rate_start="5", rate_end="x", freeze="layer.99",
+                    batch="0", length_in="years", corpus="ftp", text_unit="x", seed="abc", strategy="<i>nope</i>")
+    said = " ".join(warnings(app))
+    for name in ("steps", "lr", "masking", "rate_start", "rate_end", "freeze", "batch", "length_in", "corpus", "text_unit", "seed",
+                 "strategy"):
+        assert f"link's {name}=" in said, name
+    assert "<i>" not in said
+    assert app.radio(key="ft-schedule").value == "linear"  # the valid part of the link is kept
+    assert app.slider(key="ft-rate-start").value == 0.3  # the sliders' own defaults for random at 15%
+    assert app.slider(key="ft-rate-end").value == 0.15
+    assert "rate_start" not in app.query_params and "rate_end" not in app.query_params  # defaults stay out
+    assert app.number_input(key="ft-steps").value == 200 and app.number_input(key="ft-batch").value == 16
+    assert app.number_input(key="ft-lr").value == 5e-5 and app.multiselect(key="ft-freeze").value == []
+    assert app.radio(key="ft-masking").value == "dynamic" and app.selectbox(key="ft-strategy").value == "random"
+    assert not app.button(key="ft-start").disabled  # a usable page, not a traceback
+
+
+def test_an_unknown_model_in_the_url_is_a_message(store):
+    app = open_page(model="no-such-org/no-such-model")
+    assert app.selectbox(key="ft-model").value == "Other: hub id or local folder"
+    assert app.text_input(key="ft-model-other").value == "no-such-org/no-such-model"
+    assert errors(app) and app.button(key="ft-start").disabled

@@ -101,3 +101,34 @@ def test_handout_download_is_offered_outside_presenter_mode(tiny_model_dir):
     app = run_page({"model": str(tiny_model_dir)})
     assert not errors(app)
     assert any(button.label.startswith("Download the lesson") for button in app.get("download_button"))
+
+
+def chips(app: AppTest) -> list[str]:
+    return [m.value for m in app.markdown if m.allow_html and 'title="' in m.value]
+
+
+def test_step_text_and_seed_round_trip(tiny_model_dir):
+    app = run_page({"model": str(tiny_model_dir)})
+    app.button(key="teach-next").click().run()
+    app.text_input(key="teach-text").input("the dog sat on the big mat in the house").run()
+    app.button(key="teach-draw").click().run()
+    app.button(key="teach-draw").click().run()
+    assert not errors(app)
+    query = {key: app.query_params[key] for key in app.query_params}
+    assert (query["step"], query["text"], query["seed"]) == ("2", "the dog sat on the big mat in the house", "2")
+    (link,) = [c.value for c in app.code]
+    assert link.startswith("/teach?") and "seed=2" in link and "step=2" in link
+
+    again = run_page(query)  # a fresh session with only the link
+    assert again.title[0].value == STEPS[1]["title"]
+    assert again.text_input(key="teach-text").value == query["text"]
+    assert chips(again) == chips(app) and len(chips(again)) == 8  # the same draws, step by step
+    assert not again.warning
+
+
+def test_hostile_url_values_fall_back_with_a_message(tiny_model_dir):
+    app = run_page({"model": str(tiny_model_dir), "step": "abc", "seed": "-5"})
+    said = " ".join(w.value.replace("\\", "") for w in app.warning)
+    assert "link's step='abc'" in said and "link's seed='-5'" in said
+    assert app.title[0].value == STEPS[0]["title"]
+    assert app.query_params.get("step", "1") == "1" and "seed" not in app.query_params

@@ -30,9 +30,10 @@ from mlm_core.evaluate import (
 )
 from mlm_core.explore import MAIN_STRATEGIES
 from mlm_core.interference import parse_heads
+from mlm_core.masking import ParamSpec
 from mlm_core.models import LoadedModel
 from mlm_core.render import escape_markdown
-from ui.common import show_error
+from ui.common import UrlField, checked_by, corpus_url_fields, show_error
 from ui.corpus import CorpusChoice
 from ui.strategy import masking_controls
 
@@ -44,6 +45,18 @@ EXPLORE_PAGE = "pages/explore.py"
 HARDEST_ROWS = 15
 PERCENT = {name: st.column_config.NumberColumn(name, format="percent") for name in
            ("top1", "top1_low", "top1_high", "top5", "top5_low", "top5_high")}
+# The page's settings in its link (the masking panel keeps its own: strategy, p_*, seed ...); each
+# default here is the widget's default.
+SWEEP = UrlField("batch-sweep", ParamSpec("sweep", "bool", False, "Sweep the masking rate."))
+RATES = UrlField("batch-rates", ParamSpec("rates", "text", DEFAULT_SWEEP, "Rates of the sweep."),
+                 read=checked_by(parse_rates))
+OTHERS = UrlField("batch-strategies", ParamSpec("also", "multi_choice", (), "Other strategies.",
+                                                choices=MAIN_STRATEGIES), read=list)
+SEEDS = UrlField("batch-seeds", ParamSpec("seeds", "int", 1, "Seeds per configuration.", 1, MAX_SEEDS))
+HEADS = UrlField("batch-heads", ParamSpec("heads", "text", "", "Heads switched off."),
+                 read=checked_by(parse_heads_off))
+PLL = UrlField("batch-pll", ParamSpec("pll", "bool", True, "Pseudo-log-likelihood per sentence."))
+URL_FIELDS = (*corpus_url_fields("batch-corpus"), SWEEP, RATES, OTHERS, SEEDS, HEADS, PLL)
 
 
 def configuration_panel(loaded: LoadedModel) -> tuple[list[EvalConfig], list[int], bool] | None:
@@ -56,17 +69,18 @@ def configuration_panel(loaded: LoadedModel) -> tuple[list[EvalConfig], list[int
             show_error(exc)
             return None
     with sweep_column:
-        swept = st.checkbox("Sweep the masking rate", key="batch-sweep")
-        rates_text = st.text_input("Rates (start:stop:step, or a list such as 0.1,0.3)", DEFAULT_SWEEP,
-                                   key="batch-rates", disabled=not swept)
+        swept = st.checkbox("Sweep the masking rate", SWEEP.spec.default, key=SWEEP.key)
+        rates_text = st.text_input("Rates (start:stop:step, or a list such as 0.1,0.3)", RATES.spec.default,
+                                   key=RATES.key, disabled=not swept)
         others = st.multiselect("Also run these strategies (a strategy × rate grid)", MAIN_STRATEGIES,
-                                key="batch-strategies")
+                                key=OTHERS.key)
         n_seeds = st.number_input("Seeds per configuration (2 or more give intervals over draws)", 1, MAX_SEEDS,
-                                  1, key="batch-seeds")
+                                  SEEDS.spec.default, key=SEEDS.key)
         heads_text = st.text_input(f"Switch attention heads off (layer:head, 0–{loaded.num_layers - 1} : "
-                                   f"0–{loaded.num_heads - 1})", "", key="batch-heads", placeholder="e.g. 0:1,2:3")
-        with_pll = st.checkbox("Pseudo-log-likelihood per sentence (one pass per token: slower)", True,
-                               key="batch-pll")
+                                   f"0–{loaded.num_heads - 1})", HEADS.spec.default, key=HEADS.key,
+                                   placeholder="e.g. 0:1,2:3")
+        with_pll = st.checkbox("Pseudo-log-likelihood per sentence (one pass per token: slower)", PLL.spec.default,
+                               key=PLL.key)
     try:
         base = EvalConfig.from_strategy(strategy, parse_heads(loaded, parse_heads_off(heads_text)))
         strategies = list(dict.fromkeys([base.strategy, *others])) if others else []

@@ -1,12 +1,10 @@
-"""Compare's widget groups (side A / B) and the shared-link and report affordances of Compare and Teach.
+"""Compare's widget groups (side A / B); the share panel and the URL helpers live in ui/common.py.
 
 Side parameters live in the URL under a prefix (``a_strategy``, ``a_p_mlm_probability``, ``b_seed``,
 ``b_heads=0.1,1.0`` ...), built from the same ``ParamSpec`` registry as ui/strategy.py.
 """
 
 from __future__ import annotations
-
-import urllib.parse
 
 import streamlit as st
 
@@ -15,26 +13,8 @@ from mlm_core.default_model import DEFAULT_MODEL_NAME
 from mlm_core.explore import MAIN_STRATEGIES, build_strategy
 from mlm_core.masking import STRATEGIES, params_of, strategy_from_params
 from mlm_core.models import LoadedModel
-from ui.common import OTHER_MODEL, load_with_message
+from ui.common import OTHER_MODEL, load_with_message, url_get, url_int, url_set
 from ui.strategy import EXCLUDE_RULES, NONE, strategy_params
-
-
-def url_get(name: str, default: str = "") -> str:
-    return st.query_params.get(name, default)
-
-
-def url_set(name: str, value, default="") -> None:
-    """Write ``name`` to the URL; the default value is left out so links stay short."""
-    value = "" if value is None else str(value)
-    if value and value != str(default):
-        st.query_params[name] = value
-    elif name in st.query_params:
-        del st.query_params[name]
-
-
-def url_int(name: str, default: int, low: int, high: int) -> int:
-    raw = url_get(name)
-    return int(raw) if raw.lstrip("-").isdigit() and low <= int(raw) <= high else default
 
 
 def _run_models() -> list[tuple[str, str]]:
@@ -110,25 +90,3 @@ def _write_side(prefix, name, values, exclude, heads, seed) -> None:
     url_set(f"{prefix}exclude", exclude)
     url_set(f"{prefix}heads", ",".join(heads))
     url_set(f"{prefix}seed", seed, 0)
-
-
-def share_link(page: str) -> str:
-    """The link that reproduces this view: this page's path plus the current URL state."""
-    query = urllib.parse.urlencode(st.query_params.to_dict(), quote_via=urllib.parse.quote)
-    base = ""
-    try:
-        url = st.context.url or ""
-        base = url.split("?")[0].rsplit("/", 1)[0] if url else ""
-    except Exception:  # noqa: BLE001 - outside a browser session (AppTest) there is no URL: stay relative
-        base = ""
-    return f"{base}/{page}" + (f"?{query}" if query else "")
-
-
-def share_panel(page: str, report_html: str | None, file_name: str) -> None:
-    """'Copy link' (a copyable code block; its copy button needs no script of ours) and the report download."""
-    with st.expander("Share this view: link and handout"):
-        st.caption("Copy the link (button at the right of the box): opening it reproduces this view.")
-        st.code(share_link(page), language=None)
-        if report_html is not None:
-            st.download_button("Download the view as a standalone HTML report", report_html.encode("utf-8"),
-                               file_name=file_name, mime="text/html", key=f"{page}-report")

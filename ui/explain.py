@@ -99,6 +99,14 @@ def _matrix_record(matrix: np.ndarray, labels, **settings) -> tuple[pd.DataFrame
     return frame, {"tokens": list(labels), "matrix": np.asarray(matrix, dtype=float).round(6).tolist(), **settings}
 
 
+def _numbers_caption(what: str, settings: dict) -> str:
+    """'Attention: One head, layer 1, head 0': the settings that say which numbers a table holds."""
+    names = ("layer", "head", "position", "metric", "target", "residual", "mode", "merged_words")
+    shown = [f"{name.replace('_', ' ')} {settings[name]}" for name in names
+             if settings.get(name) is not None and settings.get(name) is not False]
+    return f"{what}: " + ", ".join([str(settings.get("view", "")), *shown]).strip(", ")
+
+
 def _position_label(exploration: Exploration, position: int) -> str:
     guess = next(p for p in exploration.prediction.predictions if p.position == position)
     return f"position {position} (guess '{guess.top[0].token}')"
@@ -107,13 +115,18 @@ def _position_label(exploration: Exploration, position: int) -> str:
 # --------------------------------------------------------------------------- attention
 
 
-def attention_panel(loaded: LoadedModel, exploration: Exploration) -> None:
-    """Where the model looks: heads, layers, aggregates, the mask's view, masked vs unmasked."""
+def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str, pd.DataFrame] | None:
+    """Where the model looks: heads, layers, aggregates, the mask's view, masked vs unmasked.
+
+    Returns the shown numbers as (caption, table) for the page's report; None when nothing is shown.
+    """
     view_of = seen(loaded, exploration)
     tokens, positions = view_of.tokens, view_of.positions
     sig = _model_sig(loaded)
     try:
-        att = attention.attention_maps(loaded, tokens.ids, view_of.exclude)  # (L, H, T, T)
+        att = exploration.prediction.attentions  # (L, H, T, T) of exactly these ids and exclusions
+        if att is None:
+            att = attention.attention_maps(loaded, tokens.ids, view_of.exclude)
     except MaskLabError as exc:
         st.info(str(exc))  # e.g. a text longer than one window: not a mistake, just not shown
         return
@@ -140,7 +153,7 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> None:
 
     def layer_select(label: str = "Layer") -> int:
         wanted = params.get("layer", "")
-        index = int(wanted) if wanted.isdigit() and int(wanted) < n_layers else n_layers - 1
+        index = int(wanted) if wanted.isdecimal() and int(wanted) < n_layers else n_layers - 1
         layer = st.selectbox(label, range(n_layers), index=index, format_func=lambda i: f"layer {i}",
                              key=f"xa-layer-{sig}")
         params["layer"] = str(layer)
@@ -149,7 +162,7 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> None:
     def head_select(with_mean: bool = False) -> int | None:
         options = ([None] if with_mean else []) + list(range(n_heads))
         wanted = params.get("head", "")
-        chosen = None if wanted == "mean" else int(wanted) if wanted.isdigit() else options[0]
+        chosen = None if wanted == "mean" else int(wanted) if wanted.isdecimal() else options[0]
         head = st.selectbox("Head", options, index=options.index(chosen) if chosen in options else 0,
                             format_func=lambda h: "mean of heads" if h is None else f"head {h}",
                             key=f"xa-head-{sig}{'-m' if with_mean else ''}")
@@ -203,7 +216,7 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> None:
         frame = pd.DataFrame(values, index=[f"layer {i}" for i in range(n_layers)], columns=_numbered(labels))
         _downloads(frame, {"tokens": labels, "layers": values.round(6).tolist(), **settings},
                    f"attention-from-{position}", "xa-data")
-        return
+        return _numbers_caption("Attention", settings), frame
     elif view == "Layer × head overview":
         metric = cols[0].selectbox("Measure", attention.OVERVIEW_METRICS, key="xa-metric",
                                    help="entropy: how spread out (bits); max: the largest weight; "
@@ -221,7 +234,7 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> None:
         frame = pd.DataFrame(values, index=[f"layer {i}" for i in range(n_layers)],
                              columns=[f"head {h}" for h in range(n_heads)])
         _downloads(frame, {"values": values.round(6).tolist(), **settings}, "attention-overview", "xa-data")
-        return
+        return _numbers_caption("Attention", settings), frame
     else:  # masked vs unmasked
         with cols[0]:
             layer = layer_select()
@@ -257,6 +270,7 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> None:
     _chart(figure, "xa-chart", f"attention-{slug}", image_format)
     frame, record = _matrix_record(matrix, labels, **settings)
     _downloads(frame, record, f"attention-{slug}", "xa-data")
+    return _numbers_caption("Attention", settings), frame
 
 
 # --------------------------------------------------------------------------- interference
@@ -392,8 +406,11 @@ def attribution_chips(labels, scores, highlight=()) -> str:
     return '<div style="line-height:2.1">' + "".join(parts) + "</div>"
 
 
-def attribution_panel(loaded: LoadedModel, exploration: Exploration) -> None:
-    """Which context tokens raised or lowered the probability of one token at one mask (captum)."""
+def attribution_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str, pd.DataFrame] | None:
+    """Which context tokens raised or lowered the probability of one token at one mask (captum).
+
+    Returns the shown scores as (caption, table) for the page's report; None before Explain is pressed.
+    """
     view_of = seen(loaded, exploration)
     tokens, positions = view_of.tokens, view_of.positions
     cols = st.columns(3)
@@ -448,3 +465,5 @@ def attribution_panel(loaded: LoadedModel, exploration: Exploration) -> None:
     frame = pd.DataFrame({"token": labels, "score": scores})
     record = dict(result.as_dict(), tokens=labels, scores=[float(s) for s in scores], merged_words=merge)
     _downloads(frame, record, f"attribution-{result.method}", "xt-data")
+    caption = f"{attribution.METHOD_LABELS[result.method]} of p('{result.target_token}') at position {result.position}"
+    return _numbers_caption("Attribution", {"view": caption, "merged_words": merge}), frame

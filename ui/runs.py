@@ -79,8 +79,11 @@ def schedule_controls(rate: float | None, key: str) -> dict:
                            "30% → 15%). Applies to strategies with an mlm_probability.")
     fields = {"masking": masking, "rate_schedule": "constant", "rate_start": rate, "rate_end": rate}
     if rate is not None and schedule != "constant":
-        start, end = st.slider("Rate from → to", 0.01, 1.0, (min(1.0, 2 * rate), rate), 0.01,
-                               key=f"{key}-rates")
+        # Two sliders, not one range slider: a range comes back sorted, so 30% → 15% could not be set.
+        from_column, to_column = st.columns(2)
+        start = from_column.slider("Rate at the start", 0.01, 1.0, min(1.0, 2 * rate), 0.01,
+                                   key=f"{key}-rate-start")
+        end = to_column.slider("Rate at the end", 0.01, 1.0, rate, 0.01, key=f"{key}-rate-end")
         fields.update(rate_schedule=schedule, rate_start=start, rate_end=end)
     return fields
 

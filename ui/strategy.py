@@ -11,6 +11,7 @@ import streamlit as st
 from mlm_core.errors import InputError
 from mlm_core.explore import MAIN_STRATEGIES, build_strategy
 from mlm_core.masking import STRATEGIES, ParamSpec, params_of, strategy_from_params
+from ui.common import url_ignored
 
 NONE = "none (typed or clicked masks only)"
 SPLIT_PARAMS = ("mask_replace_prob", "random_replace_prob", "random_excludes_special")
@@ -32,8 +33,9 @@ def url_value(spec: ParamSpec, prefix: str):
         return spec.default
     try:
         return spec.parse(raw)
-    except InputError:
-        return spec.default  # a hand-edited link with a bad value falls back to the default
+    except InputError as exc:  # a hand-edited link with a bad value falls back to the default
+        url_ignored(f"{prefix}{spec.name}", raw, spec.format(spec.default), str(exc))
+        return spec.default
 
 
 def param_widget(spec: ParamSpec, key: str, value):
@@ -83,7 +85,11 @@ def masking_controls(key: str = "mask", default: str = "random"):
     params = st.query_params
     options = [NONE, *MAIN_STRATEGIES]
     wanted = params.get("strategy", default)
-    name = st.selectbox("Masking strategy", options, index=options.index(wanted) if wanted in options else 0,
+    wanted = NONE if wanted == "none" else wanted  # the short spelling that the CLI also takes
+    if wanted not in options:
+        url_ignored("strategy", wanted, default, f"choose from none, {', '.join(MAIN_STRATEGIES)}")
+        wanted = default
+    name = st.selectbox("Masking strategy", options, index=options.index(wanted),
                         key=f"{key}-strategy", help="How positions are chosen. " + " ".join(
                             f"{n}: {h}" for n, h in STRATEGY_HELP.items()))
     values = {} if name == NONE else strategy_params(name, key)
@@ -99,7 +105,10 @@ def masking_controls(key: str = "mask", default: str = "random"):
     seed_key = f"{key}-seed"
     if seed_key not in st.session_state:  # first run: the seed comes from the link
         raw = params.get("seed", "0")
-        st.session_state[seed_key] = int(raw) if raw.isdigit() and int(raw) < 2**31 else 0
+        usable = raw.isdecimal() and int(raw) < 2**31
+        if not usable:
+            url_ignored("seed", raw, 0, "a whole number from 0 to 2147483647")
+        st.session_state[seed_key] = int(raw) if usable else 0
 
     def draw_again():
         st.session_state[seed_key] = (st.session_state[seed_key] + 1) % 2**31

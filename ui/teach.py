@@ -19,8 +19,8 @@ from mlm_core.errors import InputError, MaskLabError
 from mlm_core.explore import build_strategy, explore
 from mlm_core.models import LoadedModel, load_model
 from mlm_core.predict import fill_text
-from ui.common import show_error
-from ui.compare import _run_models, url_get, url_int, url_set
+from ui.common import show_error, url_get, url_int, url_set
+from ui.compare import _run_models
 
 LESSON = Path(__file__).resolve().parent.parent / "assets" / "teach" / "lesson.json"
 VIEWS = ("mask", "strategies", "predict", "attention", "why", "finetune")
@@ -116,7 +116,7 @@ def _attention_view(loaded, step, text, seed, presenter):
     head_options = ["mean", *range(heads)]
     wanted = url_get("head", "mean")
     head = cols[1].selectbox("Head", head_options, format_func=lambda h: "mean of heads" if h == "mean" else f"head {h}",
-                             index=head_options.index(int(wanted) if wanted.isdigit() and int(wanted) < heads
+                             index=head_options.index(int(wanted) if wanted.isdecimal() and int(wanted) < heads
                                                       else "mean"), key="teach-head")
     url_set("layer", layer, layers - 1)
     url_set("head", head, "mean")

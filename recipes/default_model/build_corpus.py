@@ -3,11 +3,17 @@
 Sources are Debian packages that install offline on any machine of this project:
 
     apt-get install wordnet-base fortunes fortunes-min dict-gcide dict-devil dict-jargon
+    # Jane Austen's six novels, unpacked without pulling in R itself:
+    apt-get download r-cran-janeaustenr && dpkg -x r-cran-janeaustenr_*.deb /tmp/janeaustenr
+    pip install rdata   # reads R's serialisation format; needed by this recipe only
 
 * WordNet 3.0 glosses and their quoted usage examples (short, everyday sentences),
 * the fortune-cookie collections (conversational English, quotes, jokes),
 * GCIDE (Webster 1913 + WordNet), the Devil's Dictionary and the Jargon File:
-  definitions and the literary quotations that illustrate them.
+  definitions and the literary quotations that illustrate them,
+* Jane Austen's six novels (the R package ``janeaustenr``): narrative English about
+  households, meals, weather, family and errands, the register of everyday cloze
+  sentences, which the dictionaries lack.
 
 Output: ``train.txt`` and ``heldout.txt``, one text segment per line. The split is by a
 hash of the segment, so re-running the recipe gives the same split.
@@ -22,18 +28,22 @@ import gzip
 import hashlib
 import re
 import unicodedata
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 DICTD_DIR = Path("/usr/share/dictd")
+AUSTEN_DATA = Path("usr/lib/R/site-library/janeaustenr/data")
+AUSTEN_ROOTS = (Path("/"), Path("/tmp/janeaustenr"))
+AUSTEN_SEGMENT_WORDS = 60  # about 80 word pieces: fits the training length of 96
 # Fortune files that are mostly ASCII drawings, code or non-English.
 FORTUNE_SKIP = {"ascii-art", "translate-me", "perl", "linux", "linuxcookie", "debian", "knghtbrd"}
 HELDOUT_PERCENT = 2
 # Everyday sentences are what users type; the dictionaries are mostly definitions and
 # 19th-century quotations. Training segments from these sources are written this often.
-TRAIN_REPEATS = {"fortunes": 2, "wordnet": 2}
+TRAIN_REPEATS = {"fortunes": 2, "wordnet": 2, "austen": 2}
 
 
 def clean(text: str) -> str:
@@ -84,11 +94,61 @@ def dictd_segments(name: str) -> Iterator[str]:
         yield paragraph
 
 
+def austen_novels() -> Iterator[list[str]]:
+    """Each novel as its lines, read from the package's lazy-load database.
+
+    R stores the data as one zlib stream per object in ``Rdata.rdb``; ``Rdata.rdx`` (gzip)
+    indexes them by name with (offset, length). ``rdata`` parses R's serialisation.
+    """
+    import warnings
+
+    import rdata
+
+    data = next((root / AUSTEN_DATA for root in AUSTEN_ROOTS if (root / AUSTEN_DATA).is_dir()), None)
+    if data is None:
+        print("janeaustenr not found (see this file's docstring): skipping Jane Austen")
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata cannot tell a lazy-load chunk from an .rds
+
+        def parse(raw: bytes):
+            return rdata.conversion.convert(rdata.parser.parse_data(raw))
+
+        index = parse(gzip.decompress((data / "Rdata.rdx").read_bytes()))
+        database = (data / "Rdata.rdb").read_bytes()
+        for offset, length in index["variables"].values():
+            chunk = database[int(offset): int(offset) + int(length)]
+            yield [str(line) for line in parse(zlib.decompress(chunk[4:]))]  # 4 bytes: raw length
+
+
+def austen_segments() -> Iterator[str]:
+    """Paragraphs cut at sentence ends into pieces of at most about 60 words."""
+    for lines in austen_novels():
+        paragraph: list[str] = []
+        for line in [*lines, ""]:
+            if line.strip():
+                paragraph.append(line)
+                continue
+            text = " ".join(paragraph)
+            paragraph = []
+            if len(text.split()) < 5 or text.isupper():  # titles and chapter headings
+                continue
+            piece: list[str] = []
+            for sentence in re.split(r"(?<=[.!?\"']) +(?=[\"'A-Z])", text.replace("_", "")):
+                if piece and len(" ".join([*piece, sentence]).split()) > AUSTEN_SEGMENT_WORDS:
+                    yield " ".join(piece)
+                    piece = []
+                piece.append(sentence)
+            if piece:
+                yield " ".join(piece)
+
+
 def segments() -> Iterator[tuple[str, str]]:
     yield from (("wordnet", s) for s in wordnet_segments())
     yield from (("fortunes", s) for s in fortune_segments())
     for name in ("gcide", "devil", "jargon"):
         yield from ((name, s) for s in dictd_segments(name))
+    yield from (("austen", s) for s in austen_segments())
 
 
 def main() -> None:
