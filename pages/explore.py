@@ -18,7 +18,7 @@ from ui.common import (
     share_panel,
     show_error,
 )
-from ui.explain import attention_panel, attribution_panel, interference_panel
+from ui.explain import attention_panel, attribution_panel, interference_panel, worth_keeping
 from ui.strategy import masking_controls
 
 MAX_URL_TEXT = 2000
@@ -58,6 +58,7 @@ with controls:
                     "confident blank first, then predict the rest with it filled in.")
     save_to_url(URL_FIELDS)
 
+
 with output:
     try:
         tokens, _ = reading_tokens(loaded, text, strategy)
@@ -71,7 +72,8 @@ with output:
         # Attentions come from the prediction's own forward pass, so the attention tab needs no second one.
         request = (loaded.name, id(loaded.model), text, repr(strategy), seed, tuple(sorted(clicked or [])), top_k, fill)
         result = latest_result("exploration", request, lambda: explore(
-            loaded, text, strategy, seed, sorted(clicked or []), top_k=top_k, fill=fill, output_attentions=True))
+            loaded, text, strategy, seed, sorted(clicked or []), top_k=top_k, fill=fill, output_attentions=True),
+            keep_if=worth_keeping)
     except MaskLabError as exc:
         show_error(exc)
         st.stop()

@@ -209,3 +209,19 @@ def test_cli_attend_bad_input(tiny_model_dir):
         run_attend(attend_args(tiny_model_dir, layer=5))
     with pytest.raises(InputError):
         run_attend(attend_args(tiny_model_dir, head=9))
+
+
+@pytest.mark.parametrize(("strategy", "params"), [(None, None), ("random", {"mlm_probability": 0.4}),
+                                                  ("attention-exclusion", {"rule": "stopwords"})])
+@pytest.mark.parametrize("fill", ["independent", "joint"])
+def test_the_predictions_attentions_are_the_attention_views(tiny_loaded, strategy, params, fill):
+    """The Explore page shows the prediction's own attentions instead of a second forward pass."""
+    from mlm_core.explore import explore
+    from mlm_core.masking import strategy_from_params
+
+    chosen = None if strategy is None else strategy_from_params(strategy, params)
+    result = explore(tiny_loaded, "the cat [MASK] on the mat and the dog sat", chosen, 3, [], top_k=3, fill=fill,
+                     output_attentions=True)
+    excluded = [kind == "excluded" for kind in result.kinds]
+    again = attention.attention_maps(tiny_loaded, result.input_ids, excluded if any(excluded) else None)
+    np.testing.assert_allclose(result.prediction.attentions, again, atol=1e-6)

@@ -98,17 +98,19 @@ def model_sidebar() -> LoadedModel | None:
     return loaded
 
 
-def latest_result(name: str, key: tuple, compute: Callable[[], Any]) -> Any:
+def latest_result(name: str, key: tuple, compute: Callable[[], Any],
+                  keep_if: Callable[[Any], bool] = lambda result: True) -> Any:
     """``compute()``, reused while ``key`` stays the same: one entry per ``name`` and session.
 
     Changing a layer, head or tab reruns the whole page; without this every such click would run
-    the model again. Only the latest result is kept, so memory does not grow with use.
+    the model again. Only the latest result is kept, and only if ``keep_if(result)``, so memory
+    does not grow with use (a class of 30 keeps 30 entries).
     """
     cached = st.session_state.get(f"latest-{name}")
     if cached is not None and cached[0] == key:
         return cached[1]
     result = compute()
-    st.session_state[f"latest-{name}"] = (key, result)
+    st.session_state[f"latest-{name}"] = (key, result) if keep_if(result) else None
     return result
 
 

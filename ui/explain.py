@@ -55,6 +55,16 @@ class Seen:
     sig: str  # short signature of the input, for widget keys
 
 
+KEPT_ATTENTION_BYTES = 8_000_000  # about 170 tokens on a 6-layer, 12-head model
+
+
+def worth_keeping(exploration: Exploration) -> bool:
+    """Keep a session's latest exploration between clicks unless its attentions are large: a
+    512-token text gives 75 MB on a 6-layer, 12-head model; those are recomputed instead."""
+    attentions = exploration.prediction.attentions
+    return attentions is None or attentions.nbytes <= KEPT_ATTENTION_BYTES
+
+
 def seen(loaded: LoadedModel, exploration: Exploration) -> Seen:
     tokens = exploration.tokens.with_ids(exploration.input_ids, loaded.tokenizer)
     prediction = exploration.prediction
