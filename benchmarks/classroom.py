@@ -118,10 +118,8 @@ def serve(port: int, torch_threads: int | None) -> None:
     """Run app.py as ``streamlit run app.py --server.port PORT --server.headless true`` does."""
     from streamlit.web import bootstrap
 
-    if torch_threads:  # a what-if for the server's configuration; the app itself leaves torch's default
-        import torch
-
-        torch.set_num_threads(torch_threads)
+    if torch_threads:  # a what-if for the server's configuration (mlm_core.models.use_app_threads)
+        os.environ["MASKLAB_TORCH_THREADS"] = str(torch_threads)
     os.chdir(ROOT)  # .streamlit/config.toml is read from the working directory
     threading.Thread(target=answer_probes, daemon=True, name="classroom-probe").start()
     flags = {"server_port": port, "server_address": "127.0.0.1", "server_headless": True}
@@ -381,7 +379,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds before a prediction counts as failed (default 120)")
     parser.add_argument("--server-threads", type=int, default=None,
-                        help="torch threads in the server (default: what the app gets, torch's own choice)")
+                        help="torch threads in the server (default: the app's own, MASKLAB_TORCH_THREADS or 1)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server process itself
     args = parser.parse_args()
     if args.serve:

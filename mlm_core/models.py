@@ -35,6 +35,25 @@ MAX_LOADED_MODELS = 3  # each small model is ~100 MB; a class rarely uses more t
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
+APP_TORCH_THREADS = 1  # see use_app_threads
+
+
+def use_app_threads() -> int:
+    """Set torch's intra-op threads for the app server: ``MASKLAB_TORCH_THREADS``, else 1.
+
+    Every session's forward passes queue on the model's lock, so the server gains its
+    parallelism from sessions, not from threads inside one matrix product; with torch's default
+    (one thread per core) the idle threads spin and the sessions compete for the cores. Measured
+    by benchmarks/classroom.py (README, "Reliability and performance"). Training jobs run in
+    their own processes and choose their own threads.
+    """
+    raw = os.environ.get("MASKLAB_TORCH_THREADS", "")
+    threads = int(raw) if raw.isdecimal() and int(raw) > 0 else APP_TORCH_THREADS
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def pick_device(preferred: str | None = None) -> torch.device:
     """``preferred`` if given ("cpu", "cuda", "cuda:1"), else CUDA when available, else CPU."""
     if preferred:

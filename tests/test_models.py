@@ -172,3 +172,18 @@ def test_cuda_request_without_gpu_is_a_clear_error():
     with pytest.raises(ModelLoadError, match="no GPU"):
         pick_device("cuda")
     assert pick_device(None).type == "cpu"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", 1), ("2", 2), ("0", 1), ("-3", 1), ("many", 1)])
+def test_app_threads_come_from_the_environment_or_default_to_one(monkeypatch, raw, expected):
+    import torch
+
+    from mlm_core.models import use_app_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("MASKLAB_TORCH_THREADS", raw)
+    try:
+        assert use_app_threads() == expected
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
