@@ -112,3 +112,10 @@ def test_share_link_and_hostile_values(tiny_model_dir):
     (link,) = [c.value for c in app.code]
     assert link.startswith("/compare?") and "b_seed=3" in link and "a_seed" not in link
     assert "Download this view as a standalone HTML report" in [b.proto.label for b in app.get("download_button")]
+
+
+def test_an_unknown_strategy_in_the_link_is_said_not_silently_dropped(tiny_model_dir):
+    app = run_page(tiny_query(tiny_model_dir, a_strategy="<b>nope</b>"))
+    said = " ".join(w.value.replace("\\", "") for w in app.warning)
+    assert "link's a_strategy='&lt;b&gt;nope&lt;/b&gt;' cannot be used" in said and "<b>" not in said
+    assert app.selectbox(key="a_strategy").index == 0 and not app.exception  # none: typed or clicked masks

@@ -13,7 +13,7 @@ from mlm_core.default_model import DEFAULT_MODEL_NAME
 from mlm_core.explore import MAIN_STRATEGIES, build_strategy
 from mlm_core.masking import STRATEGIES, params_of, strategy_from_params
 from mlm_core.models import LoadedModel
-from ui.common import OTHER_MODEL, load_with_message, url_get, url_int, url_set
+from ui.common import OTHER_MODEL, load_with_message, url_get, url_ignored, url_int, url_set
 from ui.strategy import EXCLUDE_RULES, NONE, strategy_params
 
 
@@ -58,6 +58,8 @@ def side_controls(side: str) -> tuple[LoadedModel | None, Side | None, dict]:
         return None, None, {}
     options = [NONE, *MAIN_STRATEGIES]
     wanted = url_get(f"{prefix}strategy", NONE)
+    if wanted not in options and f"{prefix}strategy" not in st.session_state:
+        url_ignored(f"{prefix}strategy", wanted, NONE, f"choose from {', '.join(options)}")
     name = st.selectbox("Masking strategy", options, index=options.index(wanted) if wanted in options else 0,
                         key=f"{prefix}strategy")
     # The explorer's parameter widgets (80/10/10 split included), keyed and linked per side.
