@@ -27,6 +27,46 @@ def command(name: str):
     return register
 
 
+def read_user_file(name: str, what: str) -> bytes:
+    """The bytes of a file named on the command line; MaskLabError when it cannot be used.
+
+    The size is checked before reading, so a huge file is refused without filling memory.
+    """
+    from pathlib import Path
+
+    from mlm_core.corpus import MAX_CORPUS_BYTES, one_line, too_big
+
+    path = Path(name)
+    shown = one_line(name, 120)
+    try:
+        if not path.is_file():
+            raise MaskLabError(f"No {what} at '{shown}'.")
+        size = path.stat().st_size
+        if size > MAX_CORPUS_BYTES:  # refused before reading: memory stays bounded
+            raise too_big(size)
+        return path.read_bytes()
+    except OSError as exc:  # no permission, a name too long for the file system, a read error
+        raise MaskLabError(f"Cannot read '{shown}': {exc.strerror or exc}.") from None
+
+
+def one_line_message(exc: BaseException) -> str:
+    """The message on one line: the contract is one ``error:`` line; some libraries' messages span several."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+
+
+def emit(text: str, as_json_record: dict | None = None) -> None:
+    """Print ``text`` even where the terminal cannot encode all of it (a lone surrogate from an
+    undecodable argument, CJK on a Latin-1 console): JSON falls back to ASCII escapes, text to backslashes."""
+    try:
+        print(text)
+    except UnicodeEncodeError:  # raised before anything is written: print encodes the whole string first
+        if as_json_record is not None:
+            print(json.dumps(as_json_record, ensure_ascii=True, indent=1, default=str))
+        else:
+            encoding = sys.stdout.encoding or "utf-8"
+            print(text.encode(encoding, errors="backslashreplace").decode(encoding, errors="replace"))
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -253,8 +293,7 @@ def run_train(args: argparse.Namespace) -> dict:
     from mlm_core.training import TrainConfig
 
     corpus_path = Path(args.corpus)
-    if not corpus_path.is_file():
-        raise MaskLabError(f"No corpus file at '{args.corpus}'.")
+    corpus_bytes = read_user_file(args.corpus, "corpus file")
     strategy = strategy_from_args(args)
     config = TrainConfig(
         corpus_name=corpus_path.name, corpus_column=args.column, text_unit=args.text_unit,
@@ -267,7 +306,7 @@ def run_train(args: argparse.Namespace) -> dict:
         seed=args.seed, device=args.device,
     )
     store = _store(args)
-    record, _ = submit(store, config, corpus_path.read_bytes(), launch=False)
+    record, _ = submit(store, config, corpus_bytes, launch=False)
     return _run_foreground(store, record.id, args.json)
 
 
@@ -317,16 +356,11 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
     from mlm_core import evaluate as ev
-    from mlm_core.corpus import MAX_CORPUS_BYTES, CorpusError, read_corpus
+    from mlm_core.corpus import read_corpus
     from mlm_core.models import load_model
 
     path = Path(args.file)
-    if not path.is_file():
-        raise MaskLabError(f"No file at '{args.file}'.")
-    if path.stat().st_size > MAX_CORPUS_BYTES:  # refuse before reading it into memory
-        raise CorpusError(f"The file is {path.stat().st_size / 1e6:.1f} MB; the limit is {MAX_CORPUS_BYTES / 1e6:.0f} MB. "
-                          "Split it, or evaluate the parts and compare.")
-    corpus = read_corpus(path.read_bytes(), path.name, args.column, args.text_unit)
+    corpus = read_corpus(read_user_file(args.file, "file"), path.name, args.column, args.text_unit)
     texts = corpus.texts[: args.limit] if args.limit else corpus.texts
     heads = ev.parse_heads_off(args.heads_off)
     base = ev.EvalConfig.from_strategy(strategy_from_args(args), heads)
@@ -359,6 +393,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
             bar.close()
     record = {"file": corpus.name, "format": corpus.format, "column": corpus.column, **report.to_dict(),
               "outputs": {}}
+    record["notices"] = [*corpus.notices, *record["notices"]]  # "read as Windows-1252", as the page warns
     for kind, out in (("sentences", args.out), ("tokens", args.tokens_out)):
         if out:
             try:
@@ -503,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         record = COMMANDS[args.command](args)
     except MaskLabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line_message(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -511,15 +546,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line for the user, the traceback only on request
         if os.environ.get("MASKLAB_DEBUG"):
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (set MASKLAB_DEBUG=1 for details)", file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {one_line_message(exc)} "
+              "(set MASKLAB_DEBUG=1 for details)", file=sys.stderr)
         return 1
     try:
         if record.pop("_printed", False):
             pass  # streamed already (train --json)
         elif args.json:
-            print(json.dumps(record, ensure_ascii=False, indent=1, default=str))
+            emit(json.dumps(record, ensure_ascii=False, indent=1, default=str), record)
         else:
-            print(FORMATTERS[args.command](record))
+            emit(FORMATTERS[args.command](record))
     except BrokenPipeError:  # e.g. piped into head: the reader has what it wanted
         sys.stderr.close()
     return 0

@@ -54,6 +54,21 @@ class Corpus:
         return sum(len(t) for t in self.texts)
 
 
+def one_line(text: str, limit: int = 60) -> str:
+    """``text`` quoted from the user's file for a message: control characters escaped, shortened.
+
+    Messages are one line (the CLI prints one ``error:`` line); a column name read from a
+    quoted CSV header may hold a line break.
+    """
+    shown = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[: limit + 1])
+    return shown[:limit] + "…" if len(shown) > limit else shown
+
+
+def _column_list(columns: list[str], limit: int = 20) -> str:
+    shown = ", ".join(one_line(c, 40) for c in columns[:limit])
+    return shown + (f" and {len(columns) - limit:,} more" if len(columns) > limit else "")
+
+
 def format_of(name: str) -> str:
     suffix = Path(name.replace("\\", "/")).suffix.lower().lstrip(".")
     if suffix in ("txt", "text", "md", ""):
@@ -62,7 +77,7 @@ def format_of(name: str) -> str:
         return "jsonl"
     if suffix in ("csv", "tsv"):
         return suffix
-    raise CorpusError(f"Unsupported file type '.{suffix}': use .txt, .csv, .tsv or .jsonl.")
+    raise CorpusError(f"Unsupported file type '.{one_line(suffix, 20)}': use .txt, .csv, .tsv or .jsonl.")
 
 
 def decode(data: bytes) -> tuple[str, str, list[str]]:
@@ -73,11 +88,12 @@ def decode(data: bytes) -> tuple[str, str, list[str]]:
             return data.decode("utf-16"), "utf-16", notices
         except UnicodeDecodeError as exc:
             raise CorpusError(f"The file starts like UTF-16 but byte {exc.start} is invalid.") from exc
-    head = data[:65536]
-    if b"\x00" in head:
+    nul = data.find(b"\x00")  # the whole file: a NUL past the first block is no less binary
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
         raise CorpusError(
-            "The file contains NUL bytes: it looks binary (or UTF-16 without a byte-order mark). "
-            "Save it as UTF-8 text."
+            f"Line {line}: the file contains NUL bytes: it looks binary (or UTF-16 "
+            "without a byte-order mark). Save it as UTF-8 text."
         )
     try:
         text = data.decode("utf-8-sig")
@@ -92,6 +108,20 @@ def decode(data: bytes) -> tuple[str, str, list[str]]:
     return text, encoding, notices
 
 
+def _size(n: int) -> str:
+    """MB as the upload box counts them (2**20 bytes), with the bytes, so that 50.0 MB over 50 MB is clear."""
+    if n < 2**20:
+        return f"{n:,} bytes"
+    return f"{n / 2**20:,.1f} MB ({n:,} bytes)"
+
+
+def too_big(size: int, limit: int = MAX_CORPUS_BYTES) -> CorpusError:
+    return CorpusError(
+        f"The file is {_size(size)}; the limit is {_size(limit).replace('.0 MB', ' MB')}. "
+        "Split it, or use the parts one at a time."
+    )
+
+
 def _check_text(text: str, line: int) -> str:
     if len(text) > MAX_TEXT_CHARS:
         raise CorpusError(
@@ -100,16 +130,22 @@ def _check_text(text: str, line: int) -> str:
     return text
 
 
+def _has_text(text: str) -> bool:
+    """Whether ``text`` has a visible character: a line of only zero-width or bidi marks is as empty
+    as a blank one (the explorer says "nothing to mask" for it). Stops at the first visible character."""
+    return any(unicodedata.category(ch)[0] not in "CZ" for ch in text)
+
+
 def _txt_texts(text: str, unit: str) -> Iterator[str]:
     if unit == "line":
         for number, line in enumerate(io.StringIO(text), start=1):
-            if line.strip():
+            if _has_text(line):
                 yield _check_text(line.strip(), number)
         return
     paragraph: list[str] = []
     start = 1
     for number, line in enumerate(io.StringIO(text), start=1):
-        if line.strip():
+        if _has_text(line):
             if not paragraph:
                 start = number
             paragraph.append(line.strip())
@@ -133,9 +169,9 @@ def table_columns(data: bytes, name: str) -> list[str]:
         for line in io.StringIO(text):
             if line.strip():
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    return []
+                    record = _json_record(line, 1)
+                except CorpusError:
+                    return []  # read_corpus names the problem; the picker just has no columns
                 return [k for k, v in record.items() if isinstance(v, str)] if isinstance(record, dict) else []
         return []
     if fmt not in ("csv", "tsv"):
@@ -149,7 +185,9 @@ def table_columns(data: bytes, name: str) -> list[str]:
 def choose_column(columns: list[str], column: str | None) -> str:
     if column:
         if column not in columns:
-            raise CorpusError(f"No column named '{column}'. The columns are: {', '.join(columns)}.")
+            raise CorpusError(
+                f"No column named '{one_line(column, 40)}'. The columns are: {_column_list(columns)}."
+            )
         return column
     for wanted in PREFERRED_COLUMNS:
         for candidate in columns:
@@ -157,7 +195,7 @@ def choose_column(columns: list[str], column: str | None) -> str:
                 return candidate
     if len(columns) == 1:
         return columns[0]
-    raise CorpusError(f"Choose the text column: the file has columns {', '.join(columns)}.")
+    raise CorpusError(f"Choose the text column: the file has columns {_column_list(columns)}.")
 
 
 def _table_texts(text: str, delimiter: str, column: str | None) -> tuple[list[str], str]:
@@ -180,13 +218,32 @@ def _table_texts(text: str, delimiter: str, column: str | None) -> tuple[list[st
                     f"Line {reader.line_num}: {len(row)} fields where the header has {len(header)}. "
                     "Check for a missing or extra separator or an unquoted comma."
                 )
-            if row[index].strip():
+            if _has_text(row[index]):
                 texts.append(_check_text(row[index].strip(), reader.line_num))
     except csv.Error as exc:
         raise CorpusError(f"Line {reader.line_num}: {exc} (often an unterminated quote).") from exc
     if not texts:
-        raise CorpusError(f"The column '{chosen}' has no text (the file has only a header or empty cells).")
+        raise CorpusError(
+            f"The column '{one_line(chosen, 40)}' has no text "
+            "(the file has only a header, or empty or invisible cells)."
+        )
     return texts, chosen
+
+
+def _json_record(line: str, number: int):
+    """One JSONL line parsed; CorpusError for anything json.loads refuses."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CorpusError(
+            f"Line {number}: not valid JSON ({exc.msg}). Each line must be one JSON object."
+        ) from exc
+    except RecursionError:  # thousands of nested brackets: json's parser recurses per level
+        raise CorpusError(
+            f"Line {number}: the JSON is nested too deeply. Each line must be one flat object."
+        ) from None
+    except ValueError as exc:  # e.g. an integer over Python's 4,300-digit limit
+        raise CorpusError(f"Line {number}: a value cannot be read ({one_line(str(exc), 120)}).") from None
 
 
 def _jsonl_texts(text: str, column: str | None) -> tuple[list[str], str]:
@@ -194,18 +251,22 @@ def _jsonl_texts(text: str, column: str | None) -> tuple[list[str], str]:
     for number, line in enumerate(io.StringIO(text), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"Line {number}: not valid JSON ({exc.msg}). Each line must be one JSON object.") from exc
+        record = _json_record(line, number)
         if not isinstance(record, dict):
             raise CorpusError(f"Line {number}: expected a JSON object like {{\"text\": \"...\"}}.")
         if chosen is None:
-            chosen = choose_column([k for k, v in record.items() if isinstance(v, str)] or list(record), None)
+            fields = [k for k, v in record.items() if isinstance(v, str)]
+            if not fields:
+                raise CorpusError(
+                    f"Line {number}: the object has no text field (expected {{\"text\": \"...\"}})."
+                )
+            chosen = choose_column(fields, None)
         value = record.get(chosen)
         if not isinstance(value, str):
-            raise CorpusError(f"Line {number}: the field '{chosen}' is missing or not a string.")
-        if value.strip():
+            raise CorpusError(
+                f"Line {number}: the field '{one_line(chosen, 40)}' is missing or not a string."
+            )
+        if _has_text(value):
             texts.append(_check_text(value.strip(), number))
     return texts, chosen or ""
 
@@ -219,7 +280,7 @@ def read_corpus(
 ) -> Corpus:
     """Parse and validate a whole corpus file. Raises CorpusError naming the line or limit."""
     if len(data) > max_bytes:
-        raise CorpusError(f"The file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB.")
+        raise too_big(len(data), max_bytes)
     if text_unit not in TEXT_UNITS:
         raise CorpusError(f"text_unit must be one of {', '.join(TEXT_UNITS)}.")
     fmt = format_of(name)
@@ -234,7 +295,8 @@ def read_corpus(
     else:
         texts, chosen = _table_texts(text, "," if fmt == "csv" else "\t", column)
     if not texts:
-        raise CorpusError("The file has no text.")
+        raise CorpusError("The file has no text: its lines are empty or hold only invisible characters "
+                          "(spaces, zero-width or direction marks).")
     display = Path(name.replace("\\", "/")).name[:120]
     return Corpus(
         texts=tuple(texts),

@@ -64,6 +64,8 @@ MAX_PATTERN_CHARS = 200  # a longer user regex is almost certainly a paste error
 REGEX_TIMEOUT_S = 0.05  # per word; catastrophic backtracking on a short word shows within this
 REGEX_BUDGET_S = 2.0  # for one batch: the UI must stay responsive
 MAX_DRAWS = 10_000
+MAX_COMPOSE_DEPTH = 8  # compositions inside compositions (Compose flattens them anyway)
+MAX_COMPOSE_STEPS = 32
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -152,12 +154,16 @@ class ParamSpec:
         items = self._items(value)
         if kind == "int_list":
             return tuple(self._integer(item) for item in items)
-        items = tuple(str(item).strip() for item in items if str(item).strip())
+        # An item holding a separator comes back from a link (``format``) as two: split it here already,
+        # so that parse(format(v)) == v (a word list never needs a comma inside a word).
+        parts = (part for item in items for part in str(item).replace(";", ",").split(","))
+        items = tuple(part.strip() for part in parts if part.strip())
         if kind == "multi_choice":
             unknown = [item for item in items if item not in self.choices]
             if unknown:
-                raise InputError(
-                    f"{self.name}: unknown {', '.join(unknown)}; choose from {', '.join(self.choices)}."
+                raise InputError(  # quoted: a link may carry any text, line breaks included
+                    f"{self.name}: unknown {', '.join(_shown(u, 40) for u in unknown[:5])}; "
+                    f"choose from {', '.join(self.choices)}."
                 )
             return tuple(dict.fromkeys(items))
         return items
@@ -168,7 +174,10 @@ class ParamSpec:
             return "true" if value else "false"
         if self.kind in ("int_list", "text_list", "multi_choice"):
             return ",".join(str(item) for item in value)
-        return f"{value:g}" if self.kind == "float" else str(value)
+        if self.kind == "float":
+            short = f"{value:g}"  # "0.15", not "0.15000000000000002"; but :g keeps only 6 digits,
+            return short if float(short) == value else repr(float(value))  # so a link must not round
+        return str(value)
 
     def _bounds(self) -> str:
         what = "a whole number" if self.kind == "int" else "a number"
@@ -862,6 +871,13 @@ def _compiled(pattern: str, ignore_case: bool):
             f"The pattern {pattern!r} is not a valid regular expression ({exc}). "
             "Put a backslash before special characters such as ( [ . * + ? to match them literally."
         ) from None
+    except (KeyError, ValueError, OverflowError, RecursionError):
+        # regex raises these, not regex.error, for some patterns: KeyError for an inline "(?V1)"
+        # that contradicts the V0 flag (found by tests/fuzz/fuzz_masking.py).
+        raise InputError(
+            f"The pattern {pattern!r} cannot be used: its inline flags or size are not supported. "
+            "Remove (?V1)-style flags and simplify it."
+        ) from None
 
 
 def _rule_matches(
@@ -1502,18 +1518,27 @@ def strategy_from_params(name: str, params: Mapping[str, Any] | None = None):
     Example: ``strategy_from_params("random", {"mlm_probability": "0.3", "exact": "true"})``.
     ``compose`` takes ``{"steps": [{"name": ..., "params": {...}}, ...]}`` (or that list as JSON).
     """
+    return _from_params(name, params, depth=0)
+
+
+def _from_params(name: str, params: Mapping[str, Any] | None, depth: int):
     key = str(name).strip().lower().replace("_", "-")
     if key not in STRATEGIES:
-        raise InputError(f"Unknown masking strategy {name!r}; choose from {', '.join(STRATEGIES)}.")
+        raise InputError(f"Unknown masking strategy {_shown(name)}; choose from {', '.join(STRATEGIES)}.")
     spec = STRATEGIES[key]
+    if params is not None and not isinstance(params, Mapping):
+        raise InputError(
+            f"{spec.cls.label}: params must be a mapping of names to values; got {_shown(params)}."
+        )
     params = dict(params or {})
     if spec.cls is Compose:
-        return _compose_from_params(params)
+        return _compose_from_params(params, depth)
     valid = {p.name: p for p in spec.params}
-    unknown = sorted(set(params) - set(valid))
+    unknown = [str(k) for k in params if k not in valid]  # keys of a hand-made mapping need not be text
     if unknown:
         raise InputError(
-            f"{spec.cls.label}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}."
+            f"{spec.cls.label}: unknown parameter(s) {', '.join(_shown(k, 40)[1:-1] for k in unknown)}; "
+            f"valid: {', '.join(valid) or 'none'}."
         )
     kwargs = {}
     for param_name, value in params.items():
@@ -1524,26 +1549,41 @@ def strategy_from_params(name: str, params: Mapping[str, Any] | None = None):
     return spec.cls(**kwargs)
 
 
-def _compose_from_params(params: dict):
-    unknown = sorted(set(params) - {"steps"})
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut short: messages quote what came from a link, which may be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _compose_from_params(params: dict, depth: int):
+    unknown = [str(k) for k in params if k != "steps"]
     if unknown:
-        raise InputError(f"composed masking: unknown parameter(s) {', '.join(unknown)}; valid: steps.")
+        raise InputError(
+            f"composed masking: unknown parameter(s) {', '.join(_shown(k, 40)[1:-1] for k in unknown)}; "
+            "valid: steps."
+        )
+    if depth >= MAX_COMPOSE_DEPTH:  # a hand-made link could nest compositions until the interpreter overflows
+        raise InputError(f"composed masking: compositions nest at most {MAX_COMPOSE_DEPTH} levels deep.")
     steps = params.get("steps", [])
     if isinstance(steps, str):
         try:
             steps = json.loads(steps)
         except json.JSONDecodeError as exc:
             raise InputError(f"composed masking: steps must be a JSON list ({exc.msg}).") from None
+        except (RecursionError, ValueError):  # brackets nested thousands deep, a 5,000-digit number
+            raise InputError("composed masking: steps must be a short JSON list of {name, params}.") from None
     if not isinstance(steps, list | tuple):
         raise InputError("composed masking: steps must be a list of {name, params}.")
+    if len(steps) > MAX_COMPOSE_STEPS:  # each step is a pass over every batch
+        raise InputError(f"composed masking: at most {MAX_COMPOSE_STEPS} steps; got {len(steps):,}.")
     built = []
     for step in steps:
         if isinstance(step, MaskingStep | PrivacyMasking):
             built.append(step)
         elif isinstance(step, Mapping) and "name" in step:
-            built.append(strategy_from_params(step["name"], step.get("params") or {}))
+            built.append(_from_params(step["name"], step.get("params") or {}, depth + 1))
         else:
-            raise InputError(f"composed masking: each step needs a name and params; got {step!r}.")
+            raise InputError(f"composed masking: each step needs a name and params; got {_shown(step)}.")
     return Compose(tuple(built))
 
 

@@ -35,13 +35,16 @@ CATEGORIES = (STOPWORD, PUNCTUATION, NUMBER, CONTENT)
 # transformers stores that choice on the shared Rust backend (``encode_special_tokens``) before each
 # encode, so an unlocked call with the default (False) between another thread's setting and its
 # encode turned a typed "[CLS]" into the real control token there.
-_TOKENIZER_LOCKS: dict[int, threading.Lock] = {}
+# Re-entrant: a caller that holds it may call a helper that takes it again in the same thread
+# (finetune._first_blocks holds it around training.pack, which locks each encode); a plain Lock
+# deadlocked the Fine-tune page's preview there.
+_TOKENIZER_LOCKS: dict[int, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
-def tokenizer_lock(tokenizer) -> threading.Lock:
+def tokenizer_lock(tokenizer) -> threading.RLock:
     with _LOCKS_GUARD:
-        return _TOKENIZER_LOCKS.setdefault(id(tokenizer), threading.Lock())
+        return _TOKENIZER_LOCKS.setdefault(id(tokenizer), threading.RLock())
 
 
 @dataclass(frozen=True)

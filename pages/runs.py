@@ -4,6 +4,7 @@ import streamlit as st
 
 from mlm_core import jobs
 from mlm_core.compare_runs import TABLE_COLUMNS, filter_runs, run_label, runs_table
+from mlm_core.render import escape_markdown
 from mlm_core.runs import STATES
 from ui import runs as run_ui
 from ui.common import route_through_app
@@ -43,7 +44,7 @@ run_id = st.selectbox("Run", list(table["run"]), format_func=lambda i: run_label
 if run_id:
     record = by_id[run_id]
     if record.reason:
-        st.caption(f"Reason: {record.reason}")
+        st.caption(f"Reason: {escape_markdown(record.reason)}")  # it may quote a model id or a file name
     run_ui.run_actions(store, record)
     with st.expander("Before / after probes: the same sentences through the base model and this run's model",
                      expanded=False):

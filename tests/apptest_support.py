@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -39,3 +40,9 @@ def kill_running_jobs(store) -> None:
         if record.status == RUNNING and record.pid and record.pid != os.getpid():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGKILL)
+
+
+def shown_errors(app: AppTest) -> list[str]:
+    """Every error box's text as the user reads it: the page escapes Markdown in messages (a model
+    id or a regex quoted in one must not turn into a link or italics); the backslashes go here."""
+    return [re.sub(r"\\(.)", r"\1", e.value) for e in [*app.error, *app.sidebar.error]]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
 
 import ui.batch
@@ -55,9 +56,6 @@ def upload(app: AppTest, name: str, data: bytes) -> AppTest:
     assert not app.exception, app.exception
     return app
 
-
-def errors(app: AppTest) -> list[str]:
-    return [e.value for e in app.error] + [e.value for e in app.sidebar.error]
 
 
 def run_analysis(app: AppTest) -> AppTest:

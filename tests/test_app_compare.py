@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from apptest_support import clear_streamlit_caches, open_app_page
+from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
 
 from mlm_core.compare import Side, compare
@@ -32,9 +33,6 @@ def tiny_query(tiny_model_dir, **extra) -> dict:
 def table(app: AppTest):
     return next(d.value for d in app.dataframe if "difference B−A" in d.value.columns)
 
-
-def errors(app: AppTest) -> list[str]:
-    return [e.value for e in app.error]
 
 
 def test_identical_sides(tiny_model_dir):

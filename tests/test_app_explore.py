@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
 
 from mlm_core.predict import fill_text, predict
@@ -54,9 +55,6 @@ def charts(app: AppTest) -> list[dict]:
 def top_token(spec: dict) -> str:
     return spec["layout"]["yaxis"]["ticktext"][-1]  # best guess is drawn at the top
 
-
-def errors(app: AppTest) -> list[str]:
-    return [e.value for e in app.error] + [e.value for e in app.sidebar.error]
 
 
 def test_default_sentence_on_default_model(default_loaded):

@@ -11,6 +11,7 @@ import time
 
 import pytest
 from apptest_support import clear_streamlit_caches, kill_running_jobs, open_app_page
+from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
 from test_training import corpus_bytes
 
@@ -67,9 +68,6 @@ def tiny_settings(app: AppTest, model_dir, steps: int) -> AppTest:
     assert not errors(app), errors(app)
     return app
 
-
-def errors(app: AppTest) -> list[str]:
-    return [e.value for e in app.error]
 
 
 def start(app: AppTest) -> AppTest:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from apptest_support import clear_streamlit_caches, open_app_page
+from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
 
 from ui.teach import LESSON, VIEWS, load_lesson
@@ -24,9 +25,6 @@ def clean_caches():
 def run_page(query: dict) -> AppTest:
     return open_app_page(PAGE, query)
 
-
-def errors(app: AppTest) -> list[str]:
-    return [e.value for e in app.error] + [e.value for e in app.sidebar.error]
 
 
 def test_lesson_is_data():

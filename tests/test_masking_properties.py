@@ -29,10 +29,15 @@ from mlm_core.masking import (
     apply_strategy,
     mask_batch,
     mask_text,
+    params_of,
+    prepare_text,
     selection_frequency,
+    strategy_from_params,
 )
+from mlm_core.masking import STRATEGIES as REGISTRY
 from mlm_core.privacy import PrivacyMasking
 from mlm_core.tokens import tokenize
+from mlm_core.training import is_adaptive
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -250,3 +255,97 @@ def test_batch_path_invariants_on_arbitrary_blocks(vocab, batch_size, length, se
                 chosen.sum(1) >= torch.where(n > 0, (n.double() * p + 0.5).floor().clamp_min(1), 0) * (p > 0)
             ).all()
         )
+
+
+# ----------------------------------------------------------------------------- the whole registry
+# The strategies above are hand-picked; these draw every registered strategy with parameters drawn from
+# its ParamSpecs, so a strategy added to the registry is covered without touching this file.
+
+PATTERNS = (r"\w+", "[a-z]+", "the|paris", r"\d+", ".", r"(?i)[^aeiou]+")
+WORDS = ("the", "paris", "東京", "[MASK]", "cat", "...")
+KNOWN_KINDS = {"float", "int", "bool", "choice", "multi_choice", "text", "int_list", "text_list"}
+
+
+def test_the_registry_only_has_parameter_kinds_these_properties_can_draw():
+    # A new kind would be drawn as nothing below: fail here instead of covering it silently less.
+    assert {spec.kind for s in REGISTRY.values() for spec in s.params} <= KNOWN_KINDS
+
+
+def draw_value(data, spec, positions: list[int]):
+    """A valid value for one parameter (``positions``: the eligible token positions of the text)."""
+    if spec.kind == "float":
+        low = 0.0 if spec.min is None else spec.min
+        return data.draw(st.floats(low, low + 10 if spec.max is None else spec.max))
+    if spec.kind == "int":
+        low = 0 if spec.min is None else int(spec.min)
+        return data.draw(st.integers(low, low + 20 if spec.max is None else int(spec.max)))
+    if spec.kind == "bool":
+        return data.draw(st.booleans())
+    if spec.kind == "choice":
+        return data.draw(st.sampled_from(spec.choices))
+    if spec.kind == "multi_choice":
+        return data.draw(st.lists(st.sampled_from(spec.choices), min_size=1, max_size=3, unique=True))
+    if spec.kind == "int_list":
+        return data.draw(st.lists(st.sampled_from(positions), min_size=1, max_size=4))
+    if spec.kind == "text_list":
+        return data.draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=3))
+    if spec.name == "pattern":
+        return data.draw(st.sampled_from(PATTERNS))
+    if spec.name == "region":
+        return data.draw(st.sampled_from(["US", "GB", "", "de"]))
+    return data.draw(st.text(max_size=8))
+
+
+def draw_params(data, name: str, positions: list[int]) -> dict:
+    """Valid parameters of ``name`` (each given or left at its default), as a link or the CLI passes them."""
+    if name == "compose":
+        names = sorted(set(REGISTRY) - {"compose"})
+        steps = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3))
+        steps = [s for i, s in enumerate(steps) if s != "privacy" or "privacy" not in steps[:i]]  # one only
+        return {"steps": [{"name": s, "params": draw_params(data, s, positions)} for s in steps]}
+    params = {}
+    for spec in REGISTRY[name].params:
+        if spec.kind == "int_list" or data.draw(st.booleans()):  # positions are required where they exist
+            params[spec.name] = draw_value(data, spec, positions)
+    defaults = {spec.name: spec.default for spec in REGISTRY[name].params}
+    if "random_replace_prob" in defaults:  # the two shares may not exceed 1: the rest is kept unchanged
+        mask = params.get("mask_replace_prob", defaults["mask_replace_prob"])
+        random = params.get("random_replace_prob", defaults["random_replace_prob"])
+        params["random_replace_prob"] = min(random, 1 - mask)
+    if name == "rule-based":  # the words and regex rules need their word list and pattern
+        params.setdefault("words", [data.draw(st.sampled_from(WORDS))])
+        params.setdefault("pattern", data.draw(st.sampled_from(PATTERNS)))
+    return params
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@PROPERTY_SETTINGS
+@given(text=TEXT, seed=st.integers(0, 2**32), data=st.data())
+def test_every_registered_strategy_keeps_the_invariants(default_tokenizer, vocab, name, text, seed, data):
+    """privacy → tokenize → mask as the explorer runs it, for every registry entry, drawn parameters."""
+    plain = tokenize_or_skip(default_tokenizer, text)
+    if plain is None or not plain.eligible_positions:
+        return
+    params = draw_params(data, name, plain.eligible_positions)
+    strategy = strategy_from_params(name, params)
+    assert strategy_from_params(name, params_of(strategy, as_strings=True)) == strategy  # a link rebuilds it
+    privacy = prepare_text(text, strategy, mask_token=vocab.mask_token)
+    tokens = plain if privacy is None else tokenize_or_skip(default_tokenizer, privacy.text)
+    if tokens is None:
+        return
+    protected = privacy.protected_positions(tokens) if privacy else []
+    scores = data.draw(st.lists(st.floats(0, 1e6), min_size=len(tokens), max_size=len(tokens))) \
+        if is_adaptive(strategy) else None
+    try:
+        result = apply_strategy(tokens, strategy, vocab, rng=seed, scores=scores, protected=protected)
+    except NothingToMaskError:
+        return  # only when protection left nothing; the message names it
+    except InputError as exc:
+        # Positions were drawn on the text before privacy replaced parts of it: they may now fall outside.
+        assert privacy is not None and "position" in str(exc)
+        return
+    check_consistent(tokens, result, vocab, whole_words=isinstance(strategy, WholeWordMasking))
+    for position in protected:
+        assert result.kinds[position] in (None, MASKED) and result.labels[position] == IGNORE_INDEX
+    again = apply_strategy(tokens, strategy, vocab, rng=seed, scores=scores, protected=protected)
+    assert np.array_equal(again.input_ids, result.input_ids) and again.kinds == result.kinds

@@ -115,8 +115,8 @@ def latest_result(name: str, key: tuple, compute: Callable[[], Any],
 
 
 def show_error(exc: Exception) -> None:
-    """A message for the user, never a traceback."""
-    st.error(str(exc))
+    """A message for the user, never a traceback; what it quotes (a model id, a pattern) stays literal."""
+    st.error(escape_markdown(str(exc)))
 
 
 # --------------------------------------------------------------------------- state in the URL

@@ -83,7 +83,7 @@ def corpus_input(key: str = "corpus") -> CorpusChoice | None:
                 column = st.selectbox("Text column", columns, index=preferred, key=f"{key}-column")
         corpus = _parsed(key, data, name, column, unit)
     except CorpusError as exc:
-        st.error(f"{shown} cannot be used: {exc}")  # messages are ours; they quote the file's line
+        st.error(f"{shown} cannot be used: {escape_markdown(str(exc))}")  # it quotes the file's line
         return None
     st.caption(f"**{shown}** · {len(data) / 1024:,.1f} KB · {_line_count(data):,} lines · {len(corpus):,} texts · "
                f"{corpus.characters:,} characters · {corpus.format}"
