@@ -42,10 +42,15 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="session")
 def app_url(chromium_path, tmp_path_factory):
-    """``streamlit run app.py`` on a free port; yields its URL once /_stcore/health answers."""
+    """``streamlit run app.py`` on a free port; yields its URL once /_stcore/health answers.
+
+    Its MASKLAB_HOME (run store, batch result cache) is an empty temporary folder: the tests never
+    see or touch the user's runs, and every batch analysis is computed, not read from a cache.
+    """
     port = free_port()
     log = (tmp_path_factory.mktemp("streamlit") / "server.log").open("w")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "MASKLAB_HOME": str(tmp_path_factory.mktemp("masklab-home-app"))}
     server = subprocess.Popen(
         [
             sys.executable, "-m", "streamlit", "run", "app.py",

@@ -205,7 +205,8 @@ def test_runs_page_compares_two_finished_runs(page, finetune_url, tiny_model_dir
         settle(page)
     page.keyboard.press("Escape")
     page.get_by_text("Highlighted: settings that differ", exact=False).first.wait_for()
-    assert page.locator(".js-plotly-plot").count() >= 6
+    # The caption comes before Plotly has drawn the curves: wait for them rather than count once.
+    wait_until(lambda: page.locator(".js-plotly-plot").count() >= 6, 120, "the comparison's charts")
     page.get_by_role("heading", name="Compare runs").scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "runs-compare.png"))
 

@@ -4,13 +4,16 @@ Teach step (presenter mode, as on a projector) are saved to tests/browser/artifa
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 
 import pytest
 
-from mlm_core.predict import predict
+from mlm_core.predict import fill_text, predict
 from mlm_core.tokens import tokenize
 from ui.teach import LESSON
+
+from .support import EXCEPTION, chip_kinds, expected_chips, expected_exploration, texts, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -73,3 +76,27 @@ def test_shared_compare_link(page, app_url, artifacts):
     link = code.inner_text()
     assert "/compare?" in link and "b_heads=" in link
     page.screenshot(path=str(artifacts / "compare-shared.png"), full_page=True)
+
+
+def test_shared_explore_link(page, app_url, default_loaded, artifacts):
+    """An Explore link with text, strategy, a parameter and a seed shows the same masks and guesses."""
+    text = "The old lighthouse keeper walked along the rocky shore every morning before the [MASK] rose."
+    expected = expected_exploration(default_loaded, text, "span", seed=3, mlm_probability=0.3)
+    page.goto(url(app_url, "", text=text, strategy="span", p_mlm_probability="0.3", seed="3"))
+    chips = expected_chips(default_loaded, expected)
+    wait_until(lambda: chip_kinds(page) == chips, 120, "the chips the link describes")
+    settle(page)
+    assert chip_kinds(page) == chips
+    assert sum(kind == "masked" for _, kind in chips) > 1  # the strategy's masks, not only the typed one
+    filled = page.locator("p", has_text="Filled in:").first.inner_text()
+    assert filled.split("Filled in:", 1)[1].strip() == fill_text(default_loaded, expected.prediction.filled_ids)
+    for guess in expected.prediction.predictions:  # every masked position's chart leads with its top guess
+        title = re.compile(rf"^position {guess.position} · ")
+        chart = page.locator(".js-plotly-plot", has=page.locator(".gtitle", has_text=title))
+        assert texts(chart.first.locator(".ytick text")) == [c.token for c in guess.top][::-1]  # best on top
+    assert page.get_by_label("Seed (the same seed repeats a demo)").input_value() == "3"
+    assert page.get_by_role("combobox", name="Masking strategy").input_value() == "span"
+    for part in ("strategy=span", "p_mlm_probability=0.3", "seed=3"):  # the page keeps the link as it was
+        assert part in page.url
+    assert page.locator(EXCEPTION).count() == 0
+    page.screenshot(path=str(artifacts / "explore-shared.png"), full_page=True)

@@ -1,0 +1,101 @@
+"""Helpers shared by the browser tests: waiting for Streamlit's runs, and watching for what must not happen."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+EXCEPTION = "[data-testid='stException']"
+RUNNING = "[data-testid='stStatusWidgetRunningIcon'], [data-testid='stStatusWidgetRunningManIcon']"
+TOKEN_STRIP = "div:has(> span[title])"  # render.token_chips' container (the page's first strip)
+
+
+def page_url(app_url: str, path: str = "", **query) -> str:
+    """``app_url/path?query``, every value percent-encoded (spaces as %20, as Streamlit writes them)."""
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+    return f"{app_url}/{path}" + (f"?{encoded}" if encoded else "")
+
+
+def settle(page, timeout_ms: int = 120_000) -> None:
+    """Wait until Streamlit has finished the current run: nothing running and nothing left stale."""
+    page.wait_for_timeout(500)
+    page.wait_for_function(
+        "document.querySelectorAll('[data-stale=\"true\"]').length === 0 && "
+        f"!document.querySelector(\"{RUNNING}\")",
+        timeout=timeout_ms,
+    )
+    page.wait_for_timeout(300)
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` (and its last value)."""
+    deadline = time.monotonic() + timeout_s
+    value = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; last value: {value!r}")
+
+
+class Watch:
+    """Dialogs (alert/confirm/prompt) and uncaught JavaScript errors seen by one page."""
+
+    def __init__(self, page):
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        page.on("dialog", self._on_dialog)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def _on_dialog(self, dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def assert_quiet(self) -> None:
+        assert self.dialogs == [], f"a dialog opened: {self.dialogs}"
+        assert self.errors == [], f"uncaught JavaScript errors: {self.errors}"
+
+
+def assert_no_script_ran(page) -> None:
+    """The payloads used by these tests set window.__xss or add an <img src=x>; neither may happen."""
+    page.wait_for_timeout(1000)  # give an injected handler (onerror of a broken image) the chance to fire
+    assert page.evaluate("() => typeof window.__xss") == "undefined"
+    assert page.locator("img[src='x']").count() == 0
+    assert page.locator("[onerror]").count() == 0
+    assert page.locator("script:not([src])", has_text="__xss").count() == 0
+
+
+def chip_kinds(page) -> list[tuple[str, str]]:
+    """(text, kind) of every chip of the page's first token strip; kind is '' for unmasked tokens."""
+    chips = page.locator(TOKEN_STRIP).first.locator("span[title]")
+    pairs = chips.evaluate_all("els => els.map(e => [e.textContent, e.title])")
+    return [(text, title.split(": ", 1)[1] if ": " in title else "") for text, title in pairs]
+
+
+def expected_exploration(loaded, text: str, name: str | None, seed: int = 0, **params):
+    """What the Explore page computes for ``text`` with strategy ``name``: its defaults updated by ``params``."""
+    from mlm_core.explore import build_strategy, explore
+    from mlm_core.masking import STRATEGIES
+
+    values = {spec.name: spec.default for spec in STRATEGIES[name].params} | params if name else None
+    return explore(loaded, text, build_strategy(name, values), seed)
+
+
+def expected_chips(loaded, exploration) -> list[tuple[str, str]]:
+    """What ``chip_kinds`` should read for an ``mlm_core.explore.explore`` result."""
+    shown = loaded.tokenizer.convert_ids_to_tokens(list(exploration.input_ids))
+    labels = {"masked": "masked", "random": "random token", "kept": "kept", "excluded": "excluded"}
+    return [(token, labels.get(kind, "")) for token, kind in zip(shown, exploration.kinds)]
+
+
+def select_option(page, label: str, option: str) -> None:
+    """Open the selectbox whose label is ``label`` and click ``option``; wait for the rerun."""
+    page.locator("[data-testid='stSelectbox']").filter(has_text=label).first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    settle(page)
+
+
+def texts(locator) -> list[str]:
+    """textContent of every match (SVG text, as in Plotly's axes, has no innerText)."""
+    return locator.evaluate_all("els => els.map(e => e.textContent)")
