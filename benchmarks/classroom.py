@@ -84,7 +84,11 @@ def probe() -> dict:
         answer["live_models"] = 0
     torch = sys.modules.get("torch")
     if torch is not None:
-        answer["torch_threads"] = torch.get_num_threads()
+        # torch's thread count belongs to each OS thread (OpenMP): app.py sets it in every script run's
+        # thread, so ask the app's rule rather than this probe thread's own setting.
+        from mlm_core.models import use_app_threads
+
+        answer["torch_threads"] = use_app_threads()
         answer["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         answer["torch"] = torch.__version__
     try:
