@@ -150,33 +150,46 @@ def attention_grid(
     title: str = "",
     subplot_titles: Sequence[str] | None = None,
 ) -> go.Figure:
-    """Small multiples: one T×T map per head of one layer, (H, T, T), on one colour scale."""
-    from plotly.subplots import make_subplots
+    """Small multiples: one T×T map per head of one layer, (H, T, T), on one colour scale.
 
+    The axes, titles and outlines are laid out here as plain dicts and the figure is built once:
+    ``make_subplots`` plus per-cell ``update_*axes``/``add_shape`` validated every call and took
+    about half a second for 12 heads, on every rerun of the page.
+    """
     n_heads, n = len(layer_att), len(labels)
     columns = max(1, min(columns, n_heads))
     rows = -(-n_heads // columns)
-    titles = list(subplot_titles or [f"head {h}" for h in range(n_heads)])
+    titles = safe_labels(list(subplot_titles or [f"head {h}" for h in range(n_heads)]))
     show_ticks = n <= 24  # beyond that the labels overlap; hover still names both tokens
-    figure = make_subplots(rows=rows, cols=columns, subplot_titles=safe_labels(titles), horizontal_spacing=0.02,
-                           vertical_spacing=min(0.12, 0.18 / rows))
+    gap_x, gap_y = 0.02, min(0.12, 0.18 / rows)
+    width, height_share = (1 - gap_x * (columns - 1)) / columns, (1 - gap_y * (rows - 1)) / rows
     shown = safe_labels(labels)
     pairs = [[[r, c] for c in shown] for r in shown]
+    axis = dict(token_axis(labels), tickfont=dict(size=8))
+    traces, layout, shapes, annotations = [], {}, [], []
+    line = dict(color=HIGHLIGHT_COLOUR, width=1)
     for h in range(n_heads):
-        row, col = h // columns + 1, h % columns + 1
-        figure.add_trace(
-            go.Heatmap(z=layer_att[h], colorscale=ATTENTION_SCALE, zmin=0, zmax=1, showscale=h == 0,
-                       customdata=pairs,
-                       hovertemplate=f"head {h}: " + "from %{customdata[0]} to %{customdata[1]}: %{z:.3f}<extra></extra>"),
-            row=row, col=col,
-        )
-        _outline(figure, highlight, n, width=1, row=row, col=col)
-        axis = dict(token_axis(labels), tickfont=dict(size=8))
-        figure.update_xaxes(axis, row=row, col=col, tickangle=-90, showticklabels=show_ticks and row == rows)
-        figure.update_yaxes(axis, row=row, col=col, autorange="reversed", showticklabels=show_ticks and col == 1)
+        row, col = h // columns, h % columns
+        suffix = "" if h == 0 else str(h + 1)
+        x0 = col * (width + gap_x)
+        y1 = 1 - row * (height_share + gap_y)
+        layout[f"xaxis{suffix}"] = dict(axis, domain=[x0, x0 + width], anchor=f"y{suffix}", tickangle=-90,
+                                        showticklabels=show_ticks and row == rows - 1)
+        layout[f"yaxis{suffix}"] = dict(axis, domain=[y1 - height_share, y1], anchor=f"x{suffix}",
+                                        autorange="reversed", showticklabels=show_ticks and col == 0)
+        traces.append(go.Heatmap(
+            z=layer_att[h], colorscale=ATTENTION_SCALE, zmin=0, zmax=1, showscale=h == 0, customdata=pairs,
+            xaxis=f"x{suffix}", yaxis=f"y{suffix}",
+            hovertemplate=f"head {h}: " + "from %{customdata[0]} to %{customdata[1]}: %{z:.3f}<extra></extra>"))
+        annotations.append(dict(text=titles[h], x=x0 + width / 2, y=y1, xref="paper", yref="paper",
+                                xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=13)))
+        for p in highlight:  # the masked positions' row (from) and column (to), outlined in red
+            cell = dict(type="rect", xref=f"x{suffix}", yref=f"y{suffix}", line=line)
+            shapes.append(dict(cell, x0=p - 0.5, x1=p + 0.5, y0=-0.5, y1=n - 0.5))
+            shapes.append(dict(cell, x0=-0.5, x1=n - 0.5, y0=p - 0.5, y1=p + 0.5))
     height = min(1600, 80 + rows * (140 + 8 * n) + (60 if show_ticks else 0))
-    figure.update_layout(title=literal(title), height=height, margin=dict(l=10, r=10, t=70, b=10))
-    return figure
+    return go.Figure(data=traces, layout=dict(layout, title=literal(title), height=height, shapes=shapes,
+                                              annotations=annotations, margin=dict(l=10, r=10, t=70, b=10)))
 
 
 def layer_head_heatmap(
