@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from mlm_core import render
+from mlm_core import charts, render
 from mlm_core.errors import InputError
+from mlm_core.evaluate import CI_NOTE, POS_NOTE, EvalReport
 from mlm_core.explore import Exploration
 from mlm_core.masking import Compose, params_of
 
@@ -123,3 +124,24 @@ def exploration_report(
         notes=exploration.notices,
         strips=[("What the model read", strip + legend)],
     )
+
+
+def batch_report(report: EvalReport, metric: str = "top1", hardest_rows: int = 15) -> str:
+    """The Batch analysis page as a handout: settings, summary table, charts, hardest sentences and tokens.
+
+    ``metric`` is the one the page's charts show (a key of ``charts.METRIC_LABELS``).
+    """
+    summary = report.summary()
+    settings = {"model": report.model, "sentences": f"{report.sentences_read:,}",
+                "configurations": ", ".join(summary["config"].drop_duplicates()),
+                "seeds": ", ".join(map(str, report.seeds)), "time": f"{report.seconds:.1f} s on {report.device}"}
+    figures = [(charts.METRIC_LABELS[metric], charts.category_bars(summary, metric))]
+    if summary.groupby("series")["rate"].nunique().max() > 1:
+        category = summary["category"].iloc[0]
+        figures.append((f"{charts.METRIC_LABELS[metric]} by masking rate ({category})",
+                        charts.rate_curves(summary, metric, category)))
+    tables = [("Summary", summary.drop(columns=["series", "strategy"])),
+              ("Hardest sentences", report.hardest_sentences(hardest_rows)),
+              ("Hardest tokens", report.hardest_tokens(hardest_rows))]
+    return html_report("MaskLab batch analysis", settings, tables=tables, figures=figures,
+                       notes=[*report.notices, f"{CI_NOTE} {POS_NOTE}"])

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 import ui.batch
 from mlm_core.evaluate import sentence_seed
+from mlm_core.report import batch_report
 from ui.corpus import UPLOAD
 from ui.strategy import NONE
 
@@ -95,7 +96,7 @@ def test_a_rate_sweep_runs_and_shows_tables_charts_and_exports(tiny_model_dir):
     assert len(report.summary()) == 10 and report.seeds == (0, 1)
     keys = {button.key for button in app.get("download_button")}
     assert keys == {"batch-download-sentences-csv", "batch-download-sentences-json", "batch-download-tokens-csv",
-                    "batch-download-tokens-json", "batch-download-summary"}
+                    "batch-download-tokens-json", "batch-download-summary", "batch-download-report"}
     app.radio(key="batch-metric").set_value("mean_log_prob").run()  # results survive reruns
     assert not app.exception and "log-probability" in charts(app)["batch-categories"]["layout"]["title"]["text"]
 
@@ -107,6 +108,21 @@ def test_html_in_sentences_stays_text(tiny_model_dir):
         assert "<img" not in element.value
     texts = app.session_state[ui.batch.REPORT_KEY].rows("sentences")["text"].tolist()
     assert texts[0] == f"{PAYLOAD} the cat sat."
+
+
+def test_the_whole_view_report_holds_the_tables_and_charts_with_text_escaped(tiny_model_dir):
+    app = upload(open_page(tiny_model_dir), "s.txt", f"{PAYLOAD} the cat sat.\nthe dog ran.\n".encode())
+    app.checkbox(key="batch-sweep").check().run()
+    app.text_input(key="batch-rates").set_value("0.2,0.5").run()
+    run_analysis(app)
+    report = app.session_state[ui.batch.REPORT_KEY]
+    page = batch_report(report, "top1")
+    assert page.startswith("<!DOCTYPE html>") and "MaskLab batch analysis" in page
+    for caption in ("Summary", "Hardest sentences", "Hardest tokens", "by masking rate"):
+        assert caption in page
+    assert "random p=0.2" in page and "random p=0.5" in page
+    assert "<img src=x" not in page and "&lt;img src=x" in page  # the sentence is text in the tables
+    assert page.count("Plotly.newPlot") == 2  # two charts, the library embedded once for offline use
 
 
 @pytest.mark.parametrize(("name", "data", "expected"), [

@@ -33,6 +33,7 @@ from mlm_core.interference import parse_heads
 from mlm_core.masking import ParamSpec
 from mlm_core.models import LoadedModel
 from mlm_core.render import escape_markdown
+from mlm_core.report import batch_report
 from ui.common import UrlField, checked_by, corpus_url_fields, show_error
 from ui.corpus import CorpusChoice
 from ui.strategy import masking_controls
@@ -187,7 +188,7 @@ def _open_on_click(report: EvalReport, frame, key: str, columns: list[str]) -> N
 
 def _downloads(report: EvalReport) -> None:
     st.subheader("Export")
-    columns = st.columns(5)
+    columns = st.columns(6)
     files = [("Per-sentence CSV", "sentences", "csv"), ("Per-sentence JSON", "sentences", "json"),
              ("Per-token CSV", "tokens", "csv"), ("Per-token JSON", "tokens", "json")]
     for column, (label, kind, fmt) in zip(columns, files):
@@ -197,3 +198,8 @@ def _downloads(report: EvalReport) -> None:
     columns[4].download_button("Summary JSON", lambda: json.dumps(report.to_dict(), indent=1, ensure_ascii=False),
                                file_name="masklab-summary.json", mime="application/json", on_click="ignore",
                                key="batch-download-summary")
+    metric = st.session_state.get("batch-metric", "top1")
+    columns[5].download_button("Whole view (HTML)", lambda: batch_report(report, metric, HARDEST_ROWS).encode("utf-8"),
+                               file_name="masklab-batch.html", mime="text/html", on_click="ignore",
+                               key="batch-download-report", help="Settings, tables and charts in one file "
+                               "that opens offline: a handout.")
