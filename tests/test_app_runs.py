@@ -127,6 +127,8 @@ def test_compare_two_runs_overlays_curves_and_highlights_differences(store):
     assert {"masking", "strategy", "lr"} <= set(differing)  # differences first (and highlighted)
     app.toggle(key="compare-only").set_value(True).run()
     assert set(app.dataframe[1].value.index) == {"masking", "strategy", "lr"}
+    (report,) = [b for b in app.get("download_button") if b.key == "compare-report"]
+    assert report.proto.label == "Download this comparison as a standalone HTML report"
 
 
 def test_before_after_probes_on_typed_sentences(store, tiny_model_dir):

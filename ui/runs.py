@@ -37,6 +37,7 @@ from mlm_core.finetune import (
 from mlm_core.models import load_model
 from mlm_core.probes import base_model_for, parse_sentences, preset_sentences, probe, probe_table
 from mlm_core.render import escape_markdown, token_chips
+from mlm_core.report import html_report
 from mlm_core.runs import INTERRUPTED, RUNNING, RunError, RunRecord, RunStore
 from ui.common import show_error
 
@@ -251,6 +252,7 @@ def compare(store: RunStore, records: list[RunRecord]) -> None:
     """Curves of several runs overlaid (one chart per metric) and their configs side by side."""
     labels = {r.id: run_label(r) for r in records}
     frame = compare_metrics({labels[r.id]: store.metrics(r.id) for r in records})
+    figures: list[tuple[str, object]] = []
     if frame.empty:
         st.info("None of these runs has been evaluated yet.")
     else:
@@ -260,9 +262,10 @@ def compare(store: RunStore, records: list[RunRecord]) -> None:
         titles = [METRICS[m] for m in shown] + ([category] if category != "—" else [])
         columns = st.columns(2)
         for n, title in enumerate(titles):
+            figure = charts.metric_curves(frame[frame.metric == title], title, series="run")
+            figures.append((title, figure))
             with columns[n % 2]:
-                st.plotly_chart(charts.metric_curves(frame[frame.metric == title], title, series="run"),
-                                key=f"compare-{n}")
+                st.plotly_chart(figure, key=f"compare-{n}")
     table = config_table({labels[r.id]: r.config for r in records})
     only = st.toggle("Only the settings that differ", value=False, key="compare-only")
     rows = table[table["differs"]] if only else table
@@ -270,6 +273,12 @@ def compare(store: RunStore, records: list[RunRecord]) -> None:
         lambda row: ["background-color: #fff3b0" if table.loc[row.name, "differs"] else ""] * len(row), axis=1),
         width="stretch")
     st.caption("Highlighted: settings that differ between the runs.")
+    st.download_button(
+        "Download this comparison as a standalone HTML report",
+        lambda: html_report("MaskLab run comparison", {"runs": ", ".join(labels.values())},
+                            tables=[("Settings (differs: True where the runs disagree)", table)],
+                            figures=figures).encode("utf-8"),
+        file_name="masklab-runs.html", mime="text/html", on_click="ignore", key="compare-report")
 
 
 def run_actions(store: RunStore, record: RunRecord) -> None:
