@@ -154,12 +154,18 @@ def segments() -> Iterator[tuple[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--sources", help="comma-separated sources to keep (default: all), e.g. "
+                        "wordnet,fortunes,austen for a phase on everyday text only (the hash split is unchanged; "
+                        "evaluate on a folder built with every source, so the held-out set stays comparable)")
     args = parser.parse_args()
+    keep = set(args.sources.split(",")) if args.sources else None
     args.out.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     counts: dict[str, list[int]] = {}
     with open(args.out / "train.txt", "w") as train, open(args.out / "heldout.txt", "w") as heldout:
         for source, raw in segments():
+            if keep is not None and source not in keep:
+                continue
             segment = clean(raw)
             if len(segment) < 12 or segment in seen:
                 continue

@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--corpus-stats", type=Path, help="build_corpus.py output (segments and words per source)")
     parser.add_argument("--corpus", type=Path, required=True, help="the build_corpus.py folder of the last phase")
     parser.add_argument("--keep-logged-phases", action="store_true")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line on how a phase differed (its corpus, say); shown under Training")
     args = parser.parse_args()
 
     def read_rows(path: Path) -> list[dict]:
@@ -78,6 +80,7 @@ def main() -> None:
     seen_text = (f"finds {len(seen)} of them ({'; '.join(f'“{s}”' for s in seen)})" if seen else "finds none of them")
     goal_text = ("this adapter reaches it" if cloze["top5"] >= GOAL_TOP5
                  else "this adapter does not reach it yet (see Limits)")
+    notes = "".join(f"  * {note}\n" for note in args.note)
     phase_rows = "\n".join(
         f"| {number} | {rows[-1]['step']:,} | {rows[-1]['tokens']:,} | {rows[-1]['minutes']:.0f} | "
         f"{max(r['lr'] for r in rows):.0e} | {rows[-1]['heldout_accuracy']:.3f} | {rows[-1]['cloze_top5']:.2f} |"
@@ -108,7 +111,7 @@ every linear layer of the encoder (float16). Word and position embeddings stay f
 ## How it was made (`recipes/default_model/`)
 * Corpus (`build_corpus.py`): Debian packages that install offline: WordNet 3.0 glosses and usage
   examples, the fortune-cookie collections, GCIDE (Webster 1913), the Devil's Dictionary, the
-  Jargon File and (from the last phase on) Jane Austen's six novels (`r-cran-janeaustenr`).
+  Jargon File and (from phase 3 on) Jane Austen's six novels (`r-cran-janeaustenr`).
   WordNet, fortunes and Austen are written twice into the training split (everyday sentences
   and narrative); 2% of the segments (by hash) are held out, and the held-out set used below is
   the same in every phase. Segments and words per source:
@@ -120,6 +123,7 @@ every linear layer of the encoder (float16). Word and position embeddings stay f
 * Training: {len(phases)} phase(s), {steps:,} steps, {tokens:,} tokens, {minutes:.0f} minutes on {args.hardware}.
   Each phase after the first continues from the previous one's best adapter (`--init-adapter`)
   with a fresh optimizer; the figures are at each phase's last evaluation.
+{notes}
 
 | phase | steps | tokens | minutes | peak lr | held-out top-1 | cloze top-5 |
 |---|---|---|---|---|---|---|
