@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 CLOZE = Path(__file__).resolve().parent.parent / "assets" / "cloze_en.jsonl"
 CLOZE_TOP5_GOAL = 0.70  # the product's goal for the default model; not reached yet (see MODEL_CARD.md)
-CLOZE_TOP5_SHIPPED = 0.60  # what the shipped adapter measures (36 of 60): falling below it is a regression
+CLOZE_TOP5_SHIPPED = 0.63  # what the shipped adapter measures (38 of 60): falling below it is a regression
 
 
 def cloze_items() -> list[dict]:
