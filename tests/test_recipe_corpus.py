@@ -1,0 +1,37 @@
+"""The default-model recipe cuts its sources into training segments: nothing may be lost,
+reordered or made longer than the training length allows."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from recipes.default_model.build_corpus import SEGMENT_WORDS, packed, pieces
+
+words = st.text(alphabet="abcdefghij", min_size=1, max_size=8)
+sentences = st.builds(
+    lambda head, rest, end: " ".join([head.capitalize(), *rest]) + end,
+    words, st.lists(words, max_size=30), st.sampled_from([".", "!", "?"]),
+)
+
+
+@given(st.lists(sentences, min_size=1, max_size=40))
+def test_pieces_keep_every_word_in_order_within_the_limit(text_sentences):
+    text = " ".join(text_sentences)
+    cut = list(pieces(text))
+    assert " ".join(cut).split() == text.split()
+    # A piece is over the limit only when it is one sentence that is over it on its own.
+    assert all(len(piece.split()) <= SEGMENT_WORDS or piece in text_sentences for piece in cut)
+
+
+@given(st.lists(st.lists(words, min_size=1, max_size=25).map(" ".join), max_size=60))
+def test_packed_joins_neighbours_without_losing_or_splitting_any(utterances):
+    groups = list(packed(iter(utterances)))
+    assert " ".join(groups).split() == " ".join(utterances).split()
+    assert all(len(group.split()) <= max(SEGMENT_WORDS, 25) for group in groups)
+    assert len(groups) <= len(utterances)
+
+
+def test_pieces_cut_at_sentence_ends():
+    sentence = "The dog barked at the mailman all morning long and would not stop."  # 13 words
+    text = " ".join([sentence] * 10)
+    four, two = " ".join([sentence] * 4), " ".join([sentence] * 2)
+    assert list(pieces(text)) == [four, four, two]
