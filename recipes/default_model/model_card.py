@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "assets" / "default_model"
 CLOZE = ROOT / "assets" / "cloze_en.jsonl"
+CONFIRM = ROOT / "assets" / "cloze_en_confirm.jsonl"
 GOAL_TOP5 = 0.70
 
 
@@ -28,11 +29,11 @@ def normalise(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
 
 
-def cloze_phrases_in_corpus(corpus_train: Path) -> list[str]:
+def cloze_phrases_in_corpus(corpus_train: Path, cloze: Path) -> list[str]:
     """Every cloze sentence filled with every acceptable answer, that occurs in the training text."""
     text = " " + normalise(corpus_train.read_text(errors="replace")) + " "
     found = []
-    for line in CLOZE.read_text().splitlines():
+    for line in cloze.read_text().splitlines():
         if not line.strip():
             continue
         item = json.loads(line)
@@ -73,13 +74,17 @@ def main() -> None:
     tokens = sum(rows[-1]["tokens"] for rows in phases)
     minutes = sum(rows[-1]["minutes"] for rows in phases)
     report = json.loads(args.eval.read_text())
-    held, cloze = report["heldout"], report["cloze"]
+    held, cloze, confirm = report["heldout"], report["cloze"], report["cloze_confirm"]
     size_mb = (OUT / "adapter.safetensors").stat().st_size / 1e6
     corpus = args.corpus_stats.read_text().rstrip() if args.corpus_stats else ""
-    seen = cloze_phrases_in_corpus(args.corpus / "train.txt")
-    seen_text = (f"finds {len(seen)} of them ({'; '.join(f'“{s}”' for s in seen)})" if seen else "finds none of them")
-    goal_text = ("this adapter reaches it" if cloze["top5"] >= GOAL_TOP5
-                 else "this adapter does not reach it yet (see Limits)")
+
+    def seen_text(cloze_file: Path) -> str:
+        seen = cloze_phrases_in_corpus(args.corpus / "train.txt", cloze_file)
+        return f"{len(seen)} ({'; '.join(f'“{s}”' for s in seen)})" if seen else "none"
+
+    def goal_text(result: dict) -> str:
+        return "reaches it" if result["top5"] >= GOAL_TOP5 else "does not reach it yet (see Limits)"
+
     notes = "".join(f"  * {note}\n" for note in args.note)
     phase_rows = "\n".join(
         f"| {number} | {rows[-1]['step']:,} | {rows[-1]['tokens']:,} | {rows[-1]['minutes']:.0f} | "
@@ -87,9 +92,12 @@ def main() -> None:
         for number, rows in enumerate(phases, start=1)
     )
 
-    rows = "\n".join(
-        f"| {r['text']} | {', '.join(r['top5'])} | {'yes' if r['hit_top5'] else 'no'} |" for r in cloze["rows"]
-    )
+
+    def sentence_rows(result: dict) -> str:
+        return "\n".join(
+            f"| {r['text']} | {', '.join(r['top5'])} | {'yes' if r['hit_top5'] else 'no'} |" for r in result["rows"]
+        )
+
     curve = "\n".join(
         f"| {row['phase']} | {row['step']} | {row['tokens']:,} | {row['heldout_accuracy']:.3f} | "
         f"{row['heldout_perplexity']:.1f} | {row['cloze_top5']:.2f} |"
@@ -141,14 +149,23 @@ every linear layer of the encoder (float16). Word and position embeddings stay f
 | masked-token accuracy, top-1 | {held['top1']:.1%} |
 | masked-token accuracy, top-5 | {held['top5']:.1%} |
 | perplexity of masked tokens | {held['perplexity']:.1f} |
-| everyday cloze sentences (`assets/cloze_en.jsonl`) | {cloze['sentences']} |
-| cloze: an acceptable answer first | {cloze['top1']:.1%} |
-| cloze: an acceptable answer in the top 5 | {cloze['top5']:.1%} |
 
-The cloze set was written for this card: simple everyday sentences with one blank, each with
-the answers a person would accept. Searching the training text for every sentence filled with
-every acceptable answer (words only, case folded) {seen_text}. The goal set for the default model
-is {GOAL_TOP5:.0%} in the top 5; {goal_text}.
+| everyday cloze sentences | `cloze_en.jsonl` | `cloze_en_confirm.jsonl` |
+|---|---|---|
+| sentences | {cloze['sentences']} | {confirm['sentences']} |
+| an acceptable answer first | {cloze['top1']:.1%} | {confirm['top1']:.1%} |
+| an acceptable answer in the top 5 | {cloze['top5']:.1%} | {confirm['top5']:.1%} |
+| training text holding a sentence filled with an answer | {seen_text(CLOZE)} | {seen_text(CONFIRM)} |
+
+Both cloze sets were written for this card: simple everyday sentences with one blank, each with
+the answers a person would accept (only an answer that is one word piece can count: the model
+fills a blank with one piece).
+`cloze_en.jsonl` is reported by every training evaluation, and phases were judged by it, so its
+figure is biased upward. `cloze_en_confirm.jsonl` was written before phase 5 was evaluated and
+was used for no decision, so it is the fairer figure. The search of the training text (words
+only, case folded) is for verbatim leaks. The goal set for the default model is
+{GOAL_TOP5:.0%} in the top 5: on the first set this adapter {goal_text(cloze)}; on the
+confirmation set it {goal_text(confirm)}.
 
 ### Learning curve (held-out, at every evaluation)
 Steps restart at 0 in each phase. Phase 1 was stopped after step 1,500, before its learning-rate decay.
@@ -156,10 +173,15 @@ Steps restart at 0 in each phase. Phase 1 was stopped after step 1,500, before i
 |---|---|---|---|---|---|
 {curve}
 
-### Every cloze sentence
+### Every cloze sentence (`cloze_en.jsonl`)
 | sentence | model's top 5 | acceptable answer in top 5 |
 |---|---|---|
-{rows}
+{sentence_rows(cloze)}
+
+### Every confirmation sentence (`cloze_en_confirm.jsonl`)
+| sentence | model's top 5 | acceptable answer in top 5 |
+|---|---|---|
+{sentence_rows(confirm)}
 
 ## Limits
 Small (22.7 M parameters) and trained briefly, on two shared CPU cores, on text that is
