@@ -7,7 +7,7 @@ Router only: the pages live in pages/, everything that is not UI in mlm_core/.
 
 import streamlit as st
 
-from mlm_core.models import use_app_threads
+from mlm_core.model.loading import use_app_threads
 
 use_app_threads()
 st.set_page_config(page_title="MaskLab", page_icon="🎭", layout="wide")

@@ -71,7 +71,7 @@ def probe() -> dict:
     """What the server holds: model copies, sessions, threads (runs in the server process)."""
     import gc
 
-    from mlm_core.models import loaded_model_count
+    from mlm_core.model.loading import loaded_model_count
 
     answer: dict = {"cache_models": loaded_model_count(), "live_models": None, "sessions": None}
     transformers = sys.modules.get("transformers")
@@ -86,7 +86,7 @@ def probe() -> dict:
     if torch is not None:
         # torch's thread count belongs to each OS thread (OpenMP): app.py sets it in every script run's
         # thread, so ask the app's rule rather than this probe thread's own setting.
-        from mlm_core.models import use_app_threads
+        from mlm_core.model.loading import use_app_threads
 
         answer["torch_threads"] = use_app_threads()
         answer["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -122,7 +122,7 @@ def serve(port: int, torch_threads: int | None) -> None:
     """Run app.py as ``streamlit run app.py --server.port PORT --server.headless true`` does."""
     from streamlit.web import bootstrap
 
-    if torch_threads:  # a what-if for the server's configuration (mlm_core.models.use_app_threads)
+    if torch_threads:  # a what-if for the server's configuration (mlm_core.model.loading.use_app_threads)
         os.environ["MASKLAB_TORCH_THREADS"] = str(torch_threads)
     os.chdir(ROOT)  # .streamlit/config.toml is read from the working directory
     threading.Thread(target=answer_probes, daemon=True, name="classroom-probe").start()

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks._results import Printer, write_result  # noqa: E402
-from mlm_core.attention import attention_maps, rollout  # noqa: E402
-from mlm_core.attribution import attribute  # noqa: E402
-from mlm_core.models import load_model  # noqa: E402
-from mlm_core.predict import forward  # noqa: E402
-from mlm_core.tokens import tokenize  # noqa: E402
+from mlm_core.explain.attention import attention_maps, rollout  # noqa: E402
+from mlm_core.explain.attribution import attribute  # noqa: E402
+from mlm_core.model.loading import load_model  # noqa: E402
+from mlm_core.explain.predict import forward  # noqa: E402
+from mlm_core.text.tokens import tokenize  # noqa: E402
 
 SENTENCES = [
     "Every morning the old fisherman walked down to the harbour , checked the sky and the wind , and then "

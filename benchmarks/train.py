@@ -1,6 +1,6 @@
 """Training throughput: mlm_core's Trainer against the standard transformers MLM recipe.
 
-Ours: ``mlm_core.training.Trainer`` (random 15% masking, dynamic: a fresh mask per block and
+Ours: ``mlm_core.training.trainer.Trainer`` (random 15% masking, dynamic: a fresh mask per block and
 epoch), which computes the vocabulary projection only at the masked positions.
 Standard: transformers ``Trainer`` + ``DataCollatorForLanguageModeling`` + ``BertForMaskedLM`` on
 blocks packed like the library's ``run_mlm.py`` example (``group_texts``).
@@ -44,9 +44,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks._results import Printer, write_result  # noqa: E402
-from mlm_core.corpus import read_corpus  # noqa: E402
-from mlm_core.models import load_fresh  # noqa: E402
-from mlm_core.training import TrainConfig, Trainer, split_texts  # noqa: E402
+from mlm_core.text.corpus import read_corpus  # noqa: E402
+from mlm_core.model.loading import load_fresh  # noqa: E402
+from mlm_core.training.trainer import TrainConfig, Trainer, split_texts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FORTUNES = Path("/usr/share/games/fortunes")

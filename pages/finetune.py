@@ -1,17 +1,19 @@
 """Fine-tune: a corpus, a model and a masking scheme → a training run, followed live.
 
-The run is its own process (``mlm_core.jobs``): leaving the page or closing the browser does
+The run is its own process (``mlm_core.training.jobs``): leaving the page or closing the browser does
 not stop it, and ``?run=ID`` in the URL re-attaches to it. Every setting but the uploaded file is in
 the URL too (ui/finetune.py).
 """
 
 import streamlit as st
 
-from mlm_core import finetune, jobs
-from mlm_core.compare_runs import format_duration
+from mlm_core.training import planning as finetune
+
+from mlm_core.training import jobs
+from mlm_core.training.run_table import format_duration
 from mlm_core.errors import MaskLabError
-from mlm_core.render import escape_markdown
-from mlm_core.training import TrainConfig
+from mlm_core.views.html import escape_markdown
+from mlm_core.training.trainer import TrainConfig
 from ui import runs as run_ui
 from ui.common import (
     UPLOAD_NOTE,

@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from mlm_core.runs import RUNNING
+from mlm_core.training.store import RUNNING
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 

@@ -58,7 +58,7 @@ def tiny_tokenizer(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir):
-    from mlm_core.models import load_model
+    from mlm_core.model.loading import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
 
@@ -67,13 +67,13 @@ def tiny_loaded(tiny_model_dir):
 def default_tokenizer():
     from transformers import AutoTokenizer
 
-    from mlm_core.default_model import base_encoder_dir
+    from mlm_core.model.default_model import base_encoder_dir
 
     return AutoTokenizer.from_pretrained(base_encoder_dir())
 
 
 @pytest.fixture(scope="session")
 def default_loaded():
-    from mlm_core.models import load_model
+    from mlm_core.model.loading import load_model
 
     return load_model(None, device="cpu")

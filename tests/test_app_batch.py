@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 import ui.batch
 from mlm_core.evaluate import sentence_seed
-from mlm_core.report import batch_report
+from mlm_core.views.reports import batch_report
 from ui.corpus import UPLOAD
 from ui.strategy import NONE
 

@@ -7,8 +7,8 @@ from apptest_support import clear_streamlit_caches, open_app_page
 from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
 
-from mlm_core.compare import Side, compare
-from mlm_core.explore import build_strategy
+from mlm_core.explain.compare import Side, compare
+from mlm_core.explain.exploration import build_strategy
 
 PAGE = "pages/compare.py"
 TEXT = "the cat [MASK] on the mat"

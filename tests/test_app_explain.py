@@ -18,9 +18,9 @@ CLICKED = [2]  # "cat": a mask with a known original, beside the typed one
 def panels(model_dir, text, clicked, exclude_rule=None):
     import streamlit as st
 
-    from mlm_core.explore import explore
+    from mlm_core.explain.exploration import explore
     from mlm_core.masking import strategy_from_params
-    from mlm_core.models import load_model
+    from mlm_core.model.loading import load_model
     from ui.explain import attention_panel, attribution_panel, interference_panel
 
     loaded = load_model(model_dir, device="cpu")

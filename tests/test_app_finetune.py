@@ -15,9 +15,9 @@ from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
 from test_training import corpus_bytes
 
-from mlm_core import jobs
-from mlm_core.runs import CANCELLED, FINAL_STATES, FINISHED, RUNNING
-from mlm_core.training import TrainConfig
+from mlm_core.training import jobs
+from mlm_core.training.store import CANCELLED, FINAL_STATES, FINISHED, RUNNING
+from mlm_core.training.trainer import TrainConfig
 from ui.corpus import UPLOAD
 
 PAGE = "pages/finetune.py"

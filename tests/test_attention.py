@@ -1,4 +1,4 @@
-"""mlm_core.attention: invariants (rows sum to 1), references, word merges, charts, CLI ``attend``."""
+"""mlm_core.explain.attention: invariants (rows sum to 1), references, word merges, charts, CLI ``attend``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_core import attention, charts
-from mlm_core.cli_explain import format_attend, run_attend
+from mlm_core.explain import attention
+
+from mlm_core.views import charts
+from mlm_core.cli.explain import format_attend, run_attend
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.tokens import tokenize
+from mlm_core.text.tokens import tokenize
 
 TEXT = "the cat sat on the [MASK] ."
 
@@ -45,7 +47,7 @@ def test_attention_matches_the_model_itself(tiny_loaded, tokens, att):
 
 
 def test_no_hooks_added_after_transformers_own_recorders(tiny_loaded, tokens, att):
-    from mlm_core.interference import count_hooks
+    from mlm_core.explain.whatif import count_hooks
 
     before = count_hooks(tiny_loaded.model)  # the att fixture already made the first attention call
     attention.attention_maps(tiny_loaded, tokens.ids)
@@ -216,7 +218,7 @@ def test_cli_attend_bad_input(tiny_model_dir):
 @pytest.mark.parametrize("fill", ["independent", "joint"])
 def test_the_predictions_attentions_are_the_attention_views(tiny_loaded, strategy, params, fill):
     """The Explore page shows the prediction's own attentions instead of a second forward pass."""
-    from mlm_core.explore import explore
+    from mlm_core.explain.exploration import explore
     from mlm_core.masking import strategy_from_params
 
     chosen = None if strategy is None else strategy_from_params(strategy, params)

@@ -1,4 +1,4 @@
-"""mlm_core.attribution: completeness, references computed with plain autograd, hook hygiene,
+"""mlm_core.explain.attribution: completeness, references computed with plain autograd, hook hygiene,
 bounded cost, bad input and the CLI ``attribute`` command."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_core import attribution as xt
-from mlm_core.cli_explain import format_attribute, run_attribute
+from mlm_core.explain import attribution as xt
+from mlm_core.cli.explain import format_attribute, run_attribute
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.interference import count_hooks
-from mlm_core.predict import forward, predict
-from mlm_core.tokens import tokenize
+from mlm_core.explain.whatif import count_hooks
+from mlm_core.explain.predict import forward, predict
+from mlm_core.text.tokens import tokenize
 
 TEXT = "the cat sat on the [MASK] , the dog ran ."
 
@@ -259,7 +259,7 @@ def test_attribution_on_another_architecture(tiny_tokenizer, tokens, mask):
     """DistilBERT: another embedding layer and vocabulary projection; completeness still holds."""
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
-    from mlm_core.models import LoadedModel
+    from mlm_core.model.loading import LoadedModel
 
     torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=len(tiny_tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,

@@ -5,8 +5,8 @@ while a run goes on finds it running and follows it.
 Job processes. Importing torch and transformers costs seconds (tens of seconds on a busy 2-core
 machine), more than the tiny run itself, so most job processes are forked from a warm "fork server"
 (``SERVER`` below): it plays the app, calling the real ``jobs.resume`` / ``jobs.launch_pending``, with
-``subprocess.Popen`` replaced by a fork that runs ``jobs.main`` as ``python -m mlm_core.jobs`` would.
-The first start and the final resume go through the real ``python -m mlm_core.jobs`` command.
+``subprocess.Popen`` replaced by a fork that runs ``jobs.main`` as ``python -m mlm_core.training.jobs`` would.
+The first start and the final resume go through the real ``python -m mlm_core.training.jobs`` command.
 
 Kill moments (seeded): at a random step, at a random time during start-up, or held at a point of a
 save (model file written, optimizer file, state, manifest, after the rename, halfway through pruning
@@ -42,8 +42,10 @@ from apptest_support import clear_streamlit_caches, open_app_page
 from safetensors.torch import load_file
 from test_training import corpus_bytes
 
-from mlm_core import checkpoints, jobs
-from mlm_core.runs import (
+from mlm_core.training import checkpoints
+
+from mlm_core.training import jobs
+from mlm_core.training.store import (
     CANCELLED,
     FINAL_STATES,
     FINISHED,
@@ -53,7 +55,7 @@ from mlm_core.runs import (
     RunStore,
     process_alive,
 )
-from mlm_core.training import TrainConfig
+from mlm_core.training.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "chaos.json"
@@ -62,7 +64,7 @@ SEED = 9
 STEPS = 42
 CHECKPOINT_EVERY = 3
 WINDOW = 8  # a random-step kill lands at most this many steps past the resume point
-WAIT_S = 240.0  # a fresh `python -m mlm_core.jobs` imports torch: slow on a busy 2-core machine
+WAIT_S = 240.0  # a fresh `python -m mlm_core.training.jobs` imports torch: slow on a busy 2-core machine
 COMPARED = ("step", "train_loss", "heldout_loss", "perplexity", "masked_accuracy", "masked_top5", "masking_rate",
             "lr", "heldout_masked_tokens", "by_category")
 # Points of a save where a job can be held (and killed); the value says whether it needs a checkpoint save
@@ -90,8 +92,10 @@ import torch
 torch.set_num_threads(1)
 import accelerate, transformers  # noqa: F401  (what a job imports: paid once, here)
 from transformers import BertForMaskedLM, BertTokenizerFast  # noqa: F401
-from mlm_core import checkpoints, jobs, training
-from mlm_core.runs import RunStore
+from mlm_core.training import checkpoints
+from mlm_core.training import jobs
+from mlm_core.training import trainer as training
+from mlm_core.training.store import RunStore
 
 HOOK = {}
 
@@ -191,7 +195,7 @@ def install(hook):
 
 
 class ForkedJob:
-    """Stands in for Popen([python, -m, mlm_core.jobs, ROOT, RUN_ID], ...): the same job, forked warm."""
+    """Stands in for Popen([python, -m, mlm_core.training.jobs, ROOT, RUN_ID], ...): the same job, forked warm."""
 
     def __init__(self, args, stdout=None, stderr=None, stdin=None, start_new_session=False, cwd=None, **_):
         hook = dict(HOOK)
@@ -402,7 +406,7 @@ def max_difference(rows: list[dict], reference: list[dict]) -> float:
 
 def plan(rng: random.Random) -> list[str]:
     """What each of the 20 kills aims at: every save point and the other held points at least once,
-    the rest at random moments; the first kill hits the real `python -m mlm_core.jobs` at a random step."""
+    the rest at random moments; the first kill hits the real `python -m mlm_core.training.jobs` at a random step."""
     middle = [p for p, ahead in SAVE_POINTS.items() if ahead] + list(OTHER_POINTS)
     middle += [rng.choice(RANDOM_KINDS) for _ in range(KILLS - 3 - len(middle))]
     rng.shuffle(middle)
@@ -530,7 +534,7 @@ def test_twenty_sigkills_lose_no_run_and_resume_to_the_uninterrupted_result(stor
     chaos = Chaos(store, server, record.id, reference, rng)
     first = store.get(record.id)
     assert first.status == RUNNING and ours(first.pid, (str(store.root),))
-    assert b"mlm_core.jobs" in Path(f"/proc/{first.pid}/cmdline").read_bytes()
+    assert b"mlm_core.training.jobs" in Path(f"/proc/{first.pid}/cmdline").read_bytes()
     aims = plan(rng)
     for number, aim in enumerate(aims, 1):
         if SAVE_POINTS.get(aim) and chaos.saves_ahead() < (2 if aim == "pruning" else 1):
@@ -544,7 +548,7 @@ def test_twenty_sigkills_lose_no_run_and_resume_to_the_uninterrupted_result(stor
         chaos.after_kill(aim, pid, moment, reference_run.id)
 
     resumed = jobs.resume(store, record.id)  # the real launcher again, to the end
-    assert resumed.status == RUNNING and b"mlm_core.jobs" in Path(f"/proc/{resumed.pid}/cmdline").read_bytes()
+    assert resumed.status == RUNNING and b"mlm_core.training.jobs" in Path(f"/proc/{resumed.pid}/cmdline").read_bytes()
     done = wait_for(lambda: (r := store.get(record.id)).status in FINAL_STATES and r, WAIT_S, "the run to end")
     log = (chaos.folder / "log.txt").read_text()
     assert done.status == FINISHED and done.step == STEPS, log[-3000:]

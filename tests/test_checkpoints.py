@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from mlm_core import checkpoints
+from mlm_core.training import checkpoints
 
 
 def tensors(seed: int) -> tuple[dict, dict, dict]:

@@ -1,18 +1,18 @@
-"""mlm_core.compare and mlm_core.report on the tiny BERT: alignment, references, escaping, offline."""
+"""mlm_core.explain.compare and mlm_core.views.reports on the tiny BERT: alignment, references, escaping, offline."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mlm_core import charts
-from mlm_core.compare import Side, compare, swap_word, word_swap
+from mlm_core.views import charts
+from mlm_core.explain.compare import Side, compare, swap_word, word_swap
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.explore import build_strategy
-from mlm_core.interference import mask_heads
-from mlm_core.predict import predict
-from mlm_core.report import html_report
-from mlm_core.tokens import tokenize
+from mlm_core.explain.exploration import build_strategy
+from mlm_core.explain.whatif import mask_heads
+from mlm_core.explain.predict import predict
+from mlm_core.views.reports import html_report
+from mlm_core.text.tokens import tokenize
 
 TEXT = "the cat [MASK] on the mat"
 PAYLOAD = "<img src=x onerror=alert(1)>"

@@ -26,10 +26,10 @@ from mlm_core import evaluate as ev
 from mlm_core.cli import main
 from mlm_core.errors import InputError
 from mlm_core.evaluate import EvalConfig, EvaluationCancelled, evaluate, sentence_seed, sweep
-from mlm_core.explore import build_strategy, explore
-from mlm_core.interference import count_hooks
-from mlm_core.predict import pseudo_log_likelihood
-from mlm_core.tokens import tokenize
+from mlm_core.explain.exploration import build_strategy, explore
+from mlm_core.explain.whatif import count_hooks
+from mlm_core.explain.predict import pseudo_log_likelihood
+from mlm_core.text.tokens import tokenize
 
 SENTENCES = [
     "the cat sat on the mat.",
@@ -53,7 +53,7 @@ def copy_loaded(tmp_path_factory):
     """A BERT whose logits at each position peak at that position's input token (identity through the layers)."""
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
-    from mlm_core.models import load_model
+    from mlm_core.model.loading import load_model
 
     folder = tmp_path_factory.mktemp("copy-bert")
     (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
@@ -318,7 +318,7 @@ def test_json_shape_and_intervals(tiny_loaded, cache):
 
 
 def test_exports_and_charts_keep_user_text_literal(tiny_loaded, cache):
-    from mlm_core import charts
+    from mlm_core.views import charts
 
     config = EvalConfig("rule-based", {"rule": "words", "words": "<b>cat</b>,the", **KEPT_ONLY})
     texts = ['<b>cat</b> sat, "quoted"\nnext line', *SENTENCES]

@@ -29,8 +29,8 @@ from hostile_support import (
 )
 
 from mlm_core.cli import main
-from mlm_core.corpus import MAX_CORPUS_BYTES
-from mlm_core.runs import RunStore
+from mlm_core.text.corpus import MAX_CORPUS_BYTES
+from mlm_core.training.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -302,7 +302,7 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, capsy
     with path.open("wb") as handle:
         handle.truncate(MAX_CORPUS_BYTES + 1)  # sparse: no disk used
     import mlm_core.evaluate  # noqa: F401 (imported now, so that its import is not counted below)
-    import mlm_core.models  # noqa: F401
+    import mlm_core.model.loading  # noqa: F401
 
     tracemalloc.start()
     try:

@@ -30,12 +30,12 @@ from hostile_support import (
 from streamlit.testing.v1 import AppTest
 from test_training import corpus_bytes
 
-import mlm_core.explore
-from mlm_core import jobs
-from mlm_core.corpus import MAX_CORPUS_BYTES
-from mlm_core.render import escape_markdown
-from mlm_core.tokens import tokenize
-from mlm_core.training import TrainConfig
+import mlm_core.explain.exploration
+from mlm_core.training import jobs
+from mlm_core.text.corpus import MAX_CORPUS_BYTES
+from mlm_core.views.html import escape_markdown
+from mlm_core.text.tokens import tokenize
+from mlm_core.training.trainer import TrainConfig
 from ui.corpus import UPLOAD
 from ui.strategy import NONE
 
@@ -69,7 +69,7 @@ def model_calls(monkeypatch):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mlm_core.explore, "predict", counting)
+    monkeypatch.setattr(mlm_core.explain.exploration, "predict", counting)
     return calls
 
 
@@ -362,7 +362,7 @@ def test_the_tokenizer_lock_can_be_taken_again_by_its_holder(tiny_tokenizer):
     # training.pack, which takes it again for each encode; a plain Lock hung the page forever.
     import threading
 
-    from mlm_core.tokens import tokenizer_lock
+    from mlm_core.text.tokens import tokenizer_lock
 
     done = threading.Event()
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mlm_core.default_model import DEFAULT_MODEL_NAME
-from mlm_core.models import load_model
-from mlm_core.predict import predict
-from mlm_core.tokens import tokenize
+from mlm_core.model.default_model import DEFAULT_MODEL_NAME
+from mlm_core.model.loading import load_model
+from mlm_core.explain.predict import predict
+from mlm_core.text.tokens import tokenize
 
 pytestmark = pytest.mark.integration
 

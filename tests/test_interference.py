@@ -1,4 +1,4 @@
-"""mlm_core.interference: exclusion, head masking and pruning against references; no hook or
+"""mlm_core.explain.whatif: exclusion, head masking and pruning against references; no hook or
 weight change is ever left on the shared model, also after an exception."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_core import interference as xi
+from mlm_core.explain import whatif as xi
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.predict import forward, predict
-from mlm_core.tokens import tokenize
+from mlm_core.explain.predict import forward, predict
+from mlm_core.text.tokens import tokenize
 
 TEXT = "the cat sat on the [MASK] , the dog ran ."
 
@@ -235,7 +235,7 @@ def tiny_distilbert(tiny_tokenizer):
     """A DistilBERT (its attention ends in its own output projection) sharing the tiny vocabulary."""
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
-    from mlm_core.models import LoadedModel
+    from mlm_core.model.loading import LoadedModel
 
     torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=len(tiny_tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,

@@ -22,9 +22,11 @@ from conftest import TINY_VOCAB, build_tiny_bert
 from safetensors import SafetensorError
 from test_training import corpus_bytes
 
-from mlm_core import checkpoints, jobs
-from mlm_core.corpus import CorpusError
-from mlm_core.runs import (
+from mlm_core.training import checkpoints
+
+from mlm_core.training import jobs
+from mlm_core.text.corpus import CorpusError
+from mlm_core.training.store import (
     CANCELLED,
     DIVERGED,
     FAILED,
@@ -35,20 +37,22 @@ from mlm_core.runs import (
     RUNNING,
     RunError,
 )
-from mlm_core.training import TrainConfig, Trainer
+from mlm_core.training.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = corpus_bytes()
 COMPARED = ("step", "train_loss", "heldout_loss", "perplexity", "masked_accuracy", "masked_top5", "masking_rate",
             "lr", "by_category")
 
-# A job process (`python -m mlm_core.jobs ROOT RUN_ID`) with test hooks: slow steps, and saves that
+# A job process (`python -m mlm_core.training.jobs ROOT RUN_ID`) with test hooks: slow steps, and saves that
 # wait halfway (model.safetensors written, optimizer file and manifest not) until a gate file exists.
 # (A gate that never opens holds the save until the test SIGKILLs the process.)
 DRIVER = r"""
 import os, sys, time
 from pathlib import Path
-from mlm_core import checkpoints, jobs, training
+from mlm_core.training import checkpoints
+from mlm_core.training import jobs
+from mlm_core.training import trainer as training
 
 step_delay = float(os.environ.get("TEST_STEP_DELAY", "0"))
 gate = os.environ.get("TEST_SAVE_GATE")
@@ -223,7 +227,7 @@ def tiny_model_with_digits(tmp_path_factory):
 
 
 def test_a_tiny_run_finishes_with_every_metric_and_a_loadable_model(store, tiny_model_with_digits):
-    from mlm_core.models import load_model
+    from mlm_core.model.loading import load_model
 
     tiny_model_dir = tiny_model_with_digits
     record, _ = jobs.submit(store, settings(tiny_model_dir, steps=6, eval_every=3, eval_blocks=64), CORPUS,
@@ -392,7 +396,7 @@ def test_sigkill_mid_run_and_mid_save_then_resume_gives_the_uninterrupted_losses
         assert max(r["step"] for r in store.metrics(run_id)) > checkpoint  # work was lost
 
     for run_id in processes:
-        jobs.resume(store, run_id)  # real `python -m mlm_core.jobs` processes
+        jobs.resume(store, run_id)  # real `python -m mlm_core.training.jobs` processes
     for run_id in processes:
         done = wait_final(store, run_id)
         assert done.status == FINISHED, (store.folder(run_id) / "log.txt").read_text()[-2000:]

@@ -40,8 +40,8 @@ from mlm_core.masking import (
     strategy_from_params,
     with_rate,
 )
-from mlm_core.privacy import PrivacyMasking
-from mlm_core.tokens import PUNCTUATION, STOPWORD, tokenize
+from mlm_core.text.privacy import PrivacyMasking
+from mlm_core.text.tokens import PUNCTUATION, STOPWORD, tokenize
 
 SENTENCES = [
     "The unbelievable tokenization of antidisestablishmentarianism surprised everyone.",

@@ -35,9 +35,9 @@ from mlm_core.masking import (
     strategy_from_params,
 )
 from mlm_core.masking import STRATEGIES as REGISTRY
-from mlm_core.privacy import PrivacyMasking
-from mlm_core.tokens import tokenize
-from mlm_core.training import is_adaptive
+from mlm_core.text.privacy import PrivacyMasking
+from mlm_core.text.tokens import tokenize
+from mlm_core.training.trainer import is_adaptive
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mlm_core.errors import ModelLoadError
-from mlm_core.models import load_model, pick_device
+from mlm_core.model.loading import load_model, pick_device
 
 
 def copy_model(source: Path, target: Path) -> Path:
@@ -178,7 +178,7 @@ def test_cuda_request_without_gpu_is_a_clear_error():
 def test_app_threads_come_from_the_environment_or_default_to_one(monkeypatch, raw, expected):
     import torch
 
-    from mlm_core.models import use_app_threads
+    from mlm_core.model.loading import use_app_threads
 
     before = torch.get_num_threads()
     monkeypatch.setenv("MASKLAB_TORCH_THREADS", raw)

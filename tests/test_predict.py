@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.predict import forward, plan_windows, predict, pseudo_log_likelihood
-from mlm_core.tokens import tokenize
+from mlm_core.explain.predict import forward, plan_windows, predict, pseudo_log_likelihood
+from mlm_core.text.tokens import tokenize
 
 
 def ids_of(loaded, text):

@@ -8,8 +8,8 @@ import pytest
 
 from mlm_core.errors import InputError
 from mlm_core.masking import IGNORE_INDEX, MASKED, Compose, RandomMasking, Vocab, mask_text
-from mlm_core.privacy import CREDIT_CARD, EMAIL, IBAN, IP, NUMBER, PHONE, URL, PrivacyMasking
-from mlm_core.tokens import tokenize
+from mlm_core.text.privacy import CREDIT_CARD, EMAIL, IBAN, IP, NUMBER, PHONE, URL, PrivacyMasking
+from mlm_core.text.tokens import tokenize
 
 
 def found(text: str, **options) -> list[tuple[str, str]]:

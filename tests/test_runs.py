@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from mlm_core import jobs
-from mlm_core.runs import (
+from mlm_core.training import jobs
+from mlm_core.training.store import (
     CANCELLED,
     FINAL_STATES,
     FINISHED,

@@ -7,9 +7,9 @@ import html
 import pandas as pd
 import pytest
 
-from mlm_core.explore import build_strategy, explore
-from mlm_core.predict import fill_text
-from mlm_core.report import exploration_report, html_report, strategy_settings
+from mlm_core.explain.exploration import build_strategy, explore
+from mlm_core.explain.predict import fill_text
+from mlm_core.views.reports import exploration_report, html_report, strategy_settings
 
 SCRIPT = "<script>alert('x')</script>"
 
@@ -66,8 +66,8 @@ def _explore_view(model_dir: str) -> None:
     """A script for AppTest: the Explore page's 'why?' panels on a tiny model, keeping what they return."""
     import streamlit as st
 
-    from mlm_core.explore import explore
-    from mlm_core.models import load_model
+    from mlm_core.explain.exploration import explore
+    from mlm_core.model.loading import load_model
     from ui.explain import attention_panel, attribution_panel
 
     loaded = load_model(model_dir, device="cpu")
@@ -78,8 +78,8 @@ def _explore_view(model_dir: str) -> None:
 def test_the_why_panels_hand_their_shown_numbers_to_the_report(tiny_model_dir, tiny_loaded):
     from streamlit.testing.v1 import AppTest
 
-    from mlm_core.attention import attention_maps
-    from mlm_core.tokens import tokenize
+    from mlm_core.explain.attention import attention_maps
+    from mlm_core.text.tokens import tokenize
 
     app = AppTest.from_function(_explore_view, args=(str(tiny_model_dir),), default_timeout=120)
     app.run()

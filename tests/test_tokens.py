@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.tokens import (
+from mlm_core.text.tokens import (
     CONTENT,
     MAX_TEXT_CHARS,
     NUMBER,

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from mlm_core import checkpoints
-from mlm_core.corpus import read_corpus
-from mlm_core.training import (
+from mlm_core.training import checkpoints
+from mlm_core.text.corpus import read_corpus
+from mlm_core.training.trainer import (
     MAX_OOM_RETRIES,
     Cancelled,
     Diverged,
@@ -275,7 +275,7 @@ def test_privacy_replaces_personal_data_before_packing_and_combined_strategies_k
     from transformers import AutoTokenizer
 
     from mlm_core.masking import params_of, strategy_from_params
-    from mlm_core.training import rate_schedule, training_texts
+    from mlm_core.training.trainer import rate_schedule, training_texts
 
     strategy = strategy_from_params("compose", {"steps": [
         {"name": "privacy", "params": {}},

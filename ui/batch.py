@@ -12,8 +12,8 @@ import json
 
 import streamlit as st
 
-from mlm_core import charts
-from mlm_core.default_model import DEFAULT_MODEL_NAME
+from mlm_core.views import charts
+from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.errors import MaskLabError
 from mlm_core.evaluate import (
     CI_NOTE,
@@ -28,12 +28,12 @@ from mlm_core.evaluate import (
     planned_rows,
     sweep,
 )
-from mlm_core.explore import MAIN_STRATEGIES
-from mlm_core.interference import parse_heads
+from mlm_core.explain.exploration import MAIN_STRATEGIES
+from mlm_core.explain.whatif import parse_heads
 from mlm_core.masking import ParamSpec
-from mlm_core.models import LoadedModel
-from mlm_core.render import escape_markdown
-from mlm_core.report import batch_report
+from mlm_core.model.loading import LoadedModel
+from mlm_core.views.html import escape_markdown
+from mlm_core.views.reports import batch_report
 from ui.common import UrlField, checked_by, corpus_url_fields, show_error
 from ui.corpus import CorpusChoice
 from ui.strategy import masking_controls

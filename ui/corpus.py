@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import streamlit as st
 
-from mlm_core.corpus import (
+from mlm_core.text.corpus import (
     MAX_CORPUS_BYTES,
     PREFERRED_COLUMNS,
     TEXT_UNITS,
@@ -26,7 +26,7 @@ from mlm_core.corpus import (
     read_corpus,
     table_columns,
 )
-from mlm_core.render import escape_markdown
+from mlm_core.views.html import escape_markdown
 
 DEMO_FILE = Path(__file__).resolve().parent.parent / "assets" / "demo_corpus.txt"
 DEMO, UPLOAD = "Demo corpus (assets/demo_corpus.txt)", "Upload a file"

@@ -1,6 +1,6 @@
 """The Explore page's "why?" panels: attention, what-ifs (interference) and attributions.
 
-Each panel is thin: read its widgets, call mlm_core, draw with mlm_core.charts, offer the
+Each panel is thin: read its widgets, call mlm_core, draw with mlm_core.views.charts, offer the
 numbers as CSV/JSON. Widget keys start with xa- (attention), xi- (interference) or xt-
 (attribution); keys whose options depend on the model or the tokens carry a short
 signature of them, so a new sentence or model starts from fresh choices.
@@ -16,11 +16,19 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from mlm_core import attention, attribution, charts, interference, render
+from mlm_core.explain import attention
+
+from mlm_core.explain import attribution
+
+from mlm_core.views import charts
+
+from mlm_core.explain import whatif as interference
+
+from mlm_core.views import html as render
 from mlm_core.errors import MaskLabError
-from mlm_core.explore import Exploration
-from mlm_core.models import LoadedModel
-from mlm_core.tokens import CATEGORIES, Tokens
+from mlm_core.explain.exploration import Exploration
+from mlm_core.model.loading import LoadedModel
+from mlm_core.text.tokens import CATEGORIES, Tokens
 from ui.common import show_error
 
 IMAGE_FORMATS = ("png", "svg")

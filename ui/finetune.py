@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mlm_core.finetune import ModelOption
+from mlm_core.training.planning import ModelOption
 from mlm_core.masking import ParamSpec
 from ui.common import UrlField
 from ui.runs import OTHER

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from mlm_core.errors import InputError
-from mlm_core.explore import MAIN_STRATEGIES, build_strategy
+from mlm_core.explain.exploration import MAIN_STRATEGIES, build_strategy
 from mlm_core.masking import STRATEGIES, ParamSpec, params_of, strategy_from_params
 from ui.common import url_ignored
 

@@ -12,13 +12,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from mlm_core import charts, render
-from mlm_core.attention import head_mean
-from mlm_core.compare import leave_one_out
+from mlm_core.views import charts
+
+from mlm_core.views import html as render
+from mlm_core.explain.attention import head_mean
+from mlm_core.explain.compare import leave_one_out
 from mlm_core.errors import InputError, MaskLabError
-from mlm_core.explore import build_strategy, explore
-from mlm_core.models import LoadedModel, load_model
-from mlm_core.predict import fill_text
+from mlm_core.explain.exploration import build_strategy, explore
+from mlm_core.model.loading import LoadedModel, load_model
+from mlm_core.explain.predict import fill_text
 from ui.common import show_error, url_get, url_int, url_set
 from ui.compare import _run_models
 
@@ -167,7 +169,7 @@ VIEW_FUNCTIONS = {"mask": _mask_view, "strategies": _strategies_view, "predict":
 
 def handout(loaded: LoadedModel, lesson: dict, text: str, seed: int) -> str:
     """The whole lesson on the current sentence as one standalone HTML page (for a handout)."""
-    from mlm_core.report import html_report
+    from mlm_core.views.reports import html_report
 
     result = _masked(loaded, text, seed, lesson["steps"][0])
     rows = [

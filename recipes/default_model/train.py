@@ -34,7 +34,7 @@ from transformers import AutoTokenizer, BertForMaskedLM
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from mlm_core.default_model import (  # noqa: E402
+from mlm_core.model.default_model import (  # noqa: E402
     adapted_linear_names,
     base_encoder_dir,
     is_fully_trained,

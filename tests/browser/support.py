@@ -75,7 +75,7 @@ def chip_kinds(page) -> list[tuple[str, str]]:
 
 def expected_exploration(loaded, text: str, name: str | None, seed: int = 0, **params):
     """What the Explore page computes for ``text`` with strategy ``name``: its defaults updated by ``params``."""
-    from mlm_core.explore import build_strategy, explore
+    from mlm_core.explain.exploration import build_strategy, explore
     from mlm_core.masking import STRATEGIES
 
     values = {spec.name: spec.default for spec in STRATEGIES[name].params} | params if name else None
@@ -83,7 +83,7 @@ def expected_exploration(loaded, text: str, name: str | None, seed: int = 0, **p
 
 
 def expected_chips(loaded, exploration) -> list[tuple[str, str]]:
-    """What ``chip_kinds`` should read for an ``mlm_core.explore.explore`` result."""
+    """What ``chip_kinds`` should read for an ``mlm_core.explain.exploration.explore`` result."""
     shown = loaded.tokenizer.convert_ids_to_tokens(list(exploration.input_ids))
     labels = {"masked": "masked", "random": "random token", "kept": "kept", "excluded": "excluded"}
     return [(token, labels.get(kind, "")) for token, kind in zip(shown, exploration.kinds)]

@@ -10,8 +10,8 @@ import urllib.parse
 import pytest
 from playwright.sync_api import expect
 
-from mlm_core.predict import fill_text, predict
-from mlm_core.tokens import tokenize
+from mlm_core.explain.predict import fill_text, predict
+from mlm_core.text.tokens import tokenize
 from ui.strategy import NONE
 
 from .support import (
@@ -176,7 +176,7 @@ def hostile_model_dir(tmp_path_factory):
 
 
 def test_html_in_a_model_vocabulary_is_shown_as_text(page, app_url, hostile_model_dir, artifacts):
-    from mlm_core.models import load_model
+    from mlm_core.model.loading import load_model
 
     text = "the cat sat on the [MASK] ."
     loaded = load_model(str(hostile_model_dir), device="cpu")

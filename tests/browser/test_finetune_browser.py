@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from test_training import corpus_bytes
 
-from mlm_core.runs import RUNNING, RunStore
+from mlm_core.training.store import RUNNING, RunStore
 
 pytestmark = pytest.mark.browser
 
@@ -181,8 +181,8 @@ def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_mo
 def test_runs_page_compares_two_finished_runs(page, finetune_url, tiny_model_dir, masklab_home, artifacts):
     import torch
 
-    from mlm_core import jobs
-    from mlm_core.training import TrainConfig
+    from mlm_core.training import jobs
+    from mlm_core.training.trainer import TrainConfig
 
     store = RunStore(masklab_home / "runs")
     threads = torch.get_num_threads()

@@ -9,8 +9,8 @@ import urllib.parse
 
 import pytest
 
-from mlm_core.predict import fill_text, predict
-from mlm_core.tokens import tokenize
+from mlm_core.explain.predict import fill_text, predict
+from mlm_core.text.tokens import tokenize
 from ui.teach import LESSON
 
 from .support import EXCEPTION, chip_kinds, expected_chips, expected_exploration, texts, wait_until

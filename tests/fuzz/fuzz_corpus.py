@@ -5,7 +5,7 @@ byte 1 the column, byte 2 the text unit and size limit; the rest is the uploaded
 
     python tests/fuzz/fuzz_corpus.py -max_total_time=300 /tmp/corpus-work tests/fuzz/seeds/corpus
 
-Besides "no exception but CorpusError", a returned corpus must keep what mlm_core.corpus
+Besides "no exception but CorpusError", a returned corpus must keep what mlm_core.text.corpus
 promises: non-empty stripped texts within the length limit, a display name that is no path,
 the hash of the raw bytes, nothing read past the size limit.
 """
@@ -53,7 +53,7 @@ def parse(data: bytes):
 
 
 def check(data: bytes) -> None:
-    from mlm_core.corpus import FORMATS, MAX_TEXT_CHARS, Corpus, CorpusError, read_corpus, table_columns
+    from mlm_core.text.corpus import FORMATS, MAX_TEXT_CHARS, Corpus, CorpusError, read_corpus, table_columns
 
     body, name, column, unit, max_bytes = parse(data)
     try:
@@ -88,5 +88,5 @@ def check(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    fuzz_support.main(check, ["mlm_core.corpus"])
+    fuzz_support.main(check, ["mlm_core.text.corpus"])
     sys.exit(0)

@@ -205,7 +205,7 @@ def fuzz_params(fdp, name: str, depth: int = 0) -> dict:
 
 def fuzz_strategy(fdp) -> dict:
     """How to build the strategy: as the registry, the explorer/CLI (``build_strategy``) or a link does."""
-    from mlm_core.explore import MAIN_STRATEGIES
+    from mlm_core.explain.exploration import MAIN_STRATEGIES
     from mlm_core.masking import STRATEGIES
 
     route = fdp.ConsumeIntInRange(0, 2)
@@ -266,7 +266,7 @@ def decode(data: bytes) -> dict:
 
 
 def build_strategy_of(case: dict):
-    from mlm_core.explore import build_strategy
+    from mlm_core.explain.exploration import build_strategy
     from mlm_core.masking import strategy_from_params
 
     spec = case["strategy"]
@@ -308,8 +308,8 @@ def run_case(case: dict) -> None:
         selection_frequency,
         strategy_from_params,
     )
-    from mlm_core.tokens import tokenize
-    from mlm_core.training import is_adaptive
+    from mlm_core.text.tokens import tokenize
+    from mlm_core.training.trainer import is_adaptive
 
     tokenizer = tokenizers()[case["tokenizer"] % len(tokenizers())]
     vocab = Vocab.from_tokenizer(tokenizer)
@@ -441,7 +441,7 @@ def check_result(tokens, result, vocab, protected) -> None:
 if __name__ == "__main__":
     fuzz_support.main(
         check,
-        ["mlm_core.tokens", "mlm_core.privacy", "mlm_core.masking", "mlm_core.explore", "mlm_core.training"],
+        ["mlm_core.text.tokens", "mlm_core.text.privacy", "mlm_core.masking", "mlm_core.explain.exploration", "mlm_core.training.trainer"],
         prepare=tokenizers,
     )
     sys.exit(0)

@@ -24,7 +24,7 @@ import fuzz_corpus  # noqa: E402
 import fuzz_masking  # noqa: E402
 from fuzz_support import HERE, ROOT, SEEDS, regression_inputs  # noqa: E402
 
-from mlm_core.corpus import CorpusError  # noqa: E402
+from mlm_core.text.corpus import CorpusError  # noqa: E402
 from mlm_core.errors import MaskLabError  # noqa: E402
 
 FUZZ_SECONDS = int(os.environ.get("MASKLAB_FUZZ_SECONDS", "20"))
@@ -76,7 +76,7 @@ def test_corpus_crash_inputs_now_give_a_corpus_or_a_corpus_error(path):
 
 
 def fuzz_corpus_read(body, name, column, unit, max_bytes):
-    from mlm_core.corpus import read_corpus
+    from mlm_core.text.corpus import read_corpus
 
     return read_corpus(body, name, column, unit, **({} if max_bytes is None else {"max_bytes": max_bytes}))
 

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 
 from mlm_core.errors import InputError, ModelLoadError, NothingToMaskError
-from mlm_core.privacy import PrivacyMasking, PrivacyResult
-from mlm_core.tokens import CONTENT, NUMBER, PUNCTUATION, SPECIAL, STOPWORD, Tokens, tokenize, word_category
+from mlm_core.text.privacy import PrivacyMasking, PrivacyResult
+from mlm_core.text.tokens import CONTENT, NUMBER, PUNCTUATION, SPECIAL, STOPWORD, Tokens, tokenize, word_category
 
 IGNORE_INDEX = -100  # label of positions that are not predicted (PyTorch cross-entropy's ignore_index)
 MASKED = "masked"

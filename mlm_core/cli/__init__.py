@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from mlm_core import cli_explain
+from mlm_core.cli import explain as cli_explain
 from mlm_core.errors import MaskLabError
 
 EXIT_BAD_INPUT = 2
@@ -34,7 +34,7 @@ def read_user_file(name: str, what: str) -> bytes:
     """
     from pathlib import Path
 
-    from mlm_core.corpus import MAX_CORPUS_BYTES, one_line, too_big
+    from mlm_core.text.corpus import MAX_CORPUS_BYTES, one_line, too_big
 
     path = Path(name)
     shown = one_line(name, 120)
@@ -94,7 +94,7 @@ def strategy_param_names() -> dict[str, str]:
 
 def add_strategy_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     """--strategy and its options, generated from the masking registry (one place)."""
-    from mlm_core.explore import MAIN_STRATEGIES
+    from mlm_core.explain.exploration import MAIN_STRATEGIES
 
     group = parser.add_argument_group("masking (options apply to the chosen strategy)")
     group.add_argument("--strategy", choices=MAIN_STRATEGIES, required=required, default=None,
@@ -113,7 +113,7 @@ def add_strategy_arguments(parser: argparse.ArgumentParser, required: bool) -> N
 
 
 def strategy_from_args(args: argparse.Namespace):
-    from mlm_core.explore import build_strategy
+    from mlm_core.explain.exploration import build_strategy
     from mlm_core.masking import STRATEGIES
 
     given = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
@@ -138,9 +138,9 @@ def strategy_from_args(args: argparse.Namespace):
 
 @command("predict")
 def run_predict(args: argparse.Namespace) -> dict:
-    from mlm_core.explore import explore
-    from mlm_core.models import load_model
-    from mlm_core.predict import fill_text
+    from mlm_core.explain.exploration import explore
+    from mlm_core.model.loading import load_model
+    from mlm_core.explain.predict import fill_text
 
     loaded = load_model(args.model, args.device)
     result = explore(loaded, args.text, strategy_from_args(args), args.seed, top_k=args.top_k, fill=args.fill)
@@ -173,10 +173,10 @@ def run_predict(args: argparse.Namespace) -> dict:
 
 @command("mask")
 def run_mask(args: argparse.Namespace) -> dict:
-    from mlm_core.explore import reading_tokens, surprisal_scores
+    from mlm_core.explain.exploration import reading_tokens, surprisal_scores
     from mlm_core.masking import Vocab, apply_strategy
-    from mlm_core.models import load_model
-    from mlm_core.training import is_adaptive
+    from mlm_core.model.loading import load_model
+    from mlm_core.training.trainer import is_adaptive
 
     loaded = load_model(args.model, args.device)
     strategy = strategy_from_args(args)
@@ -223,8 +223,8 @@ def format_predict(record: dict) -> str:
 
 
 def _store(args: argparse.Namespace):
-    from mlm_core.jobs import default_store
-    from mlm_core.runs import RunStore
+    from mlm_core.training.jobs import default_store
+    from mlm_core.training.store import RunStore
 
     return RunStore(args.out) if args.out else default_store()
 
@@ -270,7 +270,7 @@ class ProgressPrinter:
 
 
 def _run_foreground(store, run_id: str, as_json: bool) -> dict:
-    from mlm_core.jobs import execute
+    from mlm_core.training.jobs import execute
 
     printer = ProgressPrinter(as_json)
     try:
@@ -288,9 +288,9 @@ def _run_foreground(store, run_id: str, as_json: bool) -> dict:
 def run_train(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from mlm_core.jobs import submit
+    from mlm_core.training.jobs import submit
     from mlm_core.masking import params_of
-    from mlm_core.training import TrainConfig
+    from mlm_core.training.trainer import TrainConfig
 
     corpus_path = Path(args.corpus)
     corpus_bytes = read_user_file(args.corpus, "corpus file")
@@ -312,7 +312,7 @@ def run_train(args: argparse.Namespace) -> dict:
 
 @command("runs")
 def run_runs(args: argparse.Namespace) -> dict:
-    from mlm_core import jobs
+    from mlm_core.training import jobs
 
     store = _store(args)
     if args.action == "list":
@@ -356,8 +356,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
     from mlm_core import evaluate as ev
-    from mlm_core.corpus import read_corpus
-    from mlm_core.models import load_model
+    from mlm_core.text.corpus import read_corpus
+    from mlm_core.model.loading import load_model
 
     path = Path(args.file)
     corpus = read_corpus(read_user_file(args.file, "file"), path.name, args.column, args.text_unit)

@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mlm_core.attention import attention_maps, head_mean, rollout
+from mlm_core.explain.attention import attention_maps, head_mean, rollout
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.explore import Exploration, explore
-from mlm_core.interference import head_gates, heads_gated, parse_heads
-from mlm_core.models import LoadedModel
-from mlm_core.predict import Prediction, forward, predict, special_id_tensor
-from mlm_core.tokens import tokenize
+from mlm_core.explain.exploration import Exploration, explore
+from mlm_core.explain.whatif import head_gates, heads_gated, parse_heads
+from mlm_core.model.loading import LoadedModel
+from mlm_core.explain.predict import Prediction, forward, predict, special_id_tensor
+from mlm_core.text.tokens import tokenize
 
 ATTENTION_VIEWS = ("mean", "rollout")
 SWAP_TOP = 15  # rows of the ranked list of probability changes
@@ -199,7 +199,7 @@ def word_swap(loaded: LoadedModel, text: str, old: str, new: str, top: int = SWA
 def leave_one_out(loaded: LoadedModel, exploration: Exploration, position: int) -> pd.DataFrame:
     """For each context token, the drop in p(best guess at ``position``) when it is removed from the
     context (attention exclusion). Columns: position, token, p before, p after, drop; largest drop first."""
-    from mlm_core.interference import exclude_tokens
+    from mlm_core.explain.whatif import exclude_tokens
 
     tokens = exploration.tokens
     ids = exploration.input_ids

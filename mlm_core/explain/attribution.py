@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlm_core.attention import check_fits
+from mlm_core.explain.attention import check_fits
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.interference import HOOK_DICTS, count_hooks
-from mlm_core.models import LoadedModel
-from mlm_core.tokens import tokenizer_lock
+from mlm_core.explain.whatif import HOOK_DICTS, count_hooks
+from mlm_core.model.loading import LoadedModel
+from mlm_core.text.tokens import tokenizer_lock
 
 METHODS = ("ig", "saliency", "input_x_gradient")
 METHOD_LABELS = {"ig": "Integrated Gradients", "saliency": "Saliency", "input_x_gradient": "Input × gradient"}

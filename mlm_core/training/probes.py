@@ -22,14 +22,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mlm_core.default_model import DEFAULT_MODEL_NAME
+from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.errors import InputError
-from mlm_core.models import LoadedModel
-from mlm_core.predict import PositionPrediction, position_prediction, predict
-from mlm_core.tokens import tokenize, tokenizer_lock
-from mlm_core.training import SCRATCH_MODELS
+from mlm_core.model.loading import LoadedModel
+from mlm_core.explain.predict import PositionPrediction, position_prediction, predict
+from mlm_core.text.tokens import tokenize, tokenizer_lock
+from mlm_core.training.trainer import SCRATCH_MODELS
 
-PRESET_FILE = Path(__file__).resolve().parent.parent / "assets" / "cloze_en.jsonl"
+PRESET_FILE = Path(__file__).resolve().parents[2] / "assets" / "cloze_en.jsonl"
 PRESET_MASK = "[MASK]"  # the mask string the preset file is written with
 MAX_SENTENCES = 60
 MAX_TOKENS = 64  # a probe is a sentence, not a document

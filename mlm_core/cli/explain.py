@@ -22,7 +22,7 @@ TOP_PER_ROW = 3  # attended tokens listed per row in the text output
 
 def add_parsers(sub) -> None:
     """Add the ``attend`` and ``attribute`` subcommands to ``build_parser``'s subparsers."""
-    from mlm_core.attribution import BASELINES, DEFAULT_STEPS, MAX_STEPS, METHODS
+    from mlm_core.explain.attribution import BASELINES, DEFAULT_STEPS, MAX_STEPS, METHODS
     from mlm_core.cli import add_model_argument, positive_int
 
     p = sub.add_parser("attend", help="attention weights of a text (one head, mean of heads, or rollout)")
@@ -54,9 +54,9 @@ def _layer_index(layer: int, n_layers: int) -> int:
 
 
 def run_attend(args: argparse.Namespace) -> dict:
-    from mlm_core import attention
-    from mlm_core.models import load_model
-    from mlm_core.tokens import tokenize
+    from mlm_core.explain import attention
+    from mlm_core.model.loading import load_model
+    from mlm_core.text.tokens import tokenize
 
     loaded = load_model(args.model, args.device)
     tokens = tokenize(loaded.tokenizer, args.text)
@@ -103,11 +103,11 @@ def format_attend(record: dict) -> str:
 
 
 def run_attribute(args: argparse.Namespace) -> dict:
-    from mlm_core import attention
-    from mlm_core.attribution import attribute
-    from mlm_core.explore import with_masks
-    from mlm_core.models import load_model
-    from mlm_core.tokens import tokenize
+    from mlm_core.explain import attention
+    from mlm_core.explain.attribution import attribute
+    from mlm_core.explain.exploration import with_masks
+    from mlm_core.model.loading import load_model
+    from mlm_core.text.tokens import tokenize
 
     loaded = load_model(args.model, args.device)
     tokens = tokenize(loaded.tokenizer, args.text)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mlm_core.default_model import DEFAULT_MODEL_NAME, base_encoder_dir
+from mlm_core.model.default_model import DEFAULT_MODEL_NAME, base_encoder_dir
 from mlm_core.errors import InputError, ModelLoadError
 from mlm_core.masking import (
     KIND_BY_CODE,
@@ -34,10 +34,10 @@ from mlm_core.masking import (
     strategy_from_params,
     with_rate,
 )
-from mlm_core.privacy import PrivacyMasking
-from mlm_core.runs import FINISHED, RunRecord, RunStore
-from mlm_core.tokens import tokenizer_lock
-from mlm_core.training import (
+from mlm_core.text.privacy import PrivacyMasking
+from mlm_core.training.store import FINISHED, RunRecord, RunStore
+from mlm_core.text.tokens import tokenizer_lock
+from mlm_core.training.trainer import (
     SCRATCH_MODELS,
     TrainConfig,
     is_adaptive,
@@ -110,7 +110,7 @@ def model_name(model: str | None) -> str:
 
 def _tokenizer_source(model: str | None) -> tuple[str, bool]:
     """(where to load the tokenizer from, local files only) — checked like the model loader does."""
-    from mlm_core.models import check_local_folder, hub_reachable
+    from mlm_core.model.loading import check_local_folder, hub_reachable
 
     if model is None or model == DEFAULT_MODEL_NAME or model in SCRATCH_MODELS:
         return str(base_encoder_dir()), True
@@ -134,7 +134,7 @@ def load_tokenizer(model: str | None):
     source, local_only = _tokenizer_source(model)
     try:
         if model not in (None, DEFAULT_MODEL_NAME, *SCRATCH_MODELS):
-            from mlm_core.models import check_config
+            from mlm_core.model.loading import check_config
 
             check_config(AutoConfig.from_pretrained(source, local_files_only=local_only).to_dict(), model)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
@@ -173,7 +173,7 @@ def training_strategy(strategy) -> tuple[str, dict, list[str]]:
 
     Privacy replacement stays in: the trainer applies it to the corpus before packing.
     """
-    from mlm_core.explore import compose
+    from mlm_core.explain.exploration import compose
     from mlm_core.masking import Compose, params_of
 
     if strategy is None:
@@ -191,7 +191,7 @@ def training_strategy(strategy) -> tuple[str, dict, list[str]]:
 
 def strategy_rate(name: str, params: dict) -> float | None:
     """The masking rate (mlm_probability) of the strategy or of its first step that has one."""
-    from mlm_core.training import strategy_steps
+    from mlm_core.training.trainer import strategy_steps
 
     for step in strategy_steps(strategy_from_params(name, params)):
         if hasattr(step, "mlm_probability"):
@@ -263,7 +263,7 @@ def preview_examples(tokenizer, texts, config: TrainConfig, n: int = PREVIEW_EXA
 
 def device_summary(preferred: str | None = None) -> tuple[str, str]:
     """(device type "cuda"/"cpu", readable name) of what a job on this machine trains on."""
-    from mlm_core.models import device_label, pick_device
+    from mlm_core.model.loading import device_label, pick_device
 
     device = pick_device(preferred)
     return device.type, device_label(device)

@@ -1,7 +1,7 @@
 """A standalone HTML report of a view, for handouts: no Streamlit, nothing fetched from a network.
 
 Every string is escaped; tables go through ``DataFrame.to_html(escape=True)``; token strips come
-from ``mlm_core.render`` (which escapes); figures are Plotly with the library embedded once
+from ``mlm_core.views.html`` (which escapes); figures are Plotly with the library embedded once
 (``include_plotlyjs=True``), so the file works offline.
 
 Example: ``html_report("Compare", {"text": "the [MASK] sat"}, tables=[("Predictions", frame)])``.
@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from mlm_core import charts, render
+from mlm_core.views import charts
+
+from mlm_core.views import html as render
 from mlm_core.errors import InputError
 from mlm_core.evaluate import CI_NOTE, POS_NOTE, EvalReport
-from mlm_core.explore import Exploration
+from mlm_core.explain.exploration import Exploration
 from mlm_core.masking import Compose, params_of
 
 STYLE = (
@@ -38,7 +40,7 @@ def html_report(
 ) -> str:
     """One self-contained HTML page: settings (as a definition list), notes, strips, tables, then figures.
 
-    ``strips`` are (caption, HTML) built by ``mlm_core.render``, whose output is already escaped. A
+    ``strips`` are (caption, HTML) built by ``mlm_core.views.html``, whose output is already escaped. A
     table's index is written only when it names the rows (an attention matrix's tokens, say).
     """
     esc = html.escape
@@ -59,7 +61,7 @@ def html_report(
     first = True
     for caption, figure in figures:
         parts.append(f"<h2>{esc(caption)}</h2>")
-        # Figure labels are already escaped by mlm_core.charts.literal; the library goes in once.
+        # Figure labels are already escaped by mlm_core.views.charts.literal; the library goes in once.
         parts.append(figure.to_html(full_html=False, include_plotlyjs=first))
         first = False
     parts.append("</body></html>")

@@ -69,8 +69,8 @@ import pandas as pd
 import torch
 
 from mlm_core.errors import InputError, MaskLabError
-from mlm_core.explore import MAIN_STRATEGIES, build_strategy, compose
-from mlm_core.interference import heads_gated, parse_heads
+from mlm_core.explain.exploration import MAIN_STRATEGIES, build_strategy, compose
+from mlm_core.explain.whatif import heads_gated, parse_heads
 from mlm_core.masking import (
     IGNORE_INDEX,
     STRATEGIES,
@@ -84,10 +84,10 @@ from mlm_core.masking import (
     prepare_text,
     strategy_from_params,
 )
-from mlm_core.models import LoadedModel
-from mlm_core.privacy import PrivacyMasking
-from mlm_core.tokens import CATEGORIES, Tokens, tokenize
-from mlm_core.training import is_adaptive, masked_logits
+from mlm_core.model.loading import LoadedModel
+from mlm_core.text.privacy import PrivacyMasking
+from mlm_core.text.tokens import CATEGORIES, Tokens, tokenize
+from mlm_core.training.trainer import is_adaptive, masked_logits
 
 ENGINE_VERSION = 1  # part of every cache key: bump when results would change
 CHUNK_SENTENCES = 1024  # sentences tokenized, masked and written together (the memory bound)
@@ -452,7 +452,7 @@ def model_fingerprint(loaded: LoadedModel) -> str:
 
 
 def default_cache_dir() -> Path:
-    from mlm_core.jobs import masklab_home
+    from mlm_core.training.jobs import masklab_home
 
     return masklab_home() / "evaluations"
 
@@ -1077,7 +1077,7 @@ def evaluate_distributed(model: str | None, texts: Sequence[str], configs: Seque
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from mlm_core.models import load_model
+    from mlm_core.model.loading import load_model
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())  # CPU processes: a gloo group
     loaded = load_model(model, str(state.device))

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 DEFAULT_MODEL_NAME = "masklab-minilm-en"
-ADAPTER_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+ADAPTER_DIR = Path(__file__).resolve().parents[2] / "assets" / "default_model"
 ADAPTER_FILE = "adapter.safetensors"
 
 

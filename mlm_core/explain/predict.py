@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.models import LoadedModel
+from mlm_core.model.loading import LoadedModel
 
 FILL_MODES = ("independent", "joint")
 MAX_TOP_K = 100

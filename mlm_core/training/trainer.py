@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlm_core import checkpoints
-from mlm_core.corpus import Corpus
+from mlm_core.training import checkpoints
+from mlm_core.text.corpus import Corpus
 from mlm_core.errors import InputError
 from mlm_core.masking import (
     CATEGORY_CODES,
@@ -46,8 +46,8 @@ from mlm_core.masking import (
     strategy_from_params,
     with_rate,
 )
-from mlm_core.privacy import PrivacyMasking
-from mlm_core.tokens import tokenizer_lock, word_category
+from mlm_core.text.privacy import PrivacyMasking
+from mlm_core.text.tokens import tokenizer_lock, word_category
 
 SCRATCH_MODELS = ("scratch-transformer", "scratch-lstm")
 EVAL_MASK_SEED = 1234  # every run is evaluated on the same masks, so runs compare
@@ -372,12 +372,12 @@ class LSTMForMaskedLM(nn.Module):
 
 def build_model(config: TrainConfig):
     """(model in train mode, tokenizer) — a fresh copy, never the app's shared one."""
-    from mlm_core import models
+    from mlm_core.model import loading as models
 
     if config.model in SCRATCH_MODELS:
         from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-        from mlm_core.default_model import base_encoder_dir
+        from mlm_core.model.default_model import base_encoder_dir
 
         tokenizer = AutoTokenizer.from_pretrained(base_encoder_dir())
         torch.manual_seed(config.seed)
@@ -728,7 +728,7 @@ class Trainer:
             save_file(self._unique_tensors(), str(tmp / "lstm.safetensors"))
             (tmp / "lstm_config.json").write_text(json.dumps(model.config))
         else:
-            from mlm_core.models import quiet_transformers
+            from mlm_core.model.loading import quiet_transformers
 
             with quiet_transformers():
                 model.save_pretrained(tmp, safe_serialization=True)

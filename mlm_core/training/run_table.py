@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from mlm_core.errors import InputError
-from mlm_core.finetune import model_name
-from mlm_core.runs import QUEUED, RUNNING, RunRecord
+from mlm_core.training.planning import model_name
+from mlm_core.training.store import QUEUED, RUNNING, RunRecord
 
 ACTIVE_STATES = (QUEUED, RUNNING)
 METRICS = {  # metrics.jsonl key → label; one chart per metric

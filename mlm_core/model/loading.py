@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from mlm_core.default_model import ADAPTER_DIR, ADAPTER_FILE, DEFAULT_MODEL_NAME, base_encoder_dir
+from mlm_core.model.default_model import ADAPTER_DIR, ADAPTER_FILE, DEFAULT_MODEL_NAME, base_encoder_dir
 from mlm_core.errors import ModelLoadError
 
 MAX_LOADED_MODELS = 3  # each small model is ~100 MB; a class rarely uses more than two at once
@@ -206,7 +206,7 @@ def quiet_transformers():
 def _assemble_default_model():
     from transformers import AutoTokenizer, BertForMaskedLM
 
-    from mlm_core.default_model import load_adapter, merge_adapter
+    from mlm_core.model.default_model import load_adapter, merge_adapter
 
     adapter = ADAPTER_DIR / ADAPTER_FILE
     if not adapter.exists():

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from mlm_core.predict import PositionPrediction
+from mlm_core.explain.predict import PositionPrediction
 
 KIND_COLOURS = {
     "masked": "#d62728",
@@ -73,7 +73,7 @@ def token_axis(tokens: Sequence[str]) -> dict:
 
 
 # --------------------------------------------------------------------------- explain: attention,
-# interference and attribution figures. Matrices come from mlm_core.attention / interference /
+# interference and attribution figures. Matrices come from mlm_core.explain.attention / interference /
 # attribution as numpy arrays; rows are "from" tokens, columns "to" tokens.
 
 HIGHLIGHT_COLOUR = "#d62728"
@@ -366,7 +366,7 @@ def frequency_strip(tokens: Sequence[str], frequency: Sequence[float], draws: in
 
 
 # --------------------------------------------------------------------------- training curves: long-form
-# frames from mlm_core.compare_runs (columns step, value and a series column), one chart per metric.
+# frames from mlm_core.training.run_table (columns step, value and a series column), one chart per metric.
 
 CURVE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")

@@ -2,7 +2,7 @@
 
 ``submit()`` validates a corpus and settings, stores them with the run and launches it
 (at most ``max_parallel()`` at once; the rest wait queued). ``execute()`` is what the job
-process (``python -m mlm_core.jobs ROOT RUN_ID``) and the CLI's foreground ``train`` /
+process (``python -m mlm_core.training.jobs ROOT RUN_ID``) and the CLI's foreground ``train`` /
 ``runs resume`` call: it drives the Trainer and turns every outcome into a final state
 with a reason, so the UI never has to read a traceback.
 """
@@ -19,10 +19,10 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from mlm_core import checkpoints
-from mlm_core.corpus import Corpus, read_corpus
+from mlm_core.training import checkpoints
+from mlm_core.text.corpus import Corpus, read_corpus
 from mlm_core.errors import MaskLabError
-from mlm_core.runs import (
+from mlm_core.training.store import (
     CANCELLED,
     DIVERGED,
     FAILED,
@@ -35,7 +35,7 @@ from mlm_core.runs import (
     RunStore,
     process_alive,
 )
-from mlm_core.training import Cancelled, Diverged, TrainConfig, Trainer, TrainingCallbacks, split_texts
+from mlm_core.training.trainer import Cancelled, Diverged, TrainConfig, Trainer, TrainingCallbacks, split_texts
 
 CORPUS_FILE = "corpus.data"  # the uploaded bytes; the user's file name is kept only in the config
 STATUS_EVERY_S = 1.0  # how often a job writes its step to SQLite (cheap, but not every step)
@@ -142,12 +142,12 @@ def launch_pending(store: RunStore) -> list[str]:
             folder = store.folder(record.id)
             with open(folder / "log.txt", "ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "mlm_core.jobs", str(store.root), record.id],
+                    [sys.executable, "-m", "mlm_core.training.jobs", str(store.root), record.id],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,  # survives the app's process and its restarts
-                    cwd=str(Path(__file__).resolve().parent.parent),
+                    cwd=str(Path(__file__).resolve().parents[2]),
                 )
             with contextlib.suppress(RunError):  # the job process may have marked itself running first
                 store.transition(record.id, RUNNING, pid=process.pid)
@@ -220,7 +220,7 @@ def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] |
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of a job process: ``python -m mlm_core.jobs ROOT RUN_ID``."""
+    """Entry point of a job process: ``python -m mlm_core.training.jobs ROOT RUN_ID``."""
     root, run_id = (argv or sys.argv[1:])[:2]
     store = RunStore(root)
     try:

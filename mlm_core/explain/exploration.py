@@ -33,11 +33,11 @@ from mlm_core.masking import (
     selection_frequency,
     strategy_from_params,
 )
-from mlm_core.models import LoadedModel
-from mlm_core.predict import Prediction, predict, pseudo_log_likelihood
-from mlm_core.privacy import PrivacyResult
-from mlm_core.tokens import Tokens, tokenize
-from mlm_core.training import is_adaptive
+from mlm_core.model.loading import LoadedModel
+from mlm_core.explain.predict import Prediction, predict, pseudo_log_likelihood
+from mlm_core.text.privacy import PrivacyResult
+from mlm_core.text.tokens import Tokens, tokenize
+from mlm_core.training.trainer import is_adaptive
 
 MAIN_STRATEGIES = ("random", "whole-word", "span", "rule-based", "adaptive")  # the explorer's choices
 MAX_MASKED_FRACTION = 0.8  # beyond this the "predictions" are mostly the model's prior

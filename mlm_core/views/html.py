@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from mlm_core.charts import KIND_COLOURS
+from mlm_core.views.charts import KIND_COLOURS
 
 KIND_LABELS = {"masked": "masked", "random": "random token", "kept": "kept", "excluded": "excluded", None: ""}
 
