@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from benchmarks._results import Printer, write_result  # noqa: E402
 from mlm_core.explain.attention import attention_maps, rollout  # noqa: E402
 from mlm_core.explain.attribution import attribute  # noqa: E402
-from mlm_core.model.loading import load_model  # noqa: E402
 from mlm_core.explain.predict import forward  # noqa: E402
+from mlm_core.model.loading import load_model  # noqa: E402
 from mlm_core.text.tokens import tokenize  # noqa: E402
 
 SENTENCES = [

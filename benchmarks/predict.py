@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks._results import Printer, write_result  # noqa: E402
-from mlm_core.model.loading import load_model  # noqa: E402
 from mlm_core.explain.predict import predict  # noqa: E402
+from mlm_core.model.loading import load_model  # noqa: E402
 from mlm_core.text.tokens import tokenize  # noqa: E402
 
 SENTENCES = [

@@ -44,8 +44,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks._results import Printer, write_result  # noqa: E402
-from mlm_core.text.corpus import read_corpus  # noqa: E402
 from mlm_core.model.loading import load_fresh  # noqa: E402
+from mlm_core.text.corpus import read_corpus  # noqa: E402
 from mlm_core.training.trainer import TrainConfig, Trainer, split_texts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

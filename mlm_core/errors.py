@@ -20,3 +20,27 @@ class NothingToMaskError(InputError):
 
 class ModelLoadError(MaskLabError):
     """A model cannot be loaded safely or is not a masked language model."""
+
+
+class CorpusError(InputError):
+    """The corpus file cannot be used; the message names the line or the limit."""
+
+
+class RunError(MaskLabError):
+    """A run operation that cannot be done (unknown id, forbidden transition)."""
+
+
+class EvaluationCancelled(MaskLabError):
+    """The caller's cancel flag was raised; nothing was cached."""
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Cancelled(RuntimeError):
+    """The user asked the run to stop (``step``: the last completed step)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"cancelled at step {step}")
+        self.step = step

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from mlm_core.views import charts
-from mlm_core.explain.compare import ATTENTION_VIEWS, compare, word_swap
 from mlm_core.errors import MaskLabError
+from mlm_core.explain.compare import ATTENTION_VIEWS, compare, word_swap
+from mlm_core.views import charts
 from mlm_core.views.reports import html_report
 from ui.common import route_through_app, share_panel, show_error, url_get, url_int, url_set
 from ui.compare import side_controls

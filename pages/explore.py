@@ -2,13 +2,12 @@
 
 import streamlit as st
 
-from mlm_core.views import charts
-
-from mlm_core.views import html as render
 from mlm_core.errors import MaskLabError
 from mlm_core.explain.exploration import FREQUENCY_DRAWS, chosen_frequency, explore, reading_tokens
-from mlm_core.masking import ParamSpec
 from mlm_core.explain.predict import fill_text
+from mlm_core.settings import ParamSpec
+from mlm_core.views import charts
+from mlm_core.views import html as render
 from mlm_core.views.reports import exploration_report, strategy_settings
 from ui.common import (
     UrlField,

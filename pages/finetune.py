@@ -7,13 +7,12 @@ the URL too (ui/finetune.py).
 
 import streamlit as st
 
-from mlm_core.training import planning as finetune
-
-from mlm_core.training import jobs
-from mlm_core.training.run_table import format_duration
 from mlm_core.errors import MaskLabError
-from mlm_core.views.html import escape_markdown
+from mlm_core.training import jobs
+from mlm_core.training import planning as finetune
+from mlm_core.training.run_table import format_duration
 from mlm_core.training.trainer import TrainConfig
+from mlm_core.views.html import escape_markdown
 from ui import runs as run_ui
 from ui.common import (
     UPLOAD_NOTE,

@@ -4,8 +4,8 @@ import streamlit as st
 
 from mlm_core.training import jobs
 from mlm_core.training.run_table import TABLE_COLUMNS, filter_runs, run_label, runs_table
-from mlm_core.views.html import escape_markdown
 from mlm_core.training.store import STATES
+from mlm_core.views.html import escape_markdown
 from ui import runs as run_ui
 from ui.common import route_through_app
 

@@ -14,8 +14,8 @@ from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
 
 from mlm_core.explain.predict import fill_text, predict
-from mlm_core.views.html import escape_markdown
 from mlm_core.text.tokens import tokenize
+from mlm_core.views.html import escape_markdown
 from ui.strategy import NONE
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_core.explain import attention
-
-from mlm_core.views import charts
 from mlm_core.cli.explain import format_attend, run_attend
 from mlm_core.errors import InputError, NothingToMaskError
+from mlm_core.explain import attention
 from mlm_core.text.tokens import tokenize
+from mlm_core.views import charts
 
 TEXT = "the cat sat on the [MASK] ."
 

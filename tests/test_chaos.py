@@ -42,9 +42,7 @@ from apptest_support import clear_streamlit_caches, open_app_page
 from safetensors.torch import load_file
 from test_training import corpus_bytes
 
-from mlm_core.training import checkpoints
-
-from mlm_core.training import jobs
+from mlm_core.training import checkpoints, jobs
 from mlm_core.training.store import (
     CANCELLED,
     FINAL_STATES,

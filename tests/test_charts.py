@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from mlm_core.explain.predict import Candidate, PositionPrediction
 from mlm_core.views import charts
 from mlm_core.views.charts import HIT_COLOUR, token_axis, topk_bars
-from mlm_core.explain.predict import Candidate, PositionPrediction
 
 
 def test_token_axis_keeps_repeated_tokens():

@@ -22,14 +22,11 @@ import pytest
 import torch
 import torch.nn.modules.module as torch_module
 
-from mlm_core.explain import attention
-
-from mlm_core.explain import attribution
-
+from mlm_core.explain import attention, attribution
 from mlm_core.explain import whatif as interference
 from mlm_core.explain.exploration import explore
-from mlm_core.masking import strategy_from_params
 from mlm_core.explain.predict import pseudo_log_likelihood
+from mlm_core.masking import strategy_from_params
 from mlm_core.text.tokens import tokenize
 
 WORKERS = 16

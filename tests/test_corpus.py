@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlm_core.text.corpus import MAX_TEXT_CHARS, CorpusError, read_corpus, table_columns
+from mlm_core.errors import CorpusError
+from mlm_core.text.corpus import MAX_TEXT_CHARS, read_corpus, table_columns
 
 
 def test_txt_lines_and_paragraphs():

@@ -24,11 +24,11 @@ from conftest import TINY_VOCAB, TINY_WORDS
 
 from mlm_core import evaluate as ev
 from mlm_core.cli import main
-from mlm_core.errors import InputError
-from mlm_core.evaluate import EvalConfig, EvaluationCancelled, evaluate, sentence_seed, sweep
+from mlm_core.errors import EvaluationCancelled, InputError
+from mlm_core.evaluate import EvalConfig, evaluate, sentence_seed, sweep
 from mlm_core.explain.exploration import build_strategy, explore
-from mlm_core.explain.whatif import count_hooks
 from mlm_core.explain.predict import pseudo_log_likelihood
+from mlm_core.explain.whatif import count_hooks
 from mlm_core.text.tokens import tokenize
 
 SENTENCES = [

@@ -31,11 +31,11 @@ from streamlit.testing.v1 import AppTest
 from test_training import corpus_bytes
 
 import mlm_core.explain.exploration
-from mlm_core.training import jobs
 from mlm_core.text.corpus import MAX_CORPUS_BYTES
-from mlm_core.views.html import escape_markdown
 from mlm_core.text.tokens import tokenize
+from mlm_core.training import jobs
 from mlm_core.training.trainer import TrainConfig
+from mlm_core.views.html import escape_markdown
 from ui.corpus import UPLOAD
 from ui.strategy import NONE
 

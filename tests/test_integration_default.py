@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mlm_core.explain.predict import predict
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import load_model
-from mlm_core.explain.predict import predict
 from mlm_core.text.tokens import tokenize
 
 pytestmark = pytest.mark.integration

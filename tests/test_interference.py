@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlm_core.explain import whatif as xi
 from mlm_core.errors import InputError, NothingToMaskError
+from mlm_core.explain import whatif as xi
 from mlm_core.explain.predict import forward, predict
 from mlm_core.text.tokens import tokenize
 

@@ -22,10 +22,8 @@ from conftest import TINY_VOCAB, build_tiny_bert
 from safetensors import SafetensorError
 from test_training import corpus_bytes
 
-from mlm_core.training import checkpoints
-
-from mlm_core.training import jobs
-from mlm_core.text.corpus import CorpusError
+from mlm_core.errors import CorpusError
+from mlm_core.training import checkpoints, jobs
 from mlm_core.training.store import (
     CANCELLED,
     DIVERGED,

@@ -17,8 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mlm_core.text.corpus import CorpusError, read_corpus, table_columns
-from mlm_core.errors import InputError
+from mlm_core.errors import CorpusError, InputError
 from mlm_core.evaluate import MAX_RATES, parse_heads_off, parse_rates
 from mlm_core.masking import (
     STRATEGIES,
@@ -28,8 +27,9 @@ from mlm_core.masking import (
     params_of,
     strategy_from_params,
 )
-from mlm_core.training.probes import parse_sentences
+from mlm_core.text.corpus import read_corpus, table_columns
 from mlm_core.text.tokens import visible_text
+from mlm_core.training.probes import parse_sentences
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Text a file can hold as UTF-8 (no lone surrogates), without control characters (a file of them is

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlm_core.views.html import chip, legend, token_chips
 from mlm_core.text.tokens import tokenize
+from mlm_core.views.html import chip, legend, token_chips
 
 PAYLOADS = [
     "<img src=x onerror=alert(1)>",

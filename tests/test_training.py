@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from mlm_core.training import checkpoints
 from mlm_core.text.corpus import read_corpus
+from mlm_core.training import checkpoints
 from mlm_core.training.trainer import (
     MAX_OOM_RETRIES,
     Cancelled,

@@ -12,8 +12,6 @@ import json
 
 import streamlit as st
 
-from mlm_core.views import charts
-from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.errors import MaskLabError
 from mlm_core.evaluate import (
     CI_NOTE,
@@ -30,8 +28,10 @@ from mlm_core.evaluate import (
 )
 from mlm_core.explain.exploration import MAIN_STRATEGIES
 from mlm_core.explain.whatif import parse_heads
-from mlm_core.masking import ParamSpec
+from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import LoadedModel
+from mlm_core.settings import ParamSpec
+from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown
 from mlm_core.views.reports import batch_report
 from ui.common import UrlField, checked_by, corpus_url_fields, show_error

@@ -16,11 +16,11 @@ from typing import Any
 
 import streamlit as st
 
-from mlm_core.text.corpus import TEXT_UNITS
-from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.errors import MaskLabError
-from mlm_core.masking import ParamSpec
+from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import LoadedModel, load_model
+from mlm_core.settings import ParamSpec
+from mlm_core.text.corpus import TEXT_UNITS
 from mlm_core.views.html import escape_markdown
 from ui.corpus import DEMO, UPLOAD
 

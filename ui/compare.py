@@ -9,9 +9,9 @@ from __future__ import annotations
 import streamlit as st
 
 from mlm_core.explain.compare import Side
-from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.explain.exploration import MAIN_STRATEGIES, build_strategy
 from mlm_core.masking import STRATEGIES, params_of, strategy_from_params
+from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import LoadedModel
 from ui.common import OTHER_MODEL, load_with_message, url_get, url_ignored, url_int, url_set
 from ui.strategy import EXCLUDE_RULES, NONE, strategy_params
@@ -20,8 +20,8 @@ from ui.strategy import EXCLUDE_RULES, NONE, strategy_params
 def _run_models() -> list[tuple[str, str]]:
     """(label, folder) of every finished run's model; none when the run store cannot be read."""
     try:
-        from mlm_core.training.planning import model_options
         from mlm_core.training.jobs import default_store
+        from mlm_core.training.planning import model_options
 
         return [(o.label, o.model) for o in model_options(default_store()) if o.kind == "run"]
     except Exception:  # noqa: BLE001 - a broken store must not take the page down; runs are optional here

@@ -16,19 +16,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from mlm_core.explain import attention
-
-from mlm_core.explain import attribution
-
-from mlm_core.views import charts
-
-from mlm_core.explain import whatif as interference
-
-from mlm_core.views import html as render
 from mlm_core.errors import MaskLabError
+from mlm_core.explain import attention, attribution
+from mlm_core.explain import whatif as interference
 from mlm_core.explain.exploration import Exploration
 from mlm_core.model.loading import LoadedModel
 from mlm_core.text.tokens import CATEGORIES, Tokens
+from mlm_core.views import charts
+from mlm_core.views import html as render
 from ui.common import show_error
 
 IMAGE_FORMATS = ("png", "svg")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from mlm_core.settings import ParamSpec
 from mlm_core.training.planning import ModelOption
-from mlm_core.masking import ParamSpec
 from ui.common import UrlField
 from ui.runs import OTHER
 

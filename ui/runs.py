@@ -13,9 +13,18 @@ import uuid
 
 import streamlit as st
 
-from mlm_core.views import charts
-
+from mlm_core.errors import MaskLabError, RunError
+from mlm_core.model.loading import load_model
 from mlm_core.training import jobs
+from mlm_core.training.planning import (
+    ModelOption,
+    PreviewExample,
+    is_lstm_folder,
+    model_name,
+    model_options,
+    run_model_folder,
+)
+from mlm_core.training.probes import base_model_for, parse_sentences, preset_sentences, probe, probe_table
 from mlm_core.training.run_table import (
     ACTIVE_STATES,
     METRICS,
@@ -27,20 +36,10 @@ from mlm_core.training.run_table import (
     run_label,
     zip_folder,
 )
-from mlm_core.errors import MaskLabError
-from mlm_core.training.planning import (
-    ModelOption,
-    PreviewExample,
-    is_lstm_folder,
-    model_name,
-    model_options,
-    run_model_folder,
-)
-from mlm_core.model.loading import load_model
-from mlm_core.training.probes import base_model_for, parse_sentences, preset_sentences, probe, probe_table
+from mlm_core.training.store import INTERRUPTED, RUNNING, RunRecord, RunStore
+from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown, token_chips
 from mlm_core.views.reports import html_report
-from mlm_core.training.store import INTERRUPTED, RUNNING, RunError, RunRecord, RunStore
 from ui.common import show_error
 
 POLL_S = 2.0  # how often a followed run is read from the store

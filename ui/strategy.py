@@ -10,7 +10,8 @@ import streamlit as st
 
 from mlm_core.errors import InputError
 from mlm_core.explain.exploration import MAIN_STRATEGIES, build_strategy
-from mlm_core.masking import STRATEGIES, ParamSpec, params_of, strategy_from_params
+from mlm_core.masking import STRATEGIES, params_of, strategy_from_params
+from mlm_core.settings import ParamSpec
 from ui.common import url_ignored
 
 NONE = "none (typed or clicked masks only)"

@@ -12,15 +12,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from mlm_core.views import charts
-
-from mlm_core.views import html as render
+from mlm_core.errors import InputError, MaskLabError
 from mlm_core.explain.attention import head_mean
 from mlm_core.explain.compare import leave_one_out
-from mlm_core.errors import InputError, MaskLabError
 from mlm_core.explain.exploration import build_strategy, explore
-from mlm_core.model.loading import LoadedModel, load_model
 from mlm_core.explain.predict import fill_text
+from mlm_core.model.loading import LoadedModel, load_model
+from mlm_core.views import charts
+from mlm_core.views import html as render
 from ui.common import show_error, url_get, url_int, url_set
 from ui.compare import _run_models
 

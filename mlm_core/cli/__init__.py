@@ -139,8 +139,8 @@ def strategy_from_args(args: argparse.Namespace):
 @command("predict")
 def run_predict(args: argparse.Namespace) -> dict:
     from mlm_core.explain.exploration import explore
-    from mlm_core.model.loading import load_model
     from mlm_core.explain.predict import fill_text
+    from mlm_core.model.loading import load_model
 
     loaded = load_model(args.model, args.device)
     result = explore(loaded, args.text, strategy_from_args(args), args.seed, top_k=args.top_k, fill=args.fill)
@@ -288,8 +288,8 @@ def _run_foreground(store, run_id: str, as_json: bool) -> dict:
 def run_train(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from mlm_core.training.jobs import submit
     from mlm_core.masking import params_of
+    from mlm_core.training.jobs import submit
     from mlm_core.training.trainer import TrainConfig
 
     corpus_path = Path(args.corpus)
@@ -356,8 +356,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
     from mlm_core import evaluate as ev
-    from mlm_core.text.corpus import read_corpus
     from mlm_core.model.loading import load_model
+    from mlm_core.text.corpus import read_corpus
 
     path = Path(args.file)
     corpus = read_corpus(read_user_file(args.file, "file"), path.name, args.column, args.text_unit)

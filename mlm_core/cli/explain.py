@@ -22,8 +22,8 @@ TOP_PER_ROW = 3  # attended tokens listed per row in the text output
 
 def add_parsers(sub) -> None:
     """Add the ``attend`` and ``attribute`` subcommands to ``build_parser``'s subparsers."""
-    from mlm_core.explain.attribution import BASELINES, DEFAULT_STEPS, MAX_STEPS, METHODS
     from mlm_core.cli import add_model_argument, positive_int
+    from mlm_core.explain.attribution import BASELINES, DEFAULT_STEPS, MAX_STEPS, METHODS
 
     p = sub.add_parser("attend", help="attention weights of a text (one head, mean of heads, or rollout)")
     p.add_argument("text", help="text, with the model's mask token where a word is hidden")

@@ -68,7 +68,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mlm_core.errors import InputError, MaskLabError
+from mlm_core.errors import EvaluationCancelled, InputError, MaskLabError
 from mlm_core.explain.exploration import MAIN_STRATEGIES, build_strategy, compose
 from mlm_core.explain.whatif import heads_gated, parse_heads
 from mlm_core.masking import (
@@ -122,8 +122,6 @@ TEXT_COLUMNS = ("config", "text", "note", "token", "word", "category", "kind", "
 ProgressFn = Callable[[int, int | None, str], None]  # (done, total or None, what is running)
 
 
-class EvaluationCancelled(MaskLabError):
-    """The caller's cancel flag was raised; nothing was cached."""
 
 
 # ----------------------------------------------------------------------------- configurations

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlm_core.explain.attention import check_fits
 from mlm_core.errors import InputError, NothingToMaskError
+from mlm_core.explain.attention import check_fits
 from mlm_core.explain.whatif import HOOK_DICTS, count_hooks
 from mlm_core.model.loading import LoadedModel
 from mlm_core.text.tokens import tokenizer_lock

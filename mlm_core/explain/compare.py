@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mlm_core.explain.attention import attention_maps, head_mean, rollout
 from mlm_core.errors import InputError, NothingToMaskError
+from mlm_core.explain.attention import attention_maps, head_mean, rollout
 from mlm_core.explain.exploration import Exploration, explore
+from mlm_core.explain.predict import Prediction, forward, predict, special_id_tensor
 from mlm_core.explain.whatif import head_gates, heads_gated, parse_heads
 from mlm_core.model.loading import LoadedModel
-from mlm_core.explain.predict import Prediction, forward, predict, special_id_tensor
 from mlm_core.text.tokens import tokenize
 
 ATTENTION_VIEWS = ("mean", "rollout")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlm_core.errors import InputError
+from mlm_core.explain.predict import Prediction, predict, pseudo_log_likelihood
 from mlm_core.masking import (
     MASKED,
     AttentionExclusion,
@@ -34,7 +35,6 @@ from mlm_core.masking import (
     strategy_from_params,
 )
 from mlm_core.model.loading import LoadedModel
-from mlm_core.explain.predict import Prediction, predict, pseudo_log_likelihood
 from mlm_core.text.privacy import PrivacyResult
 from mlm_core.text.tokens import Tokens, tokenize
 from mlm_core.training.trainer import is_adaptive

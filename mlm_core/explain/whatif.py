@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlm_core.explain.attention import check_fits
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.model.loading import LoadedModel
+from mlm_core.explain.attention import check_fits
 from mlm_core.explain.predict import MAX_TOP_K, PositionPrediction, position_prediction
+from mlm_core.model.loading import LoadedModel
 from mlm_core.text.tokens import CATEGORIES, Tokens
 
 PRUNE_SCOPES = ("layer", "global")  # layer: each weight matrix at its own threshold (torch prune's l1_unstructured)

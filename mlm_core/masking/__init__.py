@@ -46,8 +46,18 @@ import numpy as np
 import torch
 
 from mlm_core.errors import InputError, ModelLoadError, NothingToMaskError
+from mlm_core.settings import ParamSpec, Validated, param, param_specs, shown_value
 from mlm_core.text.privacy import PrivacyMasking, PrivacyResult
-from mlm_core.text.tokens import CONTENT, NUMBER, PUNCTUATION, SPECIAL, STOPWORD, Tokens, tokenize, word_category
+from mlm_core.text.tokens import (
+    CONTENT,
+    NUMBER,
+    PUNCTUATION,
+    SPECIAL,
+    STOPWORD,
+    Tokens,
+    tokenize,
+    word_category,
+)
 
 IGNORE_INDEX = -100  # label of positions that are not predicted (PyTorch cross-entropy's ignore_index)
 MASKED = "masked"
@@ -113,179 +123,6 @@ class Vocab:
         keep = torch.ones(self.vocab_size, dtype=torch.bool)
         keep[[i for i in self.special_ids if i < self.vocab_size]] = False
         return keep.nonzero().squeeze(1)
-
-
-# ----------------------------------------------------------------------------- parameters
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One parameter of a strategy, declared once for the CLI, the Streamlit controls and URLs.
-
-    ``kind`` is one of ``float``, ``int``, ``bool``, ``choice``, ``text``, ``int_list``,
-    ``text_list``, ``multi_choice``. Example: ``ParamSpec("mlm_probability", "float", 0.15,
-    "Share of eligible tokens chosen.", 0.0, 1.0).parse("0.3") == 0.3``.
-    """
-
-    name: str
-    kind: str
-    default: Any
-    help: str
-    min: float | None = None
-    max: float | None = None
-    choices: tuple[str, ...] = ()
-
-    def parse(self, value: Any) -> Any:
-        """Convert a native value, or a string from a URL or the CLI, and check it; InputError if invalid."""
-        kind = self.kind
-        if kind in ("float", "int"):
-            number = self._number(value)
-            if (self.min is not None and number < self.min) or (self.max is not None and number > self.max):
-                raise InputError(f"{self.name} must be {self._bounds()}; got {value!r}.")
-            return number
-        if kind == "bool":
-            return self._bool(value)
-        if kind in ("choice", "text"):
-            if not isinstance(value, str):
-                raise InputError(f"{self.name} must be text; got {value!r}.")
-            if kind == "choice" and value not in self.choices:
-                raise InputError(f"{self.name} must be one of {', '.join(self.choices)}; got {value!r}.")
-            return value
-        items = self._items(value)
-        if kind == "int_list":
-            return tuple(self._integer(item) for item in items)
-        # An item holding a separator comes back from a link (``format``) as two: split it here already,
-        # so that parse(format(v)) == v (a word list never needs a comma inside a word).
-        parts = (part for item in items for part in str(item).replace(";", ",").split(","))
-        items = tuple(part.strip() for part in parts if part.strip())
-        if kind == "multi_choice":
-            unknown = [item for item in items if item not in self.choices]
-            if unknown:
-                raise InputError(  # quoted: a link may carry any text, line breaks included
-                    f"{self.name}: unknown {', '.join(_shown(u, 40) for u in unknown[:5])}; "
-                    f"choose from {', '.join(self.choices)}."
-                )
-            return tuple(dict.fromkeys(items))
-        return items
-
-    def format(self, value: Any) -> str:
-        """The string form used in URLs and on the command line (``parse`` reads it back)."""
-        if self.kind == "bool":
-            return "true" if value else "false"
-        if self.kind in ("int_list", "text_list", "multi_choice"):
-            return ",".join(str(item) for item in value)
-        if self.kind == "float":
-            short = f"{value:g}"  # "0.15", not "0.15000000000000002"; but :g keeps only 6 digits,
-            return short if float(short) == value else repr(float(value))  # so a link must not round
-        return str(value)
-
-    def _bounds(self) -> str:
-        what = "a whole number" if self.kind == "int" else "a number"
-        if self.min is not None and self.max is not None:
-            return f"{what} from {self.min:g} to {self.max:g}"
-        if self.min is not None:
-            return f"{what} of at least {self.min:g}"
-        return what
-
-    def _number(self, value: Any) -> float | int:
-        if isinstance(value, bool):
-            raise InputError(f"{self.name} must be {self._bounds()}; got {value!r}.")
-        if self.kind == "int":
-            return self._integer(value)
-        try:
-            number = float(value.strip()) if isinstance(value, str) else float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{self.name} must be {self._bounds()}; got {value!r}.") from None
-        if not math.isfinite(number):
-            raise InputError(f"{self.name} must be a finite number; got {value!r}.")
-        return number
-
-    def _integer(self, value: Any) -> int:
-        try:
-            if isinstance(value, str):
-                return int(value.strip())
-            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                return int(value)
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-        except ValueError:
-            pass
-        raise InputError(f"{self.name} must be whole numbers; got {value!r}.")
-
-    def _bool(self, value: Any) -> bool:
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        if isinstance(value, (int, np.integer)) and value in (0, 1):
-            return bool(value)
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise InputError(f"{self.name} must be true or false; got {value!r}.")
-
-    @staticmethod
-    def _items(value: Any) -> tuple:
-        if isinstance(value, str):
-            return tuple(part for part in value.replace(";", ",").split(",") if part.strip())
-        if isinstance(value, Iterable):
-            return tuple(value)
-        return (value,)
-
-
-def _param(
-    help: str, *, min: float | None = None, max: float | None = None, choices: Sequence[str] = ()
-) -> dict:
-    """Field metadata read by ``param_specs``: the one place a parameter is described."""
-    return {"help": help, "min": min, "max": max, "choices": tuple(choices)}
-
-
-_KIND_OF_ANNOTATION = {
-    "float": "float",
-    "int": "int",
-    "bool": "bool",
-    "str": "text",
-    "tuple[int, ...]": "int_list",
-    "tuple[str, ...]": "text_list",
-}
-
-
-@lru_cache(maxsize=64)
-def param_specs(cls: type) -> tuple[ParamSpec, ...]:
-    """The declared parameters of a strategy class (or ``DrawPolicy``/``RateSchedule``), UI order."""
-    specs = []
-    for f in sorted(dataclasses.fields(cls), key=lambda f: f.kw_only):  # corruption settings last
-        meta = f.metadata
-        if "help" not in meta:
-            continue
-        kind = _KIND_OF_ANNOTATION[str(f.type)]
-        if meta.get("choices"):
-            kind = {"text": "choice", "text_list": "multi_choice"}[kind]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        specs.append(
-            ParamSpec(
-                f.name, kind, default, meta["help"], meta.get("min"), meta.get("max"), meta.get("choices", ())
-            )
-        )
-    return tuple(specs)
-
-
-class _Validated:
-    """Mixin for frozen dataclasses: parse and check every declared field in ``__post_init__``."""
-
-    label: ClassVar[str] = "masking"
-
-    def __post_init__(self) -> None:
-        for spec in param_specs(type(self)):
-            try:
-                value = spec.parse(getattr(self, spec.name))
-            except InputError as exc:
-                raise InputError(f"{self.label}: {exc}") from None
-            object.__setattr__(self, spec.name, value)
-        self._check()
-
-    def _check(self) -> None:
-        """Checks that involve several fields; raise InputError with what to change."""
 
 
 # ----------------------------------------------------------------------------- batches
@@ -664,7 +501,7 @@ class Corruption:
     random_excludes_special: bool = False  # transformers draws from the whole vocabulary
 
 
-class MaskingStep(_Validated):
+class MaskingStep(Validated):
     """Base of token-level strategies. A step may protect, select or exclude positions (``(B, T)`` bool).
 
     ``eligible`` is what the step may touch; ``gen`` is the only source of randomness.
@@ -697,15 +534,15 @@ class _Corrupting(MaskingStep):
     mask_replace_prob: float = field(
         default=0.8,
         kw_only=True,
-        metadata=_param("Share of chosen tokens replaced by the mask token.", **_PROB),
+        metadata=param("Share of chosen tokens replaced by the mask token.", **_PROB),
     )
     random_replace_prob: float = field(
         default=0.1,
         kw_only=True,
-        metadata=_param("Share of chosen tokens replaced by a random token.", **_PROB),
+        metadata=param("Share of chosen tokens replaced by a random token.", **_PROB),
     )
     random_excludes_special: bool = field(
-        default=False, kw_only=True, metadata=_param("Never draw special tokens as random replacements.")
+        default=False, kw_only=True, metadata=param("Never draw special tokens as random replacements.")
     )
 
     def _check(self) -> None:
@@ -746,9 +583,9 @@ class RandomMasking(_Corrupting):
     name: ClassVar[str] = "random"
     label: ClassVar[str] = "random masking"
 
-    mlm_probability: float = field(default=0.15, metadata=_param("Share of eligible tokens chosen.", **_PROB))
+    mlm_probability: float = field(default=0.15, metadata=param("Share of eligible tokens chosen.", **_PROB))
     exact: bool = field(
-        default=False, metadata=_param("Choose exactly round(p·n) tokens instead of each with rate p.")
+        default=False, metadata=param("Choose exactly round(p·n) tokens instead of each with rate p.")
     )
 
     def select(self, batch, eligible, gen):
@@ -774,8 +611,8 @@ class WholeWordMasking(_Corrupting):
     name: ClassVar[str] = "whole-word"
     label: ClassVar[str] = "whole-word masking"
 
-    mlm_probability: float = field(default=0.15, metadata=_param("Share of eligible words chosen.", **_PROB))
-    exact: bool = field(default=False, metadata=_param("Add words until round(p·n) tokens are chosen."))
+    mlm_probability: float = field(default=0.15, metadata=param("Share of eligible words chosen.", **_PROB))
+    exact: bool = field(default=False, metadata=param("Add words until round(p·n) tokens are chosen."))
 
     def select(self, batch, eligible, gen):
         if not self.exact:
@@ -808,14 +645,14 @@ class SpanMasking(_Corrupting):
     label: ClassVar[str] = "span masking"
 
     mlm_probability: float = field(
-        default=0.15, metadata=_param("Share of eligible tokens to cover.", **_PROB)
+        default=0.15, metadata=param("Share of eligible tokens to cover.", **_PROB)
     )
     geometric_p: float = field(
         default=0.2,
-        metadata=_param("Geometric parameter of span lengths (SpanBERT: 0.2).", min=0.01, max=1.0),
+        metadata=param("Geometric parameter of span lengths (SpanBERT: 0.2).", min=0.01, max=1.0),
     )
     max_span_length: int = field(
-        default=10, metadata=_param("Longest span, in words (SpanBERT: 10).", min=1, max=100)
+        default=10, metadata=param("Longest span, in words (SpanBERT: 10).", min=1, max=100)
     )
 
     @property
@@ -938,19 +775,19 @@ class RuleBased(_Corrupting):
     name: ClassVar[str] = "rule-based"
     label: ClassVar[str] = "rule-based masking"
 
-    rule: str = field(default="stopwords", metadata=_param("Which words the rule matches.", choices=RULES))
+    rule: str = field(default="stopwords", metadata=param("Which words the rule matches.", choices=RULES))
     mode: str = field(
         default="target",
-        metadata=_param("target: mask the matches; protect: never mask them.", choices=("target", "protect")),
+        metadata=param("target: mask the matches; protect: never mask them.", choices=("target", "protect")),
     )
-    rate: float = field(default=1.0, metadata=_param("Share of matching words the rule applies to.", **_PROB))
+    rate: float = field(default=1.0, metadata=param("Share of matching words the rule applies to.", **_PROB))
     words: tuple[str, ...] = field(
-        default=(), metadata=_param("Word list for the words rule (comma-separated).")
+        default=(), metadata=param("Word list for the words rule (comma-separated).")
     )
     pattern: str = field(
-        default="", metadata=_param("Regular expression for the regex rule (matches whole words).")
+        default="", metadata=param("Regular expression for the regex rule (matches whole words).")
     )
-    ignore_case: bool = field(default=True, metadata=_param("Match words and patterns ignoring case."))
+    ignore_case: bool = field(default=True, metadata=param("Match words and patterns ignoring case."))
 
     def _check(self) -> None:
         super()._check()
@@ -1016,18 +853,18 @@ class ManualMasking(_Corrupting):
     label: ClassVar[str] = "manual masking"
 
     positions: tuple[int, ...] = field(
-        default=(), metadata=_param("Token positions to mask (comma-separated).", min=0)
+        default=(), metadata=param("Token positions to mask (comma-separated).", min=0)
     )
-    whole_word: bool = field(default=False, metadata=_param("Extend each chosen token to its whole word."))
+    whole_word: bool = field(default=False, metadata=param("Extend each chosen token to its whole word."))
     mask_replace_prob: float = field(
         default=1.0,
         kw_only=True,
-        metadata=_param("Share of chosen tokens replaced by the mask token.", **_PROB),
+        metadata=param("Share of chosen tokens replaced by the mask token.", **_PROB),
     )
     random_replace_prob: float = field(
         default=0.0,
         kw_only=True,
-        metadata=_param("Share of chosen tokens replaced by a random token.", **_PROB),
+        metadata=param("Share of chosen tokens replaced by a random token.", **_PROB),
     )
 
     def _check(self) -> None:
@@ -1062,10 +899,10 @@ class AdaptiveMasking(_Corrupting):
     label: ClassVar[str] = "adaptive masking"
 
     mlm_probability: float = field(
-        default=0.15, metadata=_param("Expected share of eligible tokens chosen.", **_PROB)
+        default=0.15, metadata=param("Expected share of eligible tokens chosen.", **_PROB)
     )
     uniform_mix: float = field(
-        default=0.0, metadata=_param("Share of plain random masking mixed in.", **_PROB)
+        default=0.0, metadata=param("Share of plain random masking mixed in.", **_PROB)
     )
 
     def probabilities(self, batch: TokenBatch, eligible: torch.Tensor) -> torch.Tensor:
@@ -1108,11 +945,11 @@ class AttentionExclusion(MaskingStep):
     label: ClassVar[str] = "attention exclusion"
 
     positions: tuple[int, ...] = field(
-        default=(), metadata=_param("Token positions to exclude (comma-separated).", min=0)
+        default=(), metadata=param("Token positions to exclude (comma-separated).", min=0)
     )
     rule: str = field(
         default="",
-        metadata=_param(
+        metadata=param(
             "Exclude every word of this kind.", choices=("", "stopwords", "punctuation", "numbers")
         ),
     )
@@ -1351,7 +1188,7 @@ def mask_text(
 
 
 @dataclass(frozen=True)
-class DrawPolicy(_Validated):
+class DrawPolicy(Validated):
     """Static or dynamic masking: which random draw an example gets in a given epoch.
 
     ``static``: one mask per example, the same every epoch (seeded by the example's key);
@@ -1364,11 +1201,11 @@ class DrawPolicy(_Validated):
 
     mode: str = field(
         default="dynamic",
-        metadata=_param(
+        metadata=param(
             "static: one mask per example; dynamic: new each epoch.", choices=("static", "dynamic")
         ),
     )
-    seed: int = field(default=0, metadata=_param("Base seed of every draw.", min=0))
+    seed: int = field(default=0, metadata=param("Base seed of every draw.", min=0))
 
     def seed_for(self, example_key: int | str, epoch: int = 0) -> int:
         """A 63-bit seed from (seed, key, epoch); the epoch is ignored when static."""
@@ -1414,7 +1251,7 @@ def mask_many(records: Sequence[Tokens], strategy, vocab: Vocab, *, seed: int = 
 
 
 @dataclass(frozen=True)
-class RateSchedule(_Validated):
+class RateSchedule(Validated):
     """A masking rate that changes with the training step, e.g. 0.30 → 0.15 (linear or cosine).
 
     Example: ``RateSchedule("linear", 0.30, 0.15, 1000).rate(500) == 0.225``.
@@ -1424,11 +1261,11 @@ class RateSchedule(_Validated):
 
     kind: str = field(
         default="constant",
-        metadata=_param("How the rate moves from start to end.", choices=("constant", "linear", "cosine")),
+        metadata=param("How the rate moves from start to end.", choices=("constant", "linear", "cosine")),
     )
-    start: float = field(default=0.15, metadata=_param("Rate at step 0.", **_PROB))
-    end: float = field(default=0.15, metadata=_param("Rate from total_steps on.", **_PROB))
-    total_steps: int = field(default=1000, metadata=_param("Steps from start to end.", min=1))
+    start: float = field(default=0.15, metadata=param("Rate at step 0.", **_PROB))
+    end: float = field(default=0.15, metadata=param("Rate from total_steps on.", **_PROB))
+    total_steps: int = field(default=1000, metadata=param("Steps from start to end.", min=1))
 
     def rate(self, step: int) -> float:
         if self.kind == "constant":
@@ -1524,11 +1361,11 @@ def strategy_from_params(name: str, params: Mapping[str, Any] | None = None):
 def _from_params(name: str, params: Mapping[str, Any] | None, depth: int):
     key = str(name).strip().lower().replace("_", "-")
     if key not in STRATEGIES:
-        raise InputError(f"Unknown masking strategy {_shown(name)}; choose from {', '.join(STRATEGIES)}.")
+        raise InputError(f"Unknown masking strategy {shown_value(name)}; choose from {', '.join(STRATEGIES)}.")
     spec = STRATEGIES[key]
     if params is not None and not isinstance(params, Mapping):
         raise InputError(
-            f"{spec.cls.label}: params must be a mapping of names to values; got {_shown(params)}."
+            f"{spec.cls.label}: params must be a mapping of names to values; got {shown_value(params)}."
         )
     params = dict(params or {})
     if spec.cls is Compose:
@@ -1537,7 +1374,7 @@ def _from_params(name: str, params: Mapping[str, Any] | None, depth: int):
     unknown = [str(k) for k in params if k not in valid]  # keys of a hand-made mapping need not be text
     if unknown:
         raise InputError(
-            f"{spec.cls.label}: unknown parameter(s) {', '.join(_shown(k, 40)[1:-1] for k in unknown)}; "
+            f"{spec.cls.label}: unknown parameter(s) {', '.join(shown_value(k, 40)[1:-1] for k in unknown)}; "
             f"valid: {', '.join(valid) or 'none'}."
         )
     kwargs = {}
@@ -1549,17 +1386,11 @@ def _from_params(name: str, params: Mapping[str, Any] | None, depth: int):
     return spec.cls(**kwargs)
 
 
-def _shown(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut short: messages quote what came from a link, which may be huge."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def _compose_from_params(params: dict, depth: int):
     unknown = [str(k) for k in params if k != "steps"]
     if unknown:
         raise InputError(
-            f"composed masking: unknown parameter(s) {', '.join(_shown(k, 40)[1:-1] for k in unknown)}; "
+            f"composed masking: unknown parameter(s) {', '.join(shown_value(k, 40)[1:-1] for k in unknown)}; "
             "valid: steps."
         )
     if depth >= MAX_COMPOSE_DEPTH:  # a hand-made link could nest compositions until the interpreter overflows
@@ -1583,7 +1414,7 @@ def _compose_from_params(params: dict, depth: int):
         elif isinstance(step, Mapping) and "name" in step:
             built.append(_from_params(step["name"], step.get("params") or {}, depth + 1))
         else:
-            raise InputError(f"composed masking: each step needs a name and params; got {_shown(step)}.")
+            raise InputError(f"composed masking: each step needs a name and params; got {shown_value(step)}.")
     return Compose(tuple(built))
 
 

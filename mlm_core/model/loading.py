@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from mlm_core.model.default_model import ADAPTER_DIR, ADAPTER_FILE, DEFAULT_MODEL_NAME, base_encoder_dir
 from mlm_core.errors import ModelLoadError
+from mlm_core.model.default_model import ADAPTER_DIR, ADAPTER_FILE, DEFAULT_MODEL_NAME, base_encoder_dir
 
 MAX_LOADED_MODELS = 3  # each small model is ~100 MB; a class rarely uses more than two at once
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")

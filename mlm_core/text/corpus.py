@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlm_core.errors import InputError
+from mlm_core.errors import CorpusError
 
 MAX_CORPUS_BYTES = 50 * 1024 * 1024
 MAX_TEXT_CHARS = 100_000  # one text (line, paragraph or field); matches the explorer's limit
@@ -32,8 +32,6 @@ TEXT_UNITS = ("line", "paragraph")
 PREFERRED_COLUMNS = ("text", "sentence", "content", "body", "review")
 
 
-class CorpusError(InputError):
-    """The corpus file cannot be used; the message names the line or the limit."""
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from mlm_core.training import checkpoints
-from mlm_core.text.corpus import Corpus, read_corpus
 from mlm_core.errors import MaskLabError
+from mlm_core.text.corpus import Corpus, read_corpus
+from mlm_core.training import checkpoints
 from mlm_core.training.store import (
     CANCELLED,
     DIVERGED,
@@ -35,7 +35,14 @@ from mlm_core.training.store import (
     RunStore,
     process_alive,
 )
-from mlm_core.training.trainer import Cancelled, Diverged, TrainConfig, Trainer, TrainingCallbacks, split_texts
+from mlm_core.training.trainer import (
+    Cancelled,
+    Diverged,
+    TrainConfig,
+    Trainer,
+    TrainingCallbacks,
+    split_texts,
+)
 
 CORPUS_FILE = "corpus.data"  # the uploaded bytes; the user's file name is kept only in the config
 STATUS_EVERY_S = 1.0  # how often a job writes its step to SQLite (cheap, but not every step)

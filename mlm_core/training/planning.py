@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from mlm_core.model.default_model import DEFAULT_MODEL_NAME, base_encoder_dir
 from mlm_core.errors import InputError, ModelLoadError
 from mlm_core.masking import (
     KIND_BY_CODE,
@@ -34,9 +33,10 @@ from mlm_core.masking import (
     strategy_from_params,
     with_rate,
 )
+from mlm_core.model.default_model import DEFAULT_MODEL_NAME, base_encoder_dir
 from mlm_core.text.privacy import PrivacyMasking
-from mlm_core.training.store import FINISHED, RunRecord, RunStore
 from mlm_core.text.tokens import tokenizer_lock
+from mlm_core.training.store import FINISHED, RunRecord, RunStore
 from mlm_core.training.trainer import (
     SCRATCH_MODELS,
     TrainConfig,

@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.errors import InputError
-from mlm_core.model.loading import LoadedModel
 from mlm_core.explain.predict import PositionPrediction, position_prediction, predict
+from mlm_core.model.default_model import DEFAULT_MODEL_NAME
+from mlm_core.model.loading import LoadedModel
 from mlm_core.text.tokens import tokenize, tokenizer_lock
 from mlm_core.training.trainer import SCRATCH_MODELS
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlm_core.errors import InputError
+from mlm_core.errors import RunError
 
 QUEUED, RUNNING, FINISHED, FAILED, DIVERGED, CANCELLED, INTERRUPTED = (
     "queued", "running", "finished", "failed", "diverged", "cancelled", "interrupted",
@@ -73,8 +73,6 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-class RunError(InputError):
-    """A run operation that cannot be done (unknown id, forbidden transition)."""
 
 
 @dataclass(frozen=True)

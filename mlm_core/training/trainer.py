@@ -29,9 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlm_core.training import checkpoints
-from mlm_core.text.corpus import Corpus
-from mlm_core.errors import InputError
+from mlm_core.errors import Cancelled, Diverged, InputError
 from mlm_core.masking import (
     CATEGORY_CODES,
     AdaptiveMasking,
@@ -46,8 +44,10 @@ from mlm_core.masking import (
     strategy_from_params,
     with_rate,
 )
+from mlm_core.text.corpus import Corpus
 from mlm_core.text.privacy import PrivacyMasking
 from mlm_core.text.tokens import tokenizer_lock, word_category
+from mlm_core.training import checkpoints
 
 SCRATCH_MODELS = ("scratch-transformer", "scratch-lstm")
 EVAL_MASK_SEED = 1234  # every run is evaluated on the same masks, so runs compare
@@ -144,16 +144,8 @@ class TrainingCallbacks:
         return False
 
 
-class Diverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
-class Cancelled(RuntimeError):
-    """The user asked the run to stop (``step``: the last completed step)."""
-
-    def __init__(self, step: int):
-        super().__init__(f"cancelled at step {step}")
-        self.step = step
 
 
 # ----------------------------------------------------------------------------- data

@@ -14,13 +14,12 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from mlm_core.views import charts
-
-from mlm_core.views import html as render
 from mlm_core.errors import InputError
 from mlm_core.evaluate import CI_NOTE, POS_NOTE, EvalReport
 from mlm_core.explain.exploration import Exploration
 from mlm_core.masking import Compose, params_of
+from mlm_core.views import charts
+from mlm_core.views import html as render
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#111}"

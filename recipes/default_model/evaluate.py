@@ -21,8 +21,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from mlm_core.model.loading import load_model  # noqa: E402
 from mlm_core.explain.predict import predict  # noqa: E402
+from mlm_core.model.loading import load_model  # noqa: E402
 from mlm_core.text.tokens import tokenize  # noqa: E402
 from recipes.default_model.train import mask_tokens, masked_loss, pad  # noqa: E402
 

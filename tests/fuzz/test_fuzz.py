@@ -24,8 +24,10 @@ import fuzz_corpus  # noqa: E402
 import fuzz_masking  # noqa: E402
 from fuzz_support import HERE, ROOT, SEEDS, regression_inputs  # noqa: E402
 
-from mlm_core.text.corpus import CorpusError  # noqa: E402
-from mlm_core.errors import MaskLabError  # noqa: E402
+from mlm_core.errors import (
+    CorpusError,  # noqa: E402
+    MaskLabError,  # noqa: E402
+)
 
 FUZZ_SECONDS = int(os.environ.get("MASKLAB_FUZZ_SECONDS", "20"))
 HARNESSES = {"corpus": ("corpus reader", fuzz_corpus), "masking": ("tokenize → mask", fuzz_masking)}

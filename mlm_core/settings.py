@@ -1,0 +1,196 @@
+"""Settings declared once: a ``ParamSpec`` per parameter drives validation, CLI flags, widgets,
+URL fields and limits.
+
+A dataclass declares its parameters with ``field(default=..., metadata=param("help", min=..., max=...))``
+and mixes in ``Validated``; ``param_specs(cls)`` reads them back in UI order. Strategies, draw
+policies, rate schedules, privacy masking and the training configuration are all declared this way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mlm_core.errors import InputError
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of a strategy, declared once for the CLI, the Streamlit controls and URLs.
+
+    ``kind`` is one of ``float``, ``int``, ``bool``, ``choice``, ``text``, ``int_list``,
+    ``text_list``, ``multi_choice``. Example: ``ParamSpec("mlm_probability", "float", 0.15,
+    "Share of eligible tokens chosen.", 0.0, 1.0).parse("0.3") == 0.3``.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def parse(self, value: Any) -> Any:
+        """Convert a native value, or a string from a URL or the CLI, and check it; InputError if invalid."""
+        kind = self.kind
+        if kind in ("float", "int"):
+            number = self._number(value)
+            if (self.min is not None and number < self.min) or (self.max is not None and number > self.max):
+                raise InputError(f"{self.name} must be {self._bounds()}; got {value!r}.")
+            return number
+        if kind == "bool":
+            return self._bool(value)
+        if kind in ("choice", "text"):
+            if not isinstance(value, str):
+                raise InputError(f"{self.name} must be text; got {value!r}.")
+            if kind == "choice" and value not in self.choices:
+                raise InputError(f"{self.name} must be one of {', '.join(self.choices)}; got {value!r}.")
+            return value
+        items = self._items(value)
+        if kind == "int_list":
+            return tuple(self._integer(item) for item in items)
+        # An item holding a separator comes back from a link (``format``) as two: split it here already,
+        # so that parse(format(v)) == v (a word list never needs a comma inside a word).
+        parts = (part for item in items for part in str(item).replace(";", ",").split(","))
+        items = tuple(part.strip() for part in parts if part.strip())
+        if kind == "multi_choice":
+            unknown = [item for item in items if item not in self.choices]
+            if unknown:
+                raise InputError(  # quoted: a link may carry any text, line breaks included
+                    f"{self.name}: unknown {', '.join(shown_value(u, 40) for u in unknown[:5])}; "
+                    f"choose from {', '.join(self.choices)}."
+                )
+            return tuple(dict.fromkeys(items))
+        return items
+
+    def format(self, value: Any) -> str:
+        """The string form used in URLs and on the command line (``parse`` reads it back)."""
+        if self.kind == "bool":
+            return "true" if value else "false"
+        if self.kind in ("int_list", "text_list", "multi_choice"):
+            return ",".join(str(item) for item in value)
+        if self.kind == "float":
+            short = f"{value:g}"  # "0.15", not "0.15000000000000002"; but :g keeps only 6 digits,
+            return short if float(short) == value else repr(float(value))  # so a link must not round
+        return str(value)
+
+    def _bounds(self) -> str:
+        what = "a whole number" if self.kind == "int" else "a number"
+        if self.min is not None and self.max is not None:
+            return f"{what} from {self.min:g} to {self.max:g}"
+        if self.min is not None:
+            return f"{what} of at least {self.min:g}"
+        return what
+
+    def _number(self, value: Any) -> float | int:
+        if isinstance(value, bool):
+            raise InputError(f"{self.name} must be {self._bounds()}; got {value!r}.")
+        if self.kind == "int":
+            return self._integer(value)
+        try:
+            number = float(value.strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{self.name} must be {self._bounds()}; got {value!r}.") from None
+        if not math.isfinite(number):
+            raise InputError(f"{self.name} must be a finite number; got {value!r}.")
+        return number
+
+    def _integer(self, value: Any) -> int:
+        try:
+            if isinstance(value, str):
+                return int(value.strip())
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                return int(value)
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+        except ValueError:
+            pass
+        raise InputError(f"{self.name} must be whole numbers; got {value!r}.")
+
+    def _bool(self, value: Any) -> bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, (int, np.integer)) and value in (0, 1):
+            return bool(value)
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise InputError(f"{self.name} must be true or false; got {value!r}.")
+
+    @staticmethod
+    def _items(value: Any) -> tuple:
+        if isinstance(value, str):
+            return tuple(part for part in value.replace(";", ",").split(",") if part.strip())
+        if isinstance(value, Iterable):
+            return tuple(value)
+        return (value,)
+
+
+def param(
+    help: str, *, min: float | None = None, max: float | None = None, choices: Sequence[str] = ()
+) -> dict:
+    """Field metadata read by ``param_specs``: the one place a parameter is described."""
+    return {"help": help, "min": min, "max": max, "choices": tuple(choices)}
+
+
+_KIND_OF_ANNOTATION = {
+    "float": "float",
+    "int": "int",
+    "bool": "bool",
+    "str": "text",
+    "tuple[int, ...]": "int_list",
+    "tuple[str, ...]": "text_list",
+}
+
+
+@lru_cache(maxsize=64)
+def param_specs(cls: type) -> tuple[ParamSpec, ...]:
+    """The declared parameters of a strategy class (or ``DrawPolicy``/``RateSchedule``), UI order."""
+    specs = []
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.kw_only):  # corruption settings last
+        meta = f.metadata
+        if "help" not in meta:
+            continue
+        kind = _KIND_OF_ANNOTATION[str(f.type)]
+        if meta.get("choices"):
+            kind = {"text": "choice", "text_list": "multi_choice"}[kind]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        specs.append(
+            ParamSpec(
+                f.name, kind, default, meta["help"], meta.get("min"), meta.get("max"), meta.get("choices", ())
+            )
+        )
+    return tuple(specs)
+
+
+class Validated:
+    """Mixin for frozen dataclasses: parse and check every declared field in ``__post_init__``."""
+
+    label: ClassVar[str] = "masking"
+
+    def __post_init__(self) -> None:
+        for spec in param_specs(type(self)):
+            try:
+                value = spec.parse(getattr(self, spec.name))
+            except InputError as exc:
+                raise InputError(f"{self.label}: {exc}") from None
+            object.__setattr__(self, spec.name, value)
+        self._check()
+
+    def _check(self) -> None:
+        """Checks that involve several fields; raise InputError with what to change."""
+
+
+def shown_value(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut short: messages quote what came from a link, which may be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
