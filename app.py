@@ -1,8 +1,10 @@
 """MaskLab: see and test what masking does to masked language models.
 
-    streamlit run app.py
+    streamlit run app.py        (or, from any folder once installed: masklab app)
 
-Router only: the pages live in pages/, everything that is not UI in mlm_core/.
+Router only: the pages live in app_pages/, everything that is not UI in mlm_core/. The folder is not
+called pages/: beside the entry point that name switches on Streamlit's legacy page discovery, which
+runs a page without this router until the first st.navigation call of the server's life.
 """
 
 import streamlit as st
@@ -13,11 +15,11 @@ use_app_threads()
 st.set_page_config(page_title="MaskLab", page_icon="🎭", layout="wide")
 
 pages = [
-    st.Page("pages/explore.py", title="Explore", icon="🔍", default=True),
-    st.Page("pages/batch.py", title="Batch analysis", icon="📊"),
-    st.Page("pages/finetune.py", title="Fine-tune", icon="🏋️"),
-    st.Page("pages/runs.py", title="Runs", icon="📈"),
-    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
-    st.Page("pages/teach.py", title="Teach", icon="🎓"),
+    st.Page("app_pages/explore.py", title="Explore", icon="🔍", default=True),
+    st.Page("app_pages/batch.py", title="Batch analysis", icon="📊"),
+    st.Page("app_pages/finetune.py", title="Fine-tune", icon="🏋️"),
+    st.Page("app_pages/runs.py", title="Runs", icon="📈"),
+    st.Page("app_pages/compare.py", title="Compare", icon="⚖️"),
+    st.Page("app_pages/teach.py", title="Teach", icon="🎓"),
 ]
 st.navigation(pages).run()

@@ -367,7 +367,9 @@ def percentile(values: list[float], q: int) -> float:
 
 
 def cloze_sentences() -> list[str]:
-    lines = (ROOT / "assets" / "cloze_en.jsonl").read_text().splitlines()
+    from mlm_core.resources import asset
+
+    lines = asset("cloze_en.jsonl").read_text().splitlines()
     return [json.loads(line)["text"] for line in lines if line.strip()]
 
 

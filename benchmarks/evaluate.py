@@ -32,9 +32,10 @@ from benchmarks._results import Printer, write_result  # noqa: E402
 from mlm_core.evaluate import EvalConfig, evaluate, sentence_seed  # noqa: E402
 from mlm_core.masking import Vocab, apply_strategy  # noqa: E402
 from mlm_core.model.loading import load_model  # noqa: E402
+from mlm_core.resources import asset  # noqa: E402
 from mlm_core.text.tokens import tokenize  # noqa: E402
 
-DEMO = Path(__file__).resolve().parent.parent / "assets" / "demo_corpus.txt"
+DEMO = asset("demo_corpus.txt")
 CONFIG = EvalConfig("whole-word", {"mlm_probability": 0.15, "exact": True, "mask_replace_prob": 1.0,
                                    "random_replace_prob": 0.0})
 TOP_K = 5

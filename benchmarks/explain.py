@@ -5,7 +5,7 @@ Inputs: three everyday sentences of exactly 30 tokens ([CLS] and [SEP] included)
 each. The three measurements run interleaved in one process after a warm-up, with the same
 torch thread count, so background load hits all of them alike.
 
-* forward (baseline): ``predict.forward`` — logits only;
+* forward (baseline): ``model.forward.forward`` — logits only;
 * attention view: ``attention_maps`` (every layer and head) + ``rollout`` (what the Rollout view draws);
 * IG: ``attribute(..., method="ig", steps=32)`` with its default internal batch (all steps in one pass).
 
@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from benchmarks._results import Printer, write_result  # noqa: E402
 from mlm_core.explain.attention import attention_maps, rollout  # noqa: E402
 from mlm_core.explain.attribution import attribute  # noqa: E402
-from mlm_core.explain.predict import forward  # noqa: E402
+from mlm_core.model.forward import forward  # noqa: E402
 from mlm_core.model.loading import load_model  # noqa: E402
 from mlm_core.text.tokens import tokenize  # noqa: E402
 

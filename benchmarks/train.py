@@ -45,10 +45,10 @@ from torch import nn  # noqa: E402
 
 from benchmarks._results import Printer, write_result  # noqa: E402
 from mlm_core.model.loading import load_fresh  # noqa: E402
+from mlm_core.resources import asset  # noqa: E402
 from mlm_core.text.corpus import read_corpus  # noqa: E402
-from mlm_core.training.trainer import TrainConfig, Trainer, split_texts  # noqa: E402
+from mlm_core.training import TrainConfig, Trainer, split_texts  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 FORTUNES = Path("/usr/share/games/fortunes")
 WORDNET = Path("/usr/share/wordnet")
 BLOCK, BATCH, LR, WARMUP, DECAY, CLIP = 128, 16, 5e-5, 0.06, 0.01, 1.0
@@ -84,7 +84,7 @@ def corpus_texts(needed_chars: int) -> tuple[list[str], str]:
     if sum(map(len, texts)) >= needed_chars:
         return spread(texts, needed_chars), f"WordNet example sentences ({WORDNET})"
     cloze = []
-    for line in (ROOT / "assets" / "cloze_en.jsonl").read_text().splitlines():
+    for line in asset("cloze_en.jsonl").read_text().splitlines():
         record = json.loads(line)
         cloze += [record["text"].replace("[MASK]", answer) for answer in record["answers"]]
     copies = needed_chars // max(1, sum(map(len, cloze))) + 1

@@ -36,9 +36,12 @@ class ParamSpec:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] = ()
+    optional: bool = False  # None is a value too (declared ``int | None``): "not set, derive it"
 
     def parse(self, value: Any) -> Any:
         """Convert a native value, or a string from a URL or the CLI, and check it; InputError if invalid."""
+        if self.optional and (value is None or isinstance(value, str) and value.strip().lower() == "none"):
+            return None
         kind = self.kind
         if kind in ("float", "int"):
             number = self._number(value)
@@ -72,6 +75,8 @@ class ParamSpec:
 
     def format(self, value: Any) -> str:
         """The string form used in URLs and on the command line (``parse`` reads it back)."""
+        if value is None:
+            return "none"
         if self.kind == "bool":
             return "true" if value else "false"
         if self.kind in ("int_list", "text_list", "multi_choice"):
@@ -84,9 +89,9 @@ class ParamSpec:
     def _bounds(self) -> str:
         what = "a whole number" if self.kind == "int" else "a number"
         if self.min is not None and self.max is not None:
-            return f"{what} from {self.min:g} to {self.max:g}"
+            return f"{what} from {_shown(self.min)} to {_shown(self.max)}"
         if self.min is not None:
-            return f"{what} of at least {self.min:g}"
+            return f"{what} of at least {_shown(self.min)}"
         return what
 
     def _number(self, value: Any) -> float | int:
@@ -135,6 +140,11 @@ class ParamSpec:
         return (value,)
 
 
+def _shown(bound: float) -> str:
+    """A limit as people write it: 1,000,000 rather than 1e+06; 1e-07 and 0.5 as they are."""
+    return f"{int(bound):,}" if float(bound).is_integer() and abs(bound) >= 10_000 else f"{bound:g}"
+
+
 def param(
     help: str, *, min: float | None = None, max: float | None = None, choices: Sequence[str] = ()
 ) -> dict:
@@ -160,30 +170,40 @@ def param_specs(cls: type) -> tuple[ParamSpec, ...]:
         meta = f.metadata
         if "help" not in meta:
             continue
-        kind = _KIND_OF_ANNOTATION[str(f.type)]
+        annotation = str(f.type)
+        optional = annotation.endswith(" | None")
+        kind = _KIND_OF_ANNOTATION[annotation.removesuffix(" | None")]
         if meta.get("choices"):
             kind = {"text": "choice", "text_list": "multi_choice"}[kind]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         specs.append(
             ParamSpec(
-                f.name, kind, default, meta["help"], meta.get("min"), meta.get("max"), meta.get("choices", ())
+                f.name, kind, default, meta["help"], meta.get("min"), meta.get("max"), meta.get("choices", ()),
+                optional,
             )
         )
     return tuple(specs)
 
 
 class Validated:
-    """Mixin for frozen dataclasses: parse and check every declared field in ``__post_init__``."""
+    """Mixin for dataclasses: parse and check every declared field in ``__post_init__``.
+
+    Every invalid field is named in one message (a form is fixed in one go, not one field per try).
+    """
 
     label: ClassVar[str] = "masking"
 
     def __post_init__(self) -> None:
+        problems = []
         for spec in param_specs(type(self)):
             try:
                 value = spec.parse(getattr(self, spec.name))
             except InputError as exc:
-                raise InputError(f"{self.label}: {exc}") from None
+                problems.append(str(exc))
+                continue
             object.__setattr__(self, spec.name, value)
+        if problems:
+            raise InputError(f"{self.label}: {' '.join(problems)}")
         self._check()
 
     def _check(self) -> None:

@@ -21,7 +21,7 @@ from ui.corpus import UPLOAD
 from ui.strategy import NONE
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGE = "pages/batch.py"
+PAGE = "app_pages/batch.py"
 PAYLOAD = "<img src=x onerror=alert(1)>"
 SENTENCES = b"the cat sat on the mat.\nthe dog ran in the big house!\nparis is the capital of france.\n"
 

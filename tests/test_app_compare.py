@@ -8,9 +8,9 @@ from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
 
 from mlm_core.explain.compare import Side, compare
-from mlm_core.explain.exploration import build_strategy
+from mlm_core.masking import build_strategy
 
-PAGE = "pages/compare.py"
+PAGE = "app_pages/compare.py"
 TEXT = "the cat [MASK] on the mat"
 PAYLOAD = "<img src=x onerror=alert(1)>"
 
@@ -47,11 +47,19 @@ def test_identical_sides(tiny_model_dir):
 
 def test_heads_off_on_b_matches_the_library(tiny_model_dir, tiny_loaded):
     app = run_page(tiny_query(tiny_model_dir))
-    app.multiselect(key="b_heads").set_value(["0.1", "1.0"]).run()
+    app.multiselect(key="b_heads").set_value(["0:1", "1:0"]).run()
     assert not app.exception
-    assert app.query_params["b_heads"] == "0.1,1.0"
+    assert app.query_params["b_heads"] == "0:1,1:0"  # layer:head, as Batch links and the CLI write heads
     expected = compare(TEXT, tiny_loaded, Side(), tiny_loaded, Side(heads_off=((0, 1), (1, 0))))
     assert table(app)["p(original) B"].tolist() == pytest.approx(expected.table["p(original) B"].tolist())
+
+
+def test_an_old_link_with_layer_dot_head_opens_the_same_view(tiny_model_dir):
+    old = run_page(tiny_query(tiny_model_dir, b_heads="0.1,1.0"))  # links shared before layer:head
+    new = run_page(tiny_query(tiny_model_dir, b_heads="0:1,1:0"))
+    assert old.multiselect(key="b_heads").value == new.multiselect(key="b_heads").value == ["0:1", "1:0"]
+    assert table(old).equals(table(new)) and not old.warning
+    assert old.query_params["b_heads"] == "0:1,1:0"  # the link is rewritten in the one spelling
 
 
 def test_url_round_trip(tiny_model_dir, tiny_loaded):
@@ -91,7 +99,7 @@ def test_word_swap_table(tiny_model_dir):
 def test_missing_word_and_bad_heads_are_messages(tiny_model_dir):
     app = run_page(tiny_query(tiny_model_dir, swap_from="zebra", b_heads="9.9,0.0"))
     assert any("not in the text" in e for e in errors(app))
-    assert app.multiselect(key="b_heads").value == ["0.0"]  # a head the model lacks is dropped from the link
+    assert app.multiselect(key="b_heads").value == ["0:0"]  # a head the model lacks is dropped from the link
 
 
 def test_no_mask_and_html_are_messages(tiny_model_dir):

@@ -15,12 +15,11 @@ from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
 from test_training import corpus_bytes
 
-from mlm_core.training import jobs
+from mlm_core.training import TrainConfig, jobs
 from mlm_core.training.store import CANCELLED, FINAL_STATES, FINISHED, RUNNING
-from mlm_core.training.trainer import TrainConfig
 from ui.corpus import UPLOAD
 
-PAGE = "pages/finetune.py"
+PAGE = "app_pages/finetune.py"
 WAIT_S = 150  # a job process imports torch and transformers on a busy 2-core machine
 
 

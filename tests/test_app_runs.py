@@ -18,12 +18,11 @@ from apptest_support import clear_streamlit_caches, kill_running_jobs, open_app_
 from streamlit.testing.v1 import AppTest
 from test_training import corpus_bytes
 
-from mlm_core.training import jobs
+from mlm_core.training import TrainConfig, jobs
 from mlm_core.training.store import FINAL_STATES, FINISHED, INTERRUPTED, RUNNING, RunStore
-from mlm_core.training.trainer import TrainConfig
 from ui.runs import LSTM_NOTE, TYPED
 
-PAGE = "pages/runs.py"
+PAGE = "app_pages/runs.py"
 WAIT_S = 150
 
 

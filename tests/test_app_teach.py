@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from ui.teach import LESSON, VIEWS, load_lesson
 
-PAGE = "pages/teach.py"
+PAGE = "app_pages/teach.py"
 STEPS = json.loads(LESSON.read_text())["steps"]
 
 

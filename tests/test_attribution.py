@@ -13,8 +13,9 @@ import torch
 from mlm_core.cli.explain import format_attribute, run_attribute
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.explain import attribution as xt
-from mlm_core.explain.predict import forward, predict
+from mlm_core.explain.predict import predict
 from mlm_core.explain.whatif import count_hooks
+from mlm_core.model.forward import forward
 from mlm_core.text.tokens import tokenize
 
 TEXT = "the cat sat on the [MASK] , the dog ran ."

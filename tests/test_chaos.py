@@ -42,7 +42,7 @@ from apptest_support import clear_streamlit_caches, open_app_page
 from safetensors.torch import load_file
 from test_training import corpus_bytes
 
-from mlm_core.training import checkpoints, jobs
+from mlm_core.training import TrainConfig, checkpoints, jobs
 from mlm_core.training.store import (
     CANCELLED,
     FINAL_STATES,
@@ -53,7 +53,6 @@ from mlm_core.training.store import (
     RunStore,
     process_alive,
 )
-from mlm_core.training.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "chaos.json"
@@ -638,7 +637,7 @@ def test_an_app_restarted_while_a_run_goes_on_reattaches_to_it(store, server, ti
     wait_for(lambda: fresh.get(record.id).step > again.step, what="the step to advance")
 
     try:
-        app = open_app_page("pages/runs.py")  # nothing in the URL: found from the store alone
+        app = open_app_page("app_pages/runs.py")  # nothing in the URL: found from the store alone
         frame = app.dataframe[0].value.set_index("run")
         assert frame.loc[record.id, "status"] == RUNNING
         app.selectbox(key="runs-one").set_value(record.id).run()
@@ -647,7 +646,7 @@ def test_an_app_restarted_while_a_run_goes_on_reattaches_to_it(store, server, ti
         assert any(record.id in m.value for m in app.markdown)
         assert record.id in str(app.query_params["run"])  # the URL follows the run
         first = progress_step(app)
-        app.switch_page("pages/finetune.py")  # AppTest re-runs its first page otherwise; a browser stays here
+        app.switch_page("app_pages/finetune.py")  # AppTest re-runs its first page otherwise; a browser stays here
         assert "left" in app.get("progress")[0].text  # running, with an estimate: not queued, not interrupted
 
         def advanced():

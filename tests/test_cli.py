@@ -102,3 +102,63 @@ def test_bad_input_is_one_clear_line(tiny_model_dir, capsys, text, extra, messag
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, captured.err
     assert message in lines[0] and "Traceback" not in captured.err
+
+
+def test_one_registry_declares_each_command_once():
+    import argparse
+
+    from mlm_core.cli import COMMANDS, build_parser
+
+    names = [command.name for command in COMMANDS]
+    assert len(names) == len(set(names))
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == names  # --help lists exactly the registry, in its order
+
+
+def test_cli_modules_have_no_import_cycle():
+    """Command modules import only ``mlm_core.cli.common``; only the registry imports the command modules."""
+    import ast
+
+    folder = ROOT / "mlm_core" / "cli"
+    for path in folder.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mlm_core.cli"):
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names if a.name.startswith("mlm_core.cli"))
+        assert "mlm_core.cli" not in imported, f"{path.name} imports the cli package itself"
+        if path.stem not in ("__init__", "registry"):
+            assert imported <= {"mlm_core.cli.common"}, f"{path.name} imports {sorted(imported)}"
+
+
+def test_train_flags_come_from_the_training_settings():
+    """Every train flag is a TrainConfig setting: its default, its limits, and the one cadence rule."""
+    from mlm_core.cli import build_parser
+    from mlm_core.cli.runs import train_config_from_args
+    from mlm_core.training import TrainConfig
+
+    def config(*flags: str) -> TrainConfig:
+        return train_config_from_args(build_parser().parse_args(["train", "--corpus", "c.txt", *flags]), "c.txt")
+
+    assert config() == TrainConfig(corpus_name="c.txt")  # no flag: TrainConfig's own defaults
+    given = config("--steps", "400", "--batch", "8", "--lr", "0.001", "--prune", "0.5", "--static", "--seed", "3")
+    assert (given.steps, given.batch_size, given.lr, given.prune_sparsity) == (400, 8, 0.001, 0.5)
+    assert (given.masking, given.seed, given.eval_every, given.checkpoint_every) == ("static", 3, 20, 100)
+    by_epochs = config("--epochs", "2", "--eval-every", "7", "--checkpoint-evals", "1")
+    assert (by_epochs.steps, by_epochs.epochs, by_epochs.eval_every, by_epochs.checkpoint_every) == (None, 2.0, 7, 7)
+    assert config("--warmup-ratio", "0.1", "--heldout-fraction", "0.2").heldout_fraction == 0.2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "0.7"], "lr must be a number from 1e-07 to 0.5"),
+    (["--steps", "0"], "steps must be a whole number from 1 to 1,000,000"),
+    (["--rate-schedule", "weird"], "rate_schedule must be one of constant, linear, cosine"),
+    (["--steps", "3", "--epochs", "1"], "not allowed with argument"),
+])
+def test_bad_train_settings_are_one_line_before_anything_is_read(capsys, flags, message):
+    with pytest.raises(SystemExit) as done:  # a usage error, as argparse gives it
+        main(["train", "--corpus", "no-such-file.txt", *flags])
+    assert done.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]

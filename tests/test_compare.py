@@ -7,9 +7,9 @@ import pytest
 
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.explain.compare import Side, compare, swap_word, word_swap
-from mlm_core.explain.exploration import build_strategy
 from mlm_core.explain.predict import predict
 from mlm_core.explain.whatif import mask_heads
+from mlm_core.masking import build_strategy
 from mlm_core.text.tokens import tokenize
 from mlm_core.views import charts
 from mlm_core.views.reports import html_report

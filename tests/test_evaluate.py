@@ -26,9 +26,11 @@ from mlm_core import evaluate as ev
 from mlm_core.cli import main
 from mlm_core.errors import EvaluationCancelled, InputError
 from mlm_core.evaluate import EvalConfig, evaluate, sentence_seed, sweep
-from mlm_core.explain.exploration import build_strategy, explore
+from mlm_core.explain.exploration import explore
 from mlm_core.explain.predict import pseudo_log_likelihood
 from mlm_core.explain.whatif import count_hooks
+from mlm_core.links import parse_heads_off
+from mlm_core.masking import build_strategy
 from mlm_core.text.tokens import tokenize
 
 SENTENCES = [
@@ -150,7 +152,7 @@ def test_batched_and_one_by_one_give_the_same_results(tiny_loaded, tmp_path, mon
     texts = random_sentences(12, seed=3)
     configs = [EvalConfig("random", {"mlm_probability": 0.4}), EvalConfig("span", exclude="punctuation")]
     batched = run(tiny_loaded, texts, configs, tmp_path / "a", seeds=[0, 5])
-    monkeypatch.setattr(ev, "CHUNK_SENTENCES", 5)
+    monkeypatch.setattr(ev.engine, "CHUNK_SENTENCES", 5)
     one_by_one = run(tiny_loaded, texts, configs, tmp_path / "b", seeds=[0, 5], max_tokens=1)  # one row per pass
     for kind in ("tokens", "sentences"):
         a, b = batched.rows(kind), one_by_one.rows(kind)
@@ -230,7 +232,7 @@ def test_html_in_texts_is_kept_as_text_in_rows(tiny_loaded, cache):
 
 
 def test_memory_stays_bounded_while_streaming(tiny_loaded, tmp_path, monkeypatch):
-    monkeypatch.setattr(ev, "CHUNK_SENTENCES", 100)
+    monkeypatch.setattr(ev.engine, "CHUNK_SENTENCES", 100)
     config = EvalConfig("random", {"mlm_probability": 0.3})
 
     def peak(n: int) -> int:
@@ -296,9 +298,9 @@ def test_sweeps_and_their_parsers():
     for bad, message in (("0:1:0", "positive"), ("0,0.5", "above 0"), ("x", "look like"), ("0.001:1:0.001", "At most")):
         with pytest.raises(InputError, match=message):
             ev.parse_rates(bad)
-    assert ev.parse_heads_off("0:1, 2:3") == ((0, 1), (2, 3))
+    assert parse_heads_off("0:1, 2:3") == ((0, 1), (2, 3))
     with pytest.raises(InputError, match="layer:head"):
-        ev.parse_heads_off("0-1")
+        parse_heads_off("0-1")
     grid = sweep(EvalConfig(exclude="stopwords"), rates=[0.1, 0.2], strategies=["random", "rule-based"])
     assert [c.label for c in grid] == ["random p=0.1 exclude stopwords", "random p=0.2 exclude stopwords",
                                        "rule-based rate=0.1 exclude stopwords", "rule-based rate=0.2 exclude stopwords"]

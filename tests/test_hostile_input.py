@@ -33,8 +33,7 @@ from test_training import corpus_bytes
 import mlm_core.explain.exploration
 from mlm_core.text.corpus import MAX_CORPUS_BYTES
 from mlm_core.text.tokens import tokenize
-from mlm_core.training import jobs
-from mlm_core.training.trainer import TrainConfig
+from mlm_core.training import TrainConfig, jobs
 from mlm_core.views.html import escape_markdown
 from ui.corpus import UPLOAD
 from ui.strategy import NONE
@@ -63,7 +62,7 @@ def hostile_vocab_dir(tmp_path_factory):
 def model_calls(monkeypatch):
     """Every call the explorer makes to the model's predict (the page reaches it only through explore)."""
     calls = []
-    real = mlm_core.explore.predict
+    real = mlm_core.explain.exploration.predict
 
     def counting(*args, **kwargs):
         calls.append(args)
@@ -231,7 +230,7 @@ def test_html_in_the_run_list_stays_literal():
     # Row 8: HTML in the run list (a run's model and corpus names come from the user).
     store, record = queued_run_named(PAYLOAD)
     try:
-        app = open_app_page("pages/runs.py")
+        app = open_app_page("app_pages/runs.py")
         assert app.dataframe[0].value.iloc[0]["model"] == PAYLOAD  # a data grid shows cells as text
         assert record.id in app.selectbox(key="runs-one").value
         for shown in everything_shown(app):
@@ -246,7 +245,7 @@ def test_a_failed_runs_reason_stays_literal():
     name = f"[click](https://example.org) **{PAYLOAD}**"
     store, record = queued_run_named(name)
     assert jobs.execute(store, record.id).status == "failed"  # no such model: it fails before training
-    app = open_app_page("pages/runs.py")
+    app = open_app_page("app_pages/runs.py")
     reason = next(c.value for c in app.caption if c.value.startswith("Reason:"))
     assert escape_markdown(name) in reason
 
@@ -255,7 +254,7 @@ def test_a_failed_runs_reason_stays_literal():
 
 
 def batch_upload(model_dir, name: str, data: bytes) -> AppTest:
-    app = open_app_page("pages/batch.py", {"model": str(model_dir)})
+    app = open_app_page("app_pages/batch.py", {"model": str(model_dir)})
     app.radio(key="batch-corpus-source").set_value(UPLOAD).run()
     app.get("file_uploader")[0].set_value((name, data, "application/octet-stream"))
     app.run()
@@ -329,7 +328,7 @@ def test_other_encodings_are_read_and_said(tiny_model_dir, name, data, texts, en
 def test_a_bad_upload_starts_no_run(tmp_path):
     # "Uploaded corpora": nothing is half imported (Fine-tune: no run in the store, Start disabled).
     store = jobs.default_store()
-    app = open_app_page("pages/finetune.py")
+    app = open_app_page("app_pages/finetune.py")
     app.radio(key="ft-corpus-source").set_value(UPLOAD).run()
     app.get("file_uploader")[0].set_value(("zero.csv", b"", "text/csv"))
     app.run()

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from mlm_core.explain.predict import predict
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import load_model
+from mlm_core.resources import asset
 from mlm_core.text.tokens import tokenize
 
 pytestmark = pytest.mark.integration
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CLOZE_TOP5_GOAL = 0.70  # the product's goal for the default model (see MODEL_CARD.md)
 # What the shipped adapter measures on each set: falling below it is a regression. The
 # confirmation set was used for no training decision (see MODEL_CARD.md).
@@ -22,7 +21,7 @@ CLOZE_TOP5_SHIPPED = {"cloze_en.jsonl": 0.71, "cloze_en_confirm.jsonl": 0.70}
 
 
 def cloze_items(name: str) -> list[dict]:
-    text = (ASSETS / name).read_text(encoding="utf-8")
+    text = asset(name).read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 

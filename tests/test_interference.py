@@ -12,7 +12,9 @@ import torch
 
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.explain import whatif as xi
-from mlm_core.explain.predict import forward, predict
+from mlm_core.explain.predict import predict
+from mlm_core.model import forward as fw
+from mlm_core.model.forward import forward
 from mlm_core.text.tokens import tokenize
 
 TEXT = "the cat sat on the [MASK] , the dog ran ."
@@ -29,7 +31,7 @@ def mask(tokens):
 
 
 def logits_with_gates(loaded, ids, off):
-    with xi.heads_gated(loaded, xi.head_gates(loaded, off)), torch.inference_mode():
+    with fw.heads_gated(loaded, fw.head_gates(loaded, off)), torch.inference_mode():
         return loaded.model(input_ids=torch.tensor([list(ids)])).logits[0]
 
 
@@ -83,8 +85,8 @@ def test_no_hooks_left_behind_even_after_an_exception(tiny_loaded, tokens, mask)
     xi.head_importance(tiny_loaded, tokens.ids, mask)
     xi.prune(tiny_loaded, tokens.ids, [mask], 0.5)
     assert xi.count_hooks(tiny_loaded.model) == before
-    gates = xi.head_gates(tiny_loaded, [(0, 0)])
-    with pytest.raises(RuntimeError, match="boom"), xi.heads_gated(tiny_loaded, gates):
+    gates = fw.head_gates(tiny_loaded, [(0, 0)])
+    with pytest.raises(RuntimeError, match="boom"), fw.heads_gated(tiny_loaded, gates):
         assert xi.count_hooks(tiny_loaded.model) == before + tiny_loaded.num_layers
         raise RuntimeError("boom")
     assert xi.count_hooks(tiny_loaded.model) == before
@@ -121,7 +123,7 @@ def test_bad_heads_and_positions(tiny_loaded, tokens, mask):
     with pytest.raises(InputError):
         xi.mask_heads(tiny_loaded, tokens.ids, [0], [(0, 0)])
     with pytest.raises(InputError):
-        xi.heads_gated(tiny_loaded, torch.ones(1, 3, 3)).__enter__()
+        fw.heads_gated(tiny_loaded, torch.ones(1, 3, 3)).__enter__()
     long = tokenize(tiny_loaded.tokenizer, "the cat sat . " * 20 + "[MASK]")
     with pytest.raises(InputError, match="Shorten"):
         xi.mask_heads(tiny_loaded, long.ids, long.mask_positions, [])

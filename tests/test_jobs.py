@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from test_training import corpus_bytes
 
 from mlm_core.errors import CorpusError
-from mlm_core.training import checkpoints, jobs
+from mlm_core.training import TrainConfig, Trainer, checkpoints, jobs
 from mlm_core.training.store import (
     CANCELLED,
     DIVERGED,
@@ -35,7 +35,6 @@ from mlm_core.training.store import (
     RUNNING,
     RunError,
 )
-from mlm_core.training.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = corpus_bytes()

@@ -21,7 +21,6 @@ from mlm_core.masking import (
     Compose,
     DrawPolicy,
     ManualMasking,
-    ParamSpec,
     RandomMasking,
     RateSchedule,
     RuleBased,
@@ -34,12 +33,12 @@ from mlm_core.masking import (
     mask_examples,
     mask_many,
     mask_text,
-    param_specs,
     params_of,
     selection_frequency,
     strategy_from_params,
     with_rate,
 )
+from mlm_core.settings import ParamSpec, param_specs
 from mlm_core.text.privacy import PrivacyMasking
 from mlm_core.text.tokens import PUNCTUATION, STOPWORD, tokenize
 

@@ -27,6 +27,7 @@ from mlm_core.masking import (
     Vocab,
     WholeWordMasking,
     apply_strategy,
+    is_adaptive,
     mask_batch,
     mask_text,
     params_of,
@@ -37,7 +38,6 @@ from mlm_core.masking import (
 from mlm_core.masking import STRATEGIES as REGISTRY
 from mlm_core.text.privacy import PrivacyMasking
 from mlm_core.text.tokens import tokenize
-from mlm_core.training.trainer import is_adaptive
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]

@@ -18,15 +18,16 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mlm_core.errors import CorpusError, InputError
-from mlm_core.evaluate import MAX_RATES, parse_heads_off, parse_rates
+from mlm_core.evaluate import MAX_RATES, parse_rates
+from mlm_core.links import parse_heads_off
 from mlm_core.masking import (
     STRATEGIES,
     DrawPolicy,
     RateSchedule,
-    param_specs,
     params_of,
     strategy_from_params,
 )
+from mlm_core.settings import param_specs
 from mlm_core.text.corpus import read_corpus, table_columns
 from mlm_core.text.tokens import visible_text
 from mlm_core.training.probes import parse_sentences
@@ -41,7 +42,7 @@ ANY_VALUE = st.recursive(
     max_leaves=12,
 )
 ALL_SPECS = list(
-    dict.fromkeys(  # the _Corrupting subclasses share their corruption settings: each once
+    dict.fromkeys(  # the CorruptingStep subclasses share their corruption settings: each once
         spec
         for cls in [*(s.cls for s in STRATEGIES.values()), DrawPolicy, RateSchedule]
         for spec in param_specs(cls)

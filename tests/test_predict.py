@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mlm_core.errors import InputError, NothingToMaskError
-from mlm_core.explain.predict import forward, plan_windows, predict, pseudo_log_likelihood
+from mlm_core.explain.predict import plan_windows, predict, pseudo_log_likelihood
+from mlm_core.model.forward import forward
 from mlm_core.text.tokens import tokenize
 
 

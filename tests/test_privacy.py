@@ -144,7 +144,7 @@ def test_only_personal_data_leaves_nothing_to_mask(default_tokenizer):
 
 
 def test_validation():
-    with pytest.raises(InputError, match="unknown kind"):
+    with pytest.raises(InputError, match="kinds: unknown 'emails'"):
         PrivacyMasking(kinds=("emails",))
     with pytest.raises(InputError, match="at least one kind"):
         PrivacyMasking(kinds=())

@@ -18,17 +18,16 @@ from conftest import TINY_VOCAB, build_tiny_bert
 from test_training import corpus_bytes
 
 from mlm_core.errors import InputError, ModelLoadError
-from mlm_core.explain.exploration import build_strategy
 from mlm_core.explain.predict import pseudo_log_likelihood
+from mlm_core.masking import build_strategy
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import load_model
 from mlm_core.text.corpus import read_corpus
 from mlm_core.text.tokens import tokenize
+from mlm_core.training import TrainConfig, Trainer, probes
 from mlm_core.training import planning as finetune
-from mlm_core.training import probes
 from mlm_core.training import run_table as compare_runs
 from mlm_core.training.store import FINISHED, QUEUED, RUNNING, RunRecord, RunStore
-from mlm_core.training.trainer import TrainConfig, Trainer
 from mlm_core.views import charts
 
 

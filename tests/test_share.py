@@ -7,8 +7,9 @@ import html
 import pandas as pd
 import pytest
 
-from mlm_core.explain.exploration import build_strategy, explore
+from mlm_core.explain.exploration import explore
 from mlm_core.explain.predict import fill_text
+from mlm_core.masking import build_strategy
 from mlm_core.views.reports import exploration_report, html_report, strategy_settings
 
 SCRIPT = "<script>alert('x')</script>"

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from mlm_core.model.forward import masked_logits
 from mlm_core.text.corpus import read_corpus
 from mlm_core.training import checkpoints
 from mlm_core.training.trainer import (
@@ -17,7 +18,6 @@ from mlm_core.training.trainer import (
     TrainConfig,
     Trainer,
     TrainingCallbacks,
-    masked_logits,
 )
 
 WORDS = [
@@ -184,7 +184,8 @@ def test_nan_loss_stops_the_run_as_diverged_naming_the_step(tiny_model_dir, corp
 
 
 def test_a_huge_learning_rate_on_a_poisoned_model_diverges(tiny_model_dir, corpus, tmp_path):
-    trainer = Trainer(config(tiny_model_dir, lr=0.9999, grad_clip=0.0, warmup_ratio=0.0), corpus, tmp_path)
+    lr = TrainConfig.spec("lr").max  # the largest learning rate a user may set
+    trainer = Trainer(config(tiny_model_dir, lr=lr, grad_clip=0.0, warmup_ratio=0.0), corpus, tmp_path)
     with torch.no_grad():
         trainer.model.cls.predictions.transform.dense.weight.mul_(1e38)  # finite, but overflows at once
     with pytest.raises(Diverged, match=r"the loss became (nan|inf) at step \d+"):
@@ -258,24 +259,43 @@ def test_config_validation_names_every_problem():
     with pytest.raises(ValueError) as info:
         TrainConfig(masking="sometimes", steps=0, lr=2.0, seq_len=4)
     message = str(info.value)
-    for part in ("masking must be static or dynamic", "steps must be", "lr must be", "seq_len must be"):
+    for part in ("masking must be one of static, dynamic", "steps must be", "lr must be", "seq_len must be"):
         assert part in message
     with pytest.raises(ValueError) as info:
         TrainConfig(eval_every=0, checkpoint_every=0, keep_checkpoints=0, warmup_ratio=1.0, grad_clip=-1)
     message = str(info.value)
     for part in ("eval_every must be", "checkpoint_every must be", "keep_checkpoints must be", "warmup_ratio",
-                 "grad_clip must not be negative"):
+                 "grad_clip must be a number of at least 0"):
         assert part in message
     with pytest.raises(ValueError, match="Unknown masking strategy"):
         TrainConfig(strategy="nonsense")
     assert TrainConfig.from_dict({**TrainConfig().to_dict(), "future_field": 1}) == TrainConfig()
 
 
+def test_each_setting_is_declared_once_and_the_cadence_follows_one_rule():
+    lr = TrainConfig.spec("lr")
+    assert (lr.default, lr.min, lr.max) == (TrainConfig().lr, 1e-7, 0.5)  # the UI's bounds: they protect users
+    with pytest.raises(ValueError, match="lr must be a number from 1e-07 to 0.5"):
+        TrainConfig(lr=0.6)
+    assert TrainConfig.spec("steps").default == TrainConfig().steps == 200
+    # Left unset, about 20 evaluations per run and a checkpoint every 5 evaluations.
+    assert (TrainConfig(steps=400).eval_every, TrainConfig(steps=400).checkpoint_every) == (20, 100)
+    assert TrainConfig.cadence(400) == {"eval_every": 20, "checkpoint_every": 100}
+    assert TrainConfig.cadence(400, eval_every=7, checkpoint_evals=2) == {"eval_every": 7, "checkpoint_every": 14}
+    assert TrainConfig(steps=8).eval_every == 1  # never 0
+    assert TrainConfig(steps=None, epochs=2).eval_every == 50  # no step count yet: as for 1,000 steps
+    given = TrainConfig(steps=400, eval_every=30, checkpoint_every=45)
+    assert (given.eval_every, given.checkpoint_every) == (30, 45)
+    assert TrainConfig.from_dict(given.to_dict()) == given  # stored resolved: a run never changes cadence
+    with pytest.raises(ValueError, match="give steps or epochs"):
+        TrainConfig(steps=None)
+
+
 def test_privacy_replaces_personal_data_before_packing_and_combined_strategies_keep_their_rate(tiny_model_dir):
     from transformers import AutoTokenizer
 
     from mlm_core.masking import params_of, strategy_from_params
-    from mlm_core.training.trainer import rate_schedule, training_texts
+    from mlm_core.training import rate_schedule, training_texts
 
     strategy = strategy_from_params("compose", {"steps": [
         {"name": "privacy", "params": {}},

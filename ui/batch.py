@@ -21,13 +21,14 @@ from mlm_core.evaluate import (
     EvalReport,
     EvaluationCancelled,
     evaluate,
-    parse_heads_off,
     parse_rates,
     planned_rows,
     sweep,
 )
-from mlm_core.explain.exploration import MAIN_STRATEGIES
 from mlm_core.explain.whatif import parse_heads
+from mlm_core.links import HEADS as HEADS_SPEC
+from mlm_core.links import format_heads_off, parse_heads_off
+from mlm_core.masking import MAIN_STRATEGIES
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import LoadedModel
 from mlm_core.settings import ParamSpec
@@ -42,10 +43,21 @@ PAGE_MAX_SENTENCES = 5000  # the page evaluates at most this many; the CLI has n
 PAGE_MAX_ROWS = 60_000  # forward-pass rows per run in the Streamlit process (minutes on a laptop CPU)
 DEFAULT_SWEEP = "0.05:0.8:0.15"
 REPORT_KEY = "batch-report"
-EXPLORE_PAGE = "pages/explore.py"
+EXPLORE_PAGE = "app_pages/explore.py"
 HARDEST_ROWS = 15
 PERCENT = {name: st.column_config.NumberColumn(name, format="percent") for name in
            ("top1", "top1_low", "top1_high", "top5", "top5_low", "top5_high")}
+
+
+def _canonical_heads(text: str) -> str:
+    """Heads as links write them (``layer:head``); text that is no list of heads stays as typed (the
+    page says why)."""
+    try:
+        return format_heads_off(parse_heads_off(text))
+    except MaskLabError:
+        return text
+
+
 # The page's settings in its link (the masking panel keeps its own: strategy, p_*, seed ...); each
 # default here is the widget's default.
 SWEEP = UrlField("batch-sweep", ParamSpec("sweep", "bool", False, "Sweep the masking rate."))
@@ -54,8 +66,7 @@ RATES = UrlField("batch-rates", ParamSpec("rates", "text", DEFAULT_SWEEP, "Rates
 OTHERS = UrlField("batch-strategies", ParamSpec("also", "multi_choice", (), "Other strategies.",
                                                 choices=MAIN_STRATEGIES), read=list)
 SEEDS = UrlField("batch-seeds", ParamSpec("seeds", "int", 1, "Seeds per configuration.", 1, MAX_SEEDS))
-HEADS = UrlField("batch-heads", ParamSpec("heads", "text", "", "Heads switched off."),
-                 read=checked_by(parse_heads_off))
+HEADS = UrlField("batch-heads", HEADS_SPEC, read=checked_by(parse_heads_off), write=_canonical_heads)
 PLL = UrlField("batch-pll", ParamSpec("pll", "bool", True, "Pseudo-log-likelihood per sentence."))
 URL_FIELDS = (*corpus_url_fields("batch-corpus"), SWEEP, RATES, OTHERS, SEEDS, HEADS, PLL)
 

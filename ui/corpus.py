@@ -11,11 +11,11 @@ The parsed corpus is kept in this session's state only (never in a cache shared 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import NamedTuple
 
 import streamlit as st
 
+from mlm_core.resources import asset
 from mlm_core.text.corpus import (
     MAX_CORPUS_BYTES,
     PREFERRED_COLUMNS,
@@ -28,7 +28,7 @@ from mlm_core.text.corpus import (
 )
 from mlm_core.views.html import escape_markdown
 
-DEMO_FILE = Path(__file__).resolve().parent.parent / "assets" / "demo_corpus.txt"
+DEMO_FILE = asset("demo_corpus.txt")
 DEMO, UPLOAD = "Demo corpus (assets/demo_corpus.txt)", "Upload a file"
 UPLOAD_TYPES = ["txt", "csv", "tsv", "jsonl"]
 PREVIEW_ROWS = 5

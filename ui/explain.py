@@ -24,6 +24,7 @@ from mlm_core.model.loading import LoadedModel
 from mlm_core.text.tokens import CATEGORIES, Tokens
 from mlm_core.views import charts
 from mlm_core.views import html as render
+from mlm_core.views.words import word_view
 from ui.common import show_error
 
 IMAGE_FORMATS = ("png", "svg")
@@ -106,6 +107,15 @@ def _downloads(frame: pd.DataFrame, record: dict, name: str, key: str) -> None:
                           f"{name}.json", "application/json", key=f"{key}-json", on_click="ignore")
 
 
+def _shown(figure, frame: pd.DataFrame, record: dict, name: str, prefix: str, image_format: str,
+           caption: str = "") -> tuple[str, pd.DataFrame]:
+    """A panel's tail: the chart (key ``{prefix}-chart``), the downloads of its numbers (``{prefix}-data``,
+    files ``name``.csv/.json) and (caption, table) for the page's report."""
+    _chart(figure, f"{prefix}-chart", name, image_format)
+    _downloads(frame, record, name, f"{prefix}-data")
+    return caption, frame
+
+
 def _matrix_record(matrix: np.ndarray, labels, **settings) -> tuple[pd.DataFrame, dict]:
     names = _numbered(labels)
     frame = pd.DataFrame(np.asarray(matrix, dtype=float), index=names, columns=names)
@@ -156,13 +166,9 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str,
     with top[2]:
         image_format = _image_format("xa")
 
-    groups = attention.word_groups(tokens.word_ids) if merge else [[i] for i in range(len(tokens))]
-    labels = attention.group_labels(tokens.tokens, groups, loaded.tokenizer)
-    group_of = {p: g for g, members in enumerate(groups) for p in members}
-    highlight = sorted({group_of[p] for p in positions})
-
-    def merged(matrix: np.ndarray) -> np.ndarray:
-        return attention.merge_words(matrix, groups) if merge else matrix
+    words = word_view(tokens.tokens, tokens.word_ids, loaded.tokenizer, merge)
+    labels = list(words.labels)
+    highlight = words.positions(positions)
 
     def layer_select(label: str = "Layer") -> int:
         wanted = params.get("layer", "")
@@ -188,6 +194,8 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str,
 
     settings: dict = {"view": view, "merged_words": merge}
     slug = view.lower().replace(" × ", "x").replace(" ", "-")
+    name = f"attention-{slug}"  # the downloads' file name
+    layer_rows = [f"layer {i}" for i in range(n_layers)]
     cols = st.columns(3)
     if view in ("One head", "Mean over heads", "All heads of a layer"):
         with cols[0]:
@@ -197,39 +205,38 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str,
             with cols[1]:
                 head = head_select()
             settings["head"] = head
-            matrix = merged(att[layer, head])
+            matrix = words.matrix(att[layer, head])
             figure = charts.attention_heatmap(matrix, labels, highlight, f"Layer {layer}, head {head}")
         elif view == "Mean over heads":
-            matrix = merged(attention.head_mean(att)[layer])
+            matrix = words.matrix(attention.head_mean(att)[layer])
             figure = charts.attention_heatmap(matrix, labels, highlight, f"Layer {layer}, mean of {n_heads} heads")
         else:
-            grid = merged(att[layer])  # (H, W, W)
+            grid = words.matrix(att[layer])  # (H, W, W)
             figure = charts.attention_grid(grid, labels, highlight, title=f"Layer {layer}: every head")
             matrix = grid.mean(axis=0)
             settings.update(note="matrix: mean of the heads", heads=grid.round(6).tolist())
+        frame, record = _matrix_record(matrix, labels, **settings)
     elif view == "Rollout":
         with cols[0]:
             layer = layer_select("Up to layer")
         residual = cols[1].slider("Residual weight", 0.0, 1.0, 0.5, 0.05, key="xa-residual",
                                   help="Weight of the skip connection in each layer: Â = r·I + (1−r)·A.")
         settings.update(layer=layer, residual=residual)
-        matrix = merged(attention.rollout(att, residual)[layer])
+        matrix = words.matrix(attention.rollout(att, residual)[layer])
         figure = charts.attention_heatmap(matrix, labels, highlight, f"Rollout through layers 0–{layer}")
+        frame, record = _matrix_record(matrix, labels, **settings)
     elif view == "From the mask":
         with cols[0]:
             position = position_select()
         with cols[1]:
             head = head_select(with_mean=True)
-        rows = attention.from_position(merged(att), group_of[position])  # (L, H, W)
+        rows = attention.from_position(words.matrix(att), words.group_of(position))  # (L, H, W)
         values = rows.mean(axis=1) if head is None else rows[:, head]  # (L, W)
         settings.update(position=position, head=head)
-        figure = charts.from_position_heatmap(values, labels, group_of[position],
+        figure = charts.from_position_heatmap(values, labels, words.group_of(position),
                                               f"Where position {position} looks, layer by layer")
-        _chart(figure, "xa-chart", f"attention-{slug}", image_format)
-        frame = pd.DataFrame(values, index=[f"layer {i}" for i in range(n_layers)], columns=_numbered(labels))
-        _downloads(frame, {"tokens": labels, "layers": values.round(6).tolist(), **settings},
-                   f"attention-from-{position}", "xa-data")
-        return _numbers_caption("Attention", settings), frame
+        frame = pd.DataFrame(values, index=layer_rows, columns=_numbered(labels))
+        record, name = {"tokens": labels, "layers": values.round(6).tolist(), **settings}, f"attention-from-{position}"
     elif view == "Layer × head overview":
         metric = cols[0].selectbox("Measure", attention.OVERVIEW_METRICS, key="xa-metric",
                                    help="entropy: how spread out (bits); max: the largest weight; "
@@ -240,14 +247,11 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str,
         if metric == "to token":
             target = cols[2].selectbox("To token", range(len(labels)), format_func=lambda i: f"{i} {labels[i]}",
                                        key=f"xa-target-{view_of.sig}-{merge}")
-        values = attention.head_overview(merged(att), group_of[position], metric, target)
+        values = attention.head_overview(words.matrix(att), words.group_of(position), metric, target)
         settings.update(position=position, metric=metric, target=target)
         figure = charts.layer_head_heatmap(values, f"{metric} from position {position}", metric)
-        _chart(figure, "xa-chart", f"attention-{slug}", image_format)
-        frame = pd.DataFrame(values, index=[f"layer {i}" for i in range(n_layers)],
-                             columns=[f"head {h}" for h in range(n_heads)])
-        _downloads(frame, {"values": values.round(6).tolist(), **settings}, "attention-overview", "xa-data")
-        return _numbers_caption("Attention", settings), frame
+        frame = pd.DataFrame(values, index=layer_rows, columns=[f"head {h}" for h in range(n_heads)])
+        record, name = {"values": values.round(6).tolist(), **settings}, "attention-overview"
     else:  # masked vs unmasked
         with cols[0]:
             layer = layer_select()
@@ -263,11 +267,11 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str,
         except MaskLabError as exc:
             show_error(exc)
             return
-        plain_labels = attention.group_labels(loaded.tokenizer.convert_ids_to_tokens(plain_ids), groups,
-                                              loaded.tokenizer)
+        plain_labels = list(word_view(loaded.tokenizer.convert_ids_to_tokens(plain_ids), tokens.word_ids,
+                                      loaded.tokenizer, merge).labels)
 
         def pick(a: np.ndarray) -> np.ndarray:
-            return merged(a[layer].mean(axis=0) if head is None else a[layer, head])
+            return words.matrix(a[layer].mean(axis=0) if head is None else a[layer, head])
 
         a, b = pick(with_mask), pick(without)
         which = "mean of heads" if head is None else f"head {head}"
@@ -280,10 +284,8 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str,
         else:
             matrix = a
             figure = charts.side_by_side_heatmaps(a, b, labels, plain_labels, ["masked", "unmasked"], highlight)
-    _chart(figure, "xa-chart", f"attention-{slug}", image_format)
-    frame, record = _matrix_record(matrix, labels, **settings)
-    _downloads(frame, record, f"attention-{slug}", "xa-data")
-    return _numbers_caption("Attention", settings), frame
+        frame, record = _matrix_record(matrix, labels, **settings)
+    return _shown(figure, frame, record, name, "xa", image_format, _numbers_caption("Attention", settings))
 
 
 # --------------------------------------------------------------------------- interference
@@ -397,12 +399,11 @@ def _head_importance(loaded: LoadedModel, exploration: Exploration, view_of: See
     _, drops, p_base, reference = stored
     token = loaded.tokenizer.convert_ids_to_tokens(reference)
     title = f"Drop in p('{token}') (now {p_base:.1%}) with one head off"
-    _chart(charts.layer_head_heatmap(drops, title, "drop", diverging=True, percent=True), "xi-importance-chart",
-           "head-importance", image_format)
     frame = pd.DataFrame(drops, index=[f"layer {i}" for i in range(len(drops))],
                          columns=[f"head {h}" for h in range(drops.shape[1])])
-    _downloads(frame, {"position": position, "token": token, "p_all_heads": p_base, "drops": drops.round(6).tolist()},
-               "head-importance", "xi-importance-data")
+    _shown(charts.layer_head_heatmap(drops, title, "drop", diverging=True, percent=True), frame,
+           {"position": position, "token": token, "p_all_heads": p_base, "drops": drops.round(6).tolist()},
+           "head-importance", "xi-importance", image_format)
 
 
 # --------------------------------------------------------------------------- attribution
@@ -461,10 +462,8 @@ def attribution_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[st
         st.caption("Choose the settings, then press Explain.")
         return
     result = stored[1]
-    groups = attention.word_groups(tokens.word_ids) if merge else [[i] for i in range(len(tokens))]
-    labels = attention.group_labels(tokens.tokens, groups, loaded.tokenizer)
-    scores = attention.merge_scores(result.scores, groups) if merge else result.scores
-    highlight = [g for g, members in enumerate(groups) if any(p in positions for p in members)]
+    words = word_view(tokens.tokens, tokens.word_ids, loaded.tokenizer, merge)
+    labels, scores, highlight = list(words.labels), words.scores(result.scores), words.positions(positions)
 
     summary = (f"**{attribution.METHOD_LABELS[result.method]}** of p('{render.escape_markdown(result.target_token)}') = "
                f"{result.target_prob:.2%}")
@@ -474,9 +473,9 @@ def attribution_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[st
     st.markdown(summary + f" · {result.seconds:.2f} s")
     st.markdown(attribution_chips(labels, scores, highlight), unsafe_allow_html=True)
     title = f"Attribution to '{result.target_token}' at position {result.position}"
-    _chart(charts.attribution_bars(scores, labels, highlight, title), "xt-chart", "attribution", image_format)
     frame = pd.DataFrame({"token": labels, "score": scores})
     record = dict(result.as_dict(), tokens=labels, scores=[float(s) for s in scores], merged_words=merge)
-    _downloads(frame, record, f"attribution-{result.method}", "xt-data")
     caption = f"{attribution.METHOD_LABELS[result.method]} of p('{result.target_token}') at position {result.position}"
-    return _numbers_caption("Attribution", {"view": caption, "merged_words": merge}), frame
+    return _shown(charts.attribution_bars(scores, labels, highlight, title), frame, record,
+                  f"attribution-{result.method}", "xt", image_format,
+                  _numbers_caption("Attribution", {"view": caption, "merged_words": merge}))

@@ -1,49 +1,122 @@
-"""The Fine-tune page's settings in its link: the fields of ui/runs.py's widget groups and the model.
+"""The Fine-tune page's settings widgets, with their state in the link: masks and rate schedule, the
+training sizes (the model is ui/models.py's picker, through ui/runs.py).
 
-The widgets live in ui/runs.py (shared with the Runs page); each field here names one of them by
-its key and carries that widget's default, range and choices, so a link is read back with the same
-checks the widget makes (ui.common.restore_from_url) and keeps only what differs from the defaults.
+Every widget's default, range and help text is ``TrainConfig``'s declaration of that setting
+(``TrainConfig.spec``), and its link field is the same spec under the link's name, so a link is read
+back with the checks the widget makes (ui.common.restore_from_url) and keeps only what differs
+from the defaults. How often a run is evaluated and checkpointed is ``TrainConfig.cadence``'s rule.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 from mlm_core.settings import ParamSpec
-from mlm_core.training.planning import ModelOption
-from ui.common import UrlField
-from ui.runs import OTHER
+from mlm_core.training import CHECKPOINT_EVALS, EVALUATIONS_PER_RUN, TrainConfig
+from mlm_core.training.config import DEFAULT_EPOCHS
+from ui.common import UrlField, restore_from_url, save_to_url
+
+LENGTH_UNITS = ("steps", "epochs")
 
 
-def schedule_fields(rate: float | None) -> tuple[UrlField, ...]:
-    fields = [UrlField("ft-masking", ParamSpec("masking", "choice", "dynamic", "", choices=("dynamic", "static"))),
-              UrlField("ft-schedule", ParamSpec("schedule", "choice", "constant", "",
-                                                choices=("constant", "linear", "cosine")))]
-    if rate is not None:  # the sliders' defaults in ui/runs.py: from twice the strategy's rate to it
-        fields += [UrlField("ft-rate-start", ParamSpec("rate_start", "float", min(1.0, 2 * rate), "", 0.01, 1.0)),
-                   UrlField("ft-rate-end", ParamSpec("rate_end", "float", rate, "", 0.01, 1.0))]
-    return tuple(fields)
+def _spec(name: str, link_name: str | None = None, **changes) -> ParamSpec:
+    """TrainConfig's declaration of ``name``, as a widget shows it (never None) under the link's name."""
+    spec = TrainConfig.spec(name)
+    return dataclasses.replace(spec, name=link_name or spec.name, optional=False, **changes)
 
 
-def training_fields(layers: int | None, max_len: int) -> tuple[UrlField, ...]:
+def _number(container, label: str, spec: ParamSpec, key: str, **options) -> int | float:
+    cast = int if spec.kind == "int" else float
+    return cast(container.number_input(label, cast(spec.min), cast(spec.max), cast(spec.default), key=key,
+                                       help=spec.help, **options))
+
+
+# ----------------------------------------------------------------------------- masks and rate schedule
+
+
+def schedule_fields(rate: float | None, key: str = "ft") -> dict[str, UrlField]:
+    """The link fields of ``schedule_controls``, by widget key."""
+    fields = [UrlField(f"{key}-masking", _spec("masking")),
+              UrlField(f"{key}-schedule", _spec("rate_schedule", "schedule"))]
+    if rate is not None:  # the sliders start from twice the strategy's rate down to it (e.g. 30% → 15%)
+        fields += [UrlField(f"{key}-rate-start", _spec("rate_start", default=min(1.0, 2 * rate))),
+                   UrlField(f"{key}-rate-end", _spec("rate_end", default=rate))]
+    return {field.key: field for field in fields}
+
+
+def schedule_controls(rate: float | None, key: str) -> dict:
+    """Static/dynamic masking and the rate schedule → TrainConfig fields (``rate``: the strategy's)."""
+    fields = schedule_fields(rate, key)
+    restore_from_url(fields.values())
+    masking, schedule = fields[f"{key}-masking"].spec, fields[f"{key}-schedule"].spec
+    left, right = st.columns(2)
+    mode = left.radio("Masks", masking.choices, index=masking.choices.index(masking.default), horizontal=True,
+                      key=f"{key}-masking", help="dynamic: a fresh mask every time a block is seen (RoBERTa). "
+                      "static: one mask per block, drawn once and reused every epoch (original BERT).")
+    kind = right.radio("Rate schedule", schedule.choices, index=schedule.choices.index(schedule.default),
+                       horizontal=True, key=f"{key}-schedule", disabled=rate is None,
+                       help="Move the masking rate from a start to an end value over the run (e.g. "
+                       "30% → 15%). Applies to strategies with an mlm_probability.")
+    settings = {"masking": mode, "rate_schedule": schedule.default, "rate_start": rate, "rate_end": rate}
+    if rate is not None and kind != schedule.default:
+        # Two sliders, not one range slider: a range comes back sorted, so 30% → 15% could not be set.
+        start, end = fields[f"{key}-rate-start"].spec, fields[f"{key}-rate-end"].spec
+        from_column, to_column = st.columns(2)
+        settings.update(
+            rate_schedule=kind,
+            rate_start=from_column.slider("Rate at the start", start.min, start.max, start.default, 0.01,
+                                          key=f"{key}-rate-start"),
+            rate_end=to_column.slider("Rate at the end", end.min, end.max, end.default, 0.01, key=f"{key}-rate-end"),
+        )
+    save_to_url(fields.values())
+    return settings
+
+
+# ----------------------------------------------------------------------------- training sizes
+
+
+def training_fields(layers: int | None, max_len: int, key: str = "ft") -> dict[str, UrlField]:
+    """The link fields of ``training_settings``, by widget key (``max_len``: the model's longest block)."""
     parts = ("embeddings", "all-but-head", *(f"layer.{i}" for i in range(layers or 0)))
-    return (UrlField("ft-unit", ParamSpec("length_in", "choice", "steps", "", choices=("steps", "epochs"))),
-            UrlField("ft-steps", ParamSpec("steps", "int", 200, "", 1, 1_000_000)),
-            UrlField("ft-epochs", ParamSpec("epochs", "float", 1.0, "", 0.1, 1000.0)),
-            UrlField("ft-batch", ParamSpec("batch", "int", 16, "", 1, 4096)),
-            UrlField("ft-seq", ParamSpec("seq_len", "int", min(128, max_len), "", 8, max_len)),
-            UrlField("ft-lr", ParamSpec("lr", "float", 5e-5, "", 1e-7, 0.5)),
-            UrlField("ft-freeze", ParamSpec("freeze", "multi_choice", (), "", choices=parts), read=list),
-            UrlField("ft-eval", ParamSpec("eval_every", "int", 0, "", 0, 1_000_000)),
-            UrlField("ft-ckpt", ParamSpec("checkpoint_evals", "int", 5, "", 1, 1000)))
+    seq_len = TrainConfig.spec("seq_len")
+    fields = (
+        UrlField(f"{key}-unit", ParamSpec("length_in", "choice", LENGTH_UNITS[0], "", choices=LENGTH_UNITS)),
+        UrlField(f"{key}-steps", _spec("steps")),
+        UrlField(f"{key}-epochs", _spec("epochs", default=DEFAULT_EPOCHS)),
+        UrlField(f"{key}-batch", _spec("batch_size", "batch")),
+        UrlField(f"{key}-seq", _spec("seq_len", default=min(seq_len.default, max_len), max=max_len)),
+        UrlField(f"{key}-lr", _spec("lr")),
+        UrlField(f"{key}-freeze", ParamSpec("freeze", "multi_choice", (), "", choices=parts), read=list),
+        UrlField(f"{key}-eval", _spec("eval_every", default=0, min=0)),  # 0: TrainConfig.cadence decides
+        UrlField(f"{key}-ckpt", CHECKPOINT_EVALS),
+    )
+    return {field.key: field for field in fields}
 
 
-def restore_model(options: list[ModelOption]) -> None:
-    """The link's model: one of the listed options, else typed under 'Other'."""
-    wanted = st.query_params.get("model")
-    if wanted is None or "ft-model" in st.session_state:
-        return
-    labels = {option.model: option.label for option in options}
-    st.session_state["ft-model"] = labels.get(wanted, OTHER)
-    if wanted not in labels:
-        st.session_state["ft-model-other"] = wanted
+def training_settings(key: str, layers: int | None, max_len: int) -> dict:
+    """Length, batch, block length, learning rate, freezing, evaluation → TrainConfig fields."""
+    fields = training_fields(layers, max_len, key)
+    restore_from_url(fields.values())
+    spec = {name: fields[f"{key}-{name}"].spec for name in
+            ("unit", "steps", "epochs", "batch", "seq", "lr", "freeze", "eval", "ckpt")}
+    left, middle, right = st.columns(3)
+    unit = left.radio("Length in", spec["unit"].choices, horizontal=True, key=f"{key}-unit")
+    if unit == "steps":
+        steps, epochs = _number(left, "Steps", spec["steps"], f"{key}-steps"), None
+    else:
+        steps, epochs = None, _number(left, "Epochs", spec["epochs"], f"{key}-epochs", step=0.5)
+    batch = _number(middle, "Batch (blocks per step)", spec["batch"], f"{key}-batch")
+    seq_len = _number(middle, "Block length (tokens)", spec["seq"], f"{key}-seq")
+    lr = _number(right, "Learning rate", spec["lr"], f"{key}-lr", step=1e-5, format="%.1e")
+    freeze = right.multiselect("Freeze", spec["freeze"].choices, key=f"{key}-freeze",
+                               help="Frozen parameters are not trained (parameter masking).")
+    with st.expander("Evaluation and checkpoints"):
+        every = _number(st, f"Evaluate every N steps (0: about {EVALUATIONS_PER_RUN} evaluations per run)",
+                        spec["eval"], f"{key}-eval")
+        keep = _number(st, "Checkpoint every N evaluations", spec["ckpt"], f"{key}-ckpt")
+    save_to_url(fields.values())
+    return dict(steps=steps, epochs=epochs, batch_size=batch, seq_len=seq_len, lr=lr, freeze=freeze,
+                **TrainConfig.cadence(steps, every or None, keep))
+

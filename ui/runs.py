@@ -1,6 +1,6 @@
 """Widget groups for fine-tuning runs, shared by the Fine-tune and Runs pages.
 
-* settings: the model to start from, static/dynamic and the rate schedule, training sizes;
+* the model to start from and the preview of training examples (the other settings: ui/finetune.py);
 * following a run live (``follow``): a fragment that polls the run store, so leaving the
   page never touches the job, and the run in the URL (``?run=ID``) re-attaches;
 * a run's curves, comparing runs, a run's actions (explorer, zip, resume, cancel, delete)
@@ -14,6 +14,7 @@ import uuid
 import streamlit as st
 
 from mlm_core.errors import MaskLabError, RunError
+from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import load_model
 from mlm_core.training import jobs
 from mlm_core.training.planning import (
@@ -41,9 +42,9 @@ from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown, token_chips
 from mlm_core.views.reports import html_report
 from ui.common import show_error
+from ui.models import pick_model
 
 POLL_S = 2.0  # how often a followed run is read from the store
-OTHER = "Other: hub id or local folder"
 FOLLOW_KEY = "follow-run"
 LSTM_NOTE = ("An LSTM run's model cannot open in the explorer: it has no attention to show and is not a "
              "Hugging Face model.")
@@ -53,66 +54,14 @@ LSTM_NOTE = ("An LSTM run's model cannot open in the explorer: it has no attenti
 
 
 def model_choice(store: RunStore, key: str) -> ModelOption | None:
-    """The model to fine-tune; None until an 'other' model is typed."""
-    options = model_options(store)
-    labels = [o.label for o in options] + [OTHER]
-    label = st.selectbox("Start from", labels, key=f"{key}-model",
-                         help="Finished runs are listed with their model; LSTM runs are not (an LSTM cannot "
-                         "be fine-tuned further: choose scratch-lstm for a new one).")
-    if label != OTHER:
-        return options[labels.index(label)]
-    name = st.text_input("Hub id or model folder", key=f"{key}-model-other",
-                         placeholder="distilbert-base-uncased or /path/to/a/model").strip()
-    if not name:
-        st.info("Type a hub id (e.g. bert-base-uncased) or the path of a folder with model.safetensors.")
+    """The model to fine-tune (the link's ``model``); None until an 'other' model is typed."""
+    options = {o.model or DEFAULT_MODEL_NAME: o for o in model_options(store)}
+    name = pick_model([(name, o.label) for name, o in options.items()], "Start from", f"{key}-model",
+                      f"{key}-model-other", "model", help="Finished runs are listed with their model; LSTM runs "
+                      "are not (an LSTM cannot be fine-tuned further: choose scratch-lstm for a new one).")
+    if name is None:
         return None
-    return ModelOption(name, name, "other")
-
-
-def schedule_controls(rate: float | None, key: str) -> dict:
-    """Static/dynamic masking and the rate schedule → TrainConfig fields."""
-    left, right = st.columns(2)
-    masking = left.radio("Masks", ["dynamic", "static"], horizontal=True, key=f"{key}-masking",
-                         help="dynamic: a fresh mask every time a block is seen (RoBERTa). static: one mask "
-                         "per block, drawn once and reused every epoch (original BERT).")
-    schedule = right.radio("Rate schedule", ["constant", "linear", "cosine"], horizontal=True,
-                           key=f"{key}-schedule", disabled=rate is None,
-                           help="Move the masking rate from a start to an end value over the run (e.g. "
-                           "30% → 15%). Applies to strategies with an mlm_probability.")
-    fields = {"masking": masking, "rate_schedule": "constant", "rate_start": rate, "rate_end": rate}
-    if rate is not None and schedule != "constant":
-        # Two sliders, not one range slider: a range comes back sorted, so 30% → 15% could not be set.
-        from_column, to_column = st.columns(2)
-        start = from_column.slider("Rate at the start", 0.01, 1.0, min(1.0, 2 * rate), 0.01,
-                                   key=f"{key}-rate-start")
-        end = to_column.slider("Rate at the end", 0.01, 1.0, rate, 0.01, key=f"{key}-rate-end")
-        fields.update(rate_schedule=schedule, rate_start=start, rate_end=end)
-    return fields
-
-
-def training_settings(key: str, layers: int | None, max_len: int) -> dict:
-    """Length, batch, block length, learning rate, freezing, evaluation → TrainConfig fields."""
-    left, middle, right = st.columns(3)
-    unit = left.radio("Length in", ["steps", "epochs"], horizontal=True, key=f"{key}-unit")
-    if unit == "steps":
-        steps, epochs = int(left.number_input("Steps", 1, 1_000_000, 200, key=f"{key}-steps")), None
-    else:
-        steps, epochs = None, float(left.number_input("Epochs", 0.1, 1000.0, 1.0, 0.5, key=f"{key}-epochs"))
-    batch = int(middle.number_input("Batch (blocks per step)", 1, 4096, 16, key=f"{key}-batch"))
-    seq_len = int(middle.number_input("Block length (tokens)", 8, max_len, min(128, max_len), key=f"{key}-seq"))
-    lr = float(right.number_input("Learning rate", 1e-7, 0.5, 5e-5, 1e-5, format="%.1e", key=f"{key}-lr"))
-    parts = ["embeddings", "all-but-head", *(f"layer.{i}" for i in range(layers or 0))]
-    freeze = right.multiselect("Freeze", parts, key=f"{key}-freeze",
-                               help="Frozen parameters are not trained (parameter masking).")
-    with st.expander("Evaluation and checkpoints"):
-        every = int(st.number_input("Evaluate every N steps (0: about 20 evaluations per run)", 0, 1_000_000, 0,
-                                    key=f"{key}-eval"))
-        keep = int(st.number_input("Checkpoint every N evaluations", 1, 1000, 5, key=f"{key}-ckpt",
-                                   help="A checkpoint is what an interrupted run resumes from."))
-    if every == 0:
-        every = max(1, (steps or 1000) // 20)
-    return dict(steps=steps, epochs=epochs, batch_size=batch, seq_len=seq_len, lr=lr, freeze=freeze,
-                eval_every=every, checkpoint_every=every * keep)
+    return options.get(name) or ModelOption(name, name, "other")
 
 
 def show_preview(examples: list[PreviewExample]) -> None:
@@ -288,9 +237,9 @@ def run_actions(store: RunStore, record: RunRecord) -> None:
     lstm = folder is not None and is_lstm_folder(folder)
     cells = st.columns(5)
     if record.status in ACTIVE_STATES and cells[0].button("Follow live", key="act-follow"):
-        st.switch_page("pages/finetune.py", query_params={"run": record.id})
+        st.switch_page("app_pages/finetune.py", query_params={"run": record.id})
     if folder is not None and not lstm and cells[0].button("🔍 Open in the explorer", key="act-explore"):
-        st.switch_page("pages/explore.py", query_params={"model": str(folder)})
+        st.switch_page("app_pages/explore.py", query_params={"model": str(folder)})
     if folder is not None:
         cells[1].download_button("⬇ Model (.zip)", data=lambda: zip_folder(folder), file_name=f"{record.id}-model.zip",
                                  mime="application/zip", key="act-zip", on_click="ignore")

@@ -1,23 +1,26 @@
 """Masking controls generated from the strategy registry, with their state in the URL.
 
 Every parameter's widget, default, range and help text comes from ``mlm_core.masking``'s
-``ParamSpec``s, so the page, the CLI and shared links always agree.
+``ParamSpec``s, and the link is read and written by ``mlm_core.links`` (the one codec for a
+masking setting), so the pages, the CLI and shared links always agree. The explorer's panel
+(``masking_controls``, also on Batch and Fine-tune) and Compare's sides share the widgets here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import streamlit as st
 
-from mlm_core.errors import InputError
-from mlm_core.explain.exploration import MAIN_STRATEGIES, build_strategy
-from mlm_core.masking import STRATEGIES, params_of, strategy_from_params
+from mlm_core import links
+from mlm_core.links import MaskingSetting
+from mlm_core.masking import EXCLUDE_RULES, MAIN_STRATEGIES, PROTECT_RULES, STRATEGIES, Corruption
 from mlm_core.settings import ParamSpec
-from ui.common import url_ignored
+from ui.common import url_ignored, url_set
 
-NONE = "none (typed or clicked masks only)"
-SPLIT_PARAMS = ("mask_replace_prob", "random_replace_prob", "random_excludes_special")
-PROTECT_RULES = ("stopwords", "punctuation", "numbers")
-EXCLUDE_RULES = ("", "stopwords", "punctuation", "numbers")
+NONE = links.NONE_LABEL  # the first choice of every strategy list
+SPLIT_PARAMS = tuple(f.name for f in dataclasses.fields(Corruption))  # in the 80/10/10 expander
 STRATEGY_HELP = {
     "random": "BERT: each token chosen with probability p; chosen → [MASK] 80%, random 10%, unchanged 10%.",
     "whole-word": "All pieces of a chosen word are masked together.",
@@ -25,18 +28,37 @@ STRATEGY_HELP = {
     "rule-based": "Mask (or protect) stopwords, punctuation, numbers, a word list or a regex.",
     "adaptive": "Tokens the model finds hard (high surprisal) are chosen more often.",
 }
+# The link fields each panel shows (and so reads, warns about and writes); p_<param> besides.
+PANEL_FIELDS = (links.STRATEGY, links.PRIVACY.name, links.PROTECT.name, links.EXCLUDE.name, links.SEED.name)
+SIDE_FIELDS = (links.STRATEGY, links.EXCLUDE.name, links.HEADS.name, links.SEED.name)
 
 
-def url_value(spec: ParamSpec, prefix: str):
-    """The parameter's value from the URL (``<prefix><name>``), or its default when absent or invalid."""
-    raw = st.query_params.get(f"{prefix}{spec.name}")
-    if raw is None:
-        return spec.default
-    try:
-        return spec.parse(raw)
-    except InputError as exc:  # a hand-edited link with a bad value falls back to the default
-        url_ignored(f"{prefix}{spec.name}", raw, spec.format(spec.default), str(exc))
-        return spec.default
+# --------------------------------------------------------------------------- the link
+
+
+def link_setting(prefix: str, default: str, fields: Sequence[str]) -> MaskingSetting:
+    """The masking setting in the link (fields under ``prefix``); a warning for each shown field it gets wrong."""
+    setting, problems = links.decode(st.query_params.to_dict(), prefix, default, MAIN_STRATEGIES)
+    for problem in problems:
+        if problem.field[len(prefix):] in fields:  # parameters are checked by strategy_params
+            url_ignored(problem.field, problem.raw, problem.used, problem.reason)
+    return setting
+
+
+def write_link(setting: MaskingSetting, prefix: str, fields: Sequence[str]) -> None:
+    """The panel's fields and the strategy's non-default parameters into the link; stale ones out."""
+    written = links.encode(setting, prefix)
+    params = f"{prefix}{links.PARAM_PREFIX}"
+    for stale in [k for k in st.query_params if k.startswith(params) and k not in written]:
+        del st.query_params[stale]
+    for name, value in written.items():
+        if name.startswith(params):
+            st.query_params[name] = value
+    for field in fields:
+        url_set(f"{prefix}{field}", written.get(f"{prefix}{field}", ""))
+
+
+# --------------------------------------------------------------------------- widgets
 
 
 def param_widget(spec: ParamSpec, key: str, value):
@@ -58,85 +80,72 @@ def param_widget(spec: ParamSpec, key: str, value):
     return st.text_input(label, shown, key=key, help=spec.help)
 
 
-def strategy_params(name: str, key: str, url_prefix: str = "p_") -> dict:
+def strategy_params(name: str, key: str, prefix: str = "") -> dict:
     """Widgets for ``name``'s parameters; returns {param: value} (split settings in an expander).
 
-    Widget keys are ``{key}-{name}-{param}``; initial values come from ``{url_prefix}{param}`` in the
-    URL, so two panels on one page (Compare's A and B) keep separate links.
+    Widget keys are ``{key}-{name}-{param}``; initial values come from the link's
+    ``{prefix}p_{param}``, so two panels on one page (Compare's A and B) keep separate links.
     """
-    specs = STRATEGIES[name].params
+    linked, problems = links.decode_params(st.query_params.to_dict(), name, prefix)
+    for problem in problems:
+        url_ignored(problem.field, problem.raw, problem.used, problem.reason)
     values = {}
-    main = [s for s in specs if s.name not in SPLIT_PARAMS]
-    split = [s for s in specs if s.name in SPLIT_PARAMS]
-    for spec in main:
+
+    def widget(spec: ParamSpec) -> None:
+        values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", linked.get(spec.name, spec.default))
+
+    for spec in STRATEGIES[name].params:
+        if spec.name in SPLIT_PARAMS:
+            continue
         if name == "rule-based" and spec.name == "words" and values.get("rule") != "words":
             continue
         if name == "rule-based" and spec.name == "pattern" and values.get("rule") != "regex":
             continue
-        values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", url_value(spec, url_prefix))
+        widget(spec)
+    split = [spec for spec in STRATEGIES[name].params if spec.name in SPLIT_PARAMS]
     if split:
         with st.expander("What happens to chosen tokens (80/10/10)"):
             for spec in split:
-                values[spec.name] = param_widget(spec, f"{key}-{name}-{spec.name}", url_value(spec, url_prefix))
+                widget(spec)
     return values
+
+
+def strategy_select(setting: MaskingSetting, key: str, help: str | None = None) -> str:
+    """The strategy list (none first), on the link's strategy; returns a registry name or ``links.NONE``."""
+    options = [NONE, *MAIN_STRATEGIES]
+    wanted = NONE if setting.strategy == links.NONE else setting.strategy
+    name = st.selectbox("Masking strategy", options, index=options.index(wanted), key=key, help=help)
+    return links.NONE if name == NONE else name
+
+
+def exclude_select(label: str, setting: MaskingSetting, key: str) -> str:
+    return st.selectbox(label, EXCLUDE_RULES, index=EXCLUDE_RULES.index(setting.exclude),
+                        format_func=lambda rule: rule or "nothing", key=key)
 
 
 def masking_controls(key: str = "mask", default: str = "random"):
     """The explorer's masking panel. Returns (strategy or None, seed); writes the URL."""
-    params = st.query_params
-    options = [NONE, *MAIN_STRATEGIES]
-    wanted = params.get("strategy", default)
-    wanted = NONE if wanted == "none" else wanted  # the short spelling that the CLI also takes
-    if wanted not in options:
-        url_ignored("strategy", wanted, default, f"choose from none, {', '.join(MAIN_STRATEGIES)}")
-        wanted = default
-    name = st.selectbox("Masking strategy", options, index=options.index(wanted),
-                        key=f"{key}-strategy", help="How positions are chosen. " + " ".join(
-                            f"{n}: {h}" for n, h in STRATEGY_HELP.items()))
-    values = {} if name == NONE else strategy_params(name, key)
+    link = link_setting("", default, PANEL_FIELDS)
+    name = strategy_select(link, f"{key}-strategy", help="How positions are chosen. " + " ".join(
+        f"{n}: {h}" for n, h in STRATEGY_HELP.items()))
+    values = {} if name == links.NONE else strategy_params(name, key)
     with st.expander("Privacy, protection and context exclusion"):
         privacy_on = st.checkbox("Privacy: replace e-mails, URLs, phone numbers and numbers first",
-                                 params.get("privacy") == "1", key=f"{key}-privacy")
-        protect = st.multiselect("Never mask", PROTECT_RULES, default=[
-            r for r in params.get("protect", "").split(",") if r in PROTECT_RULES], key=f"{key}-protect")
-        exclude = st.selectbox("Remove from the context (attention exclusion)", EXCLUDE_RULES,
-                               index=EXCLUDE_RULES.index(params.get("exclude", "")) if params.get(
-                                   "exclude", "") in EXCLUDE_RULES else 0,
-                               format_func=lambda r: r or "nothing", key=f"{key}-exclude")
+                                 link.privacy, key=f"{key}-privacy")
+        protect = st.multiselect("Never mask", PROTECT_RULES, default=list(link.protect), key=f"{key}-protect")
+        exclude = exclude_select("Remove from the context (attention exclusion)", link, f"{key}-exclude")
     seed_key = f"{key}-seed"
     if seed_key not in st.session_state:  # first run: the seed comes from the link
-        raw = params.get("seed", "0")
-        usable = raw.isdecimal() and int(raw) < 2**31
-        if not usable:
-            url_ignored("seed", raw, 0, "a whole number from 0 to 2147483647")
-        st.session_state[seed_key] = int(raw) if usable else 0
+        st.session_state[seed_key] = link.seed
 
     def draw_again():
-        st.session_state[seed_key] = (st.session_state[seed_key] + 1) % 2**31
+        st.session_state[seed_key] = (st.session_state[seed_key] + 1) % (links.SEED.max + 1)
 
-    seed = st.number_input("Seed (the same seed repeats a demo)", 0, 2**31 - 1, key=seed_key)
-    st.button("Draw again", key=f"{key}-draw", on_click=draw_again, disabled=name == NONE,
+    seed = int(st.number_input("Seed (the same seed repeats a demo)", links.SEED.min, links.SEED.max, key=seed_key))
+    st.button("Draw again", key=f"{key}-draw", on_click=draw_again, disabled=name == links.NONE,
               help="A new random draw: the seed goes up by one.")
 
-    strategy = build_strategy(None if name == NONE else name, values, privacy_on, protect, exclude)
-    main = None if name == NONE else strategy_from_params(name, values)
-    _write_url(name, main, privacy_on, protect, exclude, int(seed))
-    return strategy, int(seed)
-
-
-def _write_url(name, main, privacy_on, protect, exclude, seed) -> None:
-    params = st.query_params
-    for stale in [k for k in params if k.startswith("p_")]:
-        del params[stale]
-    params["strategy"] = name
-    if main is not None:
-        defaults = {spec.name: spec.format(spec.default) for spec in STRATEGIES[name].params}
-        for param, value in params_of(main, as_strings=True).items():
-            if value != defaults.get(param):  # short links: only what differs from the defaults
-                params[f"p_{param}"] = value
-    for field, value in (("privacy", "1" if privacy_on else ""), ("protect", ",".join(protect)),
-                         ("exclude", exclude), ("seed", str(seed) if seed else "")):
-        if value:
-            params[field] = value
-        elif field in params:
-            del params[field]
+    setting = MaskingSetting(name, values, privacy_on, protect, exclude, seed=seed)
+    strategy = setting.build()
+    write_link(setting, "", PANEL_FIELDS)
+    return strategy, seed

@@ -15,15 +15,17 @@ import streamlit as st
 from mlm_core.errors import InputError, MaskLabError
 from mlm_core.explain.attention import head_mean
 from mlm_core.explain.compare import leave_one_out
-from mlm_core.explain.exploration import build_strategy, explore
+from mlm_core.explain.exploration import explore
 from mlm_core.explain.predict import fill_text
+from mlm_core.masking import build_strategy
 from mlm_core.model.loading import LoadedModel, load_model
+from mlm_core.resources import asset
 from mlm_core.views import charts
 from mlm_core.views import html as render
 from ui.common import show_error, url_get, url_int, url_set
-from ui.compare import _run_models
+from ui.models import run_models
 
-LESSON = Path(__file__).resolve().parent.parent / "assets" / "teach" / "lesson.json"
+LESSON = asset("teach", "lesson.json")
 VIEWS = ("mask", "strategies", "predict", "attention", "why", "finetune")
 EPOCHS = 3
 # Fixed CSS (no user text): large type and high contrast for a projector; the sidebar and header go.
@@ -143,14 +145,14 @@ def _why_view(loaded, step, text, seed, presenter):
 
 
 def _finetune_view(loaded, step, text, seed, presenter):
-    runs = _run_models()
+    runs = run_models()
     if not runs:
         st.info("No finished fine-tuning run yet. Start one on the Fine-tune page (for example whole-word "
                 "masking on the demo corpus), then come back: it will appear here next to the original model.")
         _predict_view(loaded, step, text, seed, presenter)
         return
-    folders = [folder for _, folder in runs]
-    labels = dict((folder, label) for label, folder in runs)
+    folders = [folder for folder, _ in runs]
+    labels = dict(runs)
     wanted = url_get("run")
     folder = st.selectbox("Fine-tuned run", folders, index=folders.index(wanted) if wanted in folders else 0,
                           format_func=lambda f: labels[f], key="teach-run")

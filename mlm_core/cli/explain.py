@@ -5,7 +5,8 @@
     python -m mlm_core attribute "Paris is the capital of [MASK]." --method ig --steps 32
     python -m mlm_core attribute "Paris is the capital of France." --position 6 --target france
 
-``run_*`` return one JSON-ready dict; ``format_*`` turn it into readable text. Indices are
+``run_*`` return one JSON-ready dict; ``format_*`` turn it into readable text; ``ATTEND`` and
+``ATTRIBUTE`` declare the two commands for ``mlm_core.cli.registry``. Indices are
 0-based, like token positions ([CLS] is position 0); a negative layer counts from the top.
 """
 
@@ -15,36 +16,34 @@ import argparse
 
 import numpy as np
 
+from mlm_core.cli.common import Command, add_model_argument, positive_int
 from mlm_core.errors import InputError
 
 TOP_PER_ROW = 3  # attended tokens listed per row in the text output
 
 
-def add_parsers(sub) -> None:
-    """Add the ``attend`` and ``attribute`` subcommands to ``build_parser``'s subparsers."""
-    from mlm_core.cli import add_model_argument, positive_int
+def add_attend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", help="text, with the model's mask token where a word is hidden")
+    add_model_argument(parser)
+    parser.add_argument("--layer", type=int, default=-1,
+                        help="layer, 0-based; negative counts from the top (default -1)")
+    parser.add_argument("--head", type=int, default=None, help="head, 0-based (default: mean of the layer's heads)")
+    parser.add_argument("--rollout", action="store_true", help="attention rollout through layers 0..LAYER instead")
+    parser.add_argument("--words", action="store_true", help="merge word pieces into words")
+
+
+def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
     from mlm_core.explain.attribution import BASELINES, DEFAULT_STEPS, MAX_STEPS, METHODS
 
-    p = sub.add_parser("attend", help="attention weights of a text (one head, mean of heads, or rollout)")
-    p.add_argument("text", help="text, with the model's mask token where a word is hidden")
-    add_model_argument(p)
-    p.add_argument("--layer", type=int, default=-1, help="layer, 0-based; negative counts from the top (default -1)")
-    p.add_argument("--head", type=int, default=None, help="head, 0-based (default: mean of the layer's heads)")
-    p.add_argument("--rollout", action="store_true", help="attention rollout through layers 0..LAYER instead")
-    p.add_argument("--words", action="store_true", help="merge word pieces into words")
-    p.add_argument("--json", action="store_true", help="print one JSON document: tokens and the T×T attention")
-
-    p = sub.add_parser("attribute", help="which tokens drove the prediction at a mask (captum)")
-    p.add_argument("text", help="text with the model's mask token, or use --position to mask a token")
-    add_model_argument(p)
-    p.add_argument("--position", type=int, default=None, help="token position to explain (masked if it is not)")
-    p.add_argument("--target", default=None, help="token to explain (default: the model's first guess)")
-    p.add_argument("--method", choices=METHODS, default="ig", help="ig (default), saliency or input_x_gradient")
-    p.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
-                   help=f"integration steps for ig (default {DEFAULT_STEPS}, at most {MAX_STEPS})")
-    p.add_argument("--baseline", choices=BASELINES, default="pad", help="baseline token for ig (default pad)")
-    p.add_argument("--words", action="store_true", help="merge word pieces into words")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("text", help="text with the model's mask token, or use --position to mask a token")
+    add_model_argument(parser)
+    parser.add_argument("--position", type=int, default=None, help="token position to explain (masked if it is not)")
+    parser.add_argument("--target", default=None, help="token to explain (default: the model's first guess)")
+    parser.add_argument("--method", choices=METHODS, default="ig", help="ig (default), saliency or input_x_gradient")
+    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
+                        help=f"integration steps for ig (default {DEFAULT_STEPS}, at most {MAX_STEPS})")
+    parser.add_argument("--baseline", choices=BASELINES, default="pad", help="baseline token for ig (default pad)")
+    parser.add_argument("--words", action="store_true", help="merge word pieces into words")
 
 
 def _layer_index(layer: int, n_layers: int) -> int:
@@ -57,6 +56,7 @@ def run_attend(args: argparse.Namespace) -> dict:
     from mlm_core.explain import attention
     from mlm_core.model.loading import load_model
     from mlm_core.text.tokens import tokenize
+    from mlm_core.views.words import word_view
 
     loaded = load_model(args.model, args.device)
     tokens = tokenize(loaded.tokenizer, args.text)
@@ -71,13 +71,8 @@ def run_attend(args: argparse.Namespace) -> dict:
         matrix, view = att[layer].mean(axis=0), "mean of heads"
     else:
         matrix, view = att[layer, head], "head"
-    labels = list(tokens.tokens)
-    masked = tokens.mask_positions
-    if getattr(args, "words", False):
-        groups = attention.word_groups(tokens.word_ids)
-        matrix = attention.merge_words(matrix, groups)
-        labels = attention.group_labels(tokens.tokens, groups, loaded.tokenizer)
-        masked = sorted({g for g, members in enumerate(groups) for p in members if p in tokens.mask_positions})
+    words = word_view(tokens.tokens, tokens.word_ids, loaded.tokenizer, merge=getattr(args, "words", False))
+    matrix, labels, masked = words.matrix(matrix), list(words.labels), words.positions(tokens.mask_positions)
     return {
         "model": loaded.name,
         "view": view,
@@ -103,11 +98,11 @@ def format_attend(record: dict) -> str:
 
 
 def run_attribute(args: argparse.Namespace) -> dict:
-    from mlm_core.explain import attention
     from mlm_core.explain.attribution import attribute
     from mlm_core.explain.exploration import with_masks
     from mlm_core.model.loading import load_model
     from mlm_core.text.tokens import tokenize
+    from mlm_core.views.words import word_view
 
     loaded = load_model(args.model, args.device)
     tokens = tokenize(loaded.tokenizer, args.text)
@@ -120,13 +115,8 @@ def run_attribute(args: argparse.Namespace) -> dict:
     record = result.as_dict()
     record.update(model=loaded.name, original_token=original, words=False)
     if getattr(args, "words", False):
-        groups = attention.word_groups(tokens.word_ids)
-        masked = loaded.tokenizer.convert_ids_to_tokens(ids)
-        record.update(
-            tokens=attention.group_labels(masked, groups, loaded.tokenizer),
-            scores=[float(s) for s in attention.merge_scores(result.scores, groups)],
-            words=True,
-        )
+        words = word_view(loaded.tokenizer.convert_ids_to_tokens(ids), tokens.word_ids, loaded.tokenizer)
+        record.update(tokens=list(words.labels), scores=[float(s) for s in words.scores(result.scores)], words=True)
     return record
 
 
@@ -149,3 +139,10 @@ def format_attribute(record: dict) -> str:
         lines.append(f"{i:>3} {token:<14} {score:+.4f} {bar}")
     lines.append(f"{record['seconds']:.2f} s")
     return "\n".join(lines)
+
+
+ATTEND = Command("attend", "attention weights of a text (one head, mean of heads, or rollout)", add_attend_arguments,
+                 run_attend, format_attend,
+                 json_help="print one JSON document: tokens and the T×T attention")
+ATTRIBUTE = Command("attribute", "which tokens drove the prediction at a mask (captum)", add_attribute_arguments,
+                    run_attribute, format_attribute)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mlm_core.errors import InputError
-from mlm_core.explain.predict import forward
+from mlm_core.model.forward import forward
 from mlm_core.model.loading import LoadedModel
 
 OVERVIEW_METRICS = ("entropy", "max", "to token")

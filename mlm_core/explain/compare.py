@@ -23,8 +23,9 @@ import torch
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.explain.attention import attention_maps, head_mean, rollout
 from mlm_core.explain.exploration import Exploration, explore
-from mlm_core.explain.predict import Prediction, forward, predict, special_id_tensor
-from mlm_core.explain.whatif import head_gates, heads_gated, parse_heads
+from mlm_core.explain.predict import Prediction, predict, special_id_tensor
+from mlm_core.explain.whatif import parse_heads
+from mlm_core.model.forward import forward, head_gates, heads_gated
 from mlm_core.model.loading import LoadedModel
 from mlm_core.text.tokens import tokenize
 
@@ -34,7 +35,7 @@ SWAP_TOP = 15  # rows of the ranked list of probability changes
 
 @dataclass(frozen=True)
 class Side:
-    """One side's settings. ``strategy`` comes from ``explore.build_strategy``; heads are (layer, head)."""
+    """One side's settings. ``strategy`` comes from ``masking.build_strategy``; heads are (layer, head)."""
 
     strategy: object | None = None
     seed: int = 0

@@ -2,6 +2,7 @@
 
 Pages and the CLI call ``explore()``; it validates the input and returns one record with
 everything a view needs, so what the page shows is exactly what the CLI prints.
+The strategy comes from ``mlm_core.masking.build_strategy`` (the masking panel's composition).
 
 Order of operations (the same as the trainer's):
 
@@ -24,22 +25,17 @@ from mlm_core.errors import InputError
 from mlm_core.explain.predict import Prediction, predict, pseudo_log_likelihood
 from mlm_core.masking import (
     MASKED,
-    AttentionExclusion,
-    Compose,
     MaskResult,
-    RuleBased,
     Vocab,
     apply_strategy,
+    is_adaptive,
     prepare_text,
     selection_frequency,
-    strategy_from_params,
 )
 from mlm_core.model.loading import LoadedModel
 from mlm_core.text.privacy import PrivacyResult
 from mlm_core.text.tokens import Tokens, tokenize
-from mlm_core.training.trainer import is_adaptive
 
-MAIN_STRATEGIES = ("random", "whole-word", "span", "rule-based", "adaptive")  # the explorer's choices
 MAX_MASKED_FRACTION = 0.8  # beyond this the "predictions" are mostly the model's prior
 FREQUENCY_DRAWS = 200
 
@@ -139,28 +135,3 @@ def chosen_frequency(loaded: LoadedModel, text: str, strategy, seed: int = 0,
     return tokens, selection_frequency(tokens, strategy, vocab, draws=draws, rng=seed, scores=scores,
                                        protected=protected)
 
-
-def build_strategy(
-    name: str | None,
-    params: dict | None = None,
-    privacy: bool = False,
-    protect: Sequence[str] = (),
-    exclude: str = "",
-):
-    """The explorer's composition, shared by the page and the CLI: privacy first, then
-    protection rules, then the main strategy, then attention exclusion. None if nothing."""
-    main = None if not name or name == "none" else strategy_from_params(name, params or {})
-    return compose(
-        strategy_from_params("privacy", {}) if privacy else None,
-        *(RuleBased(rule=rule, mode="protect") for rule in protect),
-        main,
-        AttentionExclusion(rule=exclude) if exclude else None,
-    )
-
-
-def compose(*steps) -> object | None:
-    """One strategy from the explorer's parts (privacy, protection, main, exclusion); None if empty."""
-    present = [s for s in steps if s is not None]
-    if not present:
-        return None
-    return present[0] if len(present) == 1 else Compose(tuple(present))

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from mlm_core.errors import InputError, NothingToMaskError
+from mlm_core.model.forward import forward, in_turn_logits
 from mlm_core.model.loading import LoadedModel
 
 FILL_MODES = ("independent", "joint")
 MAX_TOP_K = 100
-PLL_BATCH = 32  # copies of the sentence per forward pass when scoring every token
 
 
 @dataclass(frozen=True)
@@ -110,46 +110,6 @@ def _check(loaded: LoadedModel, ids: Sequence[int], positions: Sequence[int], to
     bad = [p for p in positions if not 0 < p < len(ids) - 1]
     if bad:
         raise InputError(f"Positions {bad} are outside the text (special tokens cannot be masked).")
-
-
-def forward(
-    loaded: LoadedModel,
-    ids: Sequence[int],
-    attention_exclude: Sequence[bool] | None = None,
-    output_attentions: bool = False,
-    positions: Sequence[int] | None = None,
-) -> tuple[torch.Tensor, np.ndarray | None]:
-    """One forward pass. Returns logits (T, V) and, if asked, attentions (L, H, T, T).
-
-    ``attention_exclude`` removes tokens from the context: the attention mask is 0 for
-    them, so no position attends to them (a_ij = 0 for excluded j).
-    With ``positions``, logits come back for those rows only, (P, V): the vocabulary
-    projection (a third of the work on a short sentence) then runs on P rows, not T.
-    """
-    input_ids = torch.tensor([list(ids)], device=loaded.device)
-    mask = torch.ones_like(input_ids)
-    if attention_exclude is not None:
-        mask[0, torch.tensor(list(attention_exclude), dtype=torch.bool, device=loaded.device)] = 0
-    rows = (
-        None if positions is None else torch.tensor(list(positions), dtype=torch.long, device=loaded.device)
-    )
-    with loaded.lock, torch.inference_mode():  # attention recording is shared state on the module
-        handle = None
-        if rows is not None:
-            head = loaded.model.get_output_embeddings()
-            handle = head.register_forward_pre_hook(lambda _module, args: (args[0][:, rows], *args[1:]))
-        try:
-            out = loaded.model(input_ids=input_ids, attention_mask=mask, output_attentions=output_attentions)
-        finally:
-            if handle is not None:
-                handle.remove()
-    logits = out.logits[0]
-    if rows is not None and logits.shape[0] != len(rows):
-        logits = logits[rows]  # a head that bypasses its output-embedding module: select afterwards
-    attentions = None
-    if output_attentions:
-        attentions = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()  # (L, H, T, T)
-    return logits.float(), attentions
 
 
 def special_id_tensor(loaded: LoadedModel) -> torch.Tensor:
@@ -276,17 +236,11 @@ def pseudo_log_likelihood(loaded: LoadedModel, ids: Sequence[int]) -> tuple[floa
     special = set(loaded.tokenizer.all_special_ids)
     positions = [i for i, t in enumerate(ids) if t not in special]
     scores = np.full(len(ids), np.nan)
-    for start in range(0, len(positions), PLL_BATCH):
-        chunk = positions[start : start + PLL_BATCH]
-        batch = torch.tensor([ids] * len(chunk), device=loaded.device)
-        rows = torch.arange(len(chunk), device=loaded.device)
-        cols = torch.tensor(chunk, device=loaded.device)
-        batch[rows, cols] = loaded.mask_token_id
-        with loaded.lock, torch.inference_mode():
-            logits = loaded.model(input_ids=batch).logits  # (B, T, V)
-        log_probs = torch.log_softmax(logits[rows, cols].float(), dim=-1)  # (B, V)
+    for rows, logits in in_turn_logits(loaded, [(ids, p, None) for p in positions]):
+        chunk = [positions[k] for k in rows]
+        log_probs = torch.log_softmax(logits, dim=-1)  # (B, V)
         targets = torch.tensor([ids[p] for p in chunk], device=loaded.device)
-        scores[chunk] = log_probs[rows, targets].cpu().numpy()
+        scores[chunk] = log_probs[torch.arange(len(chunk), device=loaded.device), targets].cpu().numpy()
     return float(np.nansum(scores)), scores
 
 

@@ -2,8 +2,8 @@
 
 * attention exclusion: remove tokens from the context (a_ij = 0 for excluded j), picked by
   hand or by a rule (all stopwords, all punctuation, ...);
-* head masking: switch attention heads off with forward hooks (transformers 5 has no
-  ``head_mask``); the gate multiplies each head's output, exactly what ``head_mask`` did;
+* head masking: switch attention heads off (``model.forward.heads_gated``: transformers 5 has
+  no ``head_mask``, so forward hooks multiply each head's output by its gate, as it did);
 * weight masking: magnitude pruning of the encoder's linear weights at a chosen sparsity,
   per weight matrix or with one global threshold.
 
@@ -18,7 +18,6 @@ known word, else the model's first choice before the change.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,13 +28,14 @@ from torch import nn
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.explain.attention import check_fits
 from mlm_core.explain.predict import MAX_TOP_K, PositionPrediction, position_prediction
+from mlm_core.model.families import layer_modules
+from mlm_core.model.forward import exclusion_mask, head_gates, run
 from mlm_core.model.loading import LoadedModel
 from mlm_core.text.tokens import CATEGORIES, Tokens
 
 PRUNE_SCOPES = ("layer", "global")  # layer: each weight matrix at its own threshold (torch prune's l1_unstructured)
 MAX_SPARSITY = 0.99
 IMPORTANCE_BATCH = 16  # copies of the sentence per forward pass when scanning heads one by one
-OUTPUT_PROJECTIONS = ("out_lin", "dense", "o_proj", "out_proj", "Wo")  # attention output layer names
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
@@ -58,10 +58,6 @@ class WhatIf:
     def change(self) -> float:
         """Probability of the reference token after minus before (negative = it lost)."""
         return self.reference_after - self.reference_before
-
-    @property
-    def top_changed(self) -> bool:
-        return self.before.top[0].token_id != self.after.top[0].token_id
 
     def as_dict(self) -> dict:
         return {
@@ -97,75 +93,6 @@ def count_hooks(model: nn.Module) -> int:
     return sum(len(getattr(m, name, {})) for m in model.modules() for name in HOOK_DICTS)
 
 
-def _modules_of(model: nn.Module, key: str) -> list[nn.Module]:
-    """Instances of the class transformers records ``key`` from ("attentions", "hidden_states"), in order."""
-    spec = getattr(type(model), "_can_record_outputs", None) or {}
-    spec = spec.get(key)
-    classes = tuple(s for s in (spec if isinstance(spec, list) else [spec]) if isinstance(s, type))
-    if not classes:
-        return []
-    return [m for m in model.modules() if isinstance(m, classes)]
-
-
-def attention_modules(loaded: LoadedModel) -> list[nn.Module]:
-    """One self-attention module per layer, bottom to top (refuses shared-layer models)."""
-    modules = _modules_of(loaded.model, "attentions")
-    if len(modules) != loaded.num_layers:
-        raise InputError(
-            f"Switching heads off needs one attention module per layer; {loaded.model.config.model_type} "
-            f"has {len(modules)} for {loaded.num_layers} layers (shared layers are not supported)."
-        )
-    return modules
-
-
-def _head_hook(module: nn.Module, layer: int, gates: torch.Tensor, n_heads: int):
-    """Install the gate for one layer; returns the hook handle.
-
-    Where the attention module ends in its own output projection (DistilBERT ``out_lin``,
-    ModernBERT ``Wo``) the gate goes on that projection's input; otherwise (BERT, RoBERTa)
-    on the module's first output, which is the heads' concatenated context (B, T, H*d).
-    """
-
-    def gate(context: torch.Tensor) -> torch.Tensor:
-        shape = context.shape  # (B, T, H*d)
-        g = gates[:, layer].to(context.dtype)  # (B, H)
-        return (context.view(shape[0], shape[1], n_heads, -1) * g[:, None, :, None]).view(shape)
-
-    projection = next(
-        (c for n, c in module.named_children() if n in OUTPUT_PROJECTIONS and isinstance(c, nn.Linear)), None
-    )
-    if projection is not None:
-        return projection.register_forward_pre_hook(lambda _m, args: (gate(args[0]), *args[1:]))
-
-    def after(_m, _args, output):
-        if isinstance(output, tuple):
-            return (gate(output[0]), *output[1:])
-        return gate(output)
-
-    return module.register_forward_hook(after)
-
-
-@contextlib.contextmanager
-def heads_gated(loaded: LoadedModel, gates: torch.Tensor):
-    """Run the model with head gates (B, L, H) of 0/1 (or any weights); hooks removed on exit.
-
-    Holds ``loaded.lock`` for the whole block, so no other session's forward pass sees the
-    hooks. Example: ``with heads_gated(m, g): m.model(input_ids=batch_of_B)``.
-    """
-    if gates.dim() != 3 or tuple(gates.shape[1:]) != (loaded.num_layers, loaded.num_heads):
-        raise InputError(f"Head gates must be (batch, {loaded.num_layers}, {loaded.num_heads}).")
-    with loaded.lock:
-        modules = attention_modules(loaded)
-        handles = []
-        try:
-            for layer, module in enumerate(modules):
-                handles.append(_head_hook(module, layer, gates.to(loaded.device), loaded.num_heads))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
 def parse_heads(loaded: LoadedModel, heads: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Validated (layer, head) pairs, 0-based."""
     result = sorted({(int(layer), int(head)) for layer, head in heads})
@@ -178,36 +105,23 @@ def parse_heads(loaded: LoadedModel, heads: Iterable[tuple[int, int]]) -> list[t
     return result
 
 
-def head_gates(loaded: LoadedModel, off: Iterable[tuple[int, int]]) -> torch.Tensor:
-    """Gates (1, L, H): 1 everywhere except 0 for the heads in ``off``."""
-    gates = torch.ones(1, loaded.num_layers, loaded.num_heads)
-    for layer, head in parse_heads(loaded, off):
-        gates[0, layer, head] = 0.0
-    return gates
-
-
 # --------------------------------------------------------------------------- forward passes
 
 
 def _logits(
     loaded: LoadedModel,
     batch: torch.Tensor,
+    positions: Sequence[int],
     exclude: Sequence[bool] | None = None,
     gates: torch.Tensor | None = None,
     params: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Logits (B, T, V) of a batch of equal-length inputs under the given changes."""
-    mask = torch.ones_like(batch)
-    if exclude is not None:
-        mask[:, torch.tensor(list(exclude), dtype=torch.bool, device=batch.device)] = 0
-    with loaded.lock, torch.inference_mode():
-        gated = heads_gated(loaded, gates) if gates is not None else contextlib.nullcontext()
-        with gated:
-            if params:
-                out = torch.func.functional_call(loaded.model, params, (), {"input_ids": batch, "attention_mask": mask})
-            else:
-                out = loaded.model(input_ids=batch, attention_mask=mask)
-    return out.logits.float()
+    """Logits (B, P, V) at ``positions`` of a batch (B, T) of equal-length inputs under the given changes."""
+    rows, columns = batch.shape[0], len(positions)
+    chosen = (torch.arange(rows, device=batch.device).repeat_interleave(columns),
+              torch.tensor(list(positions), dtype=torch.long, device=batch.device).repeat(rows))
+    logits, _ = run(loaded, batch, exclusion_mask(batch, exclude), chosen, gates=gates, params=params)
+    return logits.view(rows, columns, -1)
 
 
 def _check_exclude(ids: Sequence[int], attention_exclude: Sequence[bool] | None) -> list[bool] | None:
@@ -233,7 +147,7 @@ def _compare(
     loaded: LoadedModel,
     before_logits: torch.Tensor,
     after_logits: torch.Tensor,
-    positions: Sequence[int],
+    positions: Sequence[int],  # row k of the logits (P, V) is positions[k]
     originals: dict[int, int] | None,
     top_k: int,
 ) -> tuple[WhatIf, ...]:
@@ -241,12 +155,12 @@ def _compare(
         raise InputError(f"top-k must be between 1 and {MAX_TOP_K}; got {top_k}.")
     originals = originals or {}
     results = []
-    for p in positions:
-        before = position_prediction(loaded, before_logits[p], p, top_k, originals.get(p))
+    for row, p in enumerate(positions):
+        before = position_prediction(loaded, before_logits[row], p, top_k, originals.get(p))
         reference = originals.get(p, before.top[0].token_id)
         if p not in originals:  # follow the first guess: its probability and rank, as for an original
-            before = position_prediction(loaded, before_logits[p], p, top_k, reference)
-        after = position_prediction(loaded, after_logits[p], p, top_k, reference)
+            before = position_prediction(loaded, before_logits[row], p, top_k, reference)
+        after = position_prediction(loaded, after_logits[row], p, top_k, reference)
         results.append(
             WhatIf(
                 position=p,
@@ -264,8 +178,8 @@ def _compare(
 def _before_after(loaded, ids, positions, originals, top_k, base_exclude=None, **change) -> tuple[WhatIf, ...]:
     """Logits without and with ``change``; both keep the exploration's own exclusion ``base_exclude``."""
     batch = torch.tensor([list(ids)], device=loaded.device)
-    before = _logits(loaded, batch, exclude=base_exclude)[0]
-    after = _logits(loaded, batch, **{"exclude": base_exclude, **change})[0]
+    before = _logits(loaded, batch, positions, exclude=base_exclude)[0]
+    after = _logits(loaded, batch, positions, **{"exclude": base_exclude, **change})[0]
     return _compare(loaded, before, after, positions, originals, top_k)
 
 
@@ -333,7 +247,8 @@ def mask_heads(
     """Predictions at ``positions`` with the (layer, head) pairs in ``heads_off`` switched off."""
     positions = _check_positions(loaded, ids, positions)
     base = _check_exclude(ids, attention_exclude)
-    return _before_after(loaded, ids, positions, originals, top_k, base, gates=head_gates(loaded, heads_off))
+    gates = head_gates(loaded, parse_heads(loaded, heads_off))
+    return _before_after(loaded, ids, positions, originals, top_k, base, gates=gates)
 
 
 def head_importance(
@@ -353,7 +268,7 @@ def head_importance(
     exclude = _check_exclude(ids, attention_exclude)
     n_layers, n_heads = loaded.num_layers, loaded.num_heads
     single = torch.tensor([list(ids)], device=loaded.device)
-    base = torch.softmax(_logits(loaded, single, exclude)[0, position], -1)
+    base = torch.softmax(_logits(loaded, single, [position], exclude)[0, 0], -1)
     if reference_id is None:
         reference_id = int(base.argmax())
     if not 0 <= reference_id < base.shape[0]:
@@ -365,8 +280,8 @@ def head_importance(
         gates = torch.ones(len(chunk), n_layers * n_heads)
         gates[torch.arange(len(chunk)), torch.tensor(list(chunk))] = 0.0
         batch = torch.tensor([list(ids)] * len(chunk), device=loaded.device)
-        logits = _logits(loaded, batch, exclude, gates=gates.view(len(chunk), n_layers, n_heads))
-        probs = torch.softmax(logits[:, position], -1)[:, reference_id]  # (B,)
+        logits = _logits(loaded, batch, [position], exclude, gates=gates.view(len(chunk), n_layers, n_heads))
+        probs = torch.softmax(logits[:, 0], -1)[:, reference_id]  # (B,)
         drops[start : start + len(chunk)] = p_base - probs.cpu().numpy()
     return drops.reshape(n_layers, n_heads), p_base, int(reference_id)
 
@@ -376,7 +291,7 @@ def head_importance(
 
 def prunable_weights(loaded: LoadedModel, layers: Iterable[int] | None = None) -> dict[str, torch.Tensor]:
     """The linear weights of the chosen encoder layers (all when None), by parameter name."""
-    blocks = _modules_of(loaded.model, "hidden_states")
+    blocks = layer_modules(loaded.model, "hidden_states")
     if not blocks:
         raise InputError(f"Cannot find the encoder layers of {loaded.model.config.model_type} for pruning.")
     chosen = range(len(blocks)) if layers is None else sorted({int(la) for la in layers})

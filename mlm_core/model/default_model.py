@@ -25,8 +25,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mlm_core.resources import asset
+
 DEFAULT_MODEL_NAME = "masklab-minilm-en"
-ADAPTER_DIR = Path(__file__).resolve().parents[2] / "assets" / "default_model"
+ADAPTER_DIR = asset("default_model")
 ADAPTER_FILE = "adapter.safetensors"
 
 

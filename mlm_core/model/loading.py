@@ -30,6 +30,7 @@ import torch
 
 from mlm_core.errors import ModelLoadError
 from mlm_core.model.default_model import ADAPTER_DIR, ADAPTER_FILE, DEFAULT_MODEL_NAME, base_encoder_dir
+from mlm_core.model.families import model_type, usable_positions
 
 MAX_LOADED_MODELS = 3  # each small model is ~100 MB; a class rarely uses more than two at once
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -92,9 +93,7 @@ class LoadedModel:
     @property
     def max_length(self) -> int:
         """Longest input the model accepts, special tokens included."""
-        positions = getattr(self.model.config, "max_position_embeddings", 512)
-        if getattr(self.model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-            positions -= 2  # RoBERTa offsets its positions by padding_idx + 1
+        positions = usable_positions(model_type(self.model), getattr(self.model.config, "max_position_embeddings", 512))
         return min(positions, self.tokenizer.model_max_length or positions)
 
     @property
@@ -165,11 +164,6 @@ def loaded_model_count() -> int:
     """How many models are in memory (the classroom load test checks there is one copy)."""
     with _cache_lock:
         return len(_cache)
-
-
-def clear_cache() -> None:
-    with _cache_lock:
-        _cache.clear()
 
 
 def _load_uncached(name: str, device: torch.device) -> LoadedModel:

@@ -31,6 +31,7 @@ from typing import ClassVar
 import numpy as np
 
 from mlm_core.errors import InputError
+from mlm_core.settings import Validated, param
 
 EMAIL = "email"
 URL = "url"
@@ -198,11 +199,11 @@ def _find_phones(text: str, region: str):
 
 
 @dataclass(frozen=True)
-class PrivacyMasking:
+class PrivacyMasking(Validated):
     """Privacy: replace e-mails, URLs, phone numbers, numbers and other personal data in the raw text.
 
-    A text-level step: it runs before tokenization (``mask_text`` or ``Compose.prepare_text``
-    in ``mlm_core.masking``), and the trainer applies it when it reads the corpus.
+    A text-level step: it runs before tokenization (``mask_text`` and ``prepare_text`` in
+    ``mlm_core.masking`` run it first), and the trainer applies it when it reads the corpus.
 
     Example::
 
@@ -214,35 +215,23 @@ class PrivacyMasking:
     label: ClassVar[str] = "privacy masking"
 
     kinds: tuple[str, ...] = field(
-        default=PII_KINDS, metadata={"help": "Kinds of personal data to replace.", "choices": PII_KINDS}
+        default=PII_KINDS, metadata=param("Kinds of personal data to replace.", choices=PII_KINDS)
     )
     replacement: str = field(
         default="placeholder",
-        metadata={
-            "help": "Replace with a typed placeholder ([EMAIL]) or the mask token.",
-            "choices": REPLACEMENTS,
-        },
+        metadata=param("Replace with a typed placeholder ([EMAIL]) or the mask token.", choices=REPLACEMENTS),
     )
     region: str = field(
         default="US",
-        metadata={"help": "Country (ISO code) for phone numbers written without +; empty: only +numbers."},
+        metadata=param("Country (ISO code) for phone numbers written without +; empty: only +numbers."),
     )
 
-    def __post_init__(self) -> None:
-        kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
-        unknown = [k for k in kinds if k not in PII_KINDS]
-        if unknown:
-            raise InputError(
-                f"{self.label}: unknown kind(s) {', '.join(map(repr, unknown))}; choose from {', '.join(PII_KINDS)}."
-            )
-        if not kinds:
+    def _check(self) -> None:
+        if not self.kinds:
             raise InputError(
                 f"{self.label}: choose at least one kind of personal data ({', '.join(PII_KINDS)})."
             )
-        object.__setattr__(self, "kinds", tuple(dict.fromkeys(kinds)))
-        if self.replacement not in REPLACEMENTS:
-            raise InputError(f"{self.label}: replacement must be one of {', '.join(REPLACEMENTS)}.")
-        region = (self.region or "").strip().upper()
+        region = self.region.strip().upper()
         if region:
             import phonenumbers
 
@@ -252,6 +241,9 @@ class PrivacyMasking:
                     "such as US, GB, DE or FR, or leave it empty for +international numbers only."
                 )
         object.__setattr__(self, "region", region)
+
+    def describe(self) -> str:
+        return self.label
 
     def find(self, text: str) -> list[tuple[str, int, int]]:
         """Non-overlapping findings ``(kind, start, end)`` in ``text``, in order of position."""

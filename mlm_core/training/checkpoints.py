@@ -1,8 +1,11 @@
 """Crash-safe checkpoints: safetensors files, a manifest with checksums written last.
 
-A checkpoint is a folder ``step-00000120`` holding ``model.safetensors`` (trainable state),
-``optimizer.safetensors`` (optimizer tensors and RNG state) and ``state.json`` (step, data
-position, scheduler, best loss...). It is written as ``step-00000120.tmp``: every file is
+A checkpoint is a folder ``step-00000120`` holding ``model.safetensors`` (every weight),
+``optimizer.safetensors`` (the optimizer's tensors, the RNG state, the adaptive per-token losses)
+and ``state.json`` (the step, the best evaluation, the optimizer's other state and hyper-parameters,
+the micro-batch split and the train losses since the last evaluation). There is no scheduler or
+data position to save: the learning rate, the data order and the masks follow from the step
+(``trainer.Trainer.save`` says what is written). It is written as ``step-00000120.tmp``: every file is
 fsynced, then ``manifest.json`` (sizes and SHA-256 of the others) is written and fsynced,
 then the folder is renamed. A SIGKILL at any moment leaves either a complete checkpoint or
 a ``.tmp`` folder that ``sweep_temporaries`` removes; resume takes the newest checkpoint

@@ -19,9 +19,11 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from mlm_core.errors import MaskLabError
+from mlm_core.errors import Cancelled, Diverged, MaskLabError
 from mlm_core.text.corpus import Corpus, read_corpus
 from mlm_core.training import checkpoints
+from mlm_core.training.config import TrainConfig
+from mlm_core.training.data import split_texts
 from mlm_core.training.store import (
     CANCELLED,
     DIVERGED,
@@ -35,14 +37,7 @@ from mlm_core.training.store import (
     RunStore,
     process_alive,
 )
-from mlm_core.training.trainer import (
-    Cancelled,
-    Diverged,
-    TrainConfig,
-    Trainer,
-    TrainingCallbacks,
-    split_texts,
-)
+from mlm_core.training.trainer import Trainer, TrainingCallbacks
 
 CORPUS_FILE = "corpus.data"  # the uploaded bytes; the user's file name is kept only in the config
 STATUS_EVERY_S = 1.0  # how often a job writes its step to SQLite (cheap, but not every step)
@@ -70,13 +65,11 @@ class StoreCallbacks(TrainingCallbacks):
         self.store, self.run_id, self.printer = store, run_id, printer
         self._last_write = 0.0
         self._last_cancel_check = 0.0
-        self.best: dict = {}
 
     def on_start(self, info: dict) -> None:
-        self.best = dict(info.get("best") or {})  # a resumed run's best so far (from its checkpoint)
+        best = info.get("best") or {}  # a resumed run's best so far (from its checkpoint)
         self.store.update(self.run_id, device=info["device"], total_steps=info["total_steps"],
-                          best_heldout_loss=self.best.get("heldout_loss"),
-                          best_accuracy=self.best.get("masked_accuracy"))
+                          best_heldout_loss=best.get("heldout_loss"), best_accuracy=best.get("masked_accuracy"))
         if self.printer:
             self.printer("start", info)
 
@@ -90,13 +83,12 @@ class StoreCallbacks(TrainingCallbacks):
 
     def on_eval(self, record: dict) -> None:
         self.store.append_metrics(self.run_id, record)
-        fields = {"step": record["step"]}
-        if record.get("heldout_loss", float("inf")) < self.best.get("heldout_loss", float("inf")):
-            self.best = record
-            fields.update(best_heldout_loss=record["heldout_loss"], best_accuracy=record["masked_accuracy"])
-        self.store.update(self.run_id, **fields)
+        self.store.update(self.run_id, step=record["step"])
         if self.printer:
             self.printer("eval", record)
+
+    def on_best(self, best: dict) -> None:
+        self.store.update(self.run_id, best_heldout_loss=best["heldout_loss"], best_accuracy=best["masked_accuracy"])
 
     def should_stop(self) -> bool:
         now = time.monotonic()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,24 +28,24 @@ from mlm_core.masking import (
     KIND_BY_CODE,
     DrawPolicy,
     Vocab,
+    base_rate,
+    compose,
+    is_adaptive,
     mask_examples,
+    needs_word_texts,
+    params_of,
     strategy_from_params,
+    strategy_steps,
     with_rate,
 )
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME, base_encoder_dir
+from mlm_core.model.families import usable_positions
 from mlm_core.text.privacy import PrivacyMasking
 from mlm_core.text.tokens import tokenizer_lock
+from mlm_core.training.config import TrainConfig, rate_schedule
+from mlm_core.training.data import pack, split_texts, training_texts
+from mlm_core.training.scratch import SCRATCH_MODELS
 from mlm_core.training.store import FINISHED, RunRecord, RunStore
-from mlm_core.training.trainer import (
-    SCRATCH_MODELS,
-    TrainConfig,
-    is_adaptive,
-    needs_word_texts,
-    pack,
-    rate_schedule,
-    split_texts,
-    training_texts,
-)
 
 PREVIEW_EXAMPLES = 3
 # Rough throughput (the trainer's tokens/s) when no finished run on this device and model has
@@ -159,9 +158,7 @@ def model_limits(model: str | None) -> tuple[int | None, int]:
     if not config.is_file():
         return None, 512
     data = json.loads(config.read_text())
-    positions = data.get("max_position_embeddings") or 512
-    if data.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
-        positions -= 2  # RoBERTa offsets its positions by padding_idx + 1
+    positions = usable_positions(data.get("model_type", ""), data.get("max_position_embeddings") or 512)
     return data.get("num_hidden_layers") or data.get("n_layers"), max(8, min(positions, 4096))
 
 
@@ -173,12 +170,9 @@ def training_strategy(strategy) -> tuple[str, dict, list[str]]:
 
     Privacy replacement stays in: the trainer applies it to the corpus before packing.
     """
-    from mlm_core.explain.exploration import compose
-    from mlm_core.masking import Compose, params_of
-
     if strategy is None:
         raise InputError("Choose a masking strategy: training needs one to choose the positions to predict.")
-    steps = strategy.steps if isinstance(strategy, Compose) else (strategy,)
+    steps = strategy_steps(strategy)
     notices = []
     if all(isinstance(s, PrivacyMasking) for s in steps):
         raise InputError("Privacy replacement alone chooses no positions: choose a masking strategy.")
@@ -191,12 +185,7 @@ def training_strategy(strategy) -> tuple[str, dict, list[str]]:
 
 def strategy_rate(name: str, params: dict) -> float | None:
     """The masking rate (mlm_probability) of the strategy or of its first step that has one."""
-    from mlm_core.training.trainer import strategy_steps
-
-    for step in strategy_steps(strategy_from_params(name, params)):
-        if hasattr(step, "mlm_probability"):
-            return float(step.mlm_probability)
-    return None
+    return base_rate(strategy_from_params(name, params))
 
 
 # ----------------------------------------------------------------------------- preview
@@ -346,7 +335,7 @@ def estimate_time(store: RunStore, config: TrainConfig, device_type: str, train_
     a rough default (``default_speed``); ``Estimate.basis`` says which.
     """
     batch = max(1, min(config.batch_size, train_blocks or config.batch_size))
-    steps = config.steps or max(1, math.ceil((config.epochs or 1) * max(1, (train_blocks or 1) // batch)))
+    steps = config.total_steps(max(1, train_blocks))  # the trainer's count, over the estimated blocks
     measured = measured_speed(store, config.model, device_type)
     if measured:
         speed, record = measured

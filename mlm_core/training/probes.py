@@ -20,21 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from mlm_core.errors import InputError
 from mlm_core.explain.predict import PositionPrediction, position_prediction, predict
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME
+from mlm_core.model.forward import in_turn_logits
 from mlm_core.model.loading import LoadedModel
+from mlm_core.resources import asset
 from mlm_core.text.tokens import tokenize, tokenizer_lock
-from mlm_core.training.trainer import SCRATCH_MODELS
+from mlm_core.training.scratch import SCRATCH_MODELS
 
-PRESET_FILE = Path(__file__).resolve().parents[2] / "assets" / "cloze_en.jsonl"
+PRESET_FILE = asset("cloze_en.jsonl")
 PRESET_MASK = "[MASK]"  # the mask string the preset file is written with
 MAX_SENTENCES = 60
 MAX_TOKENS = 64  # a probe is a sentence, not a document
 MAX_POSITIONS = 24  # tokens masked in turn per sentence without a mask
-BATCH = 32  # copies of a sentence per forward pass when masking in turn
 
 
 @dataclass(frozen=True)
@@ -120,14 +120,9 @@ def _answer_id(loaded: LoadedModel, answers: Sequence[str]) -> int | None:
 def _in_turn(loaded: LoadedModel, ids: list[int], positions: list[int], top_k: int) -> list[PositionPrediction]:
     """Each position masked alone (one copy of the sentence per position), original = its token."""
     results = []
-    for start in range(0, len(positions), BATCH):
-        chunk = positions[start : start + BATCH]
-        batch = torch.tensor([ids] * len(chunk), device=loaded.device)  # (P, T)
-        rows = torch.arange(len(chunk), device=loaded.device)
-        batch[rows, torch.tensor(chunk, device=loaded.device)] = loaded.mask_token_id
-        with loaded.lock, torch.inference_mode():
-            logits = loaded.model(input_ids=batch).logits[rows, torch.tensor(chunk, device=loaded.device)]  # (P, V)
-        results.extend(position_prediction(loaded, logits[i].float(), p, top_k, ids[p]) for i, p in enumerate(chunk))
+    for rows, logits in in_turn_logits(loaded, [(ids, p, None) for p in positions]):  # logits (P, V)
+        results.extend(position_prediction(loaded, logits[i], positions[k], top_k, ids[positions[k]])
+                       for i, k in enumerate(rows))
     return results
 
 

@@ -1,136 +1,55 @@
-"""MLM fine-tuning with any masking scheme, reporting through callbacks.
+"""The training loop: ``Trainer`` runs one MLM fine-tuning run and reports through ``TrainingCallbacks``.
 
-The loop in one sentence: blocks of packed token ids → the masking engine (static or
-dynamic draws, rate schedule, adaptive scores) → logits only at masked positions →
-AdamW with warm-up and linear decay → metrics and checkpoints through callbacks. Nothing
-here knows about Streamlit or the run store; ``jobs.py`` binds the callbacks to the store.
+The loop in one sentence: blocks of packed token ids (``data``) → the masking engine (static or
+dynamic draws, rate schedule, adaptive scores) → logits only at masked positions → AdamW with
+warm-up and linear decay → metrics and checkpoints through callbacks. Nothing here knows about
+Streamlit or the run store; ``jobs.py`` binds the callbacks to the store.
 
 Accelerate carries the device handling (GPU with bf16 autocast when present, else CPU) and
 lets ``accelerate launch`` run the same code on several GPUs.
 
-Resuming is exact on the CPU: the data order and every mask depend only on (seed, epoch,
-block), and the checkpoint holds the trainable weights, the optimizer, the RNG state and
-the adaptive statistics, so a resumed run computes the same losses as an uninterrupted one.
+Resuming is exact on the CPU. The data order, every mask and the learning rate depend only on
+(seed, epoch, block, step), so nothing but the step is saved for them; a checkpoint holds the
+model's weights, the optimizer state, the RNG state, the adaptive per-token losses, the best
+evaluation so far and the train losses since the last evaluation (see ``Trainer.save``). A
+resumed run computes the same losses as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from mlm_core.errors import Cancelled, Diverged, InputError
 from mlm_core.masking import (
     CATEGORY_CODES,
-    AdaptiveMasking,
-    Compose,
     DrawPolicy,
     RandomMasking,
-    RateSchedule,
-    RuleBased,
-    TokenBatch,
     Vocab,
+    is_adaptive,
     mask_examples,
     strategy_from_params,
     with_rate,
 )
+from mlm_core.model.forward import masked_logits
 from mlm_core.text.corpus import Corpus
-from mlm_core.text.privacy import PrivacyMasking
-from mlm_core.text.tokens import tokenizer_lock, word_category
 from mlm_core.training import checkpoints
+from mlm_core.training.config import TrainConfig, rate_schedule
+from mlm_core.training.data import prepare_data
+from mlm_core.training.scratch import LSTMForMaskedLM, build_model
 
-SCRATCH_MODELS = ("scratch-transformer", "scratch-lstm")
 EVAL_MASK_SEED = 1234  # every run is evaluated on the same masks, so runs compare
 EVAL_MLM_PROBABILITY = 0.15
 MAX_OOM_RETRIES = 3
 CATEGORY_NAMES = {code: name for name, code in CATEGORY_CODES.items()}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; stored as the run's config.json. Defaults suit a CPU demo."""
-
-    corpus_name: str = "corpus.txt"  # display name; its suffix picks the format
-    corpus_column: str | None = None  # the text column of a CSV/TSV/JSONL corpus
-    text_unit: str = "line"  # txt corpora: one text per line or per paragraph
-    model: str | None = None  # hub id, folder, None (default model) or one of SCRATCH_MODELS
-    strategy: str = "random"
-    strategy_params: dict = field(default_factory=dict)
-    masking: str = "dynamic"  # static: one mask per block for the whole run; dynamic: new each epoch
-    rate_schedule: str = "constant"  # constant | linear | cosine (from rate_start to rate_end)
-    rate_start: float | None = None  # None: the strategy's own rate
-    rate_end: float | None = None
-    steps: int | None = 200  # or epochs (steps wins when both are set)
-    epochs: float | None = None
-    batch_size: int = 16
-    seq_len: int = 128  # block length, special tokens included
-    lr: float = 5e-5
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    freeze: list[str] = field(default_factory=list)  # "embeddings", "layer.N", "all-but-head"
-    prune_sparsity: float = 0.0  # magnitude pruning of encoder weights, masks fixed during training
-    heldout_fraction: float = 0.05
-    eval_every: int = 50
-    eval_blocks: int = 64  # held-out blocks per evaluation (bounded cost)
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    seed: int = 0
-    device: str | None = None  # None: GPU when present
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.masking not in ("static", "dynamic"):
-            problems.append("masking must be static or dynamic")
-        if self.rate_schedule not in ("constant", "linear", "cosine"):
-            problems.append("rate_schedule must be constant, linear or cosine")
-        if self.steps is None and self.epochs is None:
-            problems.append("give steps or epochs")
-        if self.steps is not None and not 1 <= self.steps <= 1_000_000:
-            problems.append("steps must be from 1 to 1,000,000")
-        if self.epochs is not None and not 0 < self.epochs <= 1000:
-            problems.append("epochs must be above 0 and at most 1000")
-        if not 1 <= self.batch_size <= 4096:
-            problems.append("batch_size must be from 1 to 4096")
-        if not 8 <= self.seq_len <= 4096:
-            problems.append("seq_len must be from 8 to 4096")
-        if not 0 < self.lr < 1:
-            problems.append("lr must be between 0 and 1")
-        if not 0 <= self.prune_sparsity < 1:
-            problems.append("prune_sparsity must be in [0, 1)")
-        if not 0 < self.heldout_fraction < 0.5:
-            problems.append("heldout_fraction must be between 0 and 0.5")
-        for name in ("eval_every", "eval_blocks", "checkpoint_every", "keep_checkpoints"):
-            if not 1 <= getattr(self, name) <= 1_000_000:  # 0 would divide by zero or keep no checkpoint
-                problems.append(f"{name} must be from 1 to 1,000,000")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append("warmup_ratio must be in [0, 1)")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            problems.append("weight_decay and grad_clip must not be negative")
-        for rate in (self.rate_start, self.rate_end):
-            if rate is not None and not 0 < rate <= 1:
-                problems.append("masking rates must be in (0, 1]")
-        if problems:
-            raise InputError("Training settings: " + "; ".join(problems) + ".")
-        strategy_from_params(self.strategy, self.strategy_params)  # validates (raises InputError)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class TrainingCallbacks:
@@ -139,276 +58,11 @@ class TrainingCallbacks:
     def on_start(self, info: dict) -> None: ...
     def on_step(self, step: int, total: int, loss: float) -> None: ...
     def on_eval(self, record: dict) -> None: ...
+    def on_best(self, best: dict) -> None:
+        """A new best evaluation: ``{"step", "heldout_loss", "masked_accuracy"}`` (after its ``on_eval``)."""
     def on_checkpoint(self, step: int, path: Path) -> None: ...
     def should_stop(self) -> bool:
         return False
-
-
-
-
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class PackedData:
-    """Blocks of ``seq_len`` tokens, each ``[CLS] content [SEP]``; word ids are block-local."""
-
-    ids: torch.Tensor  # (N, L) int64
-    word_ids: torch.Tensor  # (N, L) int64, -1 at specials and padding
-    categories: torch.Tensor  # (N, L) int8 codes
-    special: torch.Tensor  # (N, L) bool
-    words: tuple[tuple[str, ...], ...] | None  # per block, word id → text (only for word-list/regex rules)
-
-    def __len__(self) -> int:
-        return self.ids.shape[0]
-
-    def batch(self, rows: list[int], vocab: Vocab) -> TokenBatch:
-        index = torch.tensor(rows)
-        return TokenBatch.from_ids(
-            self.ids[index],
-            vocab,
-            special_tokens_mask=self.special[index],
-            word_ids=self.word_ids[index],
-            categories=self.categories[index],
-            words=None if self.words is None else [self.words[r] for r in rows],
-        )
-
-
-def split_texts(texts: tuple[str, ...], heldout_fraction: float) -> tuple[list[str], list[str]]:
-    """Deterministic split by a hash of each text (stable when the file grows)."""
-    train, heldout = [], []
-    for text in texts:
-        bucket = int(hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) / 0xFFFFFFFF
-        (heldout if bucket < heldout_fraction else train).append(text)
-    if len(texts) < 2:
-        raise InputError("The corpus is too small: it needs at least two texts (one is held out).")
-    if not heldout:
-        heldout.append(train.pop())
-    if not train:
-        train.append(heldout.pop())
-    return train, heldout
-
-
-def pack(texts: list[str], tokenizer, seq_len: int, keep_words: bool) -> PackedData:
-    """Tokenize ``texts`` once and cut the stream into full blocks (no padding waste).
-
-    Texts are separated by the tokenizer's separator token; a short final remainder is
-    padded so small corpora still give at least one block.
-    """
-    separator = tokenizer.sep_token_id
-    content = seq_len - 2
-    ids: list[int] = []
-    words: list[int] = []
-    cats: list[int] = []
-    word_texts: list[str] = []
-    for start in range(0, len(texts), 512):
-        chunk = texts[start : start + 512]
-        with tokenizer_lock(tokenizer):  # the app's preview shares this tokenizer with other sessions
-            encoded = tokenizer(chunk, add_special_tokens=False, split_special_tokens=True,
-                                return_offsets_mapping=True)
-        for row, text in enumerate(chunk):
-            word_ids = encoded.word_ids(row)
-            offsets = encoded["offset_mapping"][row]
-            spans: dict[int, list[int]] = {}
-            for w, (s, e) in zip(word_ids, offsets):
-                span = spans.setdefault(w, [s, e])
-                span[1] = e
-            base = len(word_texts)
-            for w in sorted(spans):
-                word_texts.append(text[spans[w][0] : spans[w][1]])
-            codes = {w: CATEGORY_CODES[word_category(word_texts[base + i])] for i, w in enumerate(sorted(spans))}
-            order = {w: i for i, w in enumerate(sorted(spans))}
-            ids.extend(encoded["input_ids"][row])
-            words.extend(base + order[w] for w in word_ids)
-            cats.extend(codes[w] for w in word_ids)
-            if separator is not None:
-                ids.append(separator)
-                words.append(-1)
-                cats.append(CATEGORY_CODES["special"])
-    if not ids:
-        raise InputError("The corpus produced no tokens for this model.")
-    n_blocks = max(1, len(ids) // content)
-    total = n_blocks * content
-    pad_to = total - len(ids) if len(ids) < total else 0
-    stream_ids = np.array(ids[:total] + [tokenizer.pad_token_id or 0] * pad_to, dtype=np.int64).reshape(n_blocks, content)
-    stream_words = np.array(words[:total] + [-1] * pad_to, dtype=np.int64).reshape(n_blocks, content)
-    stream_cats = np.array(cats[:total] + [CATEGORY_CODES["special"]] * pad_to, dtype=np.int8).reshape(n_blocks, content)
-    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    end_id = separator if separator is not None else tokenizer.eos_token_id
-    block_ids = np.concatenate(
-        [np.full((n_blocks, 1), cls_id), stream_ids, np.full((n_blocks, 1), end_id)], axis=1
-    )
-    special = np.isin(block_ids, list(set(tokenizer.all_special_ids)))
-    block_words = np.concatenate([np.full((n_blocks, 1), -1), stream_words, np.full((n_blocks, 1), -1)], axis=1)
-    block_words = np.where(special, -1, block_words)
-    block_cats = np.concatenate(
-        [np.full((n_blocks, 1), CATEGORY_CODES["special"], dtype=np.int8), stream_cats,
-         np.full((n_blocks, 1), CATEGORY_CODES["special"], dtype=np.int8)], axis=1
-    )
-    local_words = None
-    if keep_words:
-        local_words = []
-        for b in range(n_blocks):
-            present = block_words[b][block_words[b] >= 0]
-            low = int(present.min()) if present.size else 0
-            high = int(present.max()) if present.size else -1
-            local_words.append(tuple(word_texts[low : high + 1]))
-            block_words[b] = np.where(block_words[b] >= 0, block_words[b] - low, -1)
-    else:
-        # Make ids block-local anyway: word runs are what strategies use.
-        lows = np.where(block_words >= 0, block_words, np.iinfo(np.int64).max).min(axis=1, keepdims=True)
-        block_words = np.where(block_words >= 0, block_words - np.minimum(lows, block_words.max() + 1), -1)
-    return PackedData(
-        ids=torch.from_numpy(block_ids),
-        word_ids=torch.from_numpy(block_words),
-        categories=torch.from_numpy(block_cats),
-        special=torch.from_numpy(special),
-        words=None if local_words is None else tuple(local_words),
-    )
-
-
-def strategy_steps(strategy) -> tuple:
-    return tuple(strategy.steps) if isinstance(strategy, Compose) else (strategy,)
-
-
-def privacy_step(strategy) -> PrivacyMasking | None:
-    return next((s for s in strategy_steps(strategy) if isinstance(s, PrivacyMasking)), None)
-
-
-def training_texts(texts: tuple[str, ...], strategy, tokenizer) -> tuple[str, ...]:
-    """The corpus as the model will read it: personal data replaced first when the strategy says so."""
-    privacy = privacy_step(strategy)
-    if privacy is None:
-        return texts
-    return tuple(privacy.apply(text, mask_token=tokenizer.mask_token).text for text in texts)
-
-
-def rate_schedule(strategy, config: TrainConfig, total_steps: int) -> RateSchedule:
-    """The masking rate over the run: config's start/end, else the strategy's own rate throughout."""
-    base = next(  # the first step with a rate (a combined strategy's protect rules have none)
-        (s.mlm_probability for s in strategy_steps(strategy) if hasattr(s, "mlm_probability")), 0.15
-    )
-    start = config.rate_start if config.rate_start is not None else base
-    end = config.rate_end if config.rate_end is not None else start
-    return RateSchedule(config.rate_schedule, start, end, max(1, total_steps))
-
-
-def needs_word_texts(strategy) -> bool:
-    """Word-list and regex rules look at word texts; the other strategies need only ids."""
-    return any(isinstance(s, RuleBased) and s.rule in ("words", "regex") for s in strategy_steps(strategy))
-
-
-def is_adaptive(strategy) -> bool:
-    return any(isinstance(s, AdaptiveMasking) for s in strategy_steps(strategy))
-
-
-def prepare_data(corpus: Corpus, tokenizer, config: TrainConfig, cache_dir: Path | None):
-    """(train, heldout) packed data, cached by (corpus hash, tokenizer, block length, split)."""
-    strategy = strategy_from_params(config.strategy, config.strategy_params)
-    keep_words = needs_word_texts(strategy)
-    privacy = privacy_step(strategy)
-    key = hashlib.sha256(
-        f"{corpus.sha256}|{corpus.column}|{tokenizer.name_or_path}|{len(tokenizer)}|{config.seq_len}|"
-        f"{config.heldout_fraction}|{keep_words}|{privacy!r}".encode()
-    ).hexdigest()[:24]
-    if cache_dir is not None and not keep_words:
-        cached = cache_dir / f"blocks-{key}.safetensors"
-        if cached.exists():
-            tensors = load_file(str(cached))
-            return tuple(
-                PackedData(tensors[f"{s}.ids"], tensors[f"{s}.word_ids"], tensors[f"{s}.categories"],
-                           tensors[f"{s}.special"], None)
-                for s in ("train", "heldout")
-            )
-    train_texts, heldout_texts = split_texts(training_texts(corpus.texts, strategy, tokenizer),
-                                             config.heldout_fraction)
-    train = pack(train_texts, tokenizer, config.seq_len, keep_words)
-    heldout = pack(heldout_texts, tokenizer, config.seq_len, keep_words)
-    if cache_dir is not None and not keep_words:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tensors = {}
-        for name, data in (("train", train), ("heldout", heldout)):
-            tensors.update({f"{name}.ids": data.ids, f"{name}.word_ids": data.word_ids,
-                            f"{name}.categories": data.categories, f"{name}.special": data.special})
-        tmp = cache_dir / f"blocks-{key}.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(cache_dir / f"blocks-{key}.safetensors")
-    return train, heldout
-
-
-# ----------------------------------------------------------------------------- models
-
-
-class LSTMForMaskedLM(nn.Module):
-    """A bidirectional LSTM masked LM for contrast with Transformers (no attention weights)."""
-
-    def __init__(self, vocab_size: int, hidden: int = 256, layers: int = 2):
-        super().__init__()
-        self.embeddings = nn.Embedding(vocab_size, hidden)
-        self.lstm = nn.LSTM(hidden, hidden // 2, num_layers=layers, batch_first=True, bidirectional=True)
-        self.norm = nn.LayerNorm(hidden)
-        self.decoder = nn.Linear(hidden, vocab_size)
-        self.config = {"model_type": "lstm", "vocab_size": vocab_size, "hidden": hidden, "layers": layers}
-
-    def hidden_states(self, input_ids, attention_mask=None):
-        embedded = self.embeddings(input_ids)
-        if attention_mask is not None:
-            embedded = embedded * attention_mask.unsqueeze(-1)  # excluded/padding tokens carry nothing
-        return self.norm(self.lstm(embedded)[0])  # (B, T, H)
-
-    def forward(self, input_ids, attention_mask=None):
-        return self.decoder(self.hidden_states(input_ids, attention_mask))
-
-
-def build_model(config: TrainConfig):
-    """(model in train mode, tokenizer) — a fresh copy, never the app's shared one."""
-    from mlm_core.model import loading as models
-
-    if config.model in SCRATCH_MODELS:
-        from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-        from mlm_core.model.default_model import base_encoder_dir
-
-        tokenizer = AutoTokenizer.from_pretrained(base_encoder_dir())
-        torch.manual_seed(config.seed)
-        if config.model == "scratch-lstm":
-            return LSTMForMaskedLM(len(tokenizer)), tokenizer
-        small = BertConfig(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=512, max_position_embeddings=max(512, config.seq_len))
-        return BertForMaskedLM(small), tokenizer
-    loaded = models.load_fresh(config.model)
-    return loaded.model, loaded.tokenizer
-
-
-def _encoder_and_head(model) -> tuple[Callable, Callable] | None:
-    """Functions (hidden states, head) for known masked-LM families, so logits are computed
-    only at masked positions: the vocabulary projection is most of a small model's compute."""
-    if isinstance(model, LSTMForMaskedLM):
-        return model.hidden_states, model.decoder
-    kind = getattr(model.config, "model_type", "")
-    if kind == "bert":
-        return (lambda i, a: model.bert(input_ids=i, attention_mask=a).last_hidden_state), model.cls
-    if kind in ("roberta", "xlm-roberta", "camembert"):
-        return (lambda i, a: model.roberta(input_ids=i, attention_mask=a).last_hidden_state), model.lm_head
-    if kind == "distilbert":
-        def head(hidden):
-            hidden = model.vocab_layer_norm(model.activation(model.vocab_transform(hidden)))
-            return model.vocab_projector(hidden)
-        return (lambda i, a: model.distilbert(input_ids=i, attention_mask=a).last_hidden_state), head
-    if kind == "albert":
-        return (lambda i, a: model.albert(input_ids=i, attention_mask=a).last_hidden_state), model.predictions
-    return None
-
-
-def masked_logits(model, input_ids, attention_mask, chosen) -> torch.Tensor:
-    """(M, V) logits at the ``chosen`` positions (M = chosen.sum())."""
-    parts = _encoder_and_head(model)
-    if parts is None:  # unknown family: full logits, then pick
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[chosen]
-    encoder, head = parts
-    return head(encoder(input_ids, attention_mask)[chosen])
 
 
 def apply_freezing(model, freeze: list[str]) -> None:
@@ -435,6 +89,7 @@ def pruning_masks(model, sparsity: float) -> dict[str, torch.Tensor]:
     magnitudes = torch.cat([p.detach().abs().flatten() for p in weights.values()])
     threshold = torch.quantile(magnitudes.float()[:: max(1, magnitudes.numel() // 1_000_000)], sparsity)
     return {n: (p.detach().abs() > threshold) for n, p in weights.items()}
+
 
 
 # ----------------------------------------------------------------------------- training
@@ -483,9 +138,7 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        if self.config.steps is not None:
-            return self.config.steps
-        return max(1, math.ceil(self.config.epochs * self.batches_per_epoch))
+        return self.config.total_steps(len(self.train_data))
 
     def learning_rate(self, step: int) -> float:
         warmup = max(1, int(self.config.warmup_ratio * self.total_steps))
@@ -531,6 +184,13 @@ class Trainer:
         return {name: p.detach() for name, p in model.state_dict().items()}
 
     def save(self, step: int, best: dict) -> Path:
+        """Checkpoint ``step`` (see ``checkpoints``): what an exact resume needs and nothing it can recompute.
+
+        model.safetensors: every weight (tied copies once); optimizer.safetensors: AdamW's tensors,
+        the torch (and CUDA) RNG state, the adaptive per-token losses; state.json: the step, the best
+        evaluation, AdamW's other state and hyper-parameters, the micro-batch split and the train losses
+        since the last evaluation. The data order, the masks and the learning rate follow from the step.
+        """
         optimizer_tensors, optimizer_rest = checkpoints.flatten_optimizer(self.optimizer.state_dict())
         optimizer_tensors["rng.torch"] = torch.get_rng_state()
         if torch.cuda.is_available():
@@ -685,10 +345,13 @@ class Trainer:
                           "lr": self.learning_rate(step - 1),
                           "masking_rate": rate, "tokens_per_s": tokens_since / max(busy, 1e-9), "time": time.time(),
                           **self.evaluate()}
-                if record.get("heldout_loss", math.inf) < best.get("heldout_loss", math.inf):
+                improved = record.get("heldout_loss", math.inf) < best.get("heldout_loss", math.inf)
+                if improved:  # the one place the best is kept: it is checkpointed and reported from here
                     best = {"step": step, "heldout_loss": record["heldout_loss"],
                             "masked_accuracy": record["masked_accuracy"]}
                 self.callbacks.on_eval(record)
+                if improved:
+                    self.callbacks.on_best(best)
                 busy, tokens_since, self.pending_losses = 0.0, 0, []
             due = step % self.config.checkpoint_every == 0 and step < self.total_steps
             if due and self.accelerator.is_main_process:  # one writer of checkpoints

@@ -17,7 +17,8 @@ import pandas as pd
 from mlm_core.errors import InputError
 from mlm_core.evaluate import CI_NOTE, POS_NOTE, EvalReport
 from mlm_core.explain.exploration import Exploration
-from mlm_core.masking import Compose, params_of
+from mlm_core.links import NONE_LABEL
+from mlm_core.masking import params_of, strategy_steps
 from mlm_core.views import charts
 from mlm_core.views import html as render
 
@@ -74,8 +75,8 @@ def strategy_settings(strategy) -> dict[str, str]:
     "random": "mlm_probability=0.15, exact=false, ..."}``.
     """
     if strategy is None:
-        return {"strategy": "none (typed or clicked masks only)"}
-    steps = strategy.steps if isinstance(strategy, Compose) else (strategy,)
+        return {"strategy": NONE_LABEL}
+    steps = strategy_steps(strategy)
     settings = {"strategy": strategy.describe()}
     for n, step in enumerate(steps, 1):
         try:

@@ -75,8 +75,8 @@ def chip_kinds(page) -> list[tuple[str, str]]:
 
 def expected_exploration(loaded, text: str, name: str | None, seed: int = 0, **params):
     """What the Explore page computes for ``text`` with strategy ``name``: its defaults updated by ``params``."""
-    from mlm_core.explain.exploration import build_strategy, explore
-    from mlm_core.masking import STRATEGIES
+    from mlm_core.explain.exploration import explore
+    from mlm_core.masking import STRATEGIES, build_strategy
 
     values = {spec.name: spec.default for spec in STRATEGIES[name].params} | params if name else None
     return explore(loaded, text, build_strategy(name, values), seed)

@@ -9,8 +9,7 @@ import json
 import pytest
 
 from mlm_core.evaluate import EvalConfig, evaluate
-from mlm_core.explain.exploration import build_strategy
-from mlm_core.masking import STRATEGIES
+from mlm_core.masking import STRATEGIES, build_strategy
 
 from .support import EXCEPTION, Watch, assert_no_script_ran, settle
 

@@ -181,8 +181,7 @@ def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_mo
 def test_runs_page_compares_two_finished_runs(page, finetune_url, tiny_model_dir, masklab_home, artifacts):
     import torch
 
-    from mlm_core.training import jobs
-    from mlm_core.training.trainer import TrainConfig
+    from mlm_core.training import TrainConfig, jobs
 
     store = RunStore(masklab_home / "runs")
     threads = torch.get_num_threads()

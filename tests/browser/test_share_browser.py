@@ -64,12 +64,12 @@ def test_every_teach_step_in_presenter_mode(page, app_url, artifacts):
 
 
 def test_shared_compare_link(page, app_url, artifacts):
-    page.goto(url(app_url, "compare", text=SENTENCE, b_heads="0.0,0.1,0.2", layer="5"))
+    page.goto(url(app_url, "compare", text=SENTENCE, b_heads="0.0,0.1,0.2", layer="5"))  # an old layer.head link
     page.get_by_text("Attention difference (B − A)").wait_for()
     page.locator(".js-plotly-plot").first.wait_for()
     settle(page)
     assert page.locator("[data-testid='stException']").count() == 0
-    assert "b_heads=0.0%2C0.1%2C0.2" in page.url or "b_heads=0.0,0.1,0.2" in page.url
+    assert "b_heads=0:0,0:1,0:2" in urllib.parse.unquote(page.url)  # kept, in the one spelling: layer:head
     page.get_by_text("Share this view").click()
     code = page.locator("[data-testid='stCode'] code").first
     code.wait_for()

@@ -205,8 +205,7 @@ def fuzz_params(fdp, name: str, depth: int = 0) -> dict:
 
 def fuzz_strategy(fdp) -> dict:
     """How to build the strategy: as the registry, the explorer/CLI (``build_strategy``) or a link does."""
-    from mlm_core.explain.exploration import MAIN_STRATEGIES
-    from mlm_core.masking import STRATEGIES
+    from mlm_core.masking import MAIN_STRATEGIES, STRATEGIES
 
     route = fdp.ConsumeIntInRange(0, 2)
     if route == 0:
@@ -266,8 +265,7 @@ def decode(data: bytes) -> dict:
 
 
 def build_strategy_of(case: dict):
-    from mlm_core.explain.exploration import build_strategy
-    from mlm_core.masking import strategy_from_params
+    from mlm_core.masking import build_strategy, strategy_from_params
 
     spec = case["strategy"]
     if spec["route"] == "explorer":
@@ -303,13 +301,13 @@ def run_case(case: dict) -> None:
         STRATEGIES,
         Vocab,
         apply_strategy,
+        is_adaptive,
         params_of,
         prepare_text,
         selection_frequency,
         strategy_from_params,
     )
     from mlm_core.text.tokens import tokenize
-    from mlm_core.training.trainer import is_adaptive
 
     tokenizer = tokenizers()[case["tokenizer"] % len(tokenizers())]
     vocab = Vocab.from_tokenizer(tokenizer)

@@ -7,15 +7,13 @@ from mlm_core.training.run_table import TABLE_COLUMNS, filter_runs, run_label, r
 from mlm_core.training.store import STATES
 from mlm_core.views.html import escape_markdown
 from ui import runs as run_ui
-from ui.common import route_through_app
 
-route_through_app()
 st.title("Runs")
 store = jobs.default_store()
 records = store.list()  # also marks runs whose process died as interrupted
 if not records:
     st.info("No runs yet: start one on the Fine-tune page.")
-    st.page_link("pages/finetune.py", label="Fine-tune", icon="🏋️")
+    st.page_link("app_pages/finetune.py", label="Fine-tune", icon="🏋️")
     st.stop()
 by_id = {r.id: r for r in records}
 

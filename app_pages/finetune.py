@@ -8,27 +8,23 @@ the URL too (ui/finetune.py).
 import streamlit as st
 
 from mlm_core.errors import MaskLabError
-from mlm_core.training import jobs
+from mlm_core.training import TrainConfig, jobs
 from mlm_core.training import planning as finetune
 from mlm_core.training.run_table import format_duration
-from mlm_core.training.trainer import TrainConfig
 from mlm_core.views.html import escape_markdown
 from ui import runs as run_ui
 from ui.common import (
     UPLOAD_NOTE,
     corpus_url_fields,
     restore_from_url,
-    route_through_app,
     save_to_url,
     share_panel,
     show_error,
-    url_set,
 )
 from ui.corpus import corpus_input
-from ui.finetune import restore_model, schedule_fields, training_fields
+from ui.finetune import schedule_controls, training_settings
 from ui.strategy import masking_controls
 
-route_through_app()
 st.title("Fine-tune")
 store = jobs.default_store()
 request = run_ui.request_id("ft", start_pressed=bool(st.session_state.get("ft-start")))
@@ -44,9 +40,7 @@ choice = corpus_input("ft-corpus")
 save_to_url(corpus_fields)
 
 st.header("2 · Model")
-restore_model(finetune.model_options(store))
-option = run_ui.model_choice(store, "ft")
-url_set("model", option.model if option else None)
+option = run_ui.model_choice(store, "ft")  # the link's model, and the choice back into it
 tokenizer = None
 layers, max_len = None, 512
 if option is not None:
@@ -64,9 +58,7 @@ with controls:
         strategy, seed = masking_controls("ft")
         name, params, notices = finetune.training_strategy(strategy)
         rate = finetune.strategy_rate(name, params)
-        restore_from_url(schedule_fields(rate))
-        schedule = run_ui.schedule_controls(rate, "ft")
-        save_to_url(schedule_fields(rate))
+        schedule = schedule_controls(rate, "ft")
     except MaskLabError as exc:
         show_error(exc)
         name = None
@@ -75,9 +67,7 @@ with controls:
             st.info(notice)
 
 st.header("4 · Training")
-restore_from_url(training_fields(layers, max_len))
-settings = run_ui.training_settings("ft", layers, max_len)
-save_to_url(training_fields(layers, max_len))
+settings = training_settings("ft", layers, max_len)
 if choice is not None and option is not None and tokenizer is not None and name is not None:
     try:
         config = TrainConfig(corpus_name=choice.name, corpus_column=choice.column, text_unit=choice.text_unit,

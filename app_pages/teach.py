@@ -3,10 +3,11 @@
 import streamlit as st
 
 from mlm_core.errors import MaskLabError
-from ui.common import model_sidebar, route_through_app, share_panel, show_error, url_get, url_int, url_set
+from mlm_core.links import MAX_LINK_TEXT, SEED
+from ui.common import share_panel, show_error, url_get, url_int, url_set
+from ui.models import model_sidebar
 from ui.teach import PRESENTER_CSS, handout, load_lesson, show_step
 
-route_through_app()
 try:
     lesson = load_lesson()
 except MaskLabError as exc:
@@ -16,7 +17,7 @@ steps = lesson["steps"]
 state = st.session_state
 if "teach-step" not in state:  # first run: the view comes from the link
     state["teach-step"] = url_int("step", 1, 1, len(steps)) - 1
-    state["teach-seed"] = url_int("seed", 0, 0, 2**31 - 1)
+    state["teach-seed"] = url_int("seed", SEED.default, SEED.min, SEED.max)
     state["teach-text"] = url_get("text") or steps[state["teach-step"]]["presets"][0]
     state["presenter"] = url_get("presenter") == "1"
 
@@ -32,7 +33,7 @@ def use_preset(key: str) -> None:
 
 
 def draw_again() -> None:
-    state["teach-seed"] = (state["teach-seed"] + 1) % 2**31
+    state["teach-seed"] = (state["teach-seed"] + 1) % (SEED.max + 1)
 
 
 loaded = model_sidebar()
@@ -62,7 +63,7 @@ next_.button("Next ▶", on_click=go, args=(1,), disabled=index == len(steps) - 
              type="primary", use_container_width=True)
 
 url_set("step", index + 1, 1)
-url_set("text", text if len(text) <= 2000 else "")
+url_set("text", text if len(text) <= MAX_LINK_TEXT else "")
 url_set("seed", state["teach-seed"], 0)
 url_set("presenter", "1" if presenter else "")
 if not presenter:

@@ -4,20 +4,18 @@ import streamlit as st
 
 from mlm_core.errors import MaskLabError
 from mlm_core.explain.compare import ATTENTION_VIEWS, compare, word_swap
+from mlm_core.links import MAX_LINK_TEXT
 from mlm_core.views import charts
 from mlm_core.views.reports import html_report
-from ui.common import route_through_app, share_panel, show_error, url_get, url_int, url_set
+from ui.common import share_panel, show_error, url_get, url_int, url_set
 from ui.compare import side_controls
 
-MAX_URL_TEXT = 2000
-
-route_through_app()
 st.title("Compare")
 st.caption("Same text, two settings. With the same strategy and seed both sides mask the same tokens, "
            "so the differences come from the model, the exclusion or the heads.")
 text = st.text_area("Text (type [MASK] or choose a strategy on each side)",
                     url_get("text", "The capital of France is [MASK]."), key="text", height=80)
-url_set("text", text if len(text) <= MAX_URL_TEXT else "")
+url_set("text", text if len(text) <= MAX_LINK_TEXT else "")
 top_k = st.slider("Guesses per mask (top-k)", 1, 10, url_int("topk", 5, 1, 10), key="topk")
 url_set("topk", top_k, 5)
 

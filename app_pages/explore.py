@@ -5,6 +5,7 @@ import streamlit as st
 from mlm_core.errors import MaskLabError
 from mlm_core.explain.exploration import FREQUENCY_DRAWS, chosen_frequency, explore, reading_tokens
 from mlm_core.explain.predict import fill_text
+from mlm_core.links import MAX_LINK_TEXT
 from mlm_core.settings import ParamSpec
 from mlm_core.views import charts
 from mlm_core.views import html as render
@@ -12,22 +13,19 @@ from mlm_core.views.reports import exploration_report, strategy_settings
 from ui.common import (
     UrlField,
     latest_result,
-    model_sidebar,
     restore_from_url,
-    route_through_app,
     save_to_url,
     share_panel,
     show_error,
 )
 from ui.explain import attention_panel, attribution_panel, interference_panel, worth_keeping
+from ui.models import model_sidebar
 from ui.strategy import masking_controls
 
-MAX_URL_TEXT = 2000
 FILLS = ("independent", "joint")
 URL_FIELDS = (UrlField("top_k", ParamSpec("top_k", "int", 5, "Guesses per mask.", 1, 20)),
               UrlField("fill", ParamSpec("fill", "choice", "independent", "Several masks.", choices=FILLS)))
 
-route_through_app()
 st.title("Explore")
 loaded = model_sidebar()
 if loaded is None:
@@ -40,7 +38,7 @@ text = st.text_area(
     key="text",
     height=90,
 )
-if len(text) <= MAX_URL_TEXT:  # long texts would make unusable links; they stay in the session
+if len(text) <= MAX_LINK_TEXT:  # long texts would make unusable links; they stay in the session
     params["text"] = text
 elif "text" in params:
     del params["text"]
@@ -118,5 +116,5 @@ settings = {"text": text, "model": loaded.name, **strategy_settings(strategy), "
             "several masks": fill}
 numbers = [n for n in (attention_numbers, attribution_numbers) if n is not None]
 share_panel("explore", lambda: exploration_report(result, shown, filled, settings, numbers), "masklab-explore.html",
-            note="" if len(text) <= MAX_URL_TEXT else f"The text is longer than {MAX_URL_TEXT:,} characters, too long "
+            note="" if len(text) <= MAX_LINK_TEXT else f"The text is longer than {MAX_LINK_TEXT:,} characters, too long "
             "for a link: the link opens on the default sentence with these settings; the report has the text.")

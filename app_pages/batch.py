@@ -10,15 +10,13 @@ import streamlit as st
 from ui.batch import URL_FIELDS, configuration_panel, results_panel, run_panel
 from ui.common import (
     UPLOAD_NOTE,
-    model_sidebar,
     restore_from_url,
-    route_through_app,
     save_to_url,
     share_panel,
 )
 from ui.corpus import corpus_input
+from ui.models import model_sidebar
 
-route_through_app()
 st.title("Batch analysis")
 st.caption("How well does the model recover masked stopwords, punctuation, numbers and content words in your "
            "sentences, and what changes when words leave the context or heads are switched off?")

@@ -1,0 +1,164 @@
+"""What every command shares: the ``Command`` declaration, exit codes, one-line errors, printing,
+reading user files, and the argument groups several commands add (model, masking strategy, text file).
+
+Command modules import from here and never from ``mlm_core.cli`` itself, so there is no import cycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mlm_core.errors import MaskLabError
+
+EXIT_OK = 0
+EXIT_BUG = 1  # an unexpected exception: still one line, the traceback only with MASKLAB_DEBUG=1
+EXIT_BAD_INPUT = 2  # also argparse's status for a usage error
+EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
+
+
+@dataclass(frozen=True)
+class Printed:
+    """A command's result when it has already printed its output itself (``train --json`` streams
+    JSON lines; a non-main process under ``accelerate launch`` prints nothing): ``main`` prints no more."""
+
+    record: dict | None = None
+    exit_code: int = EXIT_OK
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand, declared once: ``registry.COMMANDS`` lists these and builds the parser from them.
+
+    ``run`` returns a JSON-ready dict, printed as JSON with ``--json`` or through ``format_text``
+    otherwise, or ``Printed`` when it printed already. ``json_help=None``: the command has no ``--json``.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], dict | Printed]
+    format_text: Callable[[dict], str]
+    json_help: str | None = "print one JSON document"
+    # True: options the parser does not know reach ``run`` as ``args.extra_options`` (``app`` passes them
+    # on to Streamlit); False: they are a usage error.
+    extra_options: bool = False
+
+
+def one_line_message(exc: BaseException) -> str:
+    """The message on one line: the contract is one ``error:`` line; some libraries' messages span several."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+
+
+def emit(text: str, as_json_record: dict | None = None) -> None:
+    """Print ``text`` even where the terminal cannot encode all of it (a lone surrogate from an
+    undecodable argument, CJK on a Latin-1 console): JSON falls back to ASCII escapes, text to backslashes."""
+    try:
+        print(text)
+    except UnicodeEncodeError:  # raised before anything is written: print encodes the whole string first
+        if as_json_record is not None:
+            print(json.dumps(as_json_record, ensure_ascii=True, indent=1, default=str))
+        else:
+            encoding = sys.stdout.encoding or "utf-8"
+            print(text.encode(encoding, errors="backslashreplace").decode(encoding, errors="replace"))
+
+
+def read_user_file(name: str, what: str) -> bytes:
+    """The bytes of a file named on the command line; MaskLabError when it cannot be used.
+
+    The size is checked before reading, so a huge file is refused without filling memory.
+    """
+    from pathlib import Path
+
+    from mlm_core.text.corpus import MAX_CORPUS_BYTES, one_line, too_big
+
+    path = Path(name)
+    shown = one_line(name, 120)
+    try:
+        if not path.is_file():
+            raise MaskLabError(f"No {what} at '{shown}'.")
+        size = path.stat().st_size
+        if size > MAX_CORPUS_BYTES:  # refused before reading: memory stays bounded
+            raise too_big(size)
+        return path.read_bytes()
+    except OSError as exc:  # no permission, a name too long for the file system, a read error
+        raise MaskLabError(f"Cannot read '{shown}': {exc.strerror or exc}.") from None
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="hub id or local folder (default: the built-in model)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: GPU when present)")
+
+
+def add_text_file_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--column and --text-unit: how a txt, CSV/TSV or JSONL ``what`` (corpus, file) is read into texts."""
+    parser.add_argument("--column", default=None, help=f"text column of a CSV/TSV/JSONL {what}")
+    parser.add_argument("--text-unit", choices=["line", "paragraph"], default="line",
+                        help="txt: a text per line or paragraph")
+
+
+def strategy_param_names() -> dict[str, str]:
+    """Every strategy parameter once, with the help text of its first declaration."""
+    from mlm_core.masking import STRATEGIES
+
+    names: dict[str, str] = {}
+    for name, spec in STRATEGIES.items():
+        if name in ("compose", "manual", "attention-exclusion", "privacy"):
+            continue
+        for param in spec.params:
+            names.setdefault(param.name, param.help)
+    return names
+
+
+def add_strategy_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """--strategy and its options, generated from the masking registry (one place)."""
+    from mlm_core.masking import MAIN_STRATEGIES
+
+    group = parser.add_argument_group("masking (options apply to the chosen strategy)")
+    group.add_argument("--strategy", choices=MAIN_STRATEGIES, required=required, default=None,
+                       help="how positions are chosen (default: only the typed mask tokens)")
+    for name, help_text in strategy_param_names().items():
+        if name == "rate":
+            continue  # --rate below covers it for the rule-based strategy
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", default=None, metavar="VALUE",
+                           help=help_text)
+    group.add_argument("--rate", default=None, metavar="P",
+                       help="masking rate: --mlm-probability, or the rule-based share of matching words")
+    group.add_argument("--privacy", action="store_true", help="replace e-mails, URLs, phones and numbers first")
+    group.add_argument("--protect", default="", help="never mask these: stopwords,punctuation,numbers")
+    group.add_argument("--exclude", default="", help="remove from the context: stopwords, punctuation or numbers")
+    group.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+
+
+def strategy_from_args(args: argparse.Namespace):
+    """The strategy that ``add_strategy_arguments``' flags describe (None: only the typed mask tokens)."""
+    from mlm_core.masking import STRATEGIES, build_strategy
+
+    given = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    if args.rate is not None:
+        given["rate" if args.strategy == "rule-based" else "mlm_probability"] = args.rate
+    if args.strategy is None:
+        if given:
+            raise MaskLabError(f"--{next(iter(given)).replace('_', '-')} needs --strategy.")
+        params = {}
+    else:
+        valid = {p.name for p in STRATEGIES[args.strategy].params}
+        wrong = sorted(set(given) - valid)
+        if wrong:
+            raise MaskLabError(
+                f"--{wrong[0].replace('_', '-')} is not an option of the {args.strategy} strategy; its options: "
+                + ", ".join(f"--{v.replace('_', '-')}" for v in sorted(valid))
+            )
+        params = given
+    protect = [rule.strip() for rule in args.protect.split(",") if rule.strip()]
+    return build_strategy(args.strategy, params, args.privacy, protect, args.exclude)

@@ -1,0 +1,228 @@
+"""CLI twins of the Fine-tune and Runs pages: ``train`` (fine-tune in the foreground) and ``runs``
+(list, show, resume, cancel or delete stored runs).
+
+    python -m mlm_core train --corpus corpus.txt --strategy whole-word --static --steps 100 --json
+    python -m mlm_core runs list
+    python -m mlm_core runs resume RUN_ID
+
+With ``--json``, training streams one JSON object per line and the last is the run's final record;
+``run_train`` then returns ``Printed`` so that nothing more is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mlm_core.cli.common import (
+    Command,
+    Printed,
+    add_model_argument,
+    add_strategy_arguments,
+    add_text_file_arguments,
+    read_user_file,
+    strategy_from_args,
+)
+from mlm_core.errors import InputError, MaskLabError
+from mlm_core.settings import ParamSpec
+
+RUN_ACTIONS = ["list", "show", "resume", "cancel", "delete"]
+# TrainConfig settings whose flag keeps an older, shorter name:
+TRAIN_FLAG_NAMES = {"batch_size": "batch", "prune_sparsity": "prune"}
+# ...and those set by other flags: --text-unit (how any text file is read), --static/--dynamic, the masking
+# --seed, and checkpoint_every (--checkpoint-evals: counted in evaluations, as on the Fine-tune page).
+SET_BY_OTHER_FLAGS = ("text_unit", "masking", "seed", "checkpoint_every")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every ``train`` flag: the corpus, the model, the masking scheme and the training settings."""
+    parser.add_argument("--corpus", required=True, help="txt (one text per line), CSV/TSV or JSONL file")
+    add_text_file_arguments(parser, "corpus")
+    add_model_argument(parser)
+    add_strategy_arguments(parser, required=False)
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--static", dest="masking", action="store_const", const="static",
+                      help="one mask per example, reused every epoch")
+    when.add_argument("--dynamic", dest="masking", action="store_const", const="dynamic",
+                      help="a fresh mask each epoch (default)")
+    parser.set_defaults(masking="dynamic")
+    settings = parser.add_argument_group("training settings (limits and defaults: TrainConfig)")
+    length = settings.add_mutually_exclusive_group()
+    for spec in train_setting_specs():
+        add_setting_flag(length if spec.name in ("steps", "epochs") else settings, spec,
+                         TRAIN_FLAG_NAMES.get(spec.name, spec.name))
+    parser.add_argument("--freeze", nargs="*", default=[], metavar="PART",
+                        help="freeze parts: embeddings, layer.N, all-but-head")
+    parser.add_argument("--out", default=None,
+                        help="run store folder (default ~/.masklab/runs or $MASKLAB_HOME/runs)")
+
+
+def train_setting_specs() -> tuple[ParamSpec, ...]:
+    """The training settings that have a ``train`` flag of their own: TrainConfig's, and CHECKPOINT_EVALS."""
+    from mlm_core.settings import param_specs
+    from mlm_core.training import CHECKPOINT_EVALS, TrainConfig
+
+    own = tuple(spec for spec in param_specs(TrainConfig) if spec.name not in SET_BY_OTHER_FLAGS)
+    return (*own, CHECKPOINT_EVALS)
+
+
+def add_setting_flag(parser, spec: ParamSpec, name: str) -> None:
+    """``--name`` for a declared setting: its help, default and limits; a bad value is a usage error."""
+
+    def parse(text: str):
+        try:
+            return spec.parse(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    default = "" if spec.default is None else f" (default {spec.format(spec.default)})"
+    metavar = "{" + ",".join(spec.choices) + "}" if spec.choices else spec.kind.upper()
+    parser.add_argument(f"--{name.replace('_', '-')}", dest=spec.name, type=parse, default=None, metavar=metavar,
+                        help=spec.help.rstrip(".") + default)
+
+
+def train_config_from_args(args: argparse.Namespace, corpus_name: str):
+    """The TrainConfig that ``add_train_arguments``' flags describe; an unset flag keeps TrainConfig's default."""
+    from mlm_core.masking import params_of
+    from mlm_core.training import TrainConfig
+
+    strategy = strategy_from_args(args)
+    given = {spec.name: getattr(args, spec.name) for spec in train_setting_specs()}
+    settings = {name: value for name, value in given.items() if value is not None}
+    if args.epochs is not None:
+        settings["steps"] = None  # the flags exclude each other; in TrainConfig steps would win
+    steps = settings.get("steps", TrainConfig.spec("steps").default)
+    settings.update(TrainConfig.cadence(steps, settings.pop("eval_every", None), settings.pop("checkpoint_evals", None)))
+    return TrainConfig(
+        corpus_name=corpus_name, corpus_column=args.column, text_unit=args.text_unit,
+        model=args.model, strategy=strategy.name if strategy else "random",
+        strategy_params=params_of(strategy) if strategy else {},
+        masking=args.masking, freeze=args.freeze, seed=args.seed, device=args.device, **settings,
+    )
+
+
+def _store(args: argparse.Namespace):
+    from mlm_core.training.jobs import default_store
+    from mlm_core.training.store import RunStore
+
+    return RunStore(args.out) if args.out else default_store()
+
+
+def _final_record(record) -> dict:
+    data = record.as_dict()
+    data["held_out_loss"] = data.get("best_heldout_loss")
+    data["masked_accuracy"] = data.get("best_accuracy")
+    return data
+
+
+class ProgressPrinter:
+    """Training progress: JSON lines with --json, else a progress bar on a terminal."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.bar = None
+
+    def __call__(self, event: str, data: dict) -> None:
+        if self.as_json:
+            if event != "step":
+                print(json.dumps({"event": event, **data}), flush=True)
+            return
+        if event == "start":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=data["total_steps"], initial=data["resumed_from"], unit="step",
+                            disable=not sys.stderr.isatty(), file=sys.stderr)
+            print(f"training on {data['device']}: {data['train_blocks']} blocks, {data['total_steps']} steps",
+                  file=sys.stderr)
+        elif event == "step" and self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{data['loss']:.3f}")
+        elif event == "eval":
+            line = (f"step {data['step']}: train loss {data['train_loss']:.3f}, held-out loss "
+                    f"{data.get('heldout_loss', float('nan')):.3f}, accuracy {data.get('masked_accuracy', 0):.3f}, "
+                    f"{data['tokens_per_s']:.0f} tokens/s")
+            (self.bar.write if self.bar is not None else print)(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_foreground(store, run_id: str, as_json: bool) -> dict | Printed:
+    from mlm_core.training.jobs import execute
+
+    printer = ProgressPrinter(as_json)
+    try:
+        record = execute(store, run_id, printer)
+    finally:
+        printer.close()
+    final = _final_record(record)
+    if as_json:  # the last JSON line is the run's final record; nothing more is printed
+        print(json.dumps({"event": "final", **final}, default=str), flush=True)
+        return Printed(final)
+    return final
+
+
+def run_train(args: argparse.Namespace) -> dict | Printed:
+    from pathlib import Path
+
+    from mlm_core.training.jobs import submit
+
+    corpus_bytes = read_user_file(args.corpus, "corpus file")
+    config = train_config_from_args(args, Path(args.corpus).name)
+    store = _store(args)
+    record, _ = submit(store, config, corpus_bytes, launch=False)
+    return _run_foreground(store, record.id, args.json)
+
+
+def add_runs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=RUN_ACTIONS)
+    parser.add_argument("run_id", nargs="?", help="the run (see runs list)")
+    parser.add_argument("--out", default=None, help="run store folder (default ~/.masklab/runs)")
+
+
+def run_runs(args: argparse.Namespace) -> dict | Printed:
+    from mlm_core.training import jobs
+
+    store = _store(args)
+    if args.action == "list":
+        return {"runs": [_final_record(r) for r in store.list()]}
+    if not args.run_id:
+        raise MaskLabError(f"runs {args.action} needs a run id (see `python -m mlm_core runs list`).")
+    if args.action == "show":
+        store.refresh()
+        record = _final_record(store.get(args.run_id))
+        record["metrics"] = store.metrics(args.run_id)
+        return record
+    if args.action == "cancel":
+        return _final_record(store.request_cancel(args.run_id))
+    if args.action == "delete":
+        store.delete(args.run_id)
+        return {"run_id": args.run_id, "deleted": True}
+    jobs.resume(store, args.run_id, launch=False)
+    return _run_foreground(store, args.run_id, args.json)
+
+
+def format_run(record: dict) -> str:
+    if record.get("deleted"):
+        return f"deleted run {record['run_id']}"
+    loss = record.get("held_out_loss")
+    accuracy = record.get("masked_accuracy")
+    cfg = record.get("config", {})
+    return (f"{record['run_id']}  {record['status']:<11}  step {record['step']}/{record.get('total_steps') or '?'}  "
+            f"held-out loss {'-' if loss is None else f'{loss:.3f}'}  accuracy "
+            f"{'-' if accuracy is None else f'{accuracy:.3f}'}  {cfg.get('strategy', '')}/{cfg.get('masking', '')}"
+            + (f"  ({record['reason']})" if record.get("reason") else ""))
+
+
+def format_runs(record: dict) -> str:
+    if "runs" in record:
+        return "\n".join(format_run(r) for r in record["runs"]) or "no runs yet"
+    return format_run(record)
+
+
+TRAIN = Command("train", "fine-tune a masked LM on a corpus with a masking scheme", add_train_arguments, run_train,
+                format_run, json_help="one JSON object per line; the last is the final record")
+RUNS = Command("runs", "list, show, resume, cancel or delete training runs", add_runs_arguments, run_runs,
+               format_runs, json_help="print JSON")

@@ -1,0 +1,446 @@
+"""The engine of ``evaluate``: read, mask, predict and count, one chunk of sentences at a time.
+
+Masks: sentence ``i`` (its index in the file) is masked with the seed ``sentence_seed(seed, i)``,
+so a sentence's mask depends only on (seed, index), never on the batch, the order or the process.
+
+How it runs: texts are read in chunks of ``CHUNK_SENTENCES`` (a list or any iterable, so a large
+file streams), tokenized once per chunk, sorted by length and packed into batches of at most
+``max_tokens`` (rows x longest row) to limit padding; logits are computed only at the predicted
+positions (``model.forward``, the explorer's and the trainer's pass); PLL masks each token in turn
+(``model.forward.in_turn_logits``). Aggregates live in memory (a few numbers per configuration and
+category); per-sentence and per-token rows go straight to CSV files in the cache entry, so memory
+stays bounded by the chunk, not the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlm_core.errors import EvaluationCancelled, InputError
+from mlm_core.evaluate.cache import (
+    SENTENCE_COLUMNS,
+    TOKEN_COLUMNS,
+    Entry,
+    default_cache_dir,
+    entry_key,
+    hash_one,
+    hash_texts,
+    model_fingerprint,
+    prune_cache,
+    read_entry,
+    write_summary,
+)
+from mlm_core.evaluate.config import MAX_PAIRS, MAX_SEEDS, EvalConfig, plain_key, pll_key, sentence_seed
+from mlm_core.evaluate.report import EvalReport
+from mlm_core.evaluate.tally import GROUPS, Tally
+from mlm_core.explain.whatif import parse_heads
+from mlm_core.masking import (
+    IGNORE_INDEX,
+    AttentionExclusion,
+    RuleBased,
+    Vocab,
+    apply_strategy,
+    compose,
+    is_adaptive,
+    prepare_text,
+)
+from mlm_core.model.forward import head_gates, in_turn_logits, run
+from mlm_core.model.loading import LoadedModel
+from mlm_core.text.privacy import PrivacyMasking
+from mlm_core.text.tokens import CATEGORIES, Tokens, tokenize
+
+CHUNK_SENTENCES = 1024  # sentences tokenized, masked and written together (the memory bound)
+MAX_TOKENS = {"cpu": 2048, "cuda": 65536}  # rows x padded length per pass (the CPU gains little beyond; the
+# shared model's lock is held for one pass, so other sessions wait at most that long)
+MAX_BATCH_ROWS = 512
+ProgressFn = Callable[[int, int | None, str], None]  # (done, total or None, what is running)
+
+
+@dataclass
+class _Record:
+    index: int  # the sentence's position in the whole file
+    tokens: Tokens | None  # None: skipped
+    protected: tuple[int, ...] = ()
+    note: str = ""
+
+
+@dataclass
+class _Pair:
+    config: EvalConfig
+    seed: int
+    strategy: object
+    gates: torch.Tensor | None
+    folder: Path
+    tally: Tally = field(default_factory=Tally)
+
+
+def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    if isinstance(texts, Sequence):
+        for start in range(0, len(texts), size):
+            yield list(texts[start : start + size])
+        return
+    iterator = iter(texts)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _truncate(tokens: Tokens, max_length: int) -> Tokens:
+    """The first ``max_length`` tokens, special frame kept (masks are drawn after this, never dropped)."""
+    head = next(i for i, s in enumerate(tokens.special) if not s)  # [CLS] ...
+    suffix = next(i for i, s in enumerate(reversed(tokens.special)) if not s)  # ... [SEP]
+    room = max(1, max_length - head - suffix)
+    keep = [*range(head + room), *range(len(tokens) - suffix, len(tokens))]
+
+    def pick(values):
+        return tuple(values[i] for i in keep)
+
+    return Tokens(text=tokens.text, ids=pick(tokens.ids), tokens=pick(tokens.tokens), offsets=pick(tokens.offsets),
+                  word_ids=pick(tokens.word_ids), special=pick(tokens.special),
+                  categories=pick(tokens.categories), mask_token_id=tokens.mask_token_id)
+
+
+class _Engine:
+    """State of one ``evaluate`` call; see the module docstring for the flow."""
+
+    def __init__(self, loaded: LoadedModel, pairs: list[_Pair], with_pll: bool, max_tokens: int | None,
+                 progress: ProgressFn | None, cancel: Callable[[], bool] | None, total: int | None):
+        self.loaded = loaded
+        self.pairs = pairs
+        self.with_pll = with_pll
+        self.max_tokens = max_tokens or MAX_TOKENS.get(loaded.device.type, MAX_TOKENS["cpu"])
+        self.progress = progress
+        self.cancel = cancel
+        self.vocab = Vocab.from_tokenizer(loaded.tokenizer)
+        self.special_ids = sorted(set(loaded.tokenizer.all_special_ids))
+        self.special_tensor = torch.tensor(self.special_ids, device=loaded.device)
+        self.max_length = loaded.max_length
+        self.pll_keys = {pll_key(p.config) for p in pairs} if with_pll else set()
+        self.adaptive = {id(p): is_adaptive(p.strategy) for p in pairs}
+        # Adaptive masking scores tokens by their surprisal under the plain model, as the explorer does.
+        self.pll_keys |= {plain_key(p.config) for p in pairs if self.adaptive[id(p)]}
+        self.work_per_sentence = len(pairs) + len(self.pll_keys)
+        self.total = None if total is None else total * self.work_per_sentence
+        self.done = 0
+
+    def _tick(self, units: int, what: str) -> None:
+        if self.cancel is not None and self.cancel():
+            raise EvaluationCancelled("The analysis was cancelled; nothing was saved.")
+        self.done += units
+        if self.progress is not None:
+            self.progress(self.done, self.total, what)
+
+    # -- chunks
+
+    def run(self, texts: Iterable[str], first_index: int, digest) -> None:
+        index = first_index
+        for chunk in _chunks(texts, CHUNK_SENTENCES):
+            if digest is not None:
+                for text in chunk:
+                    hash_one(digest, text)
+            variants = {privacy: self._prepare(chunk, index, privacy) for privacy in {p.config.privacy for p in self.pairs}}
+            pll = {key: self._pll(variants[key[0]], key) for key in sorted(self.pll_keys, key=repr)}
+            for pair in self.pairs:
+                plain = pll.get(plain_key(pair.config)) if self.adaptive[id(pair)] else None
+                own = pll.get(pll_key(pair.config)) if self.with_pll else None
+                self._evaluate_pair(pair, variants[pair.config.privacy], own, plain)
+            index += len(chunk)
+
+    def _prepare(self, chunk: list[str], first: int, privacy: bool) -> list[_Record]:
+        step = PrivacyMasking() if privacy else None
+        records = []
+        for offset, text in enumerate(chunk):
+            index = first + offset
+            try:
+                replaced = prepare_text(text, step, mask_token=self.vocab.mask_token) if step else None
+                tokens = tokenize(self.loaded.tokenizer, replaced.text if replaced else text)
+            except InputError as exc:
+                records.append(_Record(index, None, note=str(exc)))
+                continue
+            note = ""
+            if len(tokens) > self.max_length:
+                note = f"truncated from {len(tokens)} to the model's {self.max_length} tokens"
+                tokens = _truncate(tokens, self.max_length)
+            protected = tuple(p for p in replaced.protected_positions(tokens) if p < len(tokens)) if replaced else ()
+            records.append(_Record(index, tokens, protected, note))
+        return records
+
+    # -- forward passes
+
+    def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+        """Indexes into ``lengths`` grouped into batches of at most max_tokens (rows x longest), shortest first."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batch: list[int] = []
+        for i in order:
+            if batch and ((len(batch) + 1) * lengths[i] > self.max_tokens or len(batch) >= MAX_BATCH_ROWS):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    def _score(self, ids: np.ndarray, attention: np.ndarray, chosen: np.ndarray, targets: np.ndarray, gates):
+        """Rank, log p and first guess of ``targets`` (M,) at the chosen positions of (B, T) (see ``_rank``)."""
+        device = self.loaded.device
+        logits, _ = run(self.loaded, torch.from_numpy(ids).to(device), torch.from_numpy(attention).to(device),
+                        torch.from_numpy(chosen).to(device), gates=gates)  # (M, V)
+        return self._rank(logits, targets)
+
+    def _rank(self, logits: torch.Tensor, targets: np.ndarray):
+        """Rank (1 = first choice), log p and first guess of ``targets`` (M,) under ``logits`` (M, V)."""
+        device = logits.device
+        targets = torch.from_numpy(targets).to(device)
+        with torch.inference_mode():  # the logits are inference tensors: changed in place below
+            log_p = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+            own = logits.gather(1, targets[:, None])
+            logits[:, self.special_tensor] = -math.inf  # never a guess ...
+            logits.scatter_(1, targets[:, None], own)  # ... except the original itself (e.g. [UNK])
+            earlier = torch.arange(logits.shape[1], device=device)[None, :] < targets[:, None]
+            rank = (logits > own).sum(1) + ((logits == own) & earlier).sum(1) + 1  # ties: argmax order
+            guess = logits.argmax(1)
+        return rank.cpu().numpy(), log_p.cpu().numpy(), guess.cpu().numpy()
+
+    def _pll(self, records: list[_Record], key: tuple) -> dict[int, np.ndarray]:
+        """Per sentence index: (T,) log p of each token with it masked (NaN where not scored)."""
+        privacy, protect, exclude, heads = key
+        context = compose(*(RuleBased(rule=r, mode="protect") for r in protect),
+                          AttentionExclusion(rule=exclude) if exclude else None)
+        gates = head_gates(self.loaded, heads)
+        special = set(self.special_ids)
+        items = []  # (record, excluded (T,), scored positions)
+        for record in records:
+            if record.tokens is None:
+                continue
+            ids = record.tokens.ids
+            excluded = np.zeros(len(ids), dtype=bool)
+            if context is not None:
+                excluded = np.asarray(apply_strategy(record.tokens, context, self.vocab, rng=0,
+                                                     protected=record.protected,
+                                                     require_eligible=False).attention_exclude)
+            positions = [i for i, t in enumerate(ids) if t not in special and not excluded[i]]
+            items.append((record, excluded, positions))
+        scores = {r.index: np.full(len(r.tokens), np.nan) for r, _, _ in items}
+        copies = [(record.tokens.ids, p, ~excluded) for record, excluded, positions in items for p in positions]
+        owners = [record.index for record, _, positions in items for _ in positions]
+        batches = self._batches([len(ids) for ids, _, _ in copies])
+        for batch, logits in in_turn_logits(self.loaded, copies, batches, gates=gates):
+            targets = np.array([copies[i][0][copies[i][1]] for i in batch], dtype=np.int64)
+            _, log_p, _ = self._rank(logits, targets)
+            for row, i in enumerate(batch):
+                scores[owners[i]][copies[i][1]] = log_p[row]
+            self._tick(0, "pseudo-log-likelihood")
+        self._tick(len(records), "pseudo-log-likelihood")
+        return scores
+
+    # -- one configuration and seed over one chunk
+
+    def _evaluate_pair(self, pair: _Pair, records: list[_Record], pll: dict | None, plain: dict | None) -> None:
+        tally, sentence_rows, token_rows = Tally(), [], []
+        masked = []  # (record, MaskResult, chosen positions)
+        label = pair.config.label
+        for record in records:
+            tally.sentences += 1
+            if record.tokens is None:
+                tally.skipped += 1
+                sentence_rows.append([label, pair.seed, record.index, "", 0, 0, "", "", "", "", "", record.note])
+                continue
+            tally.truncated += bool(record.note)
+            scores = None
+            if plain is not None:
+                scores = np.nan_to_num(-plain[record.index], nan=0.0).clip(min=0.0)
+            result = apply_strategy(record.tokens, pair.strategy, self.vocab, rng=sentence_seed(pair.seed, record.index),
+                                    scores=scores, protected=record.protected, require_eligible=False)
+            masked.append((record, result, np.flatnonzero(result.labels != IGNORE_INDEX)))
+        predictions: dict[int, tuple] = {}
+        lengths = [len(r.tokens) if len(c) else 0 for r, _, c in masked]
+        with_chosen = [i for i, n in enumerate(lengths) if n]
+        for batch in self._batches([lengths[i] for i in with_chosen]):
+            batch = [with_chosen[i] for i in batch]
+            width = max(lengths[i] for i in batch)
+            ids = np.full((len(batch), width), self.vocab.pad_token_id or 0, dtype=np.int64)
+            attention = np.zeros((len(batch), width), dtype=np.int64)
+            chosen = np.zeros((len(batch), width), dtype=bool)
+            for row, i in enumerate(batch):
+                _, result, positions = masked[i]
+                ids[row, : lengths[i]] = result.input_ids
+                attention[row, : lengths[i]] = ~result.attention_exclude
+                chosen[row, positions] = True
+            targets = np.concatenate([masked[i][1].labels[masked[i][2]] for i in batch])
+            rank, log_p, guess = self._score(ids, attention, chosen, targets, pair.gates)
+            start = 0
+            for i in batch:
+                count = len(masked[i][2])
+                predictions[i] = (rank[start : start + count], log_p[start : start + count], guess[start : start + count])
+                start += count
+            self._tick(len(batch), label)
+        self._tick(len(records) - len(masked) + sum(1 for n in lengths if not n), label)
+        tokenizer = self.loaded.tokenizer
+        for i, (record, result, positions) in enumerate(masked):
+            self._sentence(pair, tally, record, result, positions, predictions.get(i),
+                           None if pll is None else pll.get(record.index), sentence_rows, token_rows, tokenizer)
+        sentence_rows.sort(key=lambda row: row[2])
+        token_rows.sort(key=lambda row: (row[2], row[3]))
+        for name, rows in (("sentences", sentence_rows), ("tokens", token_rows)):
+            with open(pair.folder / f"{name}.csv", "a", newline="", encoding="utf-8", errors="replace") as handle:
+                csv.writer(handle, lineterminator="\n").writerows(rows)
+        pair.tally.add(tally)
+
+    def _sentence(self, pair, tally, record, result, positions, predicted, pll, sentence_rows, token_rows, tokenizer):
+        tokens = record.tokens
+        label = pair.config.label
+        pll_total = pll_per_token = ""
+        if pll is not None:
+            scored = pll[~np.isnan(pll)]
+            if len(scored):
+                pll_total, pll_per_token = float(scored.sum()), float(scored.mean())
+                tally.pll_sentences += 1
+                tally.pll_tokens += len(scored)
+                tally.pll_sum += pll_total
+                tally.pll_sq += pll_per_token**2
+        note = record.note
+        if predicted is None:
+            tally.nothing_chosen += 1
+            note = "; ".join(filter(None, [note, "the strategy chose no token"]))
+            sentence_rows.append([label, pair.seed, record.index, tokens.text, len(tokens), 0, "", "", "",
+                                  pll_total, pll_per_token, note])
+            return
+        rank, log_p, guess = predicted
+        hit1, hit5 = rank == 1, rank <= 5
+        groups = np.array([1 + CATEGORIES.index(tokens.categories[p]) if tokens.categories[p] in CATEGORIES else -1
+                           for p in positions])
+        for g in (0, *range(1, len(GROUPS))):
+            take = np.ones(len(groups), dtype=bool) if g == 0 else groups == g
+            if take.any():
+                tally.counts[g] += (take.sum(), hit1[take].sum(), hit5[take].sum(), log_p[take].sum(),
+                                    np.square(log_p[take], dtype=np.float64).sum())
+        sentence_rows.append([label, pair.seed, record.index, tokens.text, len(tokens), len(positions),
+                              float(hit1.mean()), float(hit5.mean()), float(log_p.mean()), pll_total,
+                              pll_per_token, note])
+        guesses = tokenizer.convert_ids_to_tokens(guess.tolist())
+        for k, p in enumerate(positions):
+            token_rows.append([label, pair.seed, record.index, int(p), tokens.tokens[p], tokens.word_text(p),
+                               tokens.categories[p], result.kinds[p] or "", guesses[k], int(rank[k]), int(hit1[k]),
+                               int(hit5[k]), float(log_p[k])])
+
+
+def evaluate(
+    loaded: LoadedModel,
+    texts: Iterable[str],
+    configs: Sequence[EvalConfig] | EvalConfig,
+    *,
+    seeds: Sequence[int] = (0,),
+    with_pll: bool = True,
+    first_index: int = 0,
+    total: int | None = None,
+    texts_hash: str | None = None,
+    cache_dir: str | Path | None = None,
+    reuse: bool = True,
+    max_tokens: int | None = None,
+    progress: ProgressFn | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> EvalReport:
+    """Evaluate every configuration x seed on ``texts`` (a list, or any iterable to stream).
+
+    ``first_index``: the file index of the first text (a slice of a larger file keeps its masks).
+    ``texts_hash``: skip hashing (else computed from a list up front, or while streaming).
+    ``progress(done, total, what)`` is called after every batch (``total`` is None for an iterable
+    of unknown length unless ``total`` gives its number of texts); ``cancel()`` returning True
+    stops the run with ``EvaluationCancelled`` and nothing cached. ``reuse=False`` recomputes.
+    """
+    started = time.monotonic()
+    configs = list(dict.fromkeys([configs] if isinstance(configs, EvalConfig) else configs))
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not configs:
+        raise InputError("Give at least one masking configuration.")
+    if not seeds or len(seeds) > MAX_SEEDS or min(seeds) < 0:
+        raise InputError(f"Give from 1 to {MAX_SEEDS} seeds, each 0 or more.")
+    if len(configs) * len(seeds) > MAX_PAIRS:
+        raise InputError(f"{len(configs)} configurations x {len(seeds)} seeds is more than {MAX_PAIRS} runs; "
+                         "use fewer rates, strategies or seeds.")
+    for config in configs:
+        if config.heads_off:
+            parse_heads(loaded, config.heads_off)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    if texts_hash is None and isinstance(texts, Sequence):
+        texts_hash = hash_texts(texts)
+    if total is None and isinstance(texts, Sequence):
+        total = len(texts)
+    fingerprint = model_fingerprint(loaded)
+
+    def key(config, seed, digest):
+        return entry_key(digest, fingerprint, config, seed, with_pll, first_index, loaded.max_length)
+
+    found: dict[tuple, Entry] = {}
+    if reuse and texts_hash is not None:
+        for config in configs:
+            for seed in seeds:
+                entry = read_entry(root / key(config, seed, texts_hash), config, seed)
+                if entry is not None:
+                    found[(config, seed)] = entry
+    pairs = []
+    try:
+        for config in configs:
+            for seed in seeds:
+                if (config, seed) in found:
+                    continue
+                folder = root / f".tmp-{uuid.uuid4().hex}"
+                folder.mkdir()
+                for name, columns in (("sentences", SENTENCE_COLUMNS), ("tokens", TOKEN_COLUMNS)):
+                    (folder / f"{name}.csv").write_text(",".join(columns) + "\n", encoding="utf-8")
+                pairs.append(_Pair(config, seed, config.build(), head_gates(loaded, config.heads_off), folder))
+        if pairs:
+            engine = _Engine(loaded, pairs, with_pll, max_tokens, progress, cancel, total)
+            digest = hashlib.sha256() if texts_hash is None else None
+            engine.run(texts, first_index, digest)
+            texts_hash = texts_hash or digest.hexdigest()
+        for pair in pairs:
+            final = root / key(pair.config, pair.seed, texts_hash)
+            write_summary(pair.folder, pair.config, pair.seed, loaded.name, pair.tally)
+            try:
+                os.replace(pair.folder, final)
+            except OSError:  # the same entry was written meanwhile (another session): keep that one
+                shutil.rmtree(pair.folder, ignore_errors=True)
+            found[(pair.config, pair.seed)] = Entry(pair.config, pair.seed, pair.tally, final)
+    finally:
+        for pair in pairs:
+            if pair.folder.exists() and pair.folder.name.startswith(".tmp-"):
+                shutil.rmtree(pair.folder, ignore_errors=True)
+    prune_cache(root)
+    entries = tuple(found[(c, s)] for c in configs for s in seeds)
+    return EvalReport(loaded.name, entries, with_pll, loaded.device.type, time.monotonic() - started,
+                      report_notices(entries, loaded))
+
+
+def report_notices(entries: Sequence[Entry], loaded: LoadedModel) -> tuple[str, ...]:
+    """What a reader of the report must know: skipped or cut texts, privacy and heads in explorer links."""
+    if not entries:
+        return ()
+    first = entries[0].tally
+    notices = []
+    if first.skipped:
+        notices.append(f"{first.skipped:,} text(s) had nothing to mask (empty or invisible characters) and were "
+                       "skipped; the per-sentence rows say why.")
+    if first.truncated:
+        notices.append(f"{first.truncated:,} text(s) were longer than the model's {loaded.max_length} tokens and "
+                       "were cut to their first tokens before masking (no mask was dropped).")
+    if any(e.config.privacy for e in entries):
+        notices.append("With privacy masking the rows and explorer links hold the text after replacement (personal "
+                       "data never leaves the analysis); the explorer cannot re-protect its placeholders, so its mask "
+                       "of such a sentence may differ.")
+    if any(e.config.heads_off for e in entries):
+        notices.append("Links to the explorer carry the masking but not the switched-off heads: switch them off "
+                       "in the explorer's What-if tab.")
+    return tuple(notices)

@@ -1,0 +1,144 @@
+"""What happens to chosen positions (the 80/10/10 corruption) and the base of every step.
+
+``MaskingStep`` is the base of token-level strategies: a step may protect, select or
+exclude positions. ``CorruptingStep`` adds the ``DataCollatorForLanguageModeling``
+corruption settings; ``corrupt`` applies them draw for draw as transformers does.
+``make_generator`` turns a seed into the only source of randomness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from mlm_core.errors import InputError
+from mlm_core.masking.batch import TokenBatch, Vocab
+from mlm_core.masking.results import KEPT, KIND_CODE, MASKED, RANDOM
+from mlm_core.settings import Validated, param
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """What happens to chosen positions (``DataCollatorForLanguageModeling`` names and defaults)."""
+
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    random_excludes_special: bool = False  # transformers draws from the whole vocabulary
+
+
+class MaskingStep(Validated):
+    """Base of token-level strategies. A step may protect, select or exclude positions (``(B, T)`` bool).
+
+    ``eligible`` is what the step may touch; ``gen`` is the only source of randomness.
+    """
+
+    name: ClassVar[str] = ""
+
+    def protect(self, batch: TokenBatch, eligible: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+        return None
+
+    def select(self, batch: TokenBatch, eligible: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+        return None
+
+    def exclude(self, batch: TokenBatch, eligible: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+        return None
+
+    @property
+    def corruption(self) -> Corruption | None:
+        return None
+
+    def describe(self) -> str:
+        return self.label
+
+
+PROB = {"min": 0.0, "max": 1.0}
+
+
+@dataclass(frozen=True)
+class CorruptingStep(MaskingStep):
+    mask_replace_prob: float = field(
+        default=0.8,
+        kw_only=True,
+        metadata=param("Share of chosen tokens replaced by the mask token.", **PROB),
+    )
+    random_replace_prob: float = field(
+        default=0.1,
+        kw_only=True,
+        metadata=param("Share of chosen tokens replaced by a random token.", **PROB),
+    )
+    random_excludes_special: bool = field(
+        default=False, kw_only=True, metadata=param("Never draw special tokens as random replacements.")
+    )
+
+    def _check(self) -> None:
+        if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-9:
+            raise InputError(
+                f"{self.label}: mask_replace_prob + random_replace_prob must not exceed 1 "
+                f"(got {self.mask_replace_prob:g} + {self.random_replace_prob:g}); the rest is kept unchanged."
+            )
+
+    @property
+    def corruption(self) -> Corruption | None:
+        return Corruption(self.mask_replace_prob, self.random_replace_prob, self.random_excludes_special)
+
+
+def token_budget(n: torch.Tensor, p: float) -> torch.Tensor:
+    """round(p·n) per row (half up), at least 1 when n > 0 and p > 0."""
+    k = torch.floor(n.double() * p + 0.5).long()
+    return torch.where((n > 0) & (p > 0), k.clamp_min(1), torch.zeros_like(k))
+
+
+def uniforms(batch: TokenBatch, gen: torch.Generator) -> torch.Tensor:
+    return torch.rand(batch.shape, generator=gen, device=batch.ids.device)
+
+
+def word_uniforms(batch: TokenBatch, gen: torch.Generator) -> torch.Tensor:
+    """(B, T) uniforms shared by all positions of a word run."""
+    return uniforms(batch, gen).gather(1, batch.run_ids)
+
+
+def make_generator(rng: int | torch.Generator = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` from an int seed (or the generator itself, checked against ``device``)."""
+    device = torch.device(device)
+    if isinstance(rng, torch.Generator):
+        if rng.device.type != device.type:
+            raise InputError(
+                f"The generator is on {rng.device.type} but the tokens are on {device.type}: pass a seed."
+            )
+        return rng
+    if isinstance(rng, bool) or not isinstance(rng, (int, np.integer)):
+        raise InputError(f"rng must be an int seed or a torch.Generator; got {rng!r}.")
+    return torch.Generator(device=device).manual_seed(int(rng) % 2**63)
+
+
+def corrupt(
+    ids: torch.Tensor, chosen: torch.Tensor, corruption: Corruption, vocab: Vocab, gen: torch.Generator
+):
+    """Apply the 80/10/10 split to ``chosen``, draw for draw as transformers does; returns (ids, codes)."""
+    out = ids.clone()
+    codes = torch.zeros(ids.shape, dtype=torch.int8, device=ids.device)
+    mask_p, random_p = corruption.mask_replace_prob, corruption.random_replace_prob
+    replaced = (
+        torch.bernoulli(torch.full(ids.shape, mask_p, device=ids.device), generator=gen).bool() & chosen
+    )
+    out[replaced] = vocab.mask_token_id
+    random = torch.zeros_like(chosen)
+    if mask_p < 1 and random_p > 0:
+        scaled = min(1.0, random_p / (1 - mask_p))  # share of the not-[MASK] remainder
+        random = torch.bernoulli(torch.full(ids.shape, scaled, device=ids.device), generator=gen).bool()
+        random &= chosen & ~replaced
+        if corruption.random_excludes_special:
+            pool = vocab.non_special_ids.to(ids.device)
+            words = pool[torch.randint(len(pool), ids.shape, generator=gen, device=ids.device)]
+        else:
+            words = torch.randint(
+                vocab.vocab_size, ids.shape, dtype=torch.long, generator=gen, device=ids.device
+            )
+        out[random] = words[random]
+    codes[replaced] = KIND_CODE[MASKED]
+    codes[random] = KIND_CODE[RANDOM]
+    codes[chosen & ~replaced & ~random] = KIND_CODE[KEPT]
+    return out, codes

@@ -1,0 +1,247 @@
+"""The one forward pass: the explorer, the what-ifs, the probes, the batch analysis and the
+trainer all get their logits here, so one position scores the same wherever it is asked.
+
+* ``model_output``/``masked_logits``: logits only at the chosen positions. A pre-hook on the
+  family's prediction head (``families.head_entry``) hands it only the chosen rows of the final
+  hidden states: the vocabulary projection is most of a small model's compute. Works with
+  gradients (the trainer), pruned weights (``torch.func.functional_call``) and attentions.
+* ``run``: the shared model's pass, under ``loaded.lock`` and ``inference_mode``, with head
+  gates when asked; ``forward``: one sentence, logits and attentions (L, H, T, T).
+* ``in_turn_logits``: mask each token in turn (pseudo-log-likelihood, probes, batch PLL).
+* ``head_gates``/``heads_gated``: switch attention heads off. transformers 5 has no
+  ``head_mask``: forward hooks multiply each head's output by its gate, as ``head_mask`` did.
+
+Shared state: a loaded model is shared by every session. transformers records attentions with
+state kept on the module, and hooks installed here are seen by any pass that runs meanwhile, so
+both happen only inside ``with loaded.lock`` and every hook is removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlm_core.errors import InputError
+from mlm_core.model.families import attention_output_projection, head_entry, layer_modules
+from mlm_core.model.loading import LoadedModel
+
+IN_TURN_BATCH = 32  # copies of a sentence per forward pass when each token is masked in turn
+
+# ----------------------------------------------------------------------------- logits at chosen positions
+
+
+def model_output(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    chosen=None,
+    *,
+    params: dict[str, torch.Tensor] | None = None,
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """(logits, attentions) of ``model`` on ``input_ids`` (B, T); no lock, gradients as the caller has them.
+
+    ``chosen`` indexes the first two dimensions: a (B, T) bool mask, or a pair of index tensors
+    (rows, positions). Logits are then (M, V), one row per chosen position in that order (M =
+    chosen.sum(), or the length of the pairs); with ``chosen=None``, (B, T, V). ``params``
+    replaces parameters by name for this call only (``torch.func.functional_call``).
+    Attentions, when asked: one (B, H, T, T) tensor per layer. Logits keep the model's dtype.
+    """
+    head = head_entry(getattr(model, "module", model)) if chosen is not None else None  # DDP keeps it in .module
+    handle = None
+    if head is not None:
+        handle = head.register_forward_pre_hook(lambda _m, args: (args[0][chosen], *args[1:]) if args else None)
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if output_attentions:
+        kwargs["output_attentions"] = True
+    try:
+        out = torch.func.functional_call(model, params, (), kwargs) if params else model(**kwargs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    logits = getattr(out, "logits", out)  # the trainer's LSTM returns its logits
+    if chosen is not None and logits.dim() == 3:  # a head that bypassed its entry module: select afterwards
+        logits = logits[chosen]
+    return logits, (out.attentions if output_attentions else None)
+
+
+def masked_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, chosen
+                  ) -> torch.Tensor:
+    """(M, V) logits at the ``chosen`` positions (M = chosen.sum()); the trainer's and the batch analysis's call."""
+    return model_output(model, input_ids, attention_mask, chosen)[0]
+
+
+def exclusion_mask(input_ids: torch.Tensor, exclude: Sequence[bool] | None = None) -> torch.Tensor:
+    """(B, T) ones, 0 at the ``exclude``d positions (T,): no position attends to them (a_ij = 0)."""
+    mask = torch.ones_like(input_ids)
+    if exclude is not None:
+        mask[:, torch.tensor(list(exclude), dtype=torch.bool, device=input_ids.device)] = 0
+    return mask
+
+
+def run(
+    loaded: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    chosen=None,
+    *,
+    gates: torch.Tensor | None = None,
+    params: dict[str, torch.Tensor] | None = None,
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """``model_output`` on the shared model: float32 logits (M, V) or (B, T, V), and attentions.
+
+    Holds ``loaded.lock`` (attention recording and hooks are shared state) under
+    ``inference_mode``; ``gates`` (B or 1, L, H) switch heads off for this pass only.
+    Example: ``run(m, torch.tensor([ids]), chosen=(torch.tensor([0]), torch.tensor([3])))[0]`` is (1, V).
+    """
+    with loaded.lock, torch.inference_mode(), heads_gated(loaded, gates):
+        logits, attentions = model_output(loaded.model, input_ids, attention_mask, chosen, params=params,
+                                          output_attentions=output_attentions)
+    return logits.float(), attentions
+
+
+def forward(
+    loaded: LoadedModel,
+    ids: Sequence[int],
+    attention_exclude: Sequence[bool] | None = None,
+    output_attentions: bool = False,
+    positions: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """One sentence. Returns logits (T, V), or (P, V) at ``positions`` in their order, and, if
+    asked, attentions (L, H, T, T) as numpy.
+
+    ``attention_exclude`` (T,) removes tokens from the context: no position attends to them.
+    Example: ``forward(m, [101, 103, 102], positions=[1])[0].shape == (1, m.vocab_size)``.
+    """
+    input_ids = torch.tensor([list(ids)], device=loaded.device)
+    chosen = None
+    if positions is not None:
+        rows = torch.tensor(list(positions), dtype=torch.long, device=loaded.device)
+        chosen = (torch.zeros_like(rows), rows)
+    logits, recorded = run(loaded, input_ids, exclusion_mask(input_ids, attention_exclude), chosen,
+                           output_attentions=output_attentions)
+    attentions = None
+    if output_attentions:
+        attentions = torch.stack([a[0] for a in recorded]).float().cpu().numpy()  # (L, H, T, T)
+    return (logits if chosen is not None else logits[0]), attentions
+
+
+# ----------------------------------------------------------------------------- each token masked in turn
+
+
+def in_turn_logits(
+    loaded: LoadedModel,
+    copies: Sequence[tuple[Sequence[int], int, np.ndarray | None]],
+    batches: Iterable[Sequence[int]] | None = None,
+    *,
+    gates: torch.Tensor | None = None,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Each copy ``(ids (T,), position, attended (T,) or None)`` with its position masked alone.
+
+    Copies of different lengths are padded; ``batches`` groups copy indexes into passes (default:
+    ``IN_TURN_BATCH`` at a time, in order). Yields, per pass, (copy indexes, float32 logits (P, V)
+    at each copy's masked position). Example (pseudo-log-likelihood of one sentence)::
+
+        for rows, logits in in_turn_logits(m, [(ids, p, None) for p in positions]):
+            log_p = torch.log_softmax(logits, -1)  # row k: positions[rows[k]] masked
+    """
+    if batches is None:
+        batches = (range(start, min(start + IN_TURN_BATCH, len(copies)))
+                   for start in range(0, len(copies), IN_TURN_BATCH))
+    pad = loaded.tokenizer.pad_token_id or 0
+    for batch in batches:
+        batch = list(batch)
+        width = max(len(copies[i][0]) for i in batch)
+        ids = np.full((len(batch), width), pad, dtype=np.int64)
+        attended = np.zeros((len(batch), width), dtype=np.int64)
+        positions = np.empty(len(batch), dtype=np.int64)
+        for row, i in enumerate(batch):
+            sentence, position, keep = copies[i]
+            ids[row, : len(sentence)] = sentence
+            attended[row, : len(sentence)] = 1 if keep is None else keep
+            positions[row] = position
+        ids[np.arange(len(batch)), positions] = loaded.mask_token_id
+        rows = torch.arange(len(batch), device=loaded.device)
+        chosen = (rows, torch.from_numpy(positions).to(loaded.device))
+        logits, _ = run(loaded, torch.from_numpy(ids).to(loaded.device), torch.from_numpy(attended).to(loaded.device),
+                        chosen, gates=gates)
+        yield batch, logits
+
+
+# ----------------------------------------------------------------------------- head gates
+
+
+def attention_modules(loaded: LoadedModel) -> list[nn.Module]:
+    """One self-attention module per layer, bottom to top (refuses shared-layer models)."""
+    modules = layer_modules(loaded.model, "attentions")
+    if len(modules) != loaded.num_layers:
+        raise InputError(
+            f"Switching heads off needs one attention module per layer; {loaded.model.config.model_type} "
+            f"has {len(modules)} for {loaded.num_layers} layers (shared layers are not supported)."
+        )
+    return modules
+
+
+def head_gates(loaded: LoadedModel, off: Iterable[tuple[int, int]]) -> torch.Tensor | None:
+    """Gates (1, L, H): 0 for the (layer, head) pairs in ``off``, 1 elsewhere; None when ``off`` is empty.
+
+    ``off`` holds pairs already checked against the model (``parse_heads``).
+    """
+    off = list(off)
+    if not off:
+        return None
+    gates = torch.ones(1, loaded.num_layers, loaded.num_heads)
+    for layer, head in off:
+        gates[0, int(layer), int(head)] = 0.0
+    return gates
+
+
+def _head_hook(module: nn.Module, layer: int, gates: torch.Tensor, n_heads: int):
+    """Install the gate for one layer; returns the hook handle.
+
+    Where the attention module ends in its own output projection (DistilBERT ``out_lin``,
+    ModernBERT ``Wo``) the gate goes on that projection's input; otherwise (BERT, RoBERTa)
+    on the module's first output, which is the heads' concatenated context (B, T, H*d).
+    """
+
+    def gate(context: torch.Tensor) -> torch.Tensor:
+        shape = context.shape  # (B, T, H*d)
+        g = gates[:, layer].to(context.dtype)  # (B, H)
+        return (context.view(shape[0], shape[1], n_heads, -1) * g[:, None, :, None]).view(shape)
+
+    projection = attention_output_projection(module)
+    if projection is not None:
+        return projection.register_forward_pre_hook(lambda _m, args: (gate(args[0]), *args[1:]))
+
+    def after(_m, _args, output):
+        if isinstance(output, tuple):
+            return (gate(output[0]), *output[1:])
+        return gate(output)
+
+    return module.register_forward_hook(after)
+
+
+@contextlib.contextmanager
+def heads_gated(loaded: LoadedModel, gates: torch.Tensor | None):
+    """Run the model with head gates (B, L, H) of 0/1 (or any weights); hooks removed on exit.
+
+    Holds ``loaded.lock`` for the whole block, so no other session's forward pass sees the
+    hooks; ``gates=None`` installs nothing. Example: ``with heads_gated(m, g): m.model(input_ids=batch_of_B)``.
+    """
+    if gates is not None and (gates.dim() != 3 or tuple(gates.shape[1:]) != (loaded.num_layers, loaded.num_heads)):
+        raise InputError(f"Head gates must be (batch, {loaded.num_layers}, {loaded.num_heads}).")
+    with loaded.lock:
+        handles = []
+        try:
+            if gates is not None:
+                for layer, module in enumerate(attention_modules(loaded)):
+                    handles.append(_head_hook(module, layer, gates.to(loaded.device), loaded.num_heads))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -1,0 +1,153 @@
+"""The settings of a training run, each declared once: ``TrainConfig`` and the evaluation cadence.
+
+Every tunable field carries ``mlm_core.settings.param`` metadata (help, limits, choices), so one
+declaration drives the validation here, the ``train`` command's flags, the Fine-tune page's widgets
+and link fields, and the limits quoted in messages. ``TrainConfig.spec("lr")`` reads one back.
+
+``TrainConfig.cadence`` is the one rule for how often a run is evaluated and checkpointed when
+the user leaves it to us: about ``EVALUATIONS_PER_RUN`` evaluations, a checkpoint every
+``CHECKPOINT_EVALS.default`` of them. ``rate_schedule`` is the masking rate over a run of a config.
+
+Example::
+
+    TrainConfig(steps=400).eval_every       # 20: about 20 evaluations per run
+    TrainConfig.cadence(400, eval_every=50)  # {"eval_every": 50, "checkpoint_every": 250}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from mlm_core.errors import InputError
+from mlm_core.masking import DrawPolicy, RateSchedule, base_rate, strategy_from_params
+from mlm_core.settings import ParamSpec, Validated, param, param_specs
+from mlm_core.text.corpus import TEXT_UNITS
+
+EVALUATIONS_PER_RUN = 20  # the automatic cadence: enough points for a curve, little time spent on them
+STEPS_ASSUMED_FOR_EPOCHS = 1000  # a run counted in epochs has no step count before its corpus is packed
+DEFAULT_EPOCHS = 1.0  # what a run starts at when its length is switched from steps to epochs
+CHECKPOINT_EVALS = ParamSpec(
+    "checkpoint_evals", "int", 5,
+    "Checkpoint every N evaluations (a checkpoint is what an interrupted run resumes from).", 1, 1000,
+)
+
+
+def _choices(cls: type, name: str) -> tuple[str, ...]:
+    """The choices of setting ``name`` of ``cls``, where the masking engine declares them."""
+    return next(spec.choices for spec in param_specs(cls) if spec.name == name)
+
+
+@dataclass
+class TrainConfig(Validated):
+    """Everything a run needs; stored as the run's config.json. Defaults suit a CPU demo.
+
+    ``steps`` wins when both ``steps`` and ``epochs`` are set. ``eval_every`` and
+    ``checkpoint_every`` left at None follow ``cadence`` (and are stored resolved).
+    """
+
+    label: ClassVar[str] = "Training settings"
+
+    corpus_name: str = "corpus.txt"  # display name; its suffix picks the format
+    corpus_column: str | None = None  # the text column of a CSV/TSV/JSONL corpus
+    text_unit: str = field(default="line", metadata=param(
+        "txt corpora: one text per line or per paragraph.", choices=TEXT_UNITS))
+    model: str | None = None  # hub id, folder, None (default model) or one of SCRATCH_MODELS
+    strategy: str = "random"
+    strategy_params: dict = field(default_factory=dict)
+    masking: str = field(default="dynamic", metadata=param(
+        "static: one mask per block for the whole run; dynamic: a fresh mask each epoch.",
+        choices=_choices(DrawPolicy, "mode")))
+    rate_schedule: str = field(default="constant", metadata=param(
+        "How the masking rate moves from rate_start to rate_end over the run.",
+        choices=_choices(RateSchedule, "kind")))
+    rate_start: float | None = field(default=None, metadata=param(
+        "Masking rate at the start of the run (default: the strategy's own rate).", min=0.01, max=1.0))
+    rate_end: float | None = field(default=None, metadata=param(
+        "Masking rate at the end of the run (default: rate_start).", min=0.01, max=1.0))
+    steps: int | None = field(default=200, metadata=param(
+        "Length of the run in optimizer steps (or give epochs).", min=1, max=1_000_000))
+    epochs: float | None = field(default=None, metadata=param(
+        "Length of the run in passes over the corpus (used when steps is None).", min=0.1, max=1000))
+    batch_size: int = field(default=16, metadata=param("Blocks per optimizer step.", min=1, max=4096))
+    seq_len: int = field(default=128, metadata=param(
+        "Block length in tokens, special tokens included.", min=8, max=4096))
+    lr: float = field(default=5e-5, metadata=param(  # above 0.5 AdamW only diverges
+        "Peak learning rate (warm-up, then linear decay to 0).", min=1e-7, max=0.5))
+    warmup_ratio: float = field(default=0.06, metadata=param(
+        "Share of the steps spent warming the learning rate up.", min=0.0, max=0.99))
+    weight_decay: float = field(default=0.01, metadata=param("AdamW weight decay.", min=0.0, max=1.0))
+    grad_clip: float = field(default=1.0, metadata=param("Gradient norm clipping (0: off).", min=0.0))
+    freeze: list[str] = field(default_factory=list)  # "embeddings", "layer.N", "all-but-head"
+    prune_sparsity: float = field(default=0.0, metadata=param(
+        "Share of encoder weights pruned by magnitude before training (masks kept fixed).", min=0.0, max=0.99))
+    heldout_fraction: float = field(default=0.05, metadata=param(
+        "Share of the texts held out for evaluation.", min=0.001, max=0.5))
+    eval_every: int | None = field(default=None, metadata=param(
+        f"Evaluate every N steps (default: about {EVALUATIONS_PER_RUN} evaluations per run).",
+        min=1, max=1_000_000))
+    eval_blocks: int = field(default=64, metadata=param(  # bounds the cost of one evaluation
+        "Held-out blocks per evaluation.", min=1, max=1_000_000))
+    checkpoint_every: int | None = field(default=None, metadata=param(
+        f"Checkpoint every N steps (default: every {CHECKPOINT_EVALS.default} evaluations).",
+        min=1, max=1_000_000))
+    keep_checkpoints: int = field(default=2, metadata=param(
+        "Newest checkpoints kept (the best one is kept too).", min=1, max=1_000_000))
+    seed: int = field(default=0, metadata=param("Seed of the data order, the masks and the dropout.", min=0))
+    device: str | None = None  # None: GPU when present
+
+    def _check(self) -> None:
+        if self.steps is None and self.epochs is None:
+            raise InputError(f"{self.label}: give steps or epochs.")
+        derived = self.cadence(self.steps, self.eval_every)
+        if self.eval_every is None:
+            self.eval_every = derived["eval_every"]
+        if self.checkpoint_every is None:
+            self.checkpoint_every = derived["checkpoint_every"]
+        strategy_from_params(self.strategy, self.strategy_params)  # validates (raises InputError)
+
+    @classmethod
+    def cadence(cls, steps: int | None, eval_every: int | None = None,
+                checkpoint_evals: int | None = None) -> dict[str, int]:
+        """``eval_every`` and ``checkpoint_every`` of a run of ``steps`` steps (None: counted in epochs).
+
+        ``eval_every`` None: about ``EVALUATIONS_PER_RUN`` evaluations; a checkpoint every
+        ``checkpoint_evals`` evaluations (default ``CHECKPOINT_EVALS.default``).
+        """
+        if eval_every is None:
+            eval_every = max(1, (steps or STEPS_ASSUMED_FOR_EPOCHS) // EVALUATIONS_PER_RUN)
+        evals = CHECKPOINT_EVALS.parse(CHECKPOINT_EVALS.default if checkpoint_evals is None else checkpoint_evals)
+        most = cls.spec("checkpoint_every").max  # past the last step a checkpoint is never due anyway
+        return {"eval_every": eval_every, "checkpoint_every": int(min(eval_every * evals, most))}
+
+    def total_steps(self, train_blocks: int) -> int:
+        """Optimizer steps of this run over ``train_blocks`` training blocks: ``steps``, else ``epochs`` passes."""
+        if self.steps is not None:
+            return self.steps
+        batch = max(1, min(self.batch_size, train_blocks))  # a small corpus: one batch of all its blocks
+        return max(1, math.ceil(self.epochs * max(1, train_blocks // batch)))
+
+    @classmethod
+    def spec(cls, name: str) -> ParamSpec:
+        """The declaration of setting ``name`` (help, default, limits)."""
+        return next(spec for spec in param_specs(cls) if spec.name == name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def rate_schedule(strategy, config: TrainConfig, total_steps: int) -> RateSchedule:
+    """The masking rate over the run: config's start/end, else the strategy's own rate throughout."""
+    base = base_rate(strategy)
+    base = 0.15 if base is None else base  # a strategy without a rate (rules only) still needs one
+    start = config.rate_start if config.rate_start is not None else base
+    end = config.rate_end if config.rate_end is not None else start
+    return RateSchedule(config.rate_schedule, start, end, max(1, total_steps))
+
