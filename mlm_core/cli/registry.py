@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from mlm_core.cli.app import APP
 from mlm_core.cli.common import (
@@ -38,9 +39,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
+def program_name() -> str:
+    """How the user started us, for usage lines: ``masklab`` (the console script) or ``python -m mlm_core``."""
+    return "masklab" if Path(sys.argv[0]).stem == "masklab" else "python -m mlm_core"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="python -m mlm_core",
+        prog=program_name(),
         description="MaskLab: see and test what masking does to masked language models.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,0 +1,7 @@
+"""What results look like, without Streamlit: figures, escaped HTML, standalone reports.
+
+* ``charts``: Plotly/Altair figures built from mlm_core results (token axes by position, labels escaped);
+* ``html``: token strips and chips, the one place HTML is built from tokens (everything escaped);
+* ``words``: word pieces merged into words for display, shared by the pages and the CLI;
+* ``reports``: standalone offline HTML reports of a view (Explore, Batch analysis, Compare, Runs).
+"""

@@ -1,7 +1,7 @@
 """HTML fragments for token strips. Every user- or model-supplied string is escaped here.
 
 This is the only place that builds HTML from tokens, so escaping is checked in one spot
-(see tests/test_render.py: ``<img onerror=...>`` typed by a user stays text).
+(see tests/views/test_render.py: ``<img onerror=...>`` typed by a user stays text).
 """
 
 from __future__ import annotations

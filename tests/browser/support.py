@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.parse
 
 EXCEPTION = "[data-testid='stException']"
@@ -27,16 +26,6 @@ def settle(page, timeout_ms: int = 120_000) -> None:
     page.wait_for_timeout(300)
 
 
-def wait_until(predicate, timeout_s: float, what: str):
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` (and its last value)."""
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; last value: {value!r}")
 
 
 class Watch:

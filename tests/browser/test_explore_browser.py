@@ -9,6 +9,7 @@ import urllib.parse
 
 import pytest
 from playwright.sync_api import expect
+from support.waiting import wait_for
 
 from mlm_core.explain.predict import fill_text, predict
 from mlm_core.text.tokens import tokenize
@@ -25,7 +26,6 @@ from .support import (
     select_option,
     settle,
     texts,
-    wait_until,
 )
 
 pytestmark = pytest.mark.browser
@@ -114,7 +114,7 @@ def test_explore_flow_by_clicking(page, app_url, default_loaded, artifacts):
     box.press("Control+Enter")
     typed = expected_exploration(default_loaded, CLOZE, None)
     want = fill_text(default_loaded, typed.prediction.filled_ids)
-    wait_until(lambda: filled_text(page) == want, 120, f"the filled-in sentence {want!r}")
+    wait_for(lambda: filled_text(page) == want, 120, f"the filled-in sentence {want!r}", interval=0.5)
     settle(page)
     assert chip_kinds(page) == expected_chips(default_loaded, typed)  # only the typed [MASK] is masked
     top = typed.prediction.predictions[0].top[0].token
@@ -124,7 +124,7 @@ def test_explore_flow_by_clicking(page, app_url, default_loaded, artifacts):
         select_option(page, "Masking strategy", name)
         expected = expected_exploration(default_loaded, CLOZE, name)
         chips = expected_chips(default_loaded, expected)
-        wait_until(lambda chips=chips: chip_kinds(page) == chips, 120, f"the {name} chips")
+        wait_for(lambda chips=chips: chip_kinds(page) == chips, 120, f"the {name} chips", interval=0.5)
         assert filled_text(page) == fill_text(default_loaded, expected.prediction.filled_ids)
         assert f"strategy={name}" in page.url
         page.screenshot(path=str(artifacts / f"explore-{name}.png"), full_page=True)
@@ -190,7 +190,7 @@ def test_html_in_a_model_vocabulary_is_shown_as_text(page, app_url, hostile_mode
     assert line.inner_text().split("Filled in:", 1)[1].strip() == f"the cat sat on the {HOSTILE_TOKENS[0]}."
     ticks = page.locator(".js-plotly-plot", has=page.locator(".gtitle", has_text="position 6 · masked")).locator(
         ".ytick text")
-    wait_until(lambda: texts(ticks) == top[::-1], 120, "the guesses as tick labels")  # the tags are their text
+    wait_for(lambda: texts(ticks) == top[::-1], 120, "the guesses as tick labels", interval=0.5)  # the tags are their text
 
     page.get_by_role("tab", name="Which words mattered").click()
     page.get_by_role("button", name="Explain", exact=True).click()

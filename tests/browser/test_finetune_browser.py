@@ -18,16 +18,17 @@ import sys
 import time
 import urllib.request
 import zipfile
-from pathlib import Path
 
 import pytest
-from test_training import corpus_bytes
+from support import REPO
+from support.corpora import corpus_bytes
+from support.waiting import wait_for
 
 from mlm_core.training.store import RUNNING, RunStore
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = REPO.parent
 
 SERVER_START_TIMEOUT_S = 180
 BAD_CSV = b"id,text\n1,the cat sat\n2,the dog ran,extra\n3,the mat\n"
@@ -109,14 +110,6 @@ def progress_value(page) -> float:
     return float(bar.get_attribute("aria-valuenow") or 0)
 
 
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_model_dir, masklab_home, artifacts):
@@ -155,8 +148,8 @@ def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_mo
     page.get_by_role("button", name="Start training").click()
     page.locator('[role="progressbar"]').first.wait_for()
     assert "run=" in page.url  # the followed run is in the URL: a reload re-attaches
-    first = wait_until(lambda: progress_value(page) > 0 and progress_value(page), 150, "the first steps")
-    later = wait_until(lambda: progress_value(page) > first and progress_value(page), 90, "the bar to move")
+    first = wait_for(lambda: progress_value(page) > 0 and progress_value(page), 150, "the first steps", interval=0.5)
+    later = wait_for(lambda: progress_value(page) > first and progress_value(page), 90, "the bar to move", interval=0.5)
     assert later > first
     page.get_by_text(re.compile(r"step [0-9,]+/20,000 · about .+ left")).first.wait_for()  # with an ETA
     page.locator(".js-plotly-plot").first.wait_for(timeout=150_000)  # curves after the first evaluation
@@ -165,7 +158,7 @@ def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_mo
 
     page.reload()  # a closed and reopened tab comes back to the same run
     page.locator('[role="progressbar"]').first.wait_for()
-    assert wait_until(lambda: progress_value(page) >= later and progress_value(page), 60, "re-attaching")
+    assert wait_for(lambda: progress_value(page) >= later and progress_value(page), 60, "re-attaching", interval=0.5)
     page.get_by_role("button", name="Cancel the run").click()
     page.get_by_text("cancelled", exact=False).first.wait_for(timeout=90_000)
     page.screenshot(path=str(artifacts / "finetune-cancelled.png"), full_page=True)
@@ -205,7 +198,7 @@ def test_runs_page_compares_two_finished_runs(page, finetune_url, tiny_model_dir
     page.keyboard.press("Escape")
     page.get_by_text("Highlighted: settings that differ", exact=False).first.wait_for()
     # The caption comes before Plotly has drawn the curves: wait for them rather than count once.
-    wait_until(lambda: page.locator(".js-plotly-plot").count() >= 6, 120, "the comparison's charts")
+    wait_for(lambda: page.locator(".js-plotly-plot").count() >= 6, 120, "the comparison's charts", interval=0.5)
     page.get_by_role("heading", name="Compare runs").scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "runs-compare.png"))
 

@@ -8,12 +8,13 @@ import re
 import urllib.parse
 
 import pytest
+from support.waiting import wait_for
 
 from mlm_core.explain.predict import fill_text, predict
 from mlm_core.text.tokens import tokenize
 from ui.teach import LESSON
 
-from .support import EXCEPTION, chip_kinds, expected_chips, expected_exploration, texts, wait_until
+from .support import EXCEPTION, chip_kinds, expected_chips, expected_exploration, texts
 
 pytestmark = pytest.mark.browser
 
@@ -84,7 +85,7 @@ def test_shared_explore_link(page, app_url, default_loaded, artifacts):
     expected = expected_exploration(default_loaded, text, "span", seed=3, mlm_probability=0.3)
     page.goto(url(app_url, "", text=text, strategy="span", p_mlm_probability="0.3", seed="3"))
     chips = expected_chips(default_loaded, expected)
-    wait_until(lambda: chip_kinds(page) == chips, 120, "the chips the link describes")
+    wait_for(lambda: chip_kinds(page) == chips, 120, "the chips the link describes", interval=0.5)
     settle(page)
     assert chip_kinds(page) == chips
     assert sum(kind == "masked" for _, kind in chips) > 1  # the strategy's masks, not only the typed one

@@ -6,15 +6,15 @@ Each input picks a tokenizer (the tiny BERT of tests/conftest.py, a tiny byte-le
 RoBERTa's ``<mask>``, and the default model's WordPiece when it is installed), builds a strategy
 the way the registry, the explorer/CLI (``build_strategy``) or a shared link (``compose`` steps as
 JSON) does, and runs privacy → tokenize → ``apply_strategy`` (and sometimes the frequency strip).
-Only ``MaskLabError`` may come out. A result must keep the engine's invariants: positions in
-range, special tokens never touched, typed masks kept as masks, labels and kinds consistent,
-mask counts adding up, and the strategy's parameters surviving a URL round trip.
+Only ``MaskLabError`` may come out. A result must keep the engine's invariants, checked by
+tests/support/masking.py as the property tests check them (special tokens never touched, typed
+masks kept as masks, labels and kinds consistent, α adding up, one seed one mask, ...), and
+the strategy's parameters must survive a URL round trip.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 import fuzz_support
@@ -82,11 +82,9 @@ def _build_tokenizers() -> list:
     import tempfile
     from pathlib import Path
 
+    from conftest import TINY_VOCAB  # the vocabulary the unit tests use (tests/ is on sys.path: fuzz_support)
     from tokenizers import AddedToken, ByteLevelBPETokenizer
     from transformers import AutoTokenizer, BertTokenizerFast, RobertaTokenizer
-
-    sys.path.insert(0, str(fuzz_support.ROOT / "tests"))
-    from conftest import TINY_VOCAB  # the vocabulary the unit tests use
 
     built = []
     with tempfile.TemporaryDirectory() as folder:
@@ -297,10 +295,13 @@ def check(data: bytes) -> None:
 
 def run_case(case: dict) -> None:
     """privacy → tokenize → mask for one case; MaskLabError is the only exception a caller may see."""
+    # Imported here, not at the top: it imports mlm_core.masking, which main() must import first,
+    # under atheris's instrumentation.
+    from support.masking import assert_privacy_invariants, assert_tokens_invariants, masked_and_checked
+
     from mlm_core.masking import (
         STRATEGIES,
         Vocab,
-        apply_strategy,
         is_adaptive,
         params_of,
         prepare_text,
@@ -319,18 +320,15 @@ def run_case(case: dict) -> None:
         assert strategy.name in STRATEGIES
     privacy = None if strategy is None else prepare_text(text, strategy, mask_token=vocab.mask_token)
     if privacy is not None:
-        check_privacy(text, privacy)
+        assert_privacy_invariants(text, privacy)
     read = text if privacy is None else privacy.text
     tokens = tokenize(tokenizer, read)
-    check_tokens(tokens, read, vocab, tokenizer)
+    assert_tokens_invariants(tokens, vocab, tokenizer, text=read)
     if strategy is None:
         return
     protected = privacy.protected_positions(tokens) if privacy else []
     scores = scores_for(case, len(tokens)) if is_adaptive(strategy) else None
-    result = apply_strategy(tokens, strategy, vocab, rng=seed, scores=scores, protected=protected)
-    check_result(tokens, result, vocab, protected)
-    again = apply_strategy(tokens, strategy, vocab, rng=seed, scores=scores, protected=protected)
-    assert again.kinds == result.kinds and (again.input_ids == result.input_ids).all()  # same seed, same mask
+    masked_and_checked(tokens, strategy, vocab, rng=seed, scores=scores, protected=protected)
     if case["frequency_draws"]:
         frequency = selection_frequency(
             tokens,
@@ -345,95 +343,6 @@ def run_case(case: dict) -> None:
         assert ((frequency >= 0) & (frequency <= 1)).all()
         assert not any(frequency[i] for i, special in enumerate(tokens.special) if special)
         assert not any(frequency[i] for i in protected if tokens.ids[i] != vocab.mask_token_id)
-
-
-def check_privacy(text: str, privacy) -> None:
-    assert privacy.original_text == text
-    previous_end = 0
-    for item in privacy.replacements:
-        assert previous_end <= item.start < item.end <= len(text)  # in order, non-overlapping
-        assert text[item.start : item.end] == item.original
-        assert privacy.text[item.new_start : item.new_end] == item.replacement
-        assert privacy.original_span(item.new_start, item.new_end) == (item.start, item.end)
-        previous_end = item.end
-
-
-def check_tokens(tokens, text: str, vocab, tokenizer) -> None:
-    control = {
-        tokenizer.cls_token_id,
-        tokenizer.sep_token_id,
-        tokenizer.pad_token_id,
-        tokenizer.bos_token_id,
-        tokenizer.eos_token_id,
-    } - {None}
-    n = len(tokens.ids)
-    assert n == len(tokens.tokens) == len(tokens.offsets) == len(tokens.word_ids) == len(tokens.special)
-    assert n == len(tokens.categories)
-    inner = [i for i, special in enumerate(tokens.special) if not special]
-    assert inner and inner == list(range(inner[0], inner[-1] + 1))  # specials only frame the text
-    for i in range(n):
-        start, end = tokens.offsets[i]
-        if tokens.special[i]:
-            assert (start, end) == (0, 0) and tokens.word_ids[i] is None
-        else:
-            assert 0 <= start <= end <= len(text), (i, start, end, len(text))
-            assert tokens.ids[i] not in control, (i, tokens.tokens[i])  # a typed [CLS] or </s> stays text
-    assert len(tokens.mask_positions) == text.count(vocab.mask_token)  # every typed mask, and only those
-    for position in tokens.mask_positions:
-        assert text[slice(*tokens.offsets[position])] == vocab.mask_token
-
-
-def check_result(tokens, result, vocab, protected) -> None:
-    from mlm_core.masking import EXCLUDED, IGNORE_INDEX, KEPT, KIND_BY_CODE, MASKED, RANDOM
-
-    n = len(tokens)
-    assert (
-        len(result.input_ids) == len(result.labels) == len(result.kinds) == len(result.attention_exclude) == n
-    )
-    assert list(result.original_ids) == list(tokens.ids)
-    typed = {i for i in tokens.mask_positions}
-    chosen = 0
-    for i in range(n):
-        kind, original, now, label = (
-            result.kinds[i],
-            tokens.ids[i],
-            int(result.input_ids[i]),
-            int(result.labels[i]),
-        )
-        assert kind in KIND_BY_CODE
-        assert bool(result.attention_exclude[i]) == (kind == EXCLUDED)
-        if tokens.special[i]:
-            assert (kind, label, now) == (None, IGNORE_INDEX, original), i  # special tokens are never touched
-            continue
-        if i in typed:
-            assert (kind, label, now) == (
-                MASKED,
-                IGNORE_INDEX,
-                vocab.mask_token_id,
-            )  # a typed mask stays a mask
-        elif i in protected:
-            assert (kind, label, now) == (None, IGNORE_INDEX, original)
-        elif kind == MASKED:
-            assert now == vocab.mask_token_id and label == original
-        elif kind == RANDOM:
-            assert label == original and 0 <= now < vocab.vocab_size
-        elif kind == KEPT:
-            assert label == original and now == original
-        else:
-            assert label == IGNORE_INDEX and now == original
-        chosen += kind in (MASKED, RANDOM, KEPT)
-    assert result.chosen_positions == [i for i, k in enumerate(result.kinds) if k in (MASKED, RANDOM, KEPT)]
-    assert all(0 <= i < n and not tokens.special[i] for i in result.chosen_positions)
-    mask_ids = [i for i in range(n) if int(result.input_ids[i]) == vocab.mask_token_id]
-    assert (
-        set(result.masked_positions)
-        <= set(mask_ids)
-        <= set(result.masked_positions) | set(result.random_positions)
-    )  # a mask id in the output is a masked position, or a random draw that happened to hit it
-    assert 0 <= result.n_eligible <= n - sum(tokens.special)
-    assert chosen <= result.n_eligible
-    expected = chosen / result.n_eligible if result.n_eligible else 0.0
-    assert math.isclose(result.ratio, expected, rel_tol=1e-9, abs_tol=1e-12), (result.ratio, expected)
 
 
 if __name__ == "__main__":

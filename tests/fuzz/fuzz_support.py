@@ -18,8 +18,11 @@ HERE = Path(__file__).resolve().parent
 REGRESSIONS = HERE / "regressions"
 SEEDS = HERE / "seeds"
 
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script, the harness's folder is sys.path[0], not the repo
+# Run as a script, the harness's folder is sys.path[0], not the repo: put the repo first, then
+# tests/ (conftest's tiny vocabulary, the support package), as pytest's rootdir conftest does.
+for _path in (ROOT / "tests", ROOT):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # harnesses never download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

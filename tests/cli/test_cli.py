@@ -6,13 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from support import REPO
 
 from mlm_core.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from apptest_support import clear_streamlit_caches, open_app_page
-from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
+from support.apptest import clear_streamlit_caches, open_app_page
+from support.apptest import shown_errors as errors
 
 from mlm_core.explain.compare import Side, compare
 from mlm_core.masking import build_strategy

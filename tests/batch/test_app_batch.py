@@ -7,12 +7,12 @@ run and no chart download); dataframe row clicks are simulated through their sel
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import streamlit as st
-from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
+from support import REPO
+from support.apptest import shown_errors as errors
 
 import ui.batch
 from mlm_core.evaluate import sentence_seed
@@ -20,7 +20,7 @@ from mlm_core.views.reports import batch_report
 from ui.corpus import UPLOAD
 from ui.strategy import NONE
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(REPO / "app.py")
 PAGE = "app_pages/batch.py"
 PAYLOAD = "<img src=x onerror=alert(1)>"
 SENTENCES = b"the cat sat on the mat.\nthe dog ran in the big house!\nparis is the capital of france.\n"

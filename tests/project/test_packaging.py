@@ -20,11 +20,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from support import REPO
 
 from mlm_core.cli.app import config_flags, streamlit_command
 from mlm_core.resources import APP_PACKAGE, app_root, app_script, asset, streamlit_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 NOT_SHIPPED = ("tests", "benchmarks", "recipes")
 SERVER_START_TIMEOUT_S = 120
 

@@ -1,8 +1,8 @@
 """Hostile input through the pages (Streamlit AppTest): every row of RELIABILITY.md's bad-input tables
 that the page suites (tests/test_app_*.py) did not cover yet. Each test names its row.
 
-The CLI twins are in tests/test_hostile_cli.py; the parsers' property tests in tests/test_corpus.py and
-tests/test_masking_properties.py; the fuzzers in tests/fuzz/. AppTest runs no JavaScript, so "shown as
+The CLI twins are in tests/cli/test_hostile_cli.py; the parsers' property tests in tests/text/test_corpus.py and
+tests/masking/test_masking_properties.py; the fuzzers in tests/fuzz/. AppTest runs no JavaScript, so "shown as
 literal text" is checked on what the page hands to the browser: the escaped form in every block that
 may hold HTML, and no raw tag anywhere.
 """
@@ -14,9 +14,11 @@ import re
 import time
 
 import pytest
-from apptest_support import clear_streamlit_caches, kill_running_jobs, open_app_page
-from apptest_support import shown_errors as errors
-from hostile_support import (
+from streamlit.testing.v1 import AppTest
+from support.apptest import clear_streamlit_caches, kill_running_jobs, open_app_page
+from support.apptest import shown_errors as errors
+from support.corpora import corpus_bytes
+from support.hostile import (
     HOSTILE_TOKENS,
     INVISIBLE_ONLY,
     LONG_FILLER,
@@ -27,8 +29,6 @@ from hostile_support import (
     build_pickle_only,
     build_tiny_roberta,
 )
-from streamlit.testing.v1 import AppTest
-from test_training import corpus_bytes
 
 import mlm_core.explain.exploration
 from mlm_core.text.corpus import MAX_CORPUS_BYTES

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml"
+from support import REPO
+
+CONFIG = REPO / ".streamlit" / "config.toml"
 
 
 def test_server_protections_stay_on():

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from apptest_support import clear_streamlit_caches, kill_running_jobs, open_app_page
-from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
-from test_training import corpus_bytes
+from support.apptest import clear_streamlit_caches, kill_running_jobs, open_app_page
+from support.apptest import shown_errors as errors
+from support.corpora import corpus_bytes
 
 from mlm_core.training import TrainConfig, jobs
 from mlm_core.training.store import CANCELLED, FINAL_STATES, FINISHED, RUNNING

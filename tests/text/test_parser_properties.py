@@ -2,7 +2,7 @@
 sweeps, heads and probe sentences. Each returns a value or raises the project's InputError, whatever
 it is given, and what a writer produces reads back the same.
 
-The strategies' own properties are in tests/test_masking_properties.py; raw-bytes fuzzing of the corpus
+The strategies' own properties are in tests/masking/test_masking_properties.py; raw-bytes fuzzing of the corpus
 reader in tests/fuzz/.
 """
 
@@ -34,7 +34,7 @@ from mlm_core.training.probes import parse_sentences
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Text a file can hold as UTF-8 (no lone surrogates), without control characters (a file of them is
-# refused as binary, which tests/test_corpus.py checks) and without U+FEFF (a leading one is a BOM).
+# refused as binary, which tests/text/test_corpus.py checks) and without U+FEFF (a leading one is a BOM).
 CELL = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufeff"), max_size=30)
 ANY_VALUE = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

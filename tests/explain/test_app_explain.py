@@ -4,10 +4,10 @@ and messages instead of tracebacks for bad input."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from support import REPO
 
 from ui.explain import ATTENTION_VIEWS, WHATIFS
 
@@ -240,7 +240,7 @@ def test_every_view_with_word_pieces_merged(tiny_model_dir):
 def test_attention_view_layer_and_head_round_trip_through_the_url(tiny_model_dir):
     from streamlit.testing.v1 import AppTest
 
-    app_file = Path(__file__).resolve().parent.parent / "app.py"
+    app_file = REPO / "app.py"
 
     first = AppTest.from_file(str(app_file), default_timeout=120)
     first.query_params.update(model=str(tiny_model_dir), text="the cat sat on the [MASK] .", strategy="none")

@@ -6,14 +6,12 @@ import contextlib
 import os
 import re
 import signal
-from pathlib import Path
 
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from mlm_core.training.store import RUNNING
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+from support import APP
 
 
 def open_app_page(page: str | None, query: dict | None = None) -> AppTest:

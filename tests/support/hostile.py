@@ -1,4 +1,4 @@
-"""Models and inputs the hostile-input suites share (tests/test_hostile_input.py, tests/test_hostile_cli.py).
+"""Models and inputs the hostile-input suites share (tests/project/test_hostile_pages.py, tests/cli/test_hostile_cli.py).
 
 Every model is built offline in a second: a tiny RoBERTa (``<mask>``), a tiny BERT whose vocabulary
 holds HTML and whose predictions always rank those tokens first, a folder with only pickle weights

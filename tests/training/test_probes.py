@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_VOCAB, build_tiny_bert
-from test_training import corpus_bytes
+from support.corpora import corpus_bytes
 
 from mlm_core.errors import InputError, ModelLoadError
 from mlm_core.explain.predict import pseudo_log_likelihood

@@ -15,12 +15,12 @@ import shutil
 import socket
 import subprocess
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_VOCAB, TINY_WORDS
+from support import REPO
 
 from mlm_core import evaluate as ev
 from mlm_core.cli import main
@@ -397,7 +397,7 @@ def test_accelerate_launch_splits_the_file_and_gathers_the_same_result(tiny_mode
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     done = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

@@ -20,7 +20,9 @@ import pytest
 import torch
 from conftest import TINY_VOCAB, build_tiny_bert
 from safetensors import SafetensorError
-from test_training import corpus_bytes
+from support import REPO
+from support.corpora import corpus_bytes
+from support.waiting import wait_for
 
 from mlm_core.errors import CorpusError
 from mlm_core.training import TrainConfig, Trainer, checkpoints, jobs
@@ -36,7 +38,6 @@ from mlm_core.training.store import (
     RunError,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 CORPUS = corpus_bytes()
 COMPARED = ("step", "train_loss", "heldout_loss", "perplexity", "masked_accuracy", "masked_top5", "masking_rate",
             "lr", "by_category")
@@ -126,14 +127,6 @@ def settings(model_dir, **overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_final(store, run_id, timeout: float = 90.0):

@@ -7,15 +7,16 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.masking import (
+    assert_mask_result_invariants,
+    assert_privacy_invariants,
+    assert_tokens_invariants,
+    masked_and_checked,
+)
 
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.masking import (
-    EXCLUDED,
     IGNORE_INDEX,
-    KEPT,
-    KIND_BY_CODE,
-    MASKED,
-    RANDOM,
     AdaptiveMasking,
     AttentionExclusion,
     Compose,
@@ -26,7 +27,6 @@ from mlm_core.masking import (
     TokenBatch,
     Vocab,
     WholeWordMasking,
-    apply_strategy,
     is_adaptive,
     mask_batch,
     mask_text,
@@ -99,49 +99,6 @@ def vocab(default_tokenizer):
     return Vocab.from_tokenizer(default_tokenizer)
 
 
-def check_consistent(tokens, result, vocab: Vocab, whole_words: bool = False) -> None:
-    n = len(tokens)
-    assert (
-        len(result.input_ids) == len(result.labels) == len(result.kinds) == len(result.attention_exclude) == n
-    )
-    assert result.original_ids.tolist() == list(tokens.ids)
-    chosen = 0
-    for i in range(n):
-        kind, original, now, label = (
-            result.kinds[i],
-            tokens.ids[i],
-            int(result.input_ids[i]),
-            int(result.labels[i]),
-        )
-        typed = original == vocab.mask_token_id and not tokens.special[i]
-        assert kind in KIND_BY_CODE
-        assert bool(result.attention_exclude[i]) == (kind == EXCLUDED)
-        start, end = tokens.offsets[i]
-        assert 0 <= start <= end <= len(tokens.text)
-        if tokens.special[i]:
-            assert (kind, label, now) == (None, IGNORE_INDEX, original)
-            continue
-        if kind == MASKED:
-            assert now == vocab.mask_token_id
-            assert label == (IGNORE_INDEX if typed else original)
-        elif kind == RANDOM:
-            assert label == original and 0 <= now < vocab.vocab_size
-        elif kind == KEPT:
-            assert label == original and now == original
-        else:
-            assert label == IGNORE_INDEX and now == original
-        if typed:
-            assert kind == MASKED  # a typed mask always stays a mask
-        chosen += kind in (MASKED, RANDOM, KEPT)
-    assert result.ratio == pytest.approx(chosen / result.n_eligible if result.n_eligible else 0.0)
-    if whole_words:
-        by_word: dict[int, set[bool]] = {}
-        for i, word in enumerate(tokens.word_ids):
-            if word is not None and tokens.ids[i] != vocab.mask_token_id:
-                by_word.setdefault(word, set()).add(result.kinds[i] is not None)
-        assert all(len(states) == 1 for states in by_word.values())
-
-
 def tokenize_or_skip(tokenizer, text):
     try:
         return tokenize(tokenizer, text)
@@ -156,13 +113,11 @@ def test_every_strategy_is_consistent_on_any_text(default_tokenizer, vocab, stra
     tokens = tokenize_or_skip(default_tokenizer, text)
     if tokens is None:
         return
+    assert_tokens_invariants(tokens, vocab, default_tokenizer)
     try:
-        result = apply_strategy(tokens, strategy, vocab, rng=seed)
+        masked_and_checked(tokens, strategy, vocab, rng=seed)  # whole words where the strategy promises them
     except NothingToMaskError:
         return  # only when a protect rule left nothing; the message names it
-    check_consistent(tokens, result, vocab, whole_words=isinstance(strategy, WholeWordMasking))
-    again = apply_strategy(tokens, strategy, vocab, rng=seed)
-    assert np.array_equal(again.input_ids, result.input_ids) and again.kinds == result.kinds
 
 
 @PROPERTY_SETTINGS
@@ -173,13 +128,12 @@ def test_manual_adaptive_and_frequency_on_any_text(default_tokenizer, vocab, tex
         return
     eligible = tokens.eligible_positions
     clicks = data.draw(st.lists(st.sampled_from(eligible), min_size=1, max_size=5))
-    manual = apply_strategy(tokens, ManualMasking(tuple(clicks), whole_word=data.draw(st.booleans())), vocab)
-    check_consistent(tokens, manual, vocab)
+    manual_strategy = ManualMasking(tuple(clicks), whole_word=data.draw(st.booleans()))
+    manual = masked_and_checked(tokens, manual_strategy, vocab, rng=0)
     assert set(clicks) <= set(manual.chosen_positions)
 
     scores = data.draw(st.lists(st.floats(0, 1e6), min_size=len(tokens), max_size=len(tokens)))
-    adaptive = apply_strategy(tokens, AdaptiveMasking(0.4, uniform_mix=0.1), vocab, rng=seed, scores=scores)
-    check_consistent(tokens, adaptive, vocab)
+    masked_and_checked(tokens, AdaptiveMasking(0.4, uniform_mix=0.1), vocab, rng=seed, scores=scores)
 
     frequency = selection_frequency(tokens, WholeWordMasking(0.3), vocab, draws=20, rng=seed)
     assert frequency.shape == (len(tokens),) and np.all((frequency >= 0) & (frequency <= 1))
@@ -200,13 +154,11 @@ def test_privacy_pipeline_on_any_text(default_tokenizer, vocab, text, seed, repl
         out = mask_text(default_tokenizer, text, strategy, rng=seed)
     except (NothingToMaskError, InputError):
         return
-    check_consistent(out.tokens, out.result, vocab)
-    for item in out.privacy.replacements:
-        assert text[item.start : item.end] == item.original
-        assert out.privacy.text[item.new_start : item.new_end] == item.replacement
-    for position in out.privacy.protected_positions(out.tokens):
-        assert out.result.kinds[position] in (None, MASKED)
-        assert out.result.labels[position] == IGNORE_INDEX
+    assert_privacy_invariants(text, out.privacy)
+    assert_tokens_invariants(out.tokens, vocab, default_tokenizer, text=out.privacy.text)
+    # Protected placeholders: never chosen nor excluded (a mask placeholder stays a typed mask).
+    protected = out.privacy.protected_positions(out.tokens)
+    assert_mask_result_invariants(out.tokens, out.result, vocab, protected=protected, strategy=strategy)
 
 
 @PROPERTY_SETTINGS
@@ -336,16 +288,14 @@ def test_every_registered_strategy_keeps_the_invariants(default_tokenizer, vocab
     protected = privacy.protected_positions(tokens) if privacy else []
     scores = data.draw(st.lists(st.floats(0, 1e6), min_size=len(tokens), max_size=len(tokens))) \
         if is_adaptive(strategy) else None
+    if privacy is not None:
+        assert_privacy_invariants(text, privacy)
+    assert_tokens_invariants(tokens, vocab, default_tokenizer)
     try:
-        result = apply_strategy(tokens, strategy, vocab, rng=seed, scores=scores, protected=protected)
+        masked_and_checked(tokens, strategy, vocab, rng=seed, scores=scores, protected=protected)
     except NothingToMaskError:
         return  # only when protection left nothing; the message names it
     except InputError as exc:
         # Positions were drawn on the text before privacy replaced parts of it: they may now fall outside.
         assert privacy is not None and "position" in str(exc)
         return
-    check_consistent(tokens, result, vocab, whole_words=isinstance(strategy, WholeWordMasking))
-    for position in protected:
-        assert result.kinds[position] in (None, MASKED) and result.labels[position] == IGNORE_INDEX
-    again = apply_strategy(tokens, strategy, vocab, rng=seed, scores=scores, protected=protected)
-    assert np.array_equal(again.input_ids, result.input_ids) and again.kinds == result.kinds

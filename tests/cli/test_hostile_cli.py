@@ -1,5 +1,5 @@
 """Hostile input through the command line: every row of RELIABILITY.md's bad-input tables not covered in
-tests/test_cli.py or tests/test_evaluate.py. Bad input prints one ``error:`` line and exits non-zero, with no
+tests/cli/test_cli.py or tests/batch/test_evaluate.py. Bad input prints one ``error:`` line and exits non-zero, with no
 traceback; odd but valid input exits 0. Each test names its row.
 
 Most cases call ``main`` in this process (fast); the ones about argv bytes, terminal encodings and
@@ -13,10 +13,10 @@ import os
 import subprocess
 import sys
 import tracemalloc
-from pathlib import Path
 
 import pytest
-from hostile_support import (
+from support import REPO
+from support.hostile import (
     HOSTILE_TOKENS,
     INVISIBLE_ONLY,
     LONG_FILLER,
@@ -32,7 +32,7 @@ from mlm_core.cli import main
 from mlm_core.text.corpus import MAX_CORPUS_BYTES
 from mlm_core.training.store import RunStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_typed_control_strings_stay_text(tiny_model_dir, roberta_dir, capsys):
 
 
 def test_odd_scripts_pass_through(tiny_model_dir, roberta_dir, capsys):
-    # Row 7: emoji, ZWJ, combining marks, RTL, CJK, NUL -> no exception (offsets: tests/test_tokens.py).
+    # Row 7: emoji, ZWJ, combining marks, RTL, CJK, NUL -> no exception (offsets: tests/text/test_tokens.py).
     for model in (tiny_model_dir, roberta_dir):
         mask = "<mask>" if model == roberta_dir else "[MASK]"
         record = accepted(capsys, "predict", ODD_SCRIPTS.replace("[MASK]", mask), "--model", model)
@@ -278,7 +278,7 @@ def test_a_multi_line_message_is_printed_on_one_line(tmp_path, capsys):
 def test_bad_files_are_refused_naming_the_line_or_the_limit(
     tiny_model_dir, tmp_path, capsys, name, data, message
 ):
-    # RELIABILITY "Uploaded corpora" (the rows tests/test_evaluate.py does not cover): empty file, header-only
+    # RELIABILITY "Uploaded corpora" (the rows tests/batch/test_evaluate.py does not cover): empty file, header-only
     # CSV, one 200 kB field, NUL bytes, a missing text field, and what the fuzzer found in JSONL.
     path = tmp_path / name
     path.write_bytes(data)

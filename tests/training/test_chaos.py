@@ -38,9 +38,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from apptest_support import clear_streamlit_caches, open_app_page
 from safetensors.torch import load_file
-from test_training import corpus_bytes
+from support import REPO
+from support.apptest import clear_streamlit_caches, open_app_page
+from support.corpora import corpus_bytes
+from support.waiting import wait_for
 
 from mlm_core.training import TrainConfig, checkpoints, jobs
 from mlm_core.training.store import (
@@ -54,7 +56,6 @@ from mlm_core.training.store import (
     process_alive,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "chaos.json"
 KILLS = 20
 SEED = 9
@@ -322,14 +323,6 @@ def kill(pid: int, marks: tuple[str, ...]) -> None:
     wait_for(lambda: not process_alive(pid), 30, f"pid {pid} to die")
 
 
-def wait_for(predicate, timeout: float = WAIT_S, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(autouse=True)

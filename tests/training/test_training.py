@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
+from support.corpora import corpus_bytes
 
 from mlm_core.model.forward import masked_logits
 from mlm_core.text.corpus import read_corpus
@@ -19,23 +19,6 @@ from mlm_core.training.trainer import (
     Trainer,
     TrainingCallbacks,
 )
-
-WORDS = [
-    "the", "a", "is", "of", "and", "to", "in", "it", "was", "cat", "dog", "sat", "on", "mat", "ran", "paris",
-    "france", "capital", "city", "big", "small", "red", "blue", "house", "tree", "he", "she",
-]
-
-
-def corpus_bytes(lines: int = 240, seed: int = 0) -> bytes:
-    """Sentences over the tiny vocabulary, with numbers and punctuation (every category appears)."""
-    rng = random.Random(seed)
-    texts = []
-    for _ in range(lines):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 12))]
-        if rng.random() < 0.3:
-            words.insert(rng.randrange(len(words)), str(rng.randint(2, 99)))
-        texts.append(" ".join(words) + rng.choice([" .", " !", " ?", " ,"]))
-    return "\n".join(texts).encode()
 
 
 @pytest.fixture(autouse=True)

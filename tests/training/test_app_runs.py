@@ -14,9 +14,9 @@ import time
 
 import pytest
 import torch
-from apptest_support import clear_streamlit_caches, kill_running_jobs, open_app_page
 from streamlit.testing.v1 import AppTest
-from test_training import corpus_bytes
+from support.apptest import clear_streamlit_caches, kill_running_jobs, open_app_page
+from support.corpora import corpus_bytes
 
 from mlm_core.training import TrainConfig, jobs
 from mlm_core.training.store import FINAL_STATES, FINISHED, INTERRUPTED, RUNNING, RunStore

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from apptest_support import clear_streamlit_caches, open_app_page
-from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
+from support.apptest import clear_streamlit_caches, open_app_page
+from support.apptest import shown_errors as errors
 
 from ui.teach import LESSON, VIEWS, load_lesson
 

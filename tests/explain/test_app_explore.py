@@ -6,19 +6,19 @@ AppTest runs no JavaScript; tests/browser/ covers what happens in a real page.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import streamlit as st
-from apptest_support import shown_errors as errors
 from streamlit.testing.v1 import AppTest
+from support import REPO
+from support.apptest import shown_errors as errors
 
 from mlm_core.explain.predict import fill_text, predict
 from mlm_core.text.tokens import tokenize
 from mlm_core.views.html import escape_markdown
 from ui.strategy import NONE
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(REPO / "app.py")
 PAYLOAD = "<img src=x onerror=alert(1)>"
 
 
