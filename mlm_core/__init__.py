@@ -9,7 +9,7 @@ The curated Python API (every page and CLI command has its twin here)::
     record.prediction.predictions[0].top[0]                    # Candidate(token='paris', prob=0.10...)
 
     strategy = ml.build_strategy("whole-word", {"mlm_probability": 0.3})
-    report = ml.evaluate(loaded, sentences, ml.EvalConfig.from_strategy(strategy), seeds=(0, 1))
+    report = ml.evaluate.evaluate(loaded, sentences, ml.EvalConfig.from_strategy(strategy), seeds=(0, 1))
     report.summary                                             # top-1/top-5 by token category
 
 Where things live (one concern per subpackage; each opens with a docstring):
@@ -24,7 +24,9 @@ Where things live (one concern per subpackage; each opens with a docstring):
 * ``cli``: the ``masklab`` / ``python -m mlm_core`` commands;
 * ``settings`` (every setting declared once), ``links`` (the one URL codec), ``errors``, ``resources``.
 
-Names are imported lazily, so ``import mlm_core`` stays cheap for the CLI and the training jobs.
+Names and subpackages are imported lazily, so ``import mlm_core`` stays cheap for the CLI and the
+training jobs. ``evaluate`` is the batch-analysis subpackage (``ml.evaluate.evaluate(...)`` runs one):
+a function of the same name here would be replaced by the subpackage as soon as it is imported.
 """
 
 from __future__ import annotations
@@ -75,8 +77,7 @@ _API = {
     "attribute": "mlm_core.explain.attribution",
     "compare": "mlm_core.explain.compare",
     "word_swap": "mlm_core.explain.compare",
-    # evaluate
-    "evaluate": "mlm_core.evaluate",
+    # evaluate (the function is ``mlm_core.evaluate.evaluate``: see the module docstring)
     "EvalConfig": "mlm_core.evaluate",
     "EvalReport": "mlm_core.evaluate",
     "sweep": "mlm_core.evaluate",
@@ -94,11 +95,16 @@ _API = {
     "ModelLoadError": "mlm_core.errors",
 }
 
-__all__ = sorted(_API)
+_SUBPACKAGES = ("text", "model", "masking", "explain", "evaluate", "training", "views", "cli", "settings",
+                "links", "errors", "resources")
+
+__all__ = sorted([*_API, *_SUBPACKAGES])
 
 
 def __getattr__(name: str):
-    """Import a public name's module on first use (PEP 562)."""
+    """Import a public name's module, or a subpackage, on first use (PEP 562)."""
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"mlm_core.{name}")  # the import sets the attribute itself
     try:
         module = _API[name]
     except KeyError:
