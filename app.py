@@ -12,14 +12,15 @@ import streamlit as st
 from mlm_core.model.loading import use_app_threads
 
 use_app_threads()
-st.set_page_config(page_title="MaskLab", page_icon="🎭", layout="wide")
+# Material icons come with Streamlit's own font; emoji show as empty boxes where no emoji font is installed.
+st.set_page_config(page_title="MaskLab", page_icon=":material/theater_comedy:", layout="wide")
 
 pages = [
-    st.Page("app_pages/explore.py", title="Explore", icon="🔍", default=True),
-    st.Page("app_pages/batch.py", title="Batch analysis", icon="📊"),
-    st.Page("app_pages/finetune.py", title="Fine-tune", icon="🏋️"),
-    st.Page("app_pages/runs.py", title="Runs", icon="📈"),
-    st.Page("app_pages/compare.py", title="Compare", icon="⚖️"),
-    st.Page("app_pages/teach.py", title="Teach", icon="🎓"),
+    st.Page("app_pages/explore.py", title="Explore", icon=":material/search:", default=True),
+    st.Page("app_pages/batch.py", title="Batch analysis", icon=":material/bar_chart:"),
+    st.Page("app_pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
+    st.Page("app_pages/runs.py", title="Runs", icon=":material/monitoring:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("app_pages/teach.py", title="Teach", icon=":material/school:"),
 ]
 st.navigation(pages).run()

@@ -29,7 +29,7 @@ st.header("1 · Sentences")
 choice = corpus_input("batch-corpus")
 
 st.header("2 · Masking")
-plan = configuration_panel(loaded)
+plan = configuration_panel(loaded, choice)
 
 save_to_url(URL_FIELDS)
 

@@ -7,16 +7,26 @@ from mlm_core.explain.compare import ATTENTION_VIEWS, compare, word_swap
 from mlm_core.links import MAX_LINK_TEXT
 from mlm_core.views import charts
 from mlm_core.views.reports import html_report
-from ui.common import share_panel, show_error, url_get, url_int, url_set
-from ui.compare import side_controls
+from ui.common import latest_result, share_panel, show_error, url_get, url_int, url_set
+from ui.compare import (
+    attention_panel,
+    difference_panel,
+    results_table,
+    side_controls,
+    summary_frame,
+    summary_panel,
+    table_frame,
+)
 
 st.title("Compare")
-st.caption("Same text, two settings. With the same strategy and seed both sides mask the same tokens, "
-           "so the differences come from the model, the exclusion or the heads.")
-text = st.text_area("Text (type [MASK] or choose a strategy on each side)",
-                    url_get("text", "The capital of France is [MASK]."), key="text", height=80)
+st.caption("Same text, two settings. Positions masked on both sides are compared; a position masked on one "
+           "side only is listed, not compared. With the same strategy and seed both sides mask the same "
+           "tokens, so the differences come from the model, the exclusion or the heads.")
+cols = st.columns([4, 1])
+text = cols[0].text_area("Text (type [MASK] or choose a strategy on each side)",
+                         url_get("text", "The capital of France is [MASK]."), key="text", height=80)
 url_set("text", text if len(text) <= MAX_LINK_TEXT else "")
-top_k = st.slider("Guesses per mask (top-k)", 1, 10, url_int("topk", 5, 1, 10), key="topk")
+top_k = cols[1].slider("Guesses per mask (top-k)", 1, 10, url_int("topk", 5, 1, 10), key="topk")
 url_set("topk", top_k, 5)
 
 left, right = st.columns(2, gap="large")
@@ -27,18 +37,19 @@ with right:
 if side_a is None or side_b is None:
     st.stop()
 try:
-    result = compare(text, loaded_a, side_a, loaded_b, side_b, top_k=top_k)
+    # Reused while text and settings stay the same: a new attention layer or a word swap predicts nothing again.
+    with st.spinner("Predicting both sides …"):
+        result = latest_result("compare", (text, top_k, repr(settings_a), repr(settings_b)),
+                               lambda: compare(text, loaded_a, side_a, loaded_b, side_b, top_k=top_k))
 except MaskLabError as exc:
     show_error(exc)
     st.stop()
 
+st.subheader("Result")
+summary_panel(result, same_settings=settings_a == settings_b)
+difference = difference_panel(result)
 st.subheader("Every position masked in A or B")
-st.dataframe(result.table, hide_index=True, key="compare-table", column_config={
-    c: st.column_config.NumberColumn(format="%.3f") for c in ("p(original) A", "p(original) B", "difference B−A")})
-labels = [f"{p} {result.tokens[p]}" for p in result.positions]
-difference = charts.difference_bars(labels, result.table["p(original) A"], result.table["p(original) B"],
-                                    title="Original token's probability, B − A")
-st.plotly_chart(difference, key="difference")
+results_table(result)
 
 st.subheader("Attention difference (B − A)")
 cols = st.columns(2)
@@ -49,14 +60,7 @@ layer = cols[1].selectbox("Layer", range(layers), index=url_int("layer", layers 
                           format_func=lambda i: f"layer {i}", key="layer")
 url_set("att", view, "mean")
 url_set("layer", layer, layers - 1)
-heatmap = None
-try:
-    heatmap = charts.attention_heatmap(result.attention_difference(view, layer), result.tokens,
-                                       highlight=result.positions, diverging=True,
-                                       title=f"{view} attention, layer {layer}: B − A (red: B attends more)")
-    st.plotly_chart(heatmap, key="attention-difference")
-except MaskLabError as exc:
-    show_error(exc)
+heatmap = attention_panel(result, view, layer)
 
 st.subheader("Sentence variants (model A)")
 cols = st.columns(2)
@@ -76,10 +80,12 @@ if old.strip():
     except MaskLabError as exc:
         show_error(exc)
 
-tables = [("Predictions at every masked position", result.table)]
+tables = [("Per side", summary_frame(result)), ("Every position masked in A or B", table_frame(result))]
 if swap is not None:
     tables.append((f"Variant: {swap.variant}", swap.table))
-figures = [("Difference of the original token's probability", difference)]
+figures = []
+if difference is not None:
+    figures.append(("Probability of the compared token, B − A", difference))
 if heatmap is not None:
     figures.append(("Attention difference", heatmap))
 report = html_report("MaskLab — Compare", {"text": text, **{f"A {k}": v for k, v in settings_a.items()},

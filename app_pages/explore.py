@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from mlm_core import links
 from mlm_core.errors import MaskLabError
 from mlm_core.explain.exploration import FREQUENCY_DRAWS, chosen_frequency, explore, reading_tokens
 from mlm_core.explain.predict import fill_text
@@ -9,7 +10,7 @@ from mlm_core.links import MAX_LINK_TEXT
 from mlm_core.settings import ParamSpec
 from mlm_core.views import charts
 from mlm_core.views import html as render
-from mlm_core.views.reports import exploration_report, strategy_settings
+from mlm_core.views.reports import exploration_report, ratio_note, strategy_settings
 from ui.common import (
     UrlField,
     latest_result,
@@ -20,7 +21,8 @@ from ui.common import (
 )
 from ui.explain import attention_panel, attribution_panel, interference_panel, worth_keeping
 from ui.models import model_sidebar
-from ui.strategy import masking_controls
+from ui.strategy import added_note, masking_controls
+from ui.why_link import why_tabs
 
 FILLS = ("independent", "joint")
 URL_FIELDS = (UrlField("top_k", ParamSpec("top_k", "int", 5, "Guesses per mask.", 1, 20)),
@@ -46,7 +48,9 @@ elif "text" in params:
 controls, output = st.columns([1, 2], gap="large")
 with controls:
     try:
-        strategy, seed = masking_controls()
+        # No strategy unless the user or the link picks one: a typed mask is predicted alone, as in a
+        # fill-mask widget (random masking would mask more words and change the answer).
+        strategy, seed = masking_controls(default=links.NONE)
     except MaskLabError as exc:
         show_error(exc)
         st.stop()
@@ -69,19 +73,27 @@ with output:
                        selection_mode="multi", key=f"manual-{loaded.name}-{hash(tokens.text)}")
     try:
         # Attentions come from the prediction's own forward pass, so the attention tab needs no second one.
+        # The spinner shows only past half a second; until the new result arrives Streamlit keeps the old
+        # one on screen, dimmed, because every element below keeps its place from run to run.
         request = (loaded.name, id(loaded.model), text, repr(strategy), seed, tuple(sorted(clicked or [])), top_k, fill)
-        result = latest_result("exploration", request, lambda: explore(
-            loaded, text, strategy, seed, sorted(clicked or []), top_k=top_k, fill=fill, output_attentions=True),
-            keep_if=worth_keeping)
+        with st.spinner(f"Predicting the masked words with {loaded.name} …"):
+            result = latest_result("exploration", request, lambda: explore(
+                loaded, text, strategy, seed, sorted(clicked or []), top_k=top_k, fill=fill,
+                output_attentions=True), keep_if=worth_keeping)
     except MaskLabError as exc:
         show_error(exc)
         st.stop()
 
     shown = loaded.tokenizer.convert_ids_to_tokens(list(result.input_ids))
     st.markdown(render.token_chips(shown, result.kinds, result.tokens.special), unsafe_allow_html=True)
-    st.markdown(render.legend() + f" &nbsp; α = {result.ratio:.0%} of maskable tokens", unsafe_allow_html=True)
-    for notice in result.notices:
-        st.info(notice)
+    st.markdown(render.legend(kinds=result.kinds), unsafe_allow_html=True)
+    st.caption(render.escape_markdown(ratio_note(result)))
+    with st.container():  # a varying number of messages in one place keeps the charts below in theirs
+        note = added_note(result, strategy)
+        if note:
+            st.info(note)
+        for notice in result.notices:
+            st.info(notice)
     filled = fill_text(loaded, result.prediction.filled_ids)
     st.markdown(f"**Filled in:** {render.escape_markdown(filled)}")
 
@@ -99,18 +111,19 @@ with output:
 
     if strategy is not None:
         with st.expander(f"How often does this strategy choose each token? ({FREQUENCY_DRAWS} draws)"):
-            strip_tokens, frequency = chosen_frequency(loaded, text, strategy, seed)
+            with st.spinner(f"Drawing the strategy {FREQUENCY_DRAWS} times …"):
+                strip_tokens, frequency = chosen_frequency(loaded, text, strategy, seed)
             st.plotly_chart(charts.frequency_strip(strip_tokens.tokens, frequency, FREQUENCY_DRAWS),
                             key="frequency")
 
 st.subheader("Why?")
-attention_tab, whatif_tab, attribution_tab = st.tabs(["Attention", "What if…", "Which words mattered"])
-with attention_tab:
+attention_tab, whatif_tab, attribution_tab = why_tabs()  # the open tab travels in the link
+with attention_tab, st.spinner("Drawing the attention view …"):
     attention_numbers = attention_panel(loaded, result)
-with whatif_tab:
+with whatif_tab, st.spinner("Running the what-if …"):
     interference_panel(loaded, result)
 with attribution_tab:
-    attribution_numbers = attribution_panel(loaded, result)
+    attribution_numbers = attribution_panel(loaded, result)  # has its own spinner, with what it computes
 
 settings = {"text": text, "model": loaded.name, **strategy_settings(strategy), "seed": seed, "top-k": top_k,
             "several masks": fill}

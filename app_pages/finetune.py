@@ -1,14 +1,16 @@
 """Fine-tune: a corpus, a model and a masking scheme → a training run, followed live.
 
-The run is its own process (``mlm_core.training.jobs``): leaving the page or closing the browser does
-not stop it, and ``?run=ID`` in the URL re-attaches to it. Every setting but the uploaded file is in
-the URL too (ui/finetune.py).
+Start, the estimate (time by kind of work, disk use) and the followed run's progress sit at the top
+of the page, in a container filled once the settings below it are read. The run is its own process
+(``mlm_core.training.jobs``): leaving the page or closing the browser does not stop it, and
+``?run=ID`` in the URL re-attaches to it. Every setting but the uploaded file is in the URL too
+(ui/finetune.py).
 """
 
 import streamlit as st
 
 from mlm_core.errors import MaskLabError
-from mlm_core.training import TrainConfig, jobs
+from mlm_core.training import TrainConfig, costs, jobs
 from mlm_core.training import planning as finetune
 from mlm_core.training.run_table import format_duration
 from mlm_core.views.html import escape_markdown
@@ -29,9 +31,7 @@ st.title("Fine-tune")
 store = jobs.default_store()
 request = run_ui.request_id("ft", start_pressed=bool(st.session_state.get("ft-start")))
 following = run_ui.followed_run(store)
-if following:
-    st.info(f"Following run {following}: its progress is at the bottom of the page. The run goes on if you "
-            "leave; come back here or to the Runs page to see it.")
+top = st.container()  # start, estimate and the live run: filled at the end, shown first
 
 st.header("1 · Corpus")
 corpus_fields = corpus_url_fields("ft-corpus")
@@ -77,37 +77,53 @@ if choice is not None and option is not None and tokenizer is not None and name 
         show_error(exc)
 
 with preview:
-    st.subheader("Three training examples, as the trainer corrupts them")
+    st.subheader("A training example, as the trainer corrupts it")
     if config is None:
         st.caption("The preview appears once the corpus, the model and the masking are valid.")
     else:
         try:
-            run_ui.show_preview(finetune.preview_examples(tokenizer, choice.corpus.texts, config))
+            examples = finetune.preview_examples(tokenizer, choice.corpus.texts, config)
         except MaskLabError as exc:
             show_error(exc)
-
-device_type, device_name = finetune.device_summary()
-if config is not None:
-    blocks = finetune.estimate_train_blocks(tokenizer, choice.corpus.texts, config.seq_len, config.heldout_fraction)
-    estimate = finetune.estimate_time(store, config, device_type, blocks)
-    st.markdown(f"**Device:** {escape_markdown(device_name)} · **about {blocks:,} training blocks** · "
-                f"**{estimate.steps:,} steps** · **estimated time: {format_duration(estimate.seconds)}**")
-    st.caption(f"Estimated from {estimate.basis}.")
-else:
-    st.markdown(f"**Device:** {escape_markdown(device_name)}")
+        else:
+            run_ui.show_preview(examples[:1])
+            if len(examples) > 1:
+                with st.expander(f"{len(examples) - 1} more examples"):
+                    run_ui.show_preview(examples[1:])
 share_panel("finetune", note=UPLOAD_NOTE)
 
-if st.button("▶ Start training", type="primary", key="ft-start", disabled=config is None):
-    try:
-        run, created = jobs.submit(store, config, choice.data, request)
-    except MaskLabError as exc:
-        show_error(exc)
+with top:
+    device_type, device_name = finetune.device_summary()
+    if config is not None:
+        blocks = costs.estimate_train_blocks(tokenizer, choice.corpus.texts, config.seq_len,
+                                             config.heldout_fraction)
+        estimate = costs.estimate_time(store, config, device_type, blocks)
+        st.markdown(f"**Device:** {escape_markdown(device_name)} · **about {blocks:,} training blocks** · "
+                    f"**{estimate.steps:,} steps** · **estimated time: {format_duration(estimate.seconds)}**")
+        parts = ", ".join(f"{name} {format_duration(seconds)}" for name, seconds in estimate.parts.items())
+        st.caption(f"Estimated from {estimate.basis}: {parts}." + (f" **{estimate.note}**" if estimate.note else ""))
+        disk = costs.estimate_disk(config, estimate.steps, len(choice.data))
+        if disk is not None:
+            st.caption(
+                f"**Disk:** about {costs.format_bytes(disk.final_bytes)} once finished (the model); up to "
+                f"{costs.format_bytes(disk.peak_bytes)} while it runs: a checkpoint (weights and optimizer "
+                f"state, {costs.format_bytes(disk.checkpoint_bytes)}) is kept to resume from, the previous "
+                "one only until the next is verified, and none once the run has finished.")
     else:
-        run_ui.request_done("ft")
-        run_ui.set_followed(run.id)
-        following = run.id
-        if not created:
-            st.info(f"Run {run.id} was already started by this click: a second click does not start another.")
-
-if following:
-    run_ui.follow(store, following)
+        st.markdown(f"**Device:** {escape_markdown(device_name)}")
+    if st.button("Start training", icon=":material/play_arrow:", type="primary", key="ft-start",
+                 disabled=config is None, help=None if config else "Choose a valid corpus, model and masking below."):
+        try:
+            run, created = jobs.submit(store, config, choice.data, request)
+        except MaskLabError as exc:
+            show_error(exc)
+        else:
+            run_ui.request_done("ft")
+            run_ui.set_followed(run.id)
+            following = run.id
+            if not created:
+                st.info(f"Run {run.id} was already started by this click: a second click does not start another.")
+    if following:
+        st.caption(f"Following run {following}. It goes on if you leave; come back here or to the Runs page "
+                   "to see it.")
+        run_ui.follow(store, following)

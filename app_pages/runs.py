@@ -3,6 +3,7 @@
 import streamlit as st
 
 from mlm_core.training import jobs
+from mlm_core.training.costs import disk_note
 from mlm_core.training.run_table import TABLE_COLUMNS, filter_runs, run_label, runs_table
 from mlm_core.training.store import STATES
 from mlm_core.views.html import escape_markdown
@@ -13,16 +14,16 @@ store = jobs.default_store()
 records = store.list()  # also marks runs whose process died as interrupted
 if not records:
     st.info("No runs yet: start one on the Fine-tune page.")
-    st.page_link("app_pages/finetune.py", label="Fine-tune", icon="🏋️")
+    st.page_link("app_pages/finetune.py", label="Fine-tune", icon=":material/model_training:")
     st.stop()
 by_id = {r.id: r for r in records}
 
 filters = st.columns([2, 3, 2, 1, 1])
 statuses = filters[0].multiselect("Status", STATES, key="runs-status")
-text = filters[1].text_input("Search (run, model, strategy, device)", key="runs-search")
+text = filters[1].text_input("Search (run, name, model, strategy, device)", key="runs-search")
 sort_by = filters[2].selectbox("Sort by", TABLE_COLUMNS, index=TABLE_COLUMNS.index("created"), key="runs-sort")
 descending = filters[3].toggle("Descending", value=True, key="runs-desc")
-filters[4].button("↻ Refresh", key="runs-refresh")
+filters[4].button("Refresh", icon=":material/refresh:", key="runs-refresh")
 table = filter_runs(runs_table(records), statuses, text, sort_by, descending)
 st.dataframe(table, hide_index=True, width="stretch", column_config={
     "best held-out loss": st.column_config.NumberColumn(format="%.3f"),
@@ -41,9 +42,12 @@ st.header("One run")
 run_id = st.selectbox("Run", list(table["run"]), format_func=lambda i: run_label(by_id[i]), key="runs-one")
 if run_id:
     record = by_id[run_id]
+    run_ui.rename_box(store, record)
     if record.reason:
         st.caption(f"Reason: {escape_markdown(record.reason)}")  # it may quote a model id or a file name
+    st.caption(disk_note(store.folder(record.id)))
     run_ui.run_actions(store, record)
+    run_ui.one_run_curves(store, record)
     with st.expander("Before / after probes: the same sentences through the base model and this run's model",
                      expanded=False):
         run_ui.probes_panel(store, record)

@@ -6,7 +6,7 @@ from mlm_core.errors import MaskLabError
 from mlm_core.links import MAX_LINK_TEXT, SEED
 from ui.common import share_panel, show_error, url_get, url_int, url_set
 from ui.models import model_sidebar
-from ui.teach import PRESENTER_CSS, handout, load_lesson, show_step
+from ui.teach import PRESENTER_CSS, handout, load_lesson, show_step, step_counter
 
 try:
     lesson = load_lesson()
@@ -45,7 +45,7 @@ presenter = st.toggle("Presenter mode (large type, controls hidden)", key="prese
 if presenter:
     st.markdown(PRESENTER_CSS, unsafe_allow_html=True)
 st.title(step["title"])
-st.progress((index + 1) / len(steps), text=f"Step {index + 1} of {len(steps)}")
+step_counter(index, len(steps), presenter)
 
 if not presenter:
     cols = st.columns([2, 3])

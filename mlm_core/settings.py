@@ -37,6 +37,16 @@ class ParamSpec:
     max: float | None = None
     choices: tuple[str, ...] = ()
     optional: bool = False  # None is a value too (declared ``int | None``): "not set, derive it"
+    label: str = ""  # what a widget calls it, in plain words; empty: the name with spaces
+    choice_labels: tuple[tuple[str, str], ...] = ()  # (choice, plain words) for a widget's options
+
+    def shown_choice(self, choice: str) -> str:
+        """A choice as a widget shows it ("never mask them" for ``protect``); the link keeps the choice."""
+        return dict(self.choice_labels).get(choice, choice or "nothing")
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name.replace("_", " "))
 
     def parse(self, value: Any) -> Any:
         """Convert a native value, or a string from a URL or the CLI, and check it; InputError if invalid."""
@@ -146,10 +156,17 @@ def _shown(bound: float) -> str:
 
 
 def param(
-    help: str, *, min: float | None = None, max: float | None = None, choices: Sequence[str] = ()
+    help: str, *, min: float | None = None, max: float | None = None, choices: Sequence[str] = (), label: str = "",
+    choice_labels: dict[str, str] | None = None,
 ) -> dict:
-    """Field metadata read by ``param_specs``: the one place a parameter is described."""
-    return {"help": help, "min": min, "max": max, "choices": tuple(choices)}
+    """Field metadata read by ``param_specs``: the one place a parameter is described.
+
+    ``label`` is the plain-words name widgets show ("Share of words to mask"); ``help`` explains it and
+    keeps the technical name ("mlm_probability in Hugging Face"). Without a label the name is shown.
+    ``choice_labels`` name choices in plain words for widgets; links and the CLI keep the choices.
+    """
+    return {"help": help, "min": min, "max": max, "choices": tuple(choices), "label": label,
+            "choice_labels": tuple((choice_labels or {}).items())}
 
 
 _KIND_OF_ANNOTATION = {
@@ -179,7 +196,7 @@ def param_specs(cls: type) -> tuple[ParamSpec, ...]:
         specs.append(
             ParamSpec(
                 f.name, kind, default, meta["help"], meta.get("min"), meta.get("max"), meta.get("choices", ()),
-                optional,
+                optional, meta.get("label", ""), meta.get("choice_labels", ()),
             )
         )
     return tuple(specs)

@@ -24,20 +24,15 @@ from mlm_core.model.loading import LoadedModel
 from mlm_core.text.tokens import CATEGORIES, Tokens
 from mlm_core.views import charts
 from mlm_core.views import html as render
+from mlm_core.views.lines import attention_lines
 from mlm_core.views.words import word_view
+from ui import why_link
 from ui.common import show_error
 
 IMAGE_FORMATS = ("png", "svg")
-ATTENTION_VIEWS = (
-    "One head",
-    "All heads of a layer",
-    "Layer × head overview",
-    "Mean over heads",
-    "Rollout",
-    "From the mask",
-    "Masked vs unmasked",
-)
-WHATIFS = ("Exclude tokens", "Switch heads off", "Prune weights")
+ATTENTION_VIEWS = tuple(why_link.VIEWS.values())  # the one list of views (with their short names for links)
+WHATIFS = tuple(why_link.WHATIF_KINDS.values())
+EVERY = -1  # the line view's "every token": no line stands out
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -93,9 +88,13 @@ def _image_format(prefix: str) -> str:
                     format_func=str.upper, help="The camera icon above each chart downloads it in this format.")
 
 
-def _chart(figure, key: str, name: str, image_format: str) -> None:
+def _chart(figure, key: str, name: str, image_format: str, on_select=None) -> None:
+    """``on_select``: a callback for a click on a point (the chart then keeps its selection in ``key``)."""
     config = {"toImageButtonOptions": {"format": image_format, "filename": name, "scale": 2}, "displaylogo": False}
-    st.plotly_chart(figure, key=key, config=config)
+    if on_select is None:
+        st.plotly_chart(figure, key=key, config=config)
+    else:
+        st.plotly_chart(figure, key=key, config=config, on_select=on_select, selection_mode="points")
 
 
 def _downloads(frame: pd.DataFrame, record: dict, name: str, key: str) -> None:
@@ -108,10 +107,10 @@ def _downloads(frame: pd.DataFrame, record: dict, name: str, key: str) -> None:
 
 
 def _shown(figure, frame: pd.DataFrame, record: dict, name: str, prefix: str, image_format: str,
-           caption: str = "") -> tuple[str, pd.DataFrame]:
+           caption: str = "", on_select=None) -> tuple[str, pd.DataFrame]:
     """A panel's tail: the chart (key ``{prefix}-chart``), the downloads of its numbers (``{prefix}-data``,
     files ``name``.csv/.json) and (caption, table) for the page's report."""
-    _chart(figure, f"{prefix}-chart", name, image_format)
+    _chart(figure, f"{prefix}-chart", name, image_format, on_select)
     _downloads(frame, record, name, f"{prefix}-data")
     return caption, frame
 
@@ -138,6 +137,22 @@ def _position_label(exploration: Exploration, position: int) -> str:
 # --------------------------------------------------------------------------- attention
 
 
+def _default(key: str, value) -> str:
+    """``key`` with ``value`` as its widget's default unless a link or the user set it: the default goes into
+    the session rather than the widget's arguments, so the widget keeps one identity and no warning says
+    its value was set twice."""
+    st.session_state.setdefault(key, value)
+    return key
+
+
+def _focus_from_click(focus_key: str, n: int) -> None:
+    """A click on a token of the line view makes it the one whose lines stand out; a click elsewhere clears."""
+    points = (st.session_state.get("xa-chart") or {}).get("selection", {}).get("points", [])
+    rows = [p.get("y") for p in points if isinstance(p.get("y"), (int, float))]
+    token = next((int(y) for y in rows if float(y).is_integer() and 0 <= y < n), EVERY)
+    st.session_state[focus_key] = token
+
+
 def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str, pd.DataFrame] | None:
     """Where the model looks: heads, layers, aggregates, the mask's view, masked vs unmasked.
 
@@ -154,13 +169,22 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str,
         st.info(str(exc))  # e.g. a text longer than one window: not a mistake, just not shown
         return
     n_layers, n_heads = att.shape[:2]
+    link = why_link.attention_fields(sig, view_of.sig, n_layers, n_heads, positions, len(tokens.ids))
+    why_link.restore_attention(link)  # the view and its inputs go into the link, like the rest of the page
 
     top = st.columns([3, 2, 2])
-    params = st.query_params  # view, layer and head go into the link, like the rest of the page
-    wanted_view = params.get("view")
-    view = top[0].selectbox("View", ATTENTION_VIEWS, key="xa-view",
-                            index=ATTENTION_VIEWS.index(wanted_view) if wanted_view in ATTENTION_VIEWS else 0)
-    params["view"] = view
+    view = top[0].selectbox("View", ATTENTION_VIEWS, key="xa-view")
+    try:
+        return _attention_view(loaded, exploration, att, view_of, view, top)
+    finally:
+        why_link.save_attention(link, view)
+
+
+def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarray, view_of: Seen, view: str,
+                    top) -> tuple[str, pd.DataFrame] | None:
+    tokens, positions = view_of.tokens, view_of.positions
+    sig = _model_sig(loaded)
+    n_layers, n_heads = att.shape[:2]
     merge = top[1].toggle("Merge word pieces", key="xa-merge",
                           help="Rows averaged, columns summed over a word's pieces.")
     with top[2]:
@@ -171,22 +195,15 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str,
     highlight = words.positions(positions)
 
     def layer_select(label: str = "Layer") -> int:
-        wanted = params.get("layer", "")
-        index = int(wanted) if wanted.isdecimal() and int(wanted) < n_layers else n_layers - 1
-        layer = st.selectbox(label, range(n_layers), index=index, format_func=lambda i: f"layer {i}",
-                             key=f"xa-layer-{sig}")
-        params["layer"] = str(layer)
-        return layer
+        return st.selectbox(label, range(n_layers), format_func=lambda i: f"layer {i}",
+                            key=_default(f"xa-layer-{sig}", n_layers - 1))
 
     def head_select(with_mean: bool = False) -> int | None:
-        options = ([None] if with_mean else []) + list(range(n_heads))
-        wanted = params.get("head", "")
-        chosen = None if wanted == "mean" else int(wanted) if wanted.isdecimal() else options[0]
-        head = st.selectbox("Head", options, index=options.index(chosen) if chosen in options else 0,
-                            format_func=lambda h: "mean of heads" if h is None else f"head {h}",
-                            key=f"xa-head-{sig}{'-m' if with_mean else ''}")
-        params["head"] = "mean" if head is None else str(head)
-        return head
+        """A head, or None for the mean of the heads (a string option: a selectbox shows None as no choice)."""
+        options = ([why_link.MEAN] if with_mean else []) + list(range(n_heads))
+        head = st.selectbox("Head", options, format_func=lambda h: "mean of heads" if h == why_link.MEAN
+                            else f"head {h}", key=f"xa-head-{sig}{'-m' if with_mean else ''}")
+        return None if head == why_link.MEAN else head
 
     def position_select() -> int:
         return st.selectbox("Masked position", positions, format_func=lambda p: _position_label(exploration, p),
@@ -216,10 +233,29 @@ def attention_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[str,
             matrix = grid.mean(axis=0)
             settings.update(note="matrix: mean of the heads", heads=grid.round(6).tolist())
         frame, record = _matrix_record(matrix, labels, **settings)
+    elif view == why_link.LINES:
+        with cols[0]:
+            layer = layer_select()
+        with cols[1]:
+            head = head_select(with_mean=True)
+        matrix = words.matrix(attention.head_mean(att)[layer] if head is None else att[layer, head])
+        focus_key = f"xa-focus-{view_of.sig}"
+        if st.session_state.get(focus_key, EVERY) not in range(EVERY, len(labels)):  # fewer rows once merged
+            st.session_state[focus_key] = EVERY
+        focus = cols[2].selectbox("Lines of", [EVERY, *range(len(labels))], key=focus_key,
+                                  format_func=lambda i: "every token" if i == EVERY else f"{i} {labels[i]}",
+                                  help="Draw this token's lines in red. Clicking a token in the chart "
+                                  "does the same; hovering one names its strongest lines.")
+        which = "mean of heads" if head is None else f"head {head}"
+        settings.update(layer=layer, head=head, focus=focus)
+        figure = attention_lines(matrix, labels, highlight, f"Layer {layer}, {which}", None if focus == EVERY else focus)
+        frame, record = _matrix_record(matrix, labels, **settings)
+        return _shown(figure, frame, record, name, "xa", image_format, _numbers_caption("Attention", settings),
+                      on_select=lambda: _focus_from_click(focus_key, len(labels)))
     elif view == "Rollout":
         with cols[0]:
             layer = layer_select("Up to layer")
-        residual = cols[1].slider("Residual weight", 0.0, 1.0, 0.5, 0.05, key="xa-residual",
+        residual = cols[1].slider("Residual weight", 0.0, 1.0, step=0.05, key=_default("xa-residual", 0.5),
                                   help="Weight of the skip connection in each layer: Â = r·I + (1−r)·A.")
         settings.update(layer=layer, residual=residual)
         matrix = words.matrix(attention.rollout(att, residual)[layer])
@@ -318,6 +354,15 @@ def _show_whatifs(whatifs, name: str, image_format: str, extra: dict | None = No
 
 def interference_panel(loaded: LoadedModel, exploration: Exploration) -> None:
     """What if the context loses tokens, heads are switched off or weights are pruned?"""
+    link = why_link.whatif_fields(_model_sig(loaded), loaded.num_layers, loaded.num_heads)
+    why_link.restore_whatif(link)
+    try:
+        _interference(loaded, exploration)
+    finally:
+        why_link.save_whatif(link, st.session_state.get("xi-kind", WHATIFS[0]))
+
+
+def _interference(loaded: LoadedModel, exploration: Exploration) -> None:
     view_of = seen(loaded, exploration)
     tokens, positions, originals = view_of.tokens, view_of.positions, view_of.originals
     ids, base = list(tokens.ids), view_of.exclude
@@ -362,12 +407,12 @@ def interference_panel(loaded: LoadedModel, exploration: Exploration) -> None:
             _head_importance(loaded, exploration, view_of, image_format)
         else:
             cols = st.columns(3)
-            sparsity = cols[0].slider("Sparsity", 0.0, 0.95, 0.3, 0.05, key="xi-sparsity",
+            sparsity = cols[0].slider("Sparsity", 0.0, 0.95, step=0.05, key=_default("xi-sparsity", 0.3),
                                       help="Fraction of the encoder's linear weights set to zero, smallest first.")
             scope = cols[1].radio("Threshold", interference.PRUNE_SCOPES, horizontal=True, key="xi-scope",
                                   format_func=lambda s: {"layer": "per weight matrix", "global": "global"}[s])
-            layers = cols[2].multiselect("Layers", range(loaded.num_layers), default=list(range(loaded.num_layers)),
-                                         format_func=lambda la: f"layer {la}", key=f"xi-prune-layers-{sig}")
+            layers = cols[2].multiselect("Layers", range(loaded.num_layers), format_func=lambda la: f"layer {la}",
+                                         key=_default(f"xi-prune-layers-{sig}", list(range(loaded.num_layers))))
             if not layers:
                 st.info("Choose at least one layer to prune.")
                 return
@@ -426,6 +471,15 @@ def attribution_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[st
     Returns the shown scores as (caption, table) for the page's report; None before Explain is pressed.
     """
     view_of = seen(loaded, exploration)
+    link = why_link.attribution_fields(view_of.sig, view_of.positions)
+    why_link.restore_attribution(link)
+    try:
+        return _attribution(loaded, exploration, view_of)
+    finally:
+        why_link.save_attribution(link, st.session_state.get("xt-method", attribution.METHODS[0]))
+
+
+def _attribution(loaded: LoadedModel, exploration: Exploration, view_of: Seen) -> tuple[str, pd.DataFrame] | None:
     tokens, positions = view_of.tokens, view_of.positions
     cols = st.columns(3)
     position = cols[0].selectbox("Masked position", positions, format_func=lambda p: _position_label(exploration, p),
@@ -438,7 +492,7 @@ def attribution_panel(loaded: LoadedModel, exploration: Exploration) -> tuple[st
     steps, baseline = attribution.DEFAULT_STEPS, "pad"
     if method == "ig":
         cols = st.columns(2)
-        steps = cols[0].slider("Steps", 1, attribution.MAX_STEPS, attribution.DEFAULT_STEPS, key="xt-steps",
+        steps = cols[0].slider("Steps", 1, attribution.MAX_STEPS, key=_default("xt-steps", attribution.DEFAULT_STEPS),
                                help="More steps: smaller convergence delta, longer wait.")
         baseline = cols[1].selectbox("Baseline token", attribution.BASELINES, key="xt-baseline",
                                      help="The baseline replaces every context token by this one; special tokens "

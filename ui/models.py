@@ -1,6 +1,7 @@
 """The one model picker (the sidebar's, Compare's two sides, Fine-tune's base model) and loading with a message.
 
-``pick_model`` lists some models, the first being the default, plus "Other" for any hub id or
+``pick_model`` lists some models, the first being the default, then every finished run's model
+by its name (referred to as ``run:ID``, never by its folder), plus "Other" for any hub id or
 folder; the link's field chooses on a page's first run (a model not listed opens typed under
 Other) and gets the choice back, the default left out so links stay short.
 """
@@ -18,22 +19,26 @@ from ui.common import url_set
 
 OTHER_MODEL = "Other: hub id or local folder"
 OTHER_LABEL = "Hub id or model folder"
-OTHER_HINT = "Type a hub id (e.g. bert-base-uncased) or the path of a folder with model.safetensors."
-MODEL_HELP = ("The built-in model works offline. Any BERT-like model from the Hugging Face hub (e.g. "
-              "distilbert-base-uncased, roberta-base) or a local folder with safetensors also works.")
+OTHER_HINT = ("Type a hub id (e.g. bert-base-uncased), the path of a folder with model.safetensors, or a "
+              "run as run:ID.")
+MODEL_HELP = ("The built-in model works offline. Finished fine-tuning runs are listed by name. Any BERT-like "
+              "model from the Hugging Face hub (e.g. distilbert-base-uncased, roberta-base) or a local folder "
+              "with safetensors also works.")
 
 
 def pick_model(options: Sequence[tuple[str, str]], label: str, key: str, other_key: str, url_field: str,
                help: str | None = MODEL_HELP) -> str | None:
-    """The chosen model's name: one of ``options`` ((name, label) pairs, the first the default) or
-    one typed under Other; None (after a hint) while Other is empty.
+    """The chosen model's name: one of ``options`` ((name, label) pairs, the first the default), a
+    finished run's ``run:ID`` or one typed under Other; None (after a hint) while Other is empty.
 
     Widget keys: ``key`` for the list, ``other_key`` for the typed name. Example:
     ``pick_model([(DEFAULT_MODEL_NAME, "default")], "Model", "m", "m-other", "model")``.
     """
+    options = [*options, *(run for run in run_models() if run[0] not in dict(options))]
     names = [name for name, _ in options]
     labels = dict(options)
     wanted = st.query_params.get(url_field, names[0])
+    wanted = _older_run_link(wanted) or wanted  # a link from before run:ID named the run's folder
     choices = [*names, OTHER_MODEL]
     choice = st.selectbox(label, choices, index=choices.index(wanted) if wanted in names else len(names),
                           format_func=lambda name: labels.get(name, name), key=key, help=help)
@@ -75,8 +80,21 @@ def model_sidebar() -> LoadedModel | None:
     return loaded
 
 
+def _older_run_link(name: str) -> str | None:
+    """``run:ID`` for a run folder named by an older link (it keeps working, now by id); else None."""
+    if not name or not name.startswith(("/", "~")):
+        return None
+    try:
+        from mlm_core.training.jobs import default_store
+        from mlm_core.training.planning import run_ref_of_folder
+
+        return run_ref_of_folder(name, default_store())
+    except Exception:  # noqa: BLE001 - as in run_models: an unreadable store leaves the link as it is
+        return None
+
+
 def run_models() -> list[tuple[str, str]]:
-    """(folder, label) of every finished run's model; none when the run store cannot be read."""
+    """(``run:ID``, label) of every finished run's Transformer model; none when the run store cannot be read."""
     try:
         from mlm_core.training.jobs import default_store
         from mlm_core.training.planning import model_options

@@ -17,6 +17,7 @@ from mlm_core.errors import MaskLabError, RunError
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import load_model
 from mlm_core.training import jobs
+from mlm_core.training.costs import disk_note, read_pace
 from mlm_core.training.planning import (
     ModelOption,
     PreviewExample,
@@ -35,9 +36,11 @@ from mlm_core.training.run_table import (
     metric_frame,
     progress,
     run_label,
+    run_name,
     zip_folder,
 )
-from mlm_core.training.store import INTERRUPTED, RUNNING, RunRecord, RunStore
+from mlm_core.training.scratch import SCRATCH_MODELS
+from mlm_core.training.store import INTERRUPTED, MAX_NAME_CHARS, RUNNING, RunRecord, RunStore, run_ref
 from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown, token_chips
 from mlm_core.views.reports import html_report
@@ -56,9 +59,11 @@ LSTM_NOTE = ("An LSTM run's model cannot open in the explorer: it has no attenti
 def model_choice(store: RunStore, key: str) -> ModelOption | None:
     """The model to fine-tune (the link's ``model``); None until an 'other' model is typed."""
     options = {o.model or DEFAULT_MODEL_NAME: o for o in model_options(store)}
+    scratch = "; ".join(f"{name}: {about}" for name, about in SCRATCH_MODELS.items())
     name = pick_model([(name, o.label) for name, o in options.items()], "Start from", f"{key}-model",
-                      f"{key}-model-other", "model", help="Finished runs are listed with their model; LSTM runs "
-                      "are not (an LSTM cannot be fine-tuned further: choose scratch-lstm for a new one).")
+                      f"{key}-model-other", "model", help=f"The default model, a model trained from scratch "
+                      f"({scratch}) or a finished run's model, listed by its name. LSTM runs are not listed (an LSTM "
+                      "cannot be fine-tuned further: choose scratch-lstm for a new one).")
     if name is None:
         return None
     return options.get(name) or ModelOption(name, name, "other")
@@ -148,10 +153,12 @@ def _live(store: RunStore, run_id: str, was_active: bool) -> None:
         st.rerun()
     config = record.config
     with st.container(border=True):
-        st.markdown(f"**Run {record.id}** · {escape_markdown(model_name(config.get('model')))} · "
+        st.markdown(f"**{escape_markdown(run_name(record))}** (run {record.id}) · "
+                    f"{escape_markdown(model_name(config.get('model')))} · "
                     f"{config.get('strategy')}/{config.get('masking')} · device {record.device or '…'}")
-        status = progress(record)
+        status = progress(record, pace=read_pace(store.folder(record.id)))
         st.progress(status.fraction, text=status.text)
+        st.caption(disk_note(store.folder(record.id)))
         if message := st.session_state.pop("run-message", None):
             st.warning(message)
         if record.reason:
@@ -170,10 +177,11 @@ def _live(store: RunStore, run_id: str, was_active: bool) -> None:
             st.caption("The curves appear after the first evaluation.")
         buttons = st.columns(3)
         if record.status in ACTIVE_STATES:
-            buttons[0].button("⏹ Cancel the run", key=f"cancel-{run_id}", on_click=_act,
+            buttons[0].button("Cancel the run", icon=":material/stop:", key=f"cancel-{run_id}", on_click=_act,
                               args=(store.request_cancel, run_id))
         if record.status == INTERRUPTED:
-            buttons[0].button("▶ Resume", key=f"resume-{run_id}", on_click=_act, args=(jobs.resume, store, run_id))
+            buttons[0].button("Resume", icon=":material/play_arrow:", key=f"resume-{run_id}", on_click=_act,
+                              args=(jobs.resume, store, run_id))
         buttons[1].button("Stop following (the run goes on)", key=f"unfollow-{run_id}", on_click=stop_following)
     if was_active != (record.status in ACTIVE_STATES):
         st.rerun()  # the whole page: poll (again) or stop polling, offer what the new state allows
@@ -231,6 +239,30 @@ def compare(store: RunStore, records: list[RunRecord]) -> None:
         file_name="masklab-runs.html", mime="text/html", on_click="ignore", key="compare-report")
 
 
+def rename_box(store: RunStore, record: RunRecord) -> None:
+    """The run's name, editable; an emptied box brings back the name made from the settings."""
+    key = f"run-name-{record.id}"
+    name = st.text_input("Name", run_name(record), key=key, max_chars=MAX_NAME_CHARS,
+                         help="Made from the run's settings until you change it; clear it to get that name back.")
+    if name.strip() != run_name(record):
+        try:
+            store.rename(record.id, name)
+        except MaskLabError as exc:
+            show_error(exc)
+            return
+        st.session_state.pop(key, None)  # the box shows the stored name on the next run
+        st.rerun()
+
+
+def one_run_curves(store: RunStore, record: RunRecord) -> None:
+    """The curves of one run (loss, held-out accuracy …), or why there are none yet."""
+    metrics = store.metrics(record.id)
+    if metrics:
+        run_curves(metrics, key=f"one-{record.id}")
+    else:
+        st.caption("No evaluation yet: the curves appear after the first one.")
+
+
 def run_actions(store: RunStore, record: RunRecord) -> None:
     """What can be done with one run: follow, explorer, zip, resume, cancel, delete (confirmed)."""
     folder = run_model_folder(store, record)
@@ -238,17 +270,17 @@ def run_actions(store: RunStore, record: RunRecord) -> None:
     cells = st.columns(5)
     if record.status in ACTIVE_STATES and cells[0].button("Follow live", key="act-follow"):
         st.switch_page("app_pages/finetune.py", query_params={"run": record.id})
-    if folder is not None and not lstm and cells[0].button("🔍 Open in the explorer", key="act-explore"):
-        st.switch_page("app_pages/explore.py", query_params={"model": str(folder)})
+    if folder is not None and not lstm and cells[0].button("Open in the explorer", icon=":material/search:", key="act-explore"):
+        st.switch_page("app_pages/explore.py", query_params={"model": run_ref(record.id)})  # an id, not a path
     if folder is not None:
-        cells[1].download_button("⬇ Model (.zip)", data=lambda: zip_folder(folder), file_name=f"{record.id}-model.zip",
+        cells[1].download_button("Model (.zip)", icon=":material/download:", data=lambda: zip_folder(folder), file_name=f"{record.id}-model.zip",
                                  mime="application/zip", key="act-zip", on_click="ignore")
     if record.status == INTERRUPTED:
-        cells[2].button("▶ Resume", key="act-resume", on_click=_act, args=(jobs.resume, store, record.id))
+        cells[2].button("Resume", icon=":material/play_arrow:", key="act-resume", on_click=_act, args=(jobs.resume, store, record.id))
     if record.status in ACTIVE_STATES:
-        cells[2].button("⏹ Cancel", key="act-cancel", on_click=_act, args=(store.request_cancel, record.id))
+        cells[2].button("Cancel", icon=":material/stop:", key="act-cancel", on_click=_act, args=(store.request_cancel, record.id))
     running = record.status == RUNNING
-    if cells[3].button("🗑 Delete", key="act-delete", disabled=running,
+    if cells[3].button("Delete", icon=":material/delete:", key="act-delete", disabled=running,
                        help="Cancel the run first." if running else "Removes the run and its files."):
         st.session_state["confirm-delete"] = record.id
     if lstm:
@@ -279,7 +311,8 @@ def probes_panel(store: RunStore, record: RunRecord) -> None:
         st.info(LSTM_NOTE if folder is not None else "Probes need a finished run (its model is saved at the end).")
         return
     base_name, note = base_model_for(record.config)
-    st.caption(f"Before: {escape_markdown(model_name(base_name))} · after: run {record.id}. " + note)
+    st.caption(f"Before: {escape_markdown(model_name(base_name))} · after: {escape_markdown(run_name(record))} "
+               f"(run {record.id}). " + escape_markdown(note))
     source = st.radio("Sentences", [PRESETS, TYPED], horizontal=True, key="probe-source")
     typed = ""
     if source == TYPED:
@@ -291,7 +324,7 @@ def probes_panel(store: RunStore, record: RunRecord) -> None:
     if st.button("Run the probes", key="probe-run"):
         try:
             with st.spinner("Loading both models and probing …"):
-                base, tuned = load_model(base_name), load_model(str(folder))
+                base, tuned = load_model(base_name), load_model(run_ref(record.id))
                 sentences = preset_sentences(base.mask_token) if source == PRESETS else parse_sentences(typed)
                 st.session_state["probe-results"] = (record.id, probe(base, tuned, sentences, top_k))
         except MaskLabError as exc:

@@ -17,16 +17,19 @@ from mlm_core import links
 from mlm_core.links import MaskingSetting
 from mlm_core.masking import EXCLUDE_RULES, MAIN_STRATEGIES, PROTECT_RULES, STRATEGIES, Corruption
 from mlm_core.settings import ParamSpec
+from mlm_core.views.html import escape_markdown
 from ui.common import url_ignored, url_set
 
 NONE = links.NONE_LABEL  # the first choice of every strategy list
 SPLIT_PARAMS = tuple(f.name for f in dataclasses.fields(Corruption))  # in the 80/10/10 expander
 STRATEGY_HELP = {
-    "random": "BERT: each token chosen with probability p; chosen → [MASK] 80%, random 10%, unchanged 10%.",
-    "whole-word": "All pieces of a chosen word are masked together.",
-    "span": "SpanBERT: contiguous spans of whole words, lengths drawn from a geometric distribution.",
-    "rule-based": "Mask (or protect) stopwords, punctuation, numbers, a word list or a regex.",
-    "adaptive": "Tokens the model finds hard (high surprisal) are chosen more often.",
+    NONE: "only the masks you type or click are predicted, each alone, as in a fill-mask widget.",
+    "random": "masks a share of the tokens on top of yours, as BERT was trained: each chosen token becomes the "
+              "mask token 80% of the time, a random token 10%, and stays unchanged 10%.",
+    "whole-word": "like random, but all pieces of a chosen word are masked together.",
+    "span": "SpanBERT: runs of whole words, their lengths drawn from a geometric distribution.",
+    "rule-based": "masks (or protects) stopwords, punctuation, numbers, a word list or a regular expression.",
+    "adaptive": "tokens the model finds hard (high surprisal) are chosen more often.",
 }
 # The link fields each panel shows (and so reads, warns about and writes); p_<param> besides.
 PANEL_FIELDS = (links.STRATEGY, links.PRIVACY.name, links.PROTECT.name, links.EXCLUDE.name, links.SEED.name)
@@ -62,22 +65,25 @@ def write_link(setting: MaskingSetting, prefix: str, fields: Sequence[str]) -> N
 
 
 def param_widget(spec: ParamSpec, key: str, value):
-    label = spec.name.replace("_", " ")
+    """The widget for one parameter: its plain label and help (with the technical name) from the ParamSpec."""
+    label, help_text = spec.label, spec.help
     if spec.kind == "float" and spec.min is not None and spec.max is not None:
-        return st.slider(label, float(spec.min), float(spec.max), float(value), 0.01, key=key, help=spec.help)
+        return st.slider(label, float(spec.min), float(spec.max), float(value), 0.01, key=key, help=help_text)
     if spec.kind in ("float", "int"):
         cast = float if spec.kind == "float" else int
         return st.number_input(label, min_value=None if spec.min is None else cast(spec.min),
                                max_value=None if spec.max is None else cast(spec.max), value=cast(value),
-                               key=key, help=spec.help)
+                               key=key, help=help_text)
     if spec.kind == "bool":
-        return st.checkbox(label, bool(value), key=key, help=spec.help)
+        return st.checkbox(label, bool(value), key=key, help=help_text)
     if spec.kind == "choice":
-        return st.selectbox(label, spec.choices, index=spec.choices.index(value), key=key, help=spec.help)
+        return st.selectbox(label, spec.choices, index=spec.choices.index(value), key=key, help=help_text,
+                            format_func=spec.shown_choice)
     if spec.kind == "multi_choice":
-        return st.multiselect(label, spec.choices, default=list(value), key=key, help=spec.help)
+        return st.multiselect(label, spec.choices, default=list(value), key=key, help=help_text,
+                              format_func=spec.shown_choice)
     shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-    return st.text_input(label, shown, key=key, help=spec.help)
+    return st.text_input(label, shown, key=key, help=help_text)
 
 
 def strategy_params(name: str, key: str, prefix: str = "") -> dict:
@@ -120,19 +126,29 @@ def strategy_select(setting: MaskingSetting, key: str, help: str | None = None) 
 
 def exclude_select(label: str, setting: MaskingSetting, key: str) -> str:
     return st.selectbox(label, EXCLUDE_RULES, index=EXCLUDE_RULES.index(setting.exclude),
-                        format_func=lambda rule: rule or "nothing", key=key)
+                        format_func=lambda rule: rule or "nothing", key=key,
+                        help="These tokens stay in the text but no token may look at them: their attention "
+                        "weight is set to 0 (attention exclusion, link field exclude).")
 
 
 def masking_controls(key: str = "mask", default: str = "random"):
-    """The explorer's masking panel. Returns (strategy or None, seed); writes the URL."""
+    """The masking panel (Explore, Batch, Fine-tune). Returns (strategy or None, seed); writes the URL.
+
+    ``default`` is the strategy when the link names none: Explore passes ``links.NONE`` (a typed mask is
+    predicted alone, as in a fill-mask widget); a link that names a strategy keeps opening it.
+    """
     link = link_setting("", default, PANEL_FIELDS)
-    name = strategy_select(link, f"{key}-strategy", help="How positions are chosen. " + " ".join(
-        f"{n}: {h}" for n, h in STRATEGY_HELP.items()))
+    name = strategy_select(link, f"{key}-strategy", help="Which extra tokens are masked.  \n" + "  \n".join(
+        f"**{n}**: {h}" for n, h in STRATEGY_HELP.items()))
     values = {} if name == links.NONE else strategy_params(name, key)
     with st.expander("Privacy, protection and context exclusion"):
         privacy_on = st.checkbox("Privacy: replace e-mails, URLs, phone numbers and numbers first",
-                                 link.privacy, key=f"{key}-privacy")
-        protect = st.multiselect("Never mask", PROTECT_RULES, default=list(link.protect), key=f"{key}-protect")
+                                 link.privacy, key=f"{key}-privacy",
+                                 help="Personal data is replaced by placeholders before the model or any strategy "
+                                 "sees the text (privacy masking, link field privacy).")
+        protect = st.multiselect("Never mask", PROTECT_RULES, default=list(link.protect), key=f"{key}-protect",
+                                 help="No strategy may choose these words; they also leave the maskable tokens α "
+                                 "counts (protection rules, link field protect).")
         exclude = exclude_select("Remove from the context (attention exclusion)", link, f"{key}-exclude")
     seed_key = f"{key}-seed"
     if seed_key not in st.session_state:  # first run: the seed comes from the link
@@ -149,3 +165,37 @@ def masking_controls(key: str = "mask", default: str = "random"):
     strategy = setting.build()
     write_link(setting, "", PANEL_FIELDS)
     return strategy, seed
+
+
+def added_note(exploration, strategy) -> str | None:
+    """Markdown saying what the strategy added to the typed and clicked masks; None without a strategy.
+
+    The strategy's own choices are the positions with a label (typed and clicked masks have none), so a
+    user sees which masks are theirs and which the strategy drew.
+    """
+    mask = exploration.mask
+    if strategy is None or mask is None:
+        return None
+    what = strategy.describe()
+    what = what[:1].upper() + what[1:]
+
+    def words(positions):
+        shown = ", ".join(f"“{exploration.tokens.tokens[p]}”" for p in positions[:12])
+        return escape_markdown(shown + (f" and {len(positions) - 12} more" if len(positions) > 12 else ""))
+
+    parts = []
+    added = [p for p in mask.chosen_positions if mask.labels[p] >= 0]
+    if added:
+        n = len(added)
+        how = [f"{count} {label}" for label, count in (
+            ("replaced by a random token", sum(mask.kinds[p] == "random" for p in added)),
+            ("left unchanged but predicted", sum(mask.kinds[p] == "kept" for p in added))) if count]
+        parts.append(f"{what} added {n} mask{'s' * (n != 1)}: {words(added)}"
+                     + (f" ({'; '.join(how)})" if how else "") + ".")
+    excluded = mask.excluded_positions
+    if excluded:
+        n = len(excluded)
+        parts.append(f"{n} token{'s' * (n != 1)} removed from the context (attention exclusion): {words(excluded)}.")
+    if not parts:
+        parts.append(f"The strategy ({strategy.describe()}) added no mask this time: only your masks are predicted.")
+    return " ".join(parts)

@@ -22,18 +22,24 @@ from mlm_core.model.loading import LoadedModel, load_model
 from mlm_core.resources import asset
 from mlm_core.views import charts
 from mlm_core.views import html as render
+from mlm_core.views.lines import attention_lines
+from mlm_core.views.presenter import presenter_style
 from ui.common import show_error, url_get, url_int, url_set
 from ui.models import run_models
 
 LESSON = asset("teach", "lesson.json")
 VIEWS = ("mask", "strategies", "predict", "attention", "why", "finetune")
 EPOCHS = 3
+SHAPES = ("grid", "lines")  # the attention step's two pictures
 # Fixed CSS (no user text): large type and high contrast for a projector; the sidebar and header go.
 PRESENTER_CSS = """<style>
 [data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], header {display:none !important}
 .stMainBlockContainer, .block-container {max-width:100% !important; padding-top:1rem !important}
 .stMarkdown p, .stMarkdown li {font-size:1.6rem !important; line-height:1.5; color:#000}
 h1 {font-size:3rem !important} h2, h3 {font-size:2.2rem !important}
+.stMarkdown p.teach-step-counter {font-size:2.6rem !important; font-weight:700; color:#000; margin:0}
+[data-testid="stWidgetLabel"] p {font-size:1.3rem !important; color:#000}
+.stButton button p {font-size:1.4rem !important}
 </style>"""
 
 
@@ -64,6 +70,21 @@ def _masked(loaded: LoadedModel, text: str, seed: int, step: dict, **kwargs):
     return explore(loaded, text, strategy, seed, **kwargs)
 
 
+def _plot(container, figure, key: str, presenter: bool) -> None:
+    """Every Teach figure goes through here, so presenter mode styles all of them the same way."""
+    container.plotly_chart(presenter_style(figure) if presenter else figure, key=key)
+
+
+def step_counter(index: int, total: int, presenter: bool) -> None:
+    """'Step 3 of 6' with a progress bar; in presenter mode as large as a heading (fixed text, no user input)."""
+    label = f"Step {index + 1} of {total}"
+    if presenter:
+        st.markdown(f'<p class="teach-step-counter">{label}</p>', unsafe_allow_html=True)  # PRESENTER_CSS
+        st.progress((index + 1) / total)
+    else:
+        st.progress((index + 1) / total, text=label)
+
+
 def show_step(loaded: LoadedModel, step: dict, text: str, seed: int, presenter: bool) -> None:
     explanation, visual = st.columns([1, 2], gap="large")
     with explanation:
@@ -79,7 +100,7 @@ def _mask_view(loaded, step, text, seed, presenter):
     strategy = build_strategy(step.get("strategy", "random"), step.get("params", {}))
     result = explore(loaded, text, strategy, seed)
     st.markdown(_strip(loaded, result), unsafe_allow_html=True)
-    st.markdown(render.legend(large=True), unsafe_allow_html=True)
+    st.markdown(render.legend(large=True, kinds=result.kinds), unsafe_allow_html=True)
     st.markdown(f"**{len(result.prediction.positions)}** of {len(result.tokens.eligible_positions)} "
                 "tokens hidden. Press *Draw again* for another random mask.")
 
@@ -102,9 +123,7 @@ def _predict_view(loaded, step, text, seed, presenter):
     guesses = result.prediction.predictions[:3]
     for n, (column, guess) in enumerate(zip(st.columns(len(guesses)), guesses)):
         title = f"position {guess.position}" + (f": was '{guess.original_token}'" if guess.original_token else "")
-        figure = charts.topk_bars(guess, title, height=380 if presenter else 300)
-        figure.update_layout(font=dict(size=20 if presenter else 14))
-        column.plotly_chart(figure, key=f"teach-topk-{n}")
+        _plot(column, charts.topk_bars(guess, title, height=420 if presenter else 300), f"teach-topk-{n}", presenter)
 
 
 def _attention_view(loaded, step, text, seed, presenter):
@@ -112,7 +131,7 @@ def _attention_view(loaded, step, text, seed, presenter):
     att = result.prediction.attentions
     if att is None:
         raise InputError("Attention is shown only for texts that fit in one window; shorten the text.")
-    cols = st.columns(2)
+    cols = st.columns(3)
     layers, heads = loaded.num_layers, loaded.num_heads
     layer = cols[0].selectbox("Layer", range(layers), index=url_int("layer", layers - 1, 0, layers - 1),
                               format_func=lambda i: f"layer {i}", key="teach-layer")
@@ -125,10 +144,17 @@ def _attention_view(loaded, step, text, seed, presenter):
     url_set("head", head, "mean")
     matrix = head_mean(att)[layer] if head == "mean" else att[layer, head]
     labels = loaded.tokenizer.convert_ids_to_tokens(list(result.input_ids))
-    figure = charts.attention_heatmap(matrix, labels, highlight=result.prediction.positions,
-                                      title=f"layer {layer}, {'mean of heads' if head == 'mean' else f'head {head}'}")
-    figure.update_layout(font=dict(size=18 if presenter else 12))
-    st.plotly_chart(figure, key="teach-attention")
+    title = f"layer {layer}, {'mean of heads' if head == 'mean' else f'head {head}'}"
+    shape = cols[2].radio("Show as", SHAPES, horizontal=True, key="teach-shape",
+                          index=SHAPES.index(url_get("shape", SHAPES[0])) if url_get("shape") in SHAPES else 0,
+                          help="grid: one cell per pair of tokens; lines: each token joined to the tokens it "
+                          "looks at, darker for more attention (as in BertViz).")
+    url_set("shape", shape, SHAPES[0])
+    if shape == "lines":
+        figure = attention_lines(matrix, labels, result.prediction.positions, title)
+    else:
+        figure = charts.attention_heatmap(matrix, labels, highlight=result.prediction.positions, title=title)
+    _plot(st, figure, "teach-attention", presenter)
 
 
 def _why_view(loaded, step, text, seed, presenter):
@@ -140,8 +166,7 @@ def _why_view(loaded, step, text, seed, presenter):
     figure = charts.change_bars([f"{p} {t}" for p, t in zip(frame["position"], frame["token"])],
                                 list(-frame["drop"]), "Change in the best guess's probability without each word",
                                 height=420, axis_title="probability change without the word")
-    figure.update_layout(font=dict(size=18 if presenter else 12))
-    st.plotly_chart(figure, key="teach-why")
+    _plot(st, figure, "teach-why", presenter)
 
 
 def _finetune_view(loaded, step, text, seed, presenter):
@@ -161,7 +186,7 @@ def _finetune_view(loaded, step, text, seed, presenter):
     for column, (name, model) in zip(st.columns(2), (("original", loaded), ("fine-tuned", tuned))):
         result = _masked(model, text, seed, step)
         guess = result.prediction.predictions[0]
-        column.plotly_chart(charts.topk_bars(guess, name, height=380 if presenter else 300), key=f"teach-ft-{name}")
+        _plot(column, charts.topk_bars(guess, name, height=420 if presenter else 300), f"teach-ft-{name}", presenter)
 
 
 VIEW_FUNCTIONS = {"mask": _mask_view, "strategies": _strategies_view, "predict": _predict_view,

@@ -95,8 +95,10 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="hub id or local folder (default: the built-in model)")
+def add_model_argument(parser: argparse.ArgumentParser, also: str = "") -> None:
+    """--model and --device; ``also`` names more models the command accepts (``train``: the scratch models)."""
+    parser.add_argument("--model", default=None, help=f"hub id, local folder or a finished run as run:ID{also} "
+                        "(default: the built-in model)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: GPU when present)")
 
 
@@ -131,7 +133,7 @@ def add_strategy_arguments(parser: argparse.ArgumentParser, required: bool) -> N
         if name == "rate":
             continue  # --rate below covers it for the rule-based strategy
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"param_{name}", default=None, metavar="VALUE",
-                           help=help_text)
+                           help=help_text.replace("%", "%%"))  # argparse %-formats help; a spec may say "15%"
     group.add_argument("--rate", default=None, metavar="P",
                        help="masking rate: --mlm-probability, or the rule-based share of matching words")
     group.add_argument("--privacy", action="store_true", help="replace e-mails, URLs, phones and numbers first")

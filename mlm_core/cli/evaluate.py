@@ -36,7 +36,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=positive_int, default=1,
                         help="masking draws per configuration, seeds --seed .. --seed+N-1 (intervals need 2 or more)")
     parser.add_argument("--heads-off", default="", metavar="L:H,...", help="switch attention heads off, e.g. 0:1,2:3")
-    parser.add_argument("--no-pll", action="store_true", help="skip the pseudo-log-likelihood (one pass per token)")
+    parser.add_argument("--pll", action=argparse.BooleanOptionalAction, default=None,  # None: evaluate.WITH_PLL
+                        help="also the pseudo-log-likelihood of each sentence: one pass per token, so about as many "
+                        "times slower as a sentence has tokens (off unless asked; --no-pll skips it)")
     parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N texts")
     parser.add_argument("--out", default=None,
                         help="write per-sentence rows here (.csv, or JSON lines for .json/.jsonl)")
@@ -61,7 +63,7 @@ def run_evaluate(args: argparse.Namespace) -> dict | Printed:
     strategies = [name.strip() for name in (args.sweep_strategy or "").split(",") if name.strip()]
     configs = ev.sweep(base, ev.parse_rates(args.sweep_rate) if args.sweep_rate else (), strategies)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    options = dict(seeds=seeds, with_pll=not args.no_pll, cache_dir=args.cache_dir, reuse=not args.no_cache)
+    options = dict(seeds=seeds, with_pll=ev.WITH_PLL if args.pll is None else args.pll, cache_dir=args.cache_dir, reuse=not args.no_cache)
     bar = None
     if sys.stderr.isatty() and not args.json:
         from tqdm import tqdm

@@ -4,8 +4,12 @@
     python -m mlm_core train --corpus corpus.txt --strategy whole-word --static --steps 100 --json
     python -m mlm_core runs list
     python -m mlm_core runs resume RUN_ID
+    python -m mlm_core runs rename RUN_ID --name "whole-word, long run"
 
-With ``--json``, training streams one JSON object per line and the last is the run's final record;
+With ``--json``, training streams one JSON object per line, each with the ``run_id`` (the first,
+``{"event": "created", "run_id": ...}``, comes before any work, so a script can cancel or resume
+the run it started); the last is the run's final record, which names both evaluations:
+``best_eval`` (lowest held-out loss) and ``final_eval`` (the last step's: the saved model's).
 ``run_train`` then returns ``Printed`` so that nothing more is printed.
 """
 
@@ -27,7 +31,7 @@ from mlm_core.cli.common import (
 from mlm_core.errors import InputError, MaskLabError
 from mlm_core.settings import ParamSpec
 
-RUN_ACTIONS = ["list", "show", "resume", "cancel", "delete"]
+RUN_ACTIONS = ["list", "show", "rename", "resume", "cancel", "delete"]
 # TrainConfig settings whose flag keeps an older, shorter name:
 TRAIN_FLAG_NAMES = {"batch_size": "batch", "prune_sparsity": "prune"}
 # ...and those set by other flags: --text-unit (how any text file is read), --static/--dynamic, the masking
@@ -39,7 +43,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Every ``train`` flag: the corpus, the model, the masking scheme and the training settings."""
     parser.add_argument("--corpus", required=True, help="txt (one text per line), CSV/TSV or JSONL file")
     add_text_file_arguments(parser, "corpus")
-    add_model_argument(parser)
+    from mlm_core.training.scratch import SCRATCH_MODELS
+
+    add_model_argument(parser, "".join(f", or {name} ({about})" for name, about in SCRATCH_MODELS.items()))
     add_strategy_arguments(parser, required=False)
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--static", dest="masking", action="store_const", const="static",
@@ -79,7 +85,7 @@ def add_setting_flag(parser, spec: ParamSpec, name: str) -> None:
     default = "" if spec.default is None else f" (default {spec.format(spec.default)})"
     metavar = "{" + ",".join(spec.choices) + "}" if spec.choices else spec.kind.upper()
     parser.add_argument(f"--{name.replace('_', '-')}", dest=spec.name, type=parse, default=None, metavar=metavar,
-                        help=spec.help.rstrip(".") + default)
+                        help=(spec.help.rstrip(".") + default).replace("%", "%%"))  # argparse %-formats help
 
 
 def train_config_from_args(args: argparse.Namespace, corpus_name: str):
@@ -109,24 +115,32 @@ def _store(args: argparse.Namespace):
     return RunStore(args.out) if args.out else default_store()
 
 
-def _final_record(record) -> dict:
+def _final_record(store, record) -> dict:
+    """The run as JSON: its row, its shown name and both evaluations, each named.
+
+    ``best_eval``: the evaluation with the lowest held-out loss; ``final_eval``: the last one, at
+    the last step, i.e. the saved model's when the run finished (the model saved is the final one).
+    """
+    from mlm_core.training.run_table import best_and_final, run_name
+
     data = record.as_dict()
-    data["held_out_loss"] = data.get("best_heldout_loss")
-    data["masked_accuracy"] = data.get("best_accuracy")
+    data["name"] = run_name(record)
+    data["best_eval"], data["final_eval"] = best_and_final(store.metrics(record.id))
     return data
 
 
 class ProgressPrinter:
     """Training progress: JSON lines with --json, else a progress bar on a terminal."""
 
-    def __init__(self, as_json: bool):
+    def __init__(self, as_json: bool, run_id: str):
         self.as_json = as_json
+        self.run_id = run_id
         self.bar = None
 
     def __call__(self, event: str, data: dict) -> None:
         if self.as_json:
             if event != "step":
-                print(json.dumps({"event": event, **data}), flush=True)
+                print(json.dumps({"event": event, "run_id": self.run_id, **data}, default=str), flush=True)
             return
         if event == "start":
             from tqdm import tqdm
@@ -149,15 +163,17 @@ class ProgressPrinter:
             self.bar.close()
 
 
-def _run_foreground(store, run_id: str, as_json: bool) -> dict | Printed:
+def _run_foreground(store, run_id: str, as_json: bool, first_event: str) -> dict | Printed:
     from mlm_core.training.jobs import execute
 
-    printer = ProgressPrinter(as_json)
+    printer = ProgressPrinter(as_json, run_id)
+    # The first line names the run before the model loads (seconds): a script can cancel or resume it.
+    printer(first_event, {"name": _final_record(store, store.get(run_id))["name"]})
     try:
         record = execute(store, run_id, printer)
     finally:
         printer.close()
-    final = _final_record(record)
+    final = _final_record(store, record)
     if as_json:  # the last JSON line is the run's final record; nothing more is printed
         print(json.dumps({"event": "final", **final}, default=str), flush=True)
         return Printed(final)
@@ -173,12 +189,14 @@ def run_train(args: argparse.Namespace) -> dict | Printed:
     config = train_config_from_args(args, Path(args.corpus).name)
     store = _store(args)
     record, _ = submit(store, config, corpus_bytes, launch=False)
-    return _run_foreground(store, record.id, args.json)
+    return _run_foreground(store, record.id, args.json, "created")
 
 
 def add_runs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=RUN_ACTIONS)
     parser.add_argument("run_id", nargs="?", help="the run (see runs list)")
+    parser.add_argument("--name", default=None, help="rename: the run's new name (empty: the name made from its "
+                        "settings)")
     parser.add_argument("--out", default=None, help="run store folder (default ~/.masklab/runs)")
 
 
@@ -187,33 +205,45 @@ def run_runs(args: argparse.Namespace) -> dict | Printed:
 
     store = _store(args)
     if args.action == "list":
-        return {"runs": [_final_record(r) for r in store.list()]}
+        return {"runs": [_final_record(store, r) for r in store.list()]}
     if not args.run_id:
         raise MaskLabError(f"runs {args.action} needs a run id (see `python -m mlm_core runs list`).")
     if args.action == "show":
         store.refresh()
-        record = _final_record(store.get(args.run_id))
+        record = _final_record(store, store.get(args.run_id))
         record["metrics"] = store.metrics(args.run_id)
         return record
+    if args.action == "rename":
+        if args.name is None:
+            raise MaskLabError("runs rename needs --name NAME (--name '' brings back the name made from the settings).")
+        return _final_record(store, store.rename(args.run_id, args.name))
     if args.action == "cancel":
-        return _final_record(store.request_cancel(args.run_id))
+        return _final_record(store, store.request_cancel(args.run_id))
     if args.action == "delete":
         store.delete(args.run_id)
         return {"run_id": args.run_id, "deleted": True}
     jobs.resume(store, args.run_id, launch=False)
-    return _run_foreground(store, args.run_id, args.json)
+    return _run_foreground(store, args.run_id, args.json, "resumed")
+
+
+def _evaluation(label: str, evaluation: dict | None) -> str:
+    if not evaluation:
+        return f"{label} -"
+    return (f"{label} (step {evaluation['step']}): held-out loss {evaluation['heldout_loss']:.3f}, accuracy "
+            f"{evaluation.get('masked_accuracy') or 0:.3f}")
 
 
 def format_run(record: dict) -> str:
     if record.get("deleted"):
         return f"deleted run {record['run_id']}"
-    loss = record.get("held_out_loss")
-    accuracy = record.get("masked_accuracy")
-    cfg = record.get("config", {})
+    from mlm_core.text.corpus import one_line
+
+    # one_line escapes control characters: a terminal shows them, never runs them
+    name = one_line(record.get("name") or "", 100)
     return (f"{record['run_id']}  {record['status']:<11}  step {record['step']}/{record.get('total_steps') or '?'}  "
-            f"held-out loss {'-' if loss is None else f'{loss:.3f}'}  accuracy "
-            f"{'-' if accuracy is None else f'{accuracy:.3f}'}  {cfg.get('strategy', '')}/{cfg.get('masking', '')}"
-            + (f"  ({record['reason']})" if record.get("reason") else ""))
+            f"{name}\n    {_evaluation('final', record.get('final_eval'))}; "
+            f"{_evaluation('best', record.get('best_eval'))}"
+            + (f"  ({one_line(record['reason'], 300)})" if record.get("reason") else ""))
 
 
 def format_runs(record: dict) -> str:
@@ -224,5 +254,5 @@ def format_runs(record: dict) -> str:
 
 TRAIN = Command("train", "fine-tune a masked LM on a corpus with a masking scheme", add_train_arguments, run_train,
                 format_run, json_help="one JSON object per line; the last is the final record")
-RUNS = Command("runs", "list, show, resume, cancel or delete training runs", add_runs_arguments, run_runs,
+RUNS = Command("runs", "list, show, rename, resume, cancel or delete training runs", add_runs_arguments, run_runs,
                format_runs, json_help="print JSON")

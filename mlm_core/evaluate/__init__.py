@@ -10,7 +10,8 @@ pass (``mlm_core.model.forward``), and we count:
 * the mean log-probability of the original token (softmax over the whole vocabulary);
 * the pseudo-log-likelihood (PLL, Salazar et al. 2020) of each sentence: every non-special token
   masked in turn, under the configuration's context changes (excluded tokens are neither context
-  nor scored; switched-off heads stay off). It does not depend on the rate or the seed;
+  nor scored; switched-off heads stay off). It does not depend on the rate or the seed. It costs about
+  one pass per token, so it is off unless asked for (``WITH_PLL``);
 
 overall and by token category (stopword, punctuation, number, content word; ``tokens.py``).
 Part of speech is not offered: see ``POS_NOTE``.
@@ -28,6 +29,7 @@ Modules:
 * ``cache``: entry keys, model fingerprint, entries on disk, pruning;
 * ``report``: ``EvalReport`` (summary, rows, hardest rows, explorer links);
 * ``engine``: ``evaluate`` (chunks, batches, forward passes, rows);
+* ``estimate``: work per stage, throughput measured here, the estimate and the time left;
 * ``distributed``: ``evaluate_distributed`` under ``accelerate launch``.
 
 Example::
@@ -53,6 +55,7 @@ from mlm_core.evaluate.config import (
     MAX_PAIRS,
     MAX_RATES,
     MAX_SEEDS,
+    WITH_PLL,
     EvalConfig,
     parse_rates,
     planned_rows,
@@ -61,7 +64,18 @@ from mlm_core.evaluate.config import (
 )
 from mlm_core.evaluate.distributed import evaluate_distributed
 from mlm_core.evaluate.engine import CHUNK_SENTENCES, MAX_TOKENS, ProgressFn, evaluate
-from mlm_core.evaluate.report import CI_NOTE, POS_NOTE, EvalReport
+from mlm_core.evaluate.estimate import (
+    STAGES,
+    Estimate,
+    Throughput,
+    Work,
+    describe_seconds,
+    estimate,
+    measure_throughput,
+    plan_work,
+    time_left,
+)
+from mlm_core.evaluate.report import CI_NOTE, PER_CONFIG, POS_NOTE, EvalReport
 from mlm_core.evaluate.tally import GROUPS, Tally
 
 __all__ = [
@@ -74,24 +88,35 @@ __all__ = [
     "MAX_RATES",
     "MAX_SEEDS",
     "MAX_TOKENS",
+    "PER_CONFIG",
     "POS_NOTE",
     "SENTENCE_COLUMNS",
     "TEXT_COLUMNS",
+    "STAGES",
     "TOKEN_COLUMNS",
+    "WITH_PLL",
     "Entry",
+    "Estimate",
     "EvalConfig",
     "EvalReport",
     "EvaluationCancelled",
     "ProgressFn",
     "Tally",
+    "Throughput",
+    "Work",
     "default_cache_dir",
+    "describe_seconds",
     "entry_key",
+    "estimate",
     "evaluate",
     "evaluate_distributed",
     "hash_texts",
+    "measure_throughput",
     "model_fingerprint",
     "parse_rates",
+    "plan_work",
     "planned_rows",
     "sentence_seed",
     "sweep",
+    "time_left",
 ]

@@ -6,12 +6,12 @@
 * ``parse_rates``/``sweep``: the strategy x rate grid a user asks for (heads: ``mlm_core.links``);
 * ``sentence_seed``: the seed sentence ``i`` is masked with, replayable in the explorer;
 * ``pll_key``/``plain_key``: what a pseudo-log-likelihood pass depends on (shared by configurations);
-* ``planned_rows``: the work a run will do, for the page's estimate.
+* ``WITH_PLL``: whether a run computes the pseudo-log-likelihood unless told (the one default);
+* ``planned_rows``: the forward-pass rows a run will do (the page's size limit; times: ``estimate``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,15 +28,15 @@ from mlm_core.masking import (
     DrawPolicy,
     RuleBased,
     build_strategy,
-    is_adaptive,
     params_of,
     strategy_from_params,
     strategy_steps,
 )
 from mlm_core.model.loading import LoadedModel
 from mlm_core.text.privacy import PrivacyMasking
-from mlm_core.text.tokens import tokenize
 
+WITH_PLL = False  # the default everywhere (evaluate, the page, the CLI): PLL is one pass per token, about
+# T times the masked predictions' work (minutes where they take seconds), so it is asked for, never implied
 MAX_SEEDS = 20
 MAX_RATES = 50
 MAX_PAIRS = 1000  # configurations x seeds in one evaluation
@@ -223,17 +223,9 @@ def planned_rows(loaded: LoadedModel, texts: Sequence[str], configs: Sequence[Ev
                  with_pll: bool, sample: int = 200) -> int:
     """Rows of forward passes a run needs: one per sentence per (configuration, seed), plus one per
     token per pseudo-log-likelihood context (tokens estimated from up to ``sample`` texts)."""
-    contexts = {pll_key(c) for c in configs} if with_pll else set()
-    contexts |= {plain_key(c) for c in configs if is_adaptive(c.build())}
-    if not texts:
-        return 0
-    picked = texts[:: max(1, len(texts) // sample)][:sample]
-    lengths = []
-    for text in picked:
-        with contextlib.suppress(InputError):
-            lengths.append(min(len(tokenize(loaded.tokenizer, text)), loaded.max_length))
-    mean_tokens = sum(lengths) / len(lengths) if lengths else 0
-    return len(texts) * len(configs) * len(seeds) + round(len(texts) * mean_tokens * len(contexts))
+    from mlm_core.evaluate.estimate import plan_work
+
+    return plan_work(loaded, texts, configs, seeds, with_pll, sample).total_rows
 
 
 def sentence_seed(seed: int, index: int) -> int:

@@ -23,14 +23,14 @@ from mlm_core.evaluate.cache import (
     model_fingerprint,
     write_summary,
 )
-from mlm_core.evaluate.config import EvalConfig
+from mlm_core.evaluate.config import WITH_PLL, EvalConfig
 from mlm_core.evaluate.engine import ProgressFn, evaluate, report_notices
 from mlm_core.evaluate.report import EvalReport
 from mlm_core.evaluate.tally import Tally
 
 
 def evaluate_distributed(model: str | None, texts: Sequence[str], configs: Sequence[EvalConfig], *,
-                         seeds: Sequence[int] = (0,), with_pll: bool = True, cache_dir: str | Path | None = None,
+                         seeds: Sequence[int] = (0,), with_pll: bool = WITH_PLL, cache_dir: str | Path | None = None,
                          reuse: bool = True, progress: ProgressFn | None = None,
                          device: str | None = None) -> EvalReport | None:
     """Under ``accelerate launch``: each process evaluates a contiguous slice of ``texts`` on its own

@@ -43,7 +43,16 @@ from mlm_core.evaluate.cache import (
     read_entry,
     write_summary,
 )
-from mlm_core.evaluate.config import MAX_PAIRS, MAX_SEEDS, EvalConfig, plain_key, pll_key, sentence_seed
+from mlm_core.evaluate.config import (
+    MAX_PAIRS,
+    MAX_SEEDS,
+    WITH_PLL,
+    EvalConfig,
+    plain_key,
+    pll_key,
+    sentence_seed,
+)
+from mlm_core.evaluate.estimate import PLL, PREDICT, STAGES, record_run
 from mlm_core.evaluate.report import EvalReport
 from mlm_core.evaluate.tally import GROUPS, Tally
 from mlm_core.explain.whatif import parse_heads
@@ -66,7 +75,7 @@ CHUNK_SENTENCES = 1024  # sentences tokenized, masked and written together (the 
 MAX_TOKENS = {"cpu": 2048, "cuda": 65536}  # rows x padded length per pass (the CPU gains little beyond; the
 # shared model's lock is held for one pass, so other sessions wait at most that long)
 MAX_BATCH_ROWS = 512
-ProgressFn = Callable[[int, int | None, str], None]  # (done, total or None, what is running)
+ProgressFn = Callable[[int, int | None, str], None]  # (done, total or None, what is running); see evaluate
 
 
 @dataclass
@@ -131,16 +140,48 @@ class _Engine:
         self.adaptive = {id(p): is_adaptive(p.strategy) for p in pairs}
         # Adaptive masking scores tokens by their surprisal under the plain model, as the explorer does.
         self.pll_keys |= {plain_key(p.config) for p in pairs if self.adaptive[id(p)]}
-        self.work_per_sentence = len(pairs) + len(self.pll_keys)
-        self.total = None if total is None else total * self.work_per_sentence
+        # Progress counts padded tokens through the model (estimate.plan_work's units): a sentence of T
+        # tokens, S of them scored, is T per configuration and seed and T x S per PLL context.
+        self.total_texts = total
+        self.planned = 0  # units of the chunks read so far
+        self.seen = 0  # texts read so far
         self.done = 0
+        self.stage_units = dict.fromkeys(STAGES, 0)
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
 
-    def _tick(self, units: int, what: str) -> None:
+    @property
+    def total(self) -> int | None:
+        """Units of the whole run: exact for the chunks read, extrapolated at their mean for the rest."""
+        if self.total_texts is None:
+            return None
+        rest = max(0, self.total_texts - self.seen)
+        return max(self.done, self.planned + (round(rest * self.planned / self.seen) if self.seen else 0))
+
+    def _plan(self, variants: dict[bool, list[_Record]]) -> None:
+        for pair in self.pairs:
+            self.planned += sum(len(r.tokens) if r.tokens else 1 for r in variants[pair.config.privacy])
+        for key in self.pll_keys:
+            self.planned += sum(len(r.tokens) * self._scorable(r) for r in variants[key[0]] if r.tokens)
+
+    @staticmethod
+    def _scorable(record: _Record) -> int:
+        return max(1, len(record.tokens) - sum(record.tokens.special))
+
+    def _tick(self, units: int, what: str, stage: str = PREDICT) -> None:
         if self.cancel is not None and self.cancel():
             raise EvaluationCancelled("The analysis was cancelled; nothing was saved.")
         self.done += units
+        self.stage_units[stage] += units
         if self.progress is not None:
             self.progress(self.done, self.total, what)
+
+    def timed(self, stage: str, function, *args):
+        """``function(*args)``, its time added to ``stage`` (the pace ``estimate.record_run`` keeps)."""
+        started = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self.stage_seconds[stage] += time.perf_counter() - started
 
     # -- chunks
 
@@ -151,11 +192,13 @@ class _Engine:
                 for text in chunk:
                     hash_one(digest, text)
             variants = {privacy: self._prepare(chunk, index, privacy) for privacy in {p.config.privacy for p in self.pairs}}
-            pll = {key: self._pll(variants[key[0]], key) for key in sorted(self.pll_keys, key=repr)}
+            self.seen += len(chunk)
+            self._plan(variants)
+            pll = {key: self.timed(PLL, self._pll, variants[key[0]], key) for key in sorted(self.pll_keys, key=repr)}
             for pair in self.pairs:
                 plain = pll.get(plain_key(pair.config)) if self.adaptive[id(pair)] else None
                 own = pll.get(pll_key(pair.config)) if self.with_pll else None
-                self._evaluate_pair(pair, variants[pair.config.privacy], own, plain)
+                self.timed(PREDICT, self._evaluate_pair, pair, variants[pair.config.privacy], own, plain)
             index += len(chunk)
 
     def _prepare(self, chunk: list[str], first: int, privacy: bool) -> list[_Record]:
@@ -235,13 +278,17 @@ class _Engine:
         copies = [(record.tokens.ids, p, ~excluded) for record, excluded, positions in items for p in positions]
         owners = [record.index for record, _, positions in items for _ in positions]
         batches = self._batches([len(ids) for ids, _, _ in copies])
+        planned = sum(len(r.tokens) * self._scorable(r) for r in records if r.tokens)
+        ticked = 0
         for batch, logits in in_turn_logits(self.loaded, copies, batches, gates=gates):
             targets = np.array([copies[i][0][copies[i][1]] for i in batch], dtype=np.int64)
             _, log_p, _ = self._rank(logits, targets)
             for row, i in enumerate(batch):
                 scores[owners[i]][copies[i][1]] = log_p[row]
-            self._tick(0, "pseudo-log-likelihood")
-        self._tick(len(records), "pseudo-log-likelihood")
+            units = sum(len(copies[i][0]) for i in batch)
+            ticked += units
+            self._tick(units, STAGES[PLL], PLL)  # every pass: the longest stage moves too
+        self._tick(max(0, planned - ticked), STAGES[PLL], PLL)  # excluded tokens were planned, not run
         return scores
 
     # -- one configuration and seed over one chunk
@@ -250,6 +297,8 @@ class _Engine:
         tally, sentence_rows, token_rows = Tally(), [], []
         masked = []  # (record, MaskResult, chosen positions)
         label = pair.config.label
+        what = f"{STAGES[PREDICT]} · {label}"
+        planned = sum(len(r.tokens) if r.tokens else 1 for r in records)
         for record in records:
             tally.sentences += 1
             if record.tokens is None:
@@ -284,8 +333,9 @@ class _Engine:
                 count = len(masked[i][2])
                 predictions[i] = (rank[start : start + count], log_p[start : start + count], guess[start : start + count])
                 start += count
-            self._tick(len(batch), label)
-        self._tick(len(records) - len(masked) + sum(1 for n in lengths if not n), label)
+            self._tick(sum(lengths[i] for i in batch), what)
+            planned -= sum(lengths[i] for i in batch)
+        self._tick(planned, what)  # skipped texts and those with nothing chosen
         tokenizer = self.loaded.tokenizer
         for i, (record, result, positions) in enumerate(masked):
             self._sentence(pair, tally, record, result, positions, predictions.get(i),
@@ -341,7 +391,7 @@ def evaluate(
     configs: Sequence[EvalConfig] | EvalConfig,
     *,
     seeds: Sequence[int] = (0,),
-    with_pll: bool = True,
+    with_pll: bool = WITH_PLL,
     first_index: int = 0,
     total: int | None = None,
     texts_hash: str | None = None,
@@ -355,8 +405,11 @@ def evaluate(
 
     ``first_index``: the file index of the first text (a slice of a larger file keeps its masks).
     ``texts_hash``: skip hashing (else computed from a list up front, or while streaming).
-    ``progress(done, total, what)`` is called after every batch (``total`` is None for an iterable
-    of unknown length unless ``total`` gives its number of texts); ``cancel()`` returning True
+    ``with_pll``: also the pseudo-log-likelihood of each sentence (default ``WITH_PLL``: off, it costs
+    about one pass per token). ``progress(done, total, what)`` is called after every forward pass, in
+    padded tokens (``estimate.plan_work``'s units; ``total`` is None for an iterable of unknown length
+    unless ``total`` gives its number of texts, and is extrapolated from the texts read so far);
+    ``what`` names the stage (``estimate.STAGES``) and, for masked predictions, the configuration; ``cancel()`` returning True
     stops the run with ``EvaluationCancelled`` and nothing cached. ``reuse=False`` recomputes.
     """
     started = time.monotonic()
@@ -406,6 +459,7 @@ def evaluate(
             digest = hashlib.sha256() if texts_hash is None else None
             engine.run(texts, first_index, digest)
             texts_hash = texts_hash or digest.hexdigest()
+            record_run(loaded, engine.stage_units, engine.stage_seconds)
         for pair in pairs:
             final = root / key(pair.config, pair.seed, texts_hash)
             write_summary(pair.folder, pair.config, pair.seed, loaded.name, pair.tally)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ POS_NOTE = (
     "is, and MaskLab downloads nothing at run time. Categories come from spaCy's stopword lists and "
     "Unicode character classes."
 )
+PER_CONFIG = "log p · "  # hardest_sentences: the column of each configuration's mean log p
 CI_NOTE = (
     "95% intervals: t-interval over seeds (pooled value ± t·s/√k) with two seeds or more; with one "
     "seed, Wilson (accuracy) and normal (log-probability) intervals over tokens."
@@ -158,11 +160,25 @@ class EvalReport:
         return buffer.getvalue()
 
     def hardest_sentences(self, k: int = 20) -> pd.DataFrame:
-        """Sentences whose predicted tokens got the lowest mean log-probability (any configuration, seed)."""
+        """The ``k`` sentences whose predicted tokens got the lowest mean log-probability, each once.
+
+        A sentence's row is its hardest (configuration, seed): ``config``, ``seed`` and the metrics
+        there (what its explorer link opens). With several configurations, one more column per
+        configuration, ``PER_CONFIG + label``, holds the sentence's mean log p under it (mean over seeds;
+        blank where nothing was predicted).
+        """
         if ("sentences", k) not in self._memo:
             rows = self.rows("sentences")
             rows = rows[rows["predicted"] > 0]
-            self._memo[("sentences", k)] = rows.sort_values(["mean_log_prob", "top1"], kind="stable").head(k)
+            ordered = rows.sort_values(["mean_log_prob", "top1"], kind="stable")
+            hardest = ordered.drop_duplicates("sentence").head(k).copy()
+            if len(self.configs) > 1:
+                mine = rows[rows["sentence"].isin(hardest["sentence"])]
+                means = mine.groupby(["sentence", "config"])["mean_log_prob"].mean()
+                for config in self.configs:
+                    hardest[PER_CONFIG + config.label] = [means.get((s, config.label), math.nan)
+                                                          for s in hardest["sentence"]]
+            self._memo[("sentences", k)] = hardest
         return self._memo[("sentences", k)].reset_index(drop=True)
 
     def hardest_tokens(self, k: int = 20) -> pd.DataFrame:

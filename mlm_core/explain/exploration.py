@@ -52,7 +52,11 @@ class Exploration:
 
     @property
     def ratio(self) -> float:
-        """α: masked positions / maskable positions."""
+        """α, the masking engine's one definition (``MaskResult.ratio``): chosen positions (typed and
+        clicked masks included) ÷ eligible positions after protection (privacy placeholders, protected
+        words). With no strategy nothing is protected: typed and clicked masks ÷ non-special tokens."""
+        if self.mask is not None:
+            return self.mask.ratio
         eligible = len(self.tokens.eligible_positions)
         return len(self.prediction.positions) / eligible if eligible else 0.0
 

@@ -27,10 +27,12 @@ class AdaptiveMasking(CorruptingStep):
     name: ClassVar[str] = "adaptive"
     label: ClassVar[str] = "adaptive masking"
 
-    mlm_probability: float = field(
-        default=0.15, metadata=param("Expected share of eligible tokens chosen.", **PROB)
-    )
-    uniform_mix: float = field(default=0.0, metadata=param("Share of plain random masking mixed in.", **PROB))
+    mlm_probability: float = field(default=0.15, metadata=param(
+        "On average this share of the tokens that may be masked is chosen; tokens the model finds hard are "
+        "chosen more often (mlm_probability).", label="Share of tokens to mask (on average)", **PROB))
+    uniform_mix: float = field(default=0.0, metadata=param(
+        "0: only how hard each token is decides; 1: plain random masking. A little keeps every token "
+        "possible (uniform_mix).", label="Share of plain random masking mixed in", **PROB))
 
     def probabilities(self, batch: TokenBatch, eligible: torch.Tensor) -> torch.Tensor:
         """(B, T) float64 choice probabilities; each row sums to p·n (unless capping makes it impossible)."""

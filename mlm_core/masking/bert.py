@@ -22,10 +22,12 @@ class RandomMasking(CorruptingStep):
     name: ClassVar[str] = "random"
     label: ClassVar[str] = "random masking"
 
-    mlm_probability: float = field(default=0.15, metadata=param("Share of eligible tokens chosen.", **PROB))
-    exact: bool = field(
-        default=False, metadata=param("Choose exactly round(p·n) tokens instead of each with rate p.")
-    )
+    mlm_probability: float = field(default=0.15, metadata=param(
+        "Each token that may be masked is chosen with this probability: 0.15 masks about 15% of them "
+        "(mlm_probability in Hugging Face).", label="Share of tokens to mask", **PROB))
+    exact: bool = field(default=False, metadata=param(
+        "On: exactly round(share × tokens that may be masked), at least one. Off: each token is drawn on its own, "
+        "so the count varies from draw to draw (exact).", label="Mask exactly that share"))
 
     def select(self, batch, eligible, gen):
         if self.exact:

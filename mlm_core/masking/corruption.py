@@ -55,6 +55,12 @@ class MaskingStep(Validated):
 
 
 PROB = {"min": 0.0, "max": 1.0}
+# Shared by every step that corrupts (manual masking declares other defaults with the same words).
+MASK_REPLACE_LABEL = "Chosen tokens shown as the mask token"
+MASK_REPLACE_HELP = "Share of the chosen tokens replaced by the mask token (mask_replace_prob in Hugging Face)."
+RANDOM_REPLACE_LABEL = "Chosen tokens replaced by a random word"
+RANDOM_REPLACE_HELP = ("Share of the chosen tokens replaced by a random token; the rest stay unchanged but are "
+                       "still predicted (random_replace_prob in Hugging Face).")
 
 
 @dataclass(frozen=True)
@@ -62,15 +68,17 @@ class CorruptingStep(MaskingStep):
     mask_replace_prob: float = field(
         default=0.8,
         kw_only=True,
-        metadata=param("Share of chosen tokens replaced by the mask token.", **PROB),
+        metadata=param(MASK_REPLACE_HELP + " BERT: 0.8.", label=MASK_REPLACE_LABEL, **PROB),
     )
     random_replace_prob: float = field(
         default=0.1,
         kw_only=True,
-        metadata=param("Share of chosen tokens replaced by a random token.", **PROB),
+        metadata=param(RANDOM_REPLACE_HELP + " BERT: 0.1.", label=RANDOM_REPLACE_LABEL, **PROB),
     )
     random_excludes_special: bool = field(
-        default=False, kw_only=True, metadata=param("Never draw special tokens as random replacements.")
+        default=False, kw_only=True, metadata=param(
+            "Random replacements never use special tokens such as [CLS] or [SEP]; Hugging Face draws from the "
+            "whole vocabulary (random_excludes_special).", label="No special tokens as random words")
     )
 
     def _check(self) -> None:

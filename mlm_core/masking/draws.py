@@ -36,10 +36,13 @@ class DrawPolicy(Validated):
     mode: str = field(
         default="dynamic",
         metadata=param(
-            "static: one mask per example; dynamic: new each epoch.", choices=("static", "dynamic")
+            "Static: one mask per example, reused every epoch; dynamic: a fresh mask each epoch, as RoBERTa "
+            "(static or dynamic masking).", label="When masks are drawn", choices=("static", "dynamic"),
+            choice_labels={"static": "once per example (static)", "dynamic": "anew each epoch (dynamic)"},
         ),
     )
-    seed: int = field(default=0, metadata=param("Base seed of every draw.", min=0))
+    seed: int = field(default=0, metadata=param("Base seed of every draw: the same seed repeats the masks (seed).",
+                                                label="Seed", min=0))
 
     def seed_for(self, example_key: int | str, epoch: int = 0) -> int:
         """A 63-bit seed from (seed, key, epoch); the epoch is ignored when static."""

@@ -24,11 +24,13 @@ class AttentionExclusion(MaskingStep):
     label: ClassVar[str] = "attention exclusion"
 
     positions: tuple[int, ...] = field(
-        default=(), metadata=param("Token positions to exclude (comma-separated).", min=0)
+        default=(), metadata=param("Token positions no other token may attend to, counting from 0 (positions).",
+                                   label="Token positions to remove from the context", min=0)
     )
     rule: str = field(
         default="",
-        metadata=param("Exclude every word of this kind.", choices=("", *CATEGORY_RULES)),
+        metadata=param("Every word of this kind is removed from the context: no token attends to it (rule).",
+                       label="Remove every word of this kind", choices=("", *CATEGORY_RULES)),
     )
 
     def _check(self) -> None:

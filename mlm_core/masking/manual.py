@@ -9,7 +9,14 @@ import torch
 
 from mlm_core.errors import InputError
 from mlm_core.masking.batch import TokenBatch, checked_positions
-from mlm_core.masking.corruption import PROB, CorruptingStep
+from mlm_core.masking.corruption import (
+    MASK_REPLACE_HELP,
+    MASK_REPLACE_LABEL,
+    PROB,
+    RANDOM_REPLACE_HELP,
+    RANDOM_REPLACE_LABEL,
+    CorruptingStep,
+)
 from mlm_core.settings import param
 
 
@@ -43,18 +50,20 @@ class ManualMasking(CorruptingStep):
     label: ClassVar[str] = "manual masking"
 
     positions: tuple[int, ...] = field(
-        default=(), metadata=param("Token positions to mask (comma-separated).", min=0)
+        default=(), metadata=param("Token positions to mask, counting from 0 (positions).",
+                                   label="Token positions to mask (comma-separated)", min=0)
     )
-    whole_word: bool = field(default=False, metadata=param("Extend each chosen token to its whole word."))
+    whole_word: bool = field(default=False, metadata=param(
+        "Extend each chosen token to all pieces of its word (whole_word).", label="Mask the whole word"))
     mask_replace_prob: float = field(
         default=1.0,
         kw_only=True,
-        metadata=param("Share of chosen tokens replaced by the mask token.", **PROB),
+        metadata=param(MASK_REPLACE_HELP, label=MASK_REPLACE_LABEL, **PROB),
     )
     random_replace_prob: float = field(
         default=0.0,
         kw_only=True,
-        metadata=param("Share of chosen tokens replaced by a random token.", **PROB),
+        metadata=param(RANDOM_REPLACE_HELP, label=RANDOM_REPLACE_LABEL, **PROB),
     )
 
     def _check(self) -> None:

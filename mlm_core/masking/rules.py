@@ -110,19 +110,23 @@ class RuleBased(CorruptingStep):
     name: ClassVar[str] = "rule-based"
     label: ClassVar[str] = "rule-based masking"
 
-    rule: str = field(default="stopwords", metadata=param("Which words the rule matches.", choices=RULES))
-    mode: str = field(
-        default="target",
-        metadata=param("target: mask the matches; protect: never mask them.", choices=("target", "protect")),
-    )
-    rate: float = field(default=1.0, metadata=param("Share of matching words the rule applies to.", **PROB))
-    words: tuple[str, ...] = field(
-        default=(), metadata=param("Word list for the words rule (comma-separated).")
-    )
-    pattern: str = field(
-        default="", metadata=param("Regular expression for the regex rule (matches whole words).")
-    )
-    ignore_case: bool = field(default=True, metadata=param("Match words and patterns ignoring case."))
+    rule: str = field(default="stopwords", metadata=param(
+        "Stopwords come from a maintained multilingual list; punctuation by Unicode category; or your own word "
+        "list or regular expression (rule).", label="Which words", choices=RULES,
+        choice_labels={"words": "words I list", "regex": "a regular expression"}))
+    mode: str = field(default="target", metadata=param(
+        "Mask them: the matching words are masked. Never mask them: other strategies may not choose them "
+        "(mode: target or protect).", label="What to do with them", choices=("target", "protect"),
+        choice_labels={"target": "mask them", "protect": "never mask them"}))
+    rate: float = field(default=1.0, metadata=param(
+        "1 masks every matching word; 0.5 a random half of them (rate).", label="Share of matching words", **PROB))
+    words: tuple[str, ...] = field(default=(), metadata=param(
+        "The words to match, comma-separated (words).", label="Words (comma-separated)"))
+    pattern: str = field(default="", metadata=param(
+        "A Python regular expression that must match a whole word, e.g. [A-Z]\\w+ for capitalised words (pattern).",
+        label="Regular expression"))
+    ignore_case: bool = field(default=True, metadata=param(
+        "On: 'The' matches 'the' (ignore_case).", label="Ignore upper and lower case"))
 
     def _check(self) -> None:
         super()._check()

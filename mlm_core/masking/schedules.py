@@ -23,11 +23,15 @@ class RateSchedule(Validated):
 
     kind: str = field(
         default="constant",
-        metadata=param("How the rate moves from start to end.", choices=("constant", "linear", "cosine")),
+        metadata=param("How the masking rate moves from its start to its end value (kind).",
+                       label="How the rate changes", choices=("constant", "linear", "cosine")),
     )
-    start: float = field(default=0.15, metadata=param("Rate at step 0.", **PROB))
-    end: float = field(default=0.15, metadata=param("Rate from total_steps on.", **PROB))
-    total_steps: int = field(default=1000, metadata=param("Steps from start to end.", min=1))
+    start: float = field(default=0.15, metadata=param("Masking rate at step 0 (start).", label="Rate at the start",
+                                                      **PROB))
+    end: float = field(default=0.15, metadata=param("Masking rate from the last step of the change on (end).",
+                                                    label="Rate at the end", **PROB))
+    total_steps: int = field(default=1000, metadata=param("Training steps the change takes (total_steps).",
+                                                          label="Steps from start to end", min=1))
 
     def rate(self, step: int) -> float:
         if self.kind == "constant":

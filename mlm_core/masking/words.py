@@ -24,8 +24,12 @@ class WholeWordMasking(CorruptingStep):
     name: ClassVar[str] = "whole-word"
     label: ClassVar[str] = "whole-word masking"
 
-    mlm_probability: float = field(default=0.15, metadata=param("Share of eligible words chosen.", **PROB))
-    exact: bool = field(default=False, metadata=param("Add words until round(p·n) tokens are chosen."))
+    mlm_probability: float = field(default=0.15, metadata=param(
+        "Each word that may be masked is chosen with this probability, all its pieces together "
+        "(mlm_probability).", label="Share of words to mask", **PROB))
+    exact: bool = field(default=False, metadata=param(
+        "On: whole words are added until round(share × tokens that may be masked) tokens are masked. Off: each "
+        "word is drawn on its own (exact).", label="Mask exactly that share"))
 
     def select(self, batch, eligible, gen):
         if not self.exact:
@@ -57,14 +61,16 @@ class SpanMasking(CorruptingStep):
     name: ClassVar[str] = "span"
     label: ClassVar[str] = "span masking"
 
-    mlm_probability: float = field(default=0.15, metadata=param("Share of eligible tokens to cover.", **PROB))
-    geometric_p: float = field(
-        default=0.2,
-        metadata=param("Geometric parameter of span lengths (SpanBERT: 0.2).", min=0.01, max=1.0),
-    )
-    max_span_length: int = field(
-        default=10, metadata=param("Longest span, in words (SpanBERT: 10).", min=1, max=100)
-    )
+    mlm_probability: float = field(default=0.15, metadata=param(
+        "Spans of whole words are added until this share of the tokens that may be masked is covered "
+        "(mlm_probability).", label="Share of tokens to cover with spans", **PROB))
+    geometric_p: float = field(default=0.2, metadata=param(
+        "Span lengths follow a geometric distribution with this parameter: the higher, the shorter the spans "
+        "(about 1/p words on average before the cap). SpanBERT: 0.2 (geometric_p).",
+        label="Span length setting (higher = shorter)", min=0.01, max=1.0))
+    max_span_length: int = field(default=10, metadata=param(
+        "No span is longer than this many words. SpanBERT: 10 (max_span_length).",
+        label="Longest span, in words", min=1, max=100))
 
     @property
     def length_distribution(self) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Loading masked language models safely, once, for every session.
 
-``load_model(name)`` accepts the default model's name (or None), a local folder or a
-Hugging Face hub id. Whatever the source, the same rules hold:
+``load_model(name)`` accepts the default model's name (or None), a local folder, a
+Hugging Face hub id or a finished run's model by its id (``run:ID``). Whatever the source, the same rules hold:
 
 * weights from safetensors only; a folder with only pickle weights (``*.bin``, ``*.pt``)
   is refused before anything is unpickled;
@@ -253,10 +253,33 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     return True
 
 
+def run_model_folder(name: str) -> Path | None:
+    """The folder of a finished run's model when ``name`` is a run reference (``run:ID``), else None.
+
+    Only the run store's own folders are reached this way (the id is checked, no path is taken).
+    """
+    from mlm_core.training.store import run_ref_id
+
+    if run_ref_id(name) is None:
+        return None
+    from mlm_core.training.planning import resolve_run_model
+
+    return resolve_run_model(name)
+
+
 def _load_pretrained(name: str):
+    run_folder = run_model_folder(name)
+    if run_folder is None:
+        return _load_source(name, Path(name).expanduser())
+    try:
+        return _load_source(name, run_folder)
+    except ModelLoadError as exc:  # a run is named by its id: its messages never show the server's folder
+        raise ModelLoadError(str(exc).replace(str(run_folder), name)) from exc
+
+
+def _load_source(name: str, folder: Path):
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
-    folder = Path(name).expanduser()
     is_local = folder.exists() or name.startswith((".", "/", "~"))
     if is_local:
         check_local_folder(folder)

@@ -6,11 +6,12 @@ Modules, in the order data flows through them:
 * ``data``: a corpus split, tokenized and packed into blocks (``prepare_data``);
 * ``scratch``: the models trained from random weights and ``build_model``;
 * ``trainer``: ``Trainer``, the loop, reporting through ``TrainingCallbacks``;
-* ``checkpoints``: crash-safe safetensors checkpoints;
+* ``checkpoints``: crash-safe safetensors checkpoints, kept only as long as resume needs them;
 * ``store``: the run store (SQLite row + folder per run);
 * ``jobs``: each run in its own OS process, bound to the store (also ``python -m mlm_core.training.jobs``,
   so it is not imported here);
-* ``planning``: what the Fine-tune page shows before a start (models, preview, time estimate);
+* ``planning``: what the Fine-tune page shows before a start (models, preview, device);
+* ``costs``: a run's time (estimate before, time left during) and disk use, from what runs measured;
 * ``run_table``, ``probes``: tables and before/after probes of finished runs.
 """
 

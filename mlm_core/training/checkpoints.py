@@ -10,6 +10,7 @@ fsynced, then ``manifest.json`` (sizes and SHA-256 of the others) is written and
 then the folder is renamed. A SIGKILL at any moment leaves either a complete checkpoint or
 a ``.tmp`` folder that ``sweep_temporaries`` removes; resume takes the newest checkpoint
 whose manifest verifies, else the one before.
+``retain`` deletes older checkpoints only once a newer one verifies.
 """
 
 from __future__ import annotations
@@ -169,9 +170,23 @@ def sweep_temporaries(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def prune(folder: Path, keep_last: int, keep: set[int] = frozenset()) -> None:
-    """Delete all but the newest ``keep_last`` checkpoints and the steps in ``keep`` (e.g. best)."""
-    existing = checkpoints(folder)
-    for path in existing[:-keep_last] if keep_last else existing:
-        if int(STEP_PATTERN.match(path.name).group(1)) not in keep:
+def retain(folder: Path, keep_last: int) -> list[Path]:
+    """Keep the newest ``keep_last`` checkpoints that verify; delete every older one. Returns the kept.
+
+    A checkpoint is deleted only once ``keep_last`` newer ones verify, so the previous checkpoint
+    stays on disk until the one written after it is complete and checked (a crash or a damaged
+    write in between still leaves something to resume from). Unverified checkpoints newer than
+    the kept ones stay too: ``latest_valid`` skips them and a rewrite of their step replaces them.
+    """
+    kept: list[Path] = []
+    for path in reversed(checkpoints(folder)):
+        if len(kept) >= keep_last:
             shutil.rmtree(path, ignore_errors=True)
+        elif verify(path):
+            kept.append(path)
+    return kept
+
+
+def remove_all(folder: Path) -> None:
+    """Delete every checkpoint of a run that no longer needs them (it finished: its model is the result)."""
+    shutil.rmtree(folder, ignore_errors=True)

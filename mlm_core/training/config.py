@@ -29,6 +29,9 @@ from mlm_core.text.corpus import TEXT_UNITS
 EVALUATIONS_PER_RUN = 20  # the automatic cadence: enough points for a curve, little time spent on them
 STEPS_ASSUMED_FOR_EPOCHS = 1000  # a run counted in epochs has no step count before its corpus is packed
 DEFAULT_EPOCHS = 1.0  # what a run starts at when its length is switched from steps to epochs
+# Resume takes the newest checkpoint whose manifest verifies: one is all it needs. While the next one is
+# written the previous one stays (checkpoints.retain), so a run briefly holds two on disk.
+CHECKPOINTS_RESUME_NEEDS = 1
 CHECKPOINT_EVALS = ParamSpec(
     "checkpoint_evals", "int", 5,
     "Checkpoint every N evaluations (a checkpoint is what an interrupted run resumes from).", 1, 1000,
@@ -93,8 +96,10 @@ class TrainConfig(Validated):
     checkpoint_every: int | None = field(default=None, metadata=param(
         f"Checkpoint every N steps (default: every {CHECKPOINT_EVALS.default} evaluations).",
         min=1, max=1_000_000))
-    keep_checkpoints: int = field(default=2, metadata=param(
-        "Newest checkpoints kept (the best one is kept too).", min=1, max=1_000_000))
+    keep_checkpoints: int = field(default=CHECKPOINTS_RESUME_NEEDS, metadata=param(
+        "Newest verified checkpoints kept while the run goes (resume needs only the newest; an older one "
+        "is deleted only once a newer one verifies). A finished run keeps none: its model is the result.",
+        min=1, max=1_000_000))
     seed: int = field(default=0, metadata=param("Seed of the data order, the masks and the dropout.", min=0))
     device: str | None = None  # None: GPU when present
 

@@ -23,6 +23,7 @@ from mlm_core.errors import Cancelled, Diverged, MaskLabError
 from mlm_core.text.corpus import Corpus, read_corpus
 from mlm_core.training import checkpoints
 from mlm_core.training.config import TrainConfig
+from mlm_core.training.costs import others_load, read_pace, write_pace
 from mlm_core.training.data import split_texts
 from mlm_core.training.store import (
     CANCELLED,
@@ -63,13 +64,22 @@ class StoreCallbacks(TrainingCallbacks):
 
     def __init__(self, store: RunStore, run_id: str, printer: Callable[[str, dict], None] | None = None):
         self.store, self.run_id, self.printer = store, run_id, printer
+        self.folder = store.folder(run_id)
         self._last_write = 0.0
         self._last_cancel_check = 0.0
+        self._pace: dict = {}
+        self._loads: list[float] = []  # load averages seen while it ran, for the next estimate
 
     def on_start(self, info: dict) -> None:
         best = info.get("best") or {}  # a resumed run's best so far (from its checkpoint)
         self.store.update(self.run_id, device=info["device"], total_steps=info["total_steps"],
                           best_heldout_loss=best.get("heldout_loss"), best_accuracy=best.get("masked_accuracy"))
+        # The pace of this process: when its first step began (start-up measured up to here), and then
+        # when each written step ended. Time left is made from completed steps only (costs.time_left).
+        now, started = time.time(), self.store.get(self.run_id).started
+        self._pace = {"t0": now, "first_step": info["resumed_from"], "step": info["resumed_from"], "at": now,
+                      "startup_s": now - started if started else None}
+        self._write_pace()
         if self.printer:
             self.printer("start", info)
 
@@ -77,9 +87,24 @@ class StoreCallbacks(TrainingCallbacks):
         now = time.monotonic()
         if now - self._last_write >= STATUS_EVERY_S or step == total:
             self.store.update(self.run_id, step=step)
+            self._pace.update(step=step, at=time.time(), load=self._others_load())
+            self._pace.setdefault("t1", self._pace["at"])  # the first step warms up: the rate is taken after it
+            self._pace.setdefault("s1", step)
+            self._write_pace()
             self._last_write = now
         if self.printer:
             self.printer("step", {"step": step, "total": total, "loss": loss})
+
+    def _write_pace(self) -> None:
+        with contextlib.suppress(OSError):  # only progress and estimates read it: never a reason to stop a run
+            write_pace(self.folder, self._pace)
+
+    def _others_load(self) -> float:
+        """Mean load average while this job ran, less its own threads: what other work kept busy."""
+        import torch
+
+        self._loads.append(others_load())
+        return max(0.0, sum(self._loads) / len(self._loads) - torch.get_num_threads())
 
     def on_eval(self, record: dict) -> None:
         self.store.append_metrics(self.run_id, record)
@@ -196,10 +221,17 @@ def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] |
         store.truncate_metrics(run_id, checkpoints.step_of(resume_from) if resume_from else 0)
         result = trainer.run(resume_from)
         best = result.get("best", {})
-        return store.transition(
+        with contextlib.suppress(OSError):  # the next estimate's basis; without it, the reference pace
+            write_pace(folder, {**(read_pace(folder) or {}), "timing": result["timing"]})
+        done = store.transition(
             run_id, FINISHED, step=result["step"],
             best_heldout_loss=best.get("heldout_loss"), best_accuracy=best.get("masked_accuracy"),
         )
+        # Finished: nothing can resume it any more, so its checkpoints only take space (three times the
+        # model's size with AdamW's state). Deleted only now: a crash before the state is committed
+        # leaves an interrupted run that resumes from them.
+        checkpoints.remove_all(folder / "checkpoints")
+        return done
     except Cancelled as exc:
         return store.transition(run_id, CANCELLED, reason=str(exc), step=exc.step)
     except Diverged as exc:

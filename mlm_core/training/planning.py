@@ -1,6 +1,6 @@
 """Planning a fine-tuning run before it starts: which models can be fine-tuned, a preview of
-the first training examples exactly as the trainer will corrupt them, the device, and an
-estimate of the time.
+the first training examples exactly as the trainer will corrupt them, and the device (its time
+and disk use: ``costs``).
 
 The preview goes through the trainer's own functions (``split_texts`` → ``pack`` →
 ``mask_examples`` with the run's ``DrawPolicy`` and rate at step 0), so what the page shows
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from mlm_core.errors import InputError, ModelLoadError
+from mlm_core.errors import InputError, ModelLoadError, RunError
 from mlm_core.masking import (
     KIND_BY_CODE,
     DrawPolicy,
@@ -45,18 +45,9 @@ from mlm_core.text.tokens import tokenizer_lock
 from mlm_core.training.config import TrainConfig, rate_schedule
 from mlm_core.training.data import pack, split_texts, training_texts
 from mlm_core.training.scratch import SCRATCH_MODELS
-from mlm_core.training.store import FINISHED, RunRecord, RunStore
+from mlm_core.training.store import FINISHED, RunRecord, RunStore, run_ref, run_ref_id
 
 PREVIEW_EXAMPLES = 3
-# Rough throughput (the trainer's tokens/s) when no finished run on this device and model has
-# measured it: a 6-layer, 384-wide BERT (the default model) on a 2-core CPU / one GPU. Other
-# Transformers are scaled by their compute per token (see ``_cost_per_token``).
-REFERENCE_TOKENS_PER_S = {"cpu": 1_500, "cuda": 60_000}
-LSTM_TOKENS_PER_S = {"cpu": 6_000, "cuda": 150_000}
-REFERENCE_SHAPE = (6, 384, 1536, 30522)  # layers, hidden, intermediate, vocabulary of the default model
-SPEEDUP_RANGE = (0.02, 10.0)  # small models are bound by per-step overhead, not by arithmetic
-STARTUP_S = 15.0  # process start, model load, tokenizing the corpus
-SAMPLE_TEXTS = 200  # texts tokenized to estimate the corpus's token count
 
 
 # ----------------------------------------------------------------------------- models
@@ -76,24 +67,59 @@ def run_model_folder(store: RunStore, record: RunRecord) -> Path | None:
 @dataclass(frozen=True)
 class ModelOption:
     label: str
-    model: str | None  # TrainConfig.model: None = the default model
+    model: str | None  # TrainConfig.model: None = the default model; a run's model as ``run:ID``
     kind: str  # default | scratch | run
 
 
+def resolve_run_model(model: str, store: RunStore | None = None) -> Path:
+    """The model folder of a finished run named ``run:ID`` (in ``store``, by default the app's).
+
+    Only a run id goes through here, never a path: the folder is the store's own ``<ID>/model``.
+    Raises ModelLoadError (unknown or unfinished run, an LSTM) with a message that names no folder.
+    """
+    run_id = run_ref_id(model)
+    if run_id is None:
+        raise ModelLoadError(f"'{model}' is not a run reference (run:ID).")
+    if store is None:
+        from mlm_core.training.jobs import default_store
+
+        store = default_store()
+    try:
+        record = store.get(run_id)
+    except RunError as exc:
+        raise ModelLoadError(f"There is no run '{run_id}' (deleted?); `python -m mlm_core runs list` shows "
+                             "the runs.") from exc
+    folder = run_model_folder(store, record)
+    if folder is None:
+        raise ModelLoadError(f"Run {run_id} is {record.status}: its model exists once the run has finished.")
+    if is_lstm_folder(folder):
+        raise ModelLoadError(f"Run {run_id} trained an LSTM: it has no attention to show, is not a Hugging Face "
+                             "model and cannot be fine-tuned further (choose scratch-lstm for a new one).")
+    return folder
+
+
+def run_ref_of_folder(model: str | None, store: RunStore) -> str | None:
+    """``run:ID`` for a run's model folder in ``store`` (how links named runs before references), else None."""
+    if not model or run_ref_id(model) is not None:
+        return None
+    try:
+        folder = Path(model).expanduser().resolve()
+        inside = folder.name == "model" and folder.parent.parent == store.root.resolve()
+        return run_ref(folder.parent.name) if inside and store.get(folder.parent.name) else None
+    except (OSError, RunError):
+        return None
+
+
 def model_options(store: RunStore) -> list[ModelOption]:
-    """The default model, the two scratch models and every finished run's Transformer model."""
-    options = [
-        ModelOption(f"{DEFAULT_MODEL_NAME} (default, offline)", None, "default"),
-        ModelOption("scratch-transformer (a tiny BERT from random weights)", "scratch-transformer", "scratch"),
-        ModelOption("scratch-lstm (a bidirectional LSTM from random weights)", "scratch-lstm", "scratch"),
-    ]
+    """The default model, the scratch models and every finished run's Transformer model (by ``run:ID``)."""
+    from mlm_core.training.run_table import run_label  # run_table reads this module's model_name
+
+    options = [ModelOption(f"{DEFAULT_MODEL_NAME} (default, offline)", None, "default")]
+    options += [ModelOption(f"{name} ({about})", name, "scratch") for name, about in SCRATCH_MODELS.items()]
     for record in store.list():
         folder = run_model_folder(store, record)
         if folder is not None and not is_lstm_folder(folder):  # an LSTM is not a loadable base model
-            config = record.config
-            options.append(ModelOption(
-                f"run {record.id} ({model_name(config.get('model'))}, {config.get('strategy')}/"
-                f"{config.get('masking')}, {record.step} steps)", str(folder), "run"))
+            options.append(ModelOption(f"run: {run_label(record, status=False)}", run_ref(record.id), "run"))
     return options
 
 
@@ -101,8 +127,10 @@ def model_name(model: str | None) -> str:
     """What to call ``TrainConfig.model`` in tables: the default model's name when None."""
     if model is None:
         return DEFAULT_MODEL_NAME
+    if run_ref_id(model) is not None:
+        return f"run {run_ref_id(model)}"
     path = Path(model)
-    if path.name == "model" and path.parent.parent.name == "runs":
+    if path.name == "model" and path.parent.parent.name == "runs":  # runs started before run:ID references
         return f"run {path.parent.name}"
     return str(model)
 
@@ -113,6 +141,8 @@ def _tokenizer_source(model: str | None) -> tuple[str, bool]:
 
     if model is None or model == DEFAULT_MODEL_NAME or model in SCRATCH_MODELS:
         return str(base_encoder_dir()), True
+    if run_ref_id(model) is not None:
+        return str(resolve_run_model(model)), True
     folder = Path(model).expanduser()
     if folder.exists() or model.startswith((".", "/", "~")):
         if is_lstm_folder(folder):
@@ -247,7 +277,7 @@ def preview_examples(tokenizer, texts, config: TrainConfig, n: int = PREVIEW_EXA
     return examples
 
 
-# ----------------------------------------------------------------------------- device and time
+# ----------------------------------------------------------------------------- device
 
 
 def device_summary(preferred: str | None = None) -> tuple[str, str]:
@@ -256,95 +286,3 @@ def device_summary(preferred: str | None = None) -> tuple[str, str]:
 
     device = pick_device(preferred)
     return device.type, device_label(device)
-
-
-def estimate_train_blocks(tokenizer, texts, seq_len: int, heldout_fraction: float) -> int:
-    """Training blocks of the whole corpus, from the tokens per character of a sample."""
-    sample = list(texts[:SAMPLE_TEXTS])
-    if not sample:
-        return 0
-    with tokenizer_lock(tokenizer):
-        counts = tokenizer(sample, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    per_char = sum(len(c) + 1 for c in counts) / max(1, sum(len(t) for t in sample))  # +1: separators
-    tokens = per_char * sum(len(t) for t in texts) * (1 - heldout_fraction)
-    return max(1, int(tokens // (seq_len - 2)))
-
-
-@dataclass(frozen=True)
-class Estimate:
-    seconds: float
-    steps: int
-    tokens_per_s: float
-    basis: str  # where the throughput comes from, said in the UI
-    measured: bool
-
-
-def measured_speed(store: RunStore, model: str | None, device_type: str) -> tuple[float, RunRecord] | None:
-    """Median tokens/s of the latest finished run on the same model and device type, if any."""
-    for record in store.list():  # newest first
-        if record.status != FINISHED or record.config.get("model") != model:
-            continue
-        if (record.device or "").split(":")[0] != device_type:
-            continue
-        speeds = sorted(m["tokens_per_s"] for m in store.metrics(record.id) if m.get("tokens_per_s"))
-        if speeds:
-            return speeds[len(speeds) // 2], record
-    return None
-
-
-def _cost_per_token(shape: tuple[int, int, int, int]) -> float:
-    """Multiply-adds per token of a BERT-like encoder, plus the vocabulary head at the 15% masked."""
-    layers, hidden, intermediate, vocab = shape
-    return layers * (4 * hidden * hidden + 2 * hidden * intermediate) + 0.15 * hidden * vocab
-
-
-def _model_shape(model: str | None) -> tuple[int, int, int, int] | None:
-    if model is None or model == DEFAULT_MODEL_NAME:
-        return REFERENCE_SHAPE
-    if model == "scratch-transformer":  # as training.build_model makes it
-        return 2, 128, 512, REFERENCE_SHAPE[3]
-    config = Path(model).expanduser() / "config.json"
-    if not config.is_file():
-        return None
-    data = json.loads(config.read_text())
-    try:
-        return (int(data["num_hidden_layers"]), int(data["hidden_size"]),
-                int(data.get("intermediate_size") or 4 * data["hidden_size"]), int(data["vocab_size"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def default_speed(model: str | None, device_type: str) -> tuple[float, str]:
-    """(rough tokens/s, how it was made) for ``model`` on ``device_type`` with nothing measured."""
-    device = "cuda" if device_type == "cuda" else "cpu"
-    if model == "scratch-lstm":
-        return LSTM_TOKENS_PER_S[device], "a rough default speed for the scratch LSTM"
-    shape = _model_shape(model)
-    reference = REFERENCE_TOKENS_PER_S[device]
-    if shape is None:
-        return reference, "a rough default speed for a model the size of the default model"
-    low, high = SPEEDUP_RANGE
-    factor = min(high, max(low, _cost_per_token(REFERENCE_SHAPE) / _cost_per_token(shape)))
-    return reference * factor, "a rough default speed, scaled to the size of this model"
-
-
-def estimate_time(store: RunStore, config: TrainConfig, device_type: str, train_blocks: int) -> Estimate:
-    """Seconds a run of ``config`` should take: training tokens / speed, plus evaluations and start-up.
-
-    The speed is the one the latest finished run on the same model and device measured, else
-    a rough default (``default_speed``); ``Estimate.basis`` says which.
-    """
-    batch = max(1, min(config.batch_size, train_blocks or config.batch_size))
-    steps = config.total_steps(max(1, train_blocks))  # the trainer's count, over the estimated blocks
-    measured = measured_speed(store, config.model, device_type)
-    if measured:
-        speed, record = measured
-        basis = f"the speed run {record.id} measured on this device and model ({speed:,.0f} tokens/s)"
-    else:
-        speed, how = default_speed(config.model, device_type)
-        basis = f"{how}, {speed:,.0f} tokens/s (no finished run on this device and model has measured one yet)"
-    train_tokens = steps * batch * config.seq_len
-    evaluations = steps // max(1, config.eval_every) + 1
-    eval_tokens = evaluations * min(config.eval_blocks, max(1, train_blocks // 10)) * config.seq_len
-    seconds = STARTUP_S + train_tokens / speed + eval_tokens / (3 * speed)  # a forward pass ≈ 1/3 of a step
-    return Estimate(seconds, steps, speed, basis, measured is not None)

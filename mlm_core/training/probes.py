@@ -21,14 +21,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlm_core.errors import InputError
+from mlm_core.errors import InputError, ModelLoadError
 from mlm_core.explain.predict import PositionPrediction, position_prediction, predict
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.forward import in_turn_logits
 from mlm_core.model.loading import LoadedModel
 from mlm_core.resources import asset
 from mlm_core.text.tokens import tokenize, tokenizer_lock
+from mlm_core.training.planning import resolve_run_model
 from mlm_core.training.scratch import SCRATCH_MODELS
+from mlm_core.training.store import run_ref_id
 
 PRESET_FILE = asset("cloze_en.jsonl")
 PRESET_MASK = "[MASK]"  # the mask string the preset file is written with
@@ -103,6 +105,11 @@ def base_model_for(config: dict) -> tuple[str, str]:
                                     "default model instead.")
     if Path(model).is_absolute() and not Path(model).exists():
         return DEFAULT_MODEL_NAME, f"The run's base model ({model}) is gone; it is compared with the default model."
+    if run_ref_id(model) is not None:
+        try:
+            resolve_run_model(model)
+        except ModelLoadError:
+            return DEFAULT_MODEL_NAME, f"The run's base model ({model}) is gone; it is compared with the default model."
     return model, ""
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from mlm_core.errors import InputError
-from mlm_core.training.planning import model_name
+from mlm_core.training.costs import time_left
+from mlm_core.training.planning import model_name, strategy_rate
 from mlm_core.training.store import QUEUED, RUNNING, RunRecord
 
 ACTIVE_STATES = (QUEUED, RUNNING)
@@ -38,7 +39,7 @@ METRICS = {  # metrics.jsonl key → label; one chart per metric
     "lr": "learning rate",
 }
 CATEGORY_PREFIX = "accuracy: "  # by-category accuracies: "accuracy: stopword", ...
-TABLE_COLUMNS = ("run", "status", "model", "strategy", "masking", "steps", "best held-out loss",
+TABLE_COLUMNS = ("run", "name", "status", "model", "strategy", "masking", "steps", "best held-out loss",
                  "best accuracy", "device", "duration", "created")
 MAX_ZIP_BYTES = 4 * 1024**3  # a model folder larger than this is refused (zip is built in memory)
 
@@ -57,10 +58,37 @@ def format_duration(seconds: float | None) -> str:
     return f"{secs} s"
 
 
-def run_label(record: RunRecord) -> str:
-    """Short name of a run in menus and legends: id, strategy and static/dynamic."""
-    config = record.config
-    return f"{record.id} · {config.get('strategy', '?')}/{config.get('masking', '?')} · {record.status}"
+def generated_name(config: Mapping) -> str:
+    """A run's name made from its settings, e.g. 'whole-word 30% · masklab-minilm-en · 200 steps'.
+
+    Strategy and rate, ``static`` when the mask is fixed (dynamic is the default), the model (a
+    hub id or folder by its last part) and the length.
+    """
+    strategy = str(config.get("strategy") or "random")
+    try:
+        rate = strategy_rate(strategy, dict(config.get("strategy_params") or {}))
+    except Exception:  # noqa: BLE001 - a config from an older version: name it without the rate
+        rate = None
+    what = strategy + (f" {rate:.0%}" if rate is not None else "")
+    if config.get("masking") == "static":
+        what += " static"
+    model = model_name(config.get("model"))
+    model = model if model.startswith("run ") else Path(model).name or model
+    steps, epochs = config.get("steps"), config.get("epochs")
+    length = f"{steps} steps" if steps else f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
+    return " · ".join(part for part in (what, model, length) if part)
+
+
+def run_name(record: RunRecord) -> str:
+    """The name the user gave the run, else the one made from its settings (plain text: escape it)."""
+    return record.name or generated_name(record.config)
+
+
+def run_label(record: RunRecord, status: bool = True) -> str:
+    """A run in menus and legends: its name, when it was created (which tells runs of one name
+    apart) and, unless ``status`` is False, its status."""
+    created = time.strftime("%d %b %H:%M:%S", time.localtime(record.created))
+    return f"{run_name(record)} · {created}" + (f" · {record.status}" if status else "")
 
 
 def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
@@ -71,6 +99,7 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
         steps = r.total_steps or c.get("steps")
         rows.append({
             "run": r.id,
+            "name": run_name(r),
             "status": r.status,
             "model": model_name(c.get("model")),
             "strategy": c.get("strategy", ""),
@@ -93,7 +122,7 @@ def filter_runs(frame: pd.DataFrame, statuses: Sequence[str] = (), text: str = "
         kept = kept[kept["status"].isin(list(statuses))]
     text = text.strip().lower()
     if text:
-        haystack = kept[["run", "model", "strategy", "masking", "device"]].astype(str).agg(" ".join, axis=1)
+        haystack = kept[["run", "name", "model", "strategy", "masking", "device"]].astype(str).agg(" ".join, axis=1)
         kept = kept[haystack.str.lower().str.contains(text, regex=False)]
     if sort_by in kept.columns:
         kept = kept.sort_values(sort_by, ascending=not descending, na_position="last", kind="stable")
@@ -110,13 +139,17 @@ class Progress:
     text: str
 
 
-def progress(record: RunRecord, now: float | None = None) -> Progress:
-    """How far a run is, and when it should end at the pace it has kept since it started."""
+def progress(record: RunRecord, now: float | None = None, pace: dict | None = None) -> Progress:
+    """How far a run is, and its time left: from its completed steps' rate when its ``pace`` (the job's
+    pace.json, ``costs.time_left``) is given, so it never rises while a step runs; else from the time
+    since it started."""
     now = time.time() if now is None else now
     total = record.total_steps or record.config.get("steps") or 0
     fraction = min(1.0, record.step / total) if total else 0.0
     eta = None
-    if record.status == RUNNING and record.started and record.step > 0 and total:
+    if record.status == RUNNING and pace is not None:
+        eta = time_left(pace, total, now)
+    elif record.status == RUNNING and record.started and record.step > 0 and total:
         elapsed = now - record.started
         eta = elapsed / record.step * (total - record.step)
     text = f"step {record.step:,}/{total:,}" if total else f"step {record.step:,}"
@@ -155,6 +188,22 @@ def compare_metrics(runs: Mapping[str, Sequence[Mapping]]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["run", "step", "metric", "value"])
     return pd.concat(frames, ignore_index=True)[["run", "step", "metric", "value"]]
+
+
+EVAL_FIELDS = ("step", "heldout_loss", "perplexity", "masked_accuracy", "masked_top5")
+
+
+def best_and_final(metrics: Sequence[Mapping]) -> tuple[dict | None, dict | None]:
+    """(best, final) evaluations of a run: the lowest held-out loss, and the last one.
+
+    The final evaluation is at the last step, so for a finished run it measures the saved model;
+    the best may be earlier (the saved model is the final one, not the best). None when none.
+    """
+    evaluated = [m for m in metrics if isinstance(m.get("heldout_loss"), int | float) and math.isfinite(m["heldout_loss"])]
+    if not evaluated:
+        return None, None
+    best = min(evaluated, key=lambda m: m["heldout_loss"])  # the first of equal losses, as the trainer keeps it
+    return ({k: best.get(k) for k in EVAL_FIELDS}, {k: evaluated[-1].get(k) for k in EVAL_FIELDS})
 
 
 def categories(frame: pd.DataFrame) -> list[str]:

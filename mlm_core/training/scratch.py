@@ -12,7 +12,10 @@ from torch import nn
 
 from mlm_core.training.config import TrainConfig
 
-SCRATCH_MODELS = ("scratch-transformer", "scratch-lstm")
+SCRATCH_MODELS = {  # name → what it is, as the model pickers, ``train --help`` and the README list them
+    "scratch-transformer": "a tiny BERT, 2 layers × 128 wide, from random weights",
+    "scratch-lstm": "a bidirectional LSTM from random weights, no attention",
+}
 
 
 class LSTMForMaskedLM(nn.Module):

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlm_core.errors import RunError
+from mlm_core.errors import InputError, RunError
 
 QUEUED, RUNNING, FINISHED, FAILED, DIVERGED, CANCELLED, INTERRUPTED = (
     "queued", "running", "finished", "failed", "diverged", "cancelled", "interrupted",
@@ -68,12 +68,26 @@ CREATE TABLE IF NOT EXISTS runs (
     device TEXT,
     reason TEXT,                     -- why it failed / diverged / was interrupted
     started REAL,
-    finished REAL
+    finished REAL,
+    name TEXT                        -- the user's name for the run; NULL: named from its settings
 );
 """
+MAX_NAME_CHARS = 80  # a run's name fits a menu line
+# How a link, a picker or TrainConfig.model names a finished run's model: by id, never by its
+# folder, so no server path reaches a URL and a link cannot name an arbitrary folder.
+RUN_REF_PREFIX = "run:"
 
 
+def run_ref(run_id: str) -> str:
+    """``run:ID``: the model reference of run ``run_id``."""
+    return f"{RUN_REF_PREFIX}{run_id}"
 
+
+def run_ref_id(model: str | None) -> str | None:
+    """The run id in a ``run:ID`` model reference; None for any other model name."""
+    if model and model.strip().startswith(RUN_REF_PREFIX):
+        return model.strip()[len(RUN_REF_PREFIX):].strip()
+    return None
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -92,6 +106,7 @@ class RunRecord:
     finished: float | None
     pid: int | None
     cancel_requested: bool
+    name: str | None = None  # set by the user (``RunStore.rename``); run_table.run_name gives the shown name
 
     @property
     def duration(self) -> float | None:
@@ -104,6 +119,22 @@ class RunRecord:
         record["run_id"] = record.pop("id")
         record["duration"] = self.duration
         return record
+
+
+def clean_name(name: str | None) -> str | None:
+    """A run name as stored: one line of printable text, at most MAX_NAME_CHARS; None when empty.
+
+    Names are shown in menus, tables, legends and reports: they are escaped where shown, and
+    control characters (newlines, terminal escapes) are refused here.
+    """
+    name = " ".join((name or "").split())
+    if not name:
+        return None
+    if len(name) > MAX_NAME_CHARS:
+        raise InputError(f"A run name has at most {MAX_NAME_CHARS} characters; this one has {len(name)}.")
+    if any(not ch.isprintable() for ch in name):
+        raise InputError("A run name cannot contain control characters.")
+    return name
 
 
 def process_alive(pid: int | None) -> bool:
@@ -131,6 +162,10 @@ class RunStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+            if "name" not in columns:  # a store from before runs had names
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+                    db.execute("ALTER TABLE runs ADD COLUMN name TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -240,6 +275,14 @@ class RunStore:
         with self._connect() as db:
             db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                        (*fields.values(), run_id))
+
+    def rename(self, run_id: str, name: str | None) -> RunRecord:
+        """Give a run the user's ``name``; an empty name brings back the one made from its settings."""
+        self.get(run_id)
+        name = clean_name(name)
+        with self._connect() as db:
+            db.execute("UPDATE runs SET name = ?, updated = ? WHERE id = ?", (name, time.time(), run_id))
+        return self.get(run_id)
 
     def request_cancel(self, run_id: str) -> RunRecord:
         """Cancel now if queued/interrupted; a running job sees the flag and stops itself."""

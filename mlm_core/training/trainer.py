@@ -125,6 +125,11 @@ class Trainer:
         self.pending_losses: list[float] = []  # train losses since the last evaluation (checkpointed)
         self.token_loss = torch.full((self.vocab.vocab_size,), 1.0)  # adaptive: running loss per token id
         self.eval_batch = self._eval_masks()
+        # Seconds spent per kind of work (totals and counts): the next run's time estimate is made from
+        # them (planning.estimate_time), so it is measured on this machine with this model.
+        self.timing = {"steps": 0, "step_s": 0.0, "evals": 0, "eval_s": 0.0, "checkpoints": 0,
+                       "checkpoint_s": 0.0, "final_s": 0.0, "first_step_s": 0.0, "batch_size": self.batch_size,
+                       "seq_len": config.seq_len, "eval_blocks": len(self.eval_batch[0].ids)}
 
     # -- sizes and schedules
 
@@ -200,8 +205,8 @@ class Trainer:
                  "pending_losses": self.pending_losses}
         path = checkpoints.save_checkpoint(self.out_dir / "checkpoints", step, self._unique_tensors(),
                                            optimizer_tensors, state)
-        keep = {best.get("step", -1)}
-        checkpoints.prune(self.out_dir / "checkpoints", self.config.keep_checkpoints, keep)
+        # Only what resume needs: older checkpoints go once this one verifies (config.keep_checkpoints).
+        checkpoints.retain(self.out_dir / "checkpoints", self.config.keep_checkpoints)
         return path
 
     def _unique_tensors(self) -> dict[str, torch.Tensor]:
@@ -336,15 +341,18 @@ class Trainer:
             tick = time.perf_counter()
             loss, tokens, rate = self._step_with_oom_retry(step)
             busy += time.perf_counter() - tick
+            self._timed("step", tick)
             step += 1
             tokens_since += tokens
             self.pending_losses.append(loss)
             self.callbacks.on_step(step, self.total_steps, loss)
             if step % self.config.eval_every == 0 or step == self.total_steps:
+                tick = time.perf_counter()
                 record = {"step": step, "train_loss": float(np.mean(self.pending_losses)),
                           "lr": self.learning_rate(step - 1),
                           "masking_rate": rate, "tokens_per_s": tokens_since / max(busy, 1e-9), "time": time.time(),
                           **self.evaluate()}
+                self._timed("eval", tick)
                 improved = record.get("heldout_loss", math.inf) < best.get("heldout_loss", math.inf)
                 if improved:  # the one place the best is kept: it is checkpointed and reported from here
                     best = {"step": step, "heldout_loss": record["heldout_loss"],
@@ -355,11 +363,23 @@ class Trainer:
                 busy, tokens_since, self.pending_losses = 0.0, 0, []
             due = step % self.config.checkpoint_every == 0 and step < self.total_steps
             if due and self.accelerator.is_main_process:  # one writer of checkpoints
-                self.callbacks.on_checkpoint(step, self.save(step, best))
+                tick = time.perf_counter()
+                path = self.save(step, best)
+                self._timed("checkpoint", tick)
+                self.callbacks.on_checkpoint(step, path)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            tick = time.perf_counter()
             self.save_final_model()
-        return {"step": step, "best": best, **record}
+            self.timing["final_s"] = time.perf_counter() - tick
+        return {"step": step, "best": best, "timing": dict(self.timing), **record}
+
+    def _timed(self, kind: str, since: float) -> None:
+        seconds = time.perf_counter() - since
+        if kind == "step" and not self.timing["steps"]:  # the first step warms up (several times longer)
+            self.timing["first_step_s"] = seconds
+        self.timing[f"{kind}s"] += 1
+        self.timing[f"{kind}_s"] += seconds
 
     def _step_with_oom_retry(self, step: int):
         for attempt in range(MAX_OOM_RETRIES + 1):

@@ -480,22 +480,40 @@ def rate_curves(summary, metric: str = "top1", category: str = "all", height: in
 # --------------------------------------------------------------------------- compare: A vs B
 
 
+DIFFERENCE_SLOTS = 6
+
+
 def difference_bars(labels: Sequence[str], a, b, title: str = "", height: int = 320) -> go.Figure:
-    """p(original) in B minus A per position: bars above zero where B is more confident."""
-    diffs = [(y or 0.0) - (x or 0.0) for x, y in zip(a, b)]
+    """p(original) in B minus A per position: bars above zero where B is more confident.
+
+    Only positions with a probability on both sides are drawn: a position masked on one side only
+    (None or NaN on the other) has nothing to compare and is left out, never drawn as a difference.
+    """
+    rows = [(label, x, y) for label, x, y in zip(labels, a, b) if _number(x) and _number(y)]
+    labels = [label for label, _, _ in rows]
+    diffs = [y - x for _, x, y in rows]
+    # Symmetric around zero with a floor of ±1%, so small differences keep their sign readable
+    # and an all-zero chart does not get an arbitrary axis.
+    bound = 1.15 * max([0.01, *(abs(d) for d in diffs)])
+    # A lone bar would fill the whole width: keep room for at least DIFFERENCE_SLOTS bars, centred.
+    pad = max(0, DIFFERENCE_SLOTS - len(diffs)) / 2
     figure = go.Figure(go.Bar(
         x=list(range(len(labels))),
         y=diffs,
         marker_color=[HIT_COLOUR if d >= 0 else MISS_COLOUR for d in diffs],
-        customdata=safe_labels(labels),
-        hovertemplate="%{customdata}: %{y:+.2%}<extra></extra>",
+        customdata=[[label, x, y] for label, (_, x, y) in zip(safe_labels(labels), rows)],
+        hovertemplate="%{customdata[0]}: %{y:+.1%} (A %{customdata[1]:.1%}, B %{customdata[2]:.1%})<extra></extra>",
     ))
     figure.update_layout(
         title=literal(title), height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-        xaxis=_labelled_axis(labels, "masked position"),
-        yaxis=dict(title="p(original) B − A", tickformat="+.0%", zeroline=True),
+        xaxis=dict(_labelled_axis(labels, "position masked on both sides"), range=[-0.5 - pad, len(diffs) - 0.5 + pad]),
+        yaxis=dict(title="B − A", tickformat="+.0%" if bound > 0.1 else "+.1%", zeroline=True, range=[-bound, bound]),
     )
     return figure
+
+
+def _number(value) -> bool:
+    return value is not None and value == value  # NaN is the one value unequal to itself
 
 
 def change_bars(tokens: Sequence[str], changes: Sequence[float], title: str = "", height: int = 380,

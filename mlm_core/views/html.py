@@ -7,7 +7,7 @@ This is the only place that builds HTML from tokens, so escaping is checked in o
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from mlm_core.views.charts import KIND_COLOURS
 
@@ -45,11 +45,14 @@ def token_chips(
     return '<div style="line-height:2.1">' + "".join(parts) + "</div>"
 
 
-def legend(large: bool = False) -> str:
+def legend(large: bool = False, kinds: Iterable[str | None] | None = None) -> str:
+    """Chips naming the token kinds; with ``kinds`` (a strip's kinds) only those present, so the legend
+    never looks like more tokens. Empty when no token has a kind."""
+    present = set(KIND_LABELS) if kinds is None else set(kinds)
     return "".join(
         chip(label, KIND_COLOURS[kind] + ("55" if kind in ("masked", "random") else ""), large=large)
         for kind, label in KIND_LABELS.items()
-        if kind
+        if kind and kind in present
     )
 
 

@@ -57,7 +57,7 @@ def html_report(
     for caption, frame in tables:
         parts.append(f"<h2>{esc(caption)}</h2>")
         parts.append(frame.to_html(index=not isinstance(frame.index, pd.RangeIndex), escape=True,
-                                   float_format=lambda x: f"{x:.4f}", border=0))
+                                   float_format=lambda x: f"{x:.4f}", border=0, na_rep=""))  # blanks, not NaN
     first = True
     for caption, figure in figures:
         parts.append(f"<h2>{esc(caption)}</h2>")
@@ -104,6 +104,14 @@ def prediction_tables(exploration: Exploration) -> list[tuple[str, pd.DataFrame]
     return tables
 
 
+def ratio_note(exploration: Exploration) -> str:
+    """α in words, beside every strip that shows it (the explorer, its report), with both counts."""
+    maskable = exploration.mask.n_eligible if exploration.mask else len(exploration.tokens.eligible_positions)
+    masked = round(exploration.ratio * maskable)
+    return (f"α = {masked} masked ÷ {maskable} maskable tokens = {exploration.ratio:.0%} (maskable: every token "
+            "but special ones such as [CLS] and [SEP], less the words a never-mask rule protects)")
+
+
 def exploration_report(
     exploration: Exploration,
     shown_tokens: Sequence[str],
@@ -118,7 +126,8 @@ def exploration_report(
     ``shown_tokens`` are the tokens the model read (``tokenizer.convert_ids_to_tokens(input_ids)``).
     """
     strip = render.token_chips(shown_tokens, exploration.kinds, exploration.tokens.special)
-    legend = f"<p>{render.legend()} &nbsp; α = {exploration.ratio:.0%} of maskable tokens</p>"
+    note = html.escape(ratio_note(exploration))
+    legend = f"<p>{render.legend(kinds=exploration.kinds)} &nbsp; {note}</p>"
     return html_report(
         "MaskLab — Explore",
         {**settings, "filled in": filled_text},

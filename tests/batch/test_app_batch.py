@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+import pyarrow as pa
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -15,7 +17,7 @@ from support import REPO
 from support.apptest import shown_errors as errors
 
 import ui.batch
-from mlm_core.evaluate import sentence_seed
+from mlm_core.evaluate import WITH_PLL, Throughput, sentence_seed
 from mlm_core.views.reports import batch_report
 from ui.corpus import UPLOAD
 from ui.strategy import NONE
@@ -78,9 +80,8 @@ def test_a_rate_sweep_runs_and_shows_tables_charts_and_exports(tiny_model_dir):
     app.text_input(key="batch-rates").set_value("0.2,0.5").run()
     app.number_input(key="batch-seeds").set_value(2).run()
     assert any("3 sentences × 2 configuration(s) × 2 seed(s)" in m.value for m in app.markdown)
-    rows = next(m.value for m in app.markdown if "rows of forward passes" in m.value)
-    planned = int(rows.split("about ")[1].split(" ")[0].replace(",", ""))
-    assert 12 + 3 * 7 <= planned <= 12 + 3 * 12  # 3 x 2 x 2 masked passes + 3 x ~9 tokens of pseudo-log-likelihood
+    shown = next(m.value for m in app.markdown if "estimated time" in m.value)
+    assert "rows" not in shown and ("about" in shown or "under a second" in shown)  # time in words, not rows
     run_analysis(app)
     assert "4 · Results" in [h.value for h in app.header]
     shown = charts(app)
@@ -91,8 +92,9 @@ def test_a_rate_sweep_runs_and_shows_tables_charts_and_exports(tiny_model_dir):
     curve = [t for t in shown["batch-rates-chart"]["data"] if t.get("mode") == "lines+markers"]
     assert curve[0]["x"] == [0.2, 0.5]
     table = next(d.value for d in app.dataframe if "top1_low" in d.value.columns)
-    assert len(table) == 10 and set(table["config"]) == {"random p=0.2", "random p=0.5"}
     report = app.session_state[ui.batch.REPORT_KEY]
+    empty = report.summary()["n"] == 0  # categories with nothing masked: a caption names them, no row of blanks
+    assert len(table) == 10 - empty.sum() and set(table["config"]) == {"random p=0.2", "random p=0.5"}
     assert len(report.summary()) == 10 and report.seeds == (0, 1)
     keys = {button.key for button in app.get("download_button")}
     assert keys == {"batch-download-sentences-csv", "batch-download-sentences-json", "batch-download-tokens-csv",
@@ -138,7 +140,7 @@ def test_bad_files_are_rejected_naming_the_line(tiny_model_dir, name, data, expe
 
 
 def test_a_run_too_big_for_the_page_is_refused(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(ui.batch, "PAGE_MAX_ROWS", 20)
+    monkeypatch.setattr(ui.batch, "PAGE_MAX_ROWS", 2)  # 3 sentences x 1 configuration: 3 rows
     app = upload(open_page(tiny_model_dir), "s.txt", SENTENCES)
     assert any("mlm_core evaluate" in e for e in errors(app))
     assert app.button(key="batch-run").disabled
@@ -205,13 +207,13 @@ def test_every_setting_round_trips_through_the_url(tiny_model_dir):
     app.multiselect(key="batch-strategies").set_value(["span"])
     app.number_input(key="batch-seeds").set_value(2)
     app.text_input(key="batch-heads").set_value("0:1")
-    app.checkbox(key="batch-pll").uncheck().run()
+    app.checkbox(key="batch-pll").check().run()
     assert not app.exception, app.exception
     link = query_of(app)
     assert {k: link[k] for k in ("text_unit", "strategy", "p_mlm_probability", "seed", "sweep", "rates", "also",
                                  "seeds", "heads", "pll")} == {
         "text_unit": "paragraph", "strategy": "whole-word", "p_mlm_probability": "0.3", "seed": "4",
-        "sweep": "true", "rates": "0.2,0.5", "also": "span", "seeds": "2", "heads": "0:1", "pll": "false"}
+        "sweep": "true", "rates": "0.2,0.5", "also": "span", "seeds": "2", "heads": "0:1", "pll": "true"}
     plan = next(e.label for e in app.expander if "configuration(s)" in e.label)
     assert plan == "4 configuration(s) × 2 seed(s)"  # (whole-word, span) × (0.2, 0.5)
 
@@ -237,7 +239,7 @@ def test_hostile_url_values_fall_back_with_a_message(tiny_model_dir):
     assert app.number_input(key="batch-seeds").value == 1
     assert app.text_input(key="batch-rates").value == ui.batch.DEFAULT_SWEEP
     assert app.multiselect(key="batch-strategies").value == []
-    assert app.checkbox(key="batch-pll").value is True
+    assert app.checkbox(key="batch-pll").value is WITH_PLL
     assert app.text_input(key="batch-heads").value == ""
     assert app.radio(key="batch-corpus-source").value.startswith("Demo")
 
@@ -248,3 +250,49 @@ def test_share_panel_has_the_link_and_says_uploads_stay_out(tiny_model_dir):
     (link,) = [c.value for c in app.code]
     assert link.startswith("/batch?") and "seeds=3" in link and "corpus=upload" in link
     assert any("cannot travel in a link" in c.value for c in app.caption)
+
+
+def test_the_estimate_is_in_time_from_the_measured_pace_and_options_say_their_cost(tiny_model_dir, monkeypatch):
+    timed = []
+
+    def measured(loaded, texts, **_):  # a slow machine: 10 tokens/s masked predictions, 5 tokens/s PLL
+        timed.append(len(texts))
+        return Throughput({"predict": 10.0, "pll": 5.0})
+
+    monkeypatch.setattr(ui.batch, "measure_throughput", measured)
+    app = upload(open_page(tiny_model_dir), "s.txt", SENTENCES)
+    assert timed[-1] == 3  # timed on the texts being analysed (first the demo corpus the page opens with)
+    assert app.checkbox(key="batch-pll").value is False  # the expensive option is off by default
+    plan = next(m.value for m in app.markdown if "estimated time" in m.value)
+    words = sum(len(s.split()) + 3 for s in SENTENCES.decode().splitlines())  # ~ tokens: at 10 per second, ~3 s
+    assert "rows" not in plan and "about" in plan and " s**" in plan, plan
+    assert 1 <= int(plan.split("estimated time **about ")[1].split(" ")[0]) <= words  # seconds, from 10 tokens/s
+    assert "adds about" in app.checkbox(key="batch-pll").label and "here" in app.checkbox(key="batch-pll").label
+    assert "adds about" in app.number_input(key="batch-seeds").label
+    assert "adds about" in app.checkbox(key="batch-sweep").label
+    app.checkbox(key="batch-pll").check().run()
+    plan = next(m.value for m in app.markdown if "estimated time" in m.value)
+    assert "masked predictions about" in plan and "pseudo-log-likelihood about" in plan, plan  # stages named
+
+
+def display_values(element) -> pd.DataFrame:
+    """What a styled dataframe shows in its cells (the Styler's display values)."""
+    return pa.ipc.open_stream(element.proto.arrow_data.styler.display_values).read_all().to_pandas()
+
+
+def test_the_hardest_sentences_are_grouped_and_blanks_are_not_none(tiny_model_dir):
+    app = upload(open_page(tiny_model_dir), "s.txt", SENTENCES)
+    app.checkbox(key="batch-sweep").check().run()
+    app.text_input(key="batch-rates").set_value("0.3,0.6").run()
+    run_analysis(app)
+    hardest = next(d for d in app.dataframe if d.proto.id.endswith("batch-hard-sentences"))
+    frame = hardest.value
+    assert frame["sentence"].is_unique and len(frame) == 3  # one row per sentence, not one per configuration
+    assert [c for c in frame.columns if c.startswith("log p · ")] == ["log p · random p=0.3", "log p · random p=0.6"]
+    summary = next(d for d in app.dataframe if "top1_low" in d.value.columns)
+    assert not summary.value.isna().any().any()  # no cell the grid would show as "None"
+    assert "pll_per_token" not in summary.value  # not asked for: no column of blanks
+    assert (summary.value["n"] > 0).all() and display_values(summary)["top1"].str.endswith("%").all()
+    assert summary.value["top1"].dtype.kind == "f"  # complete columns stay numbers
+    for element in app.dataframe:
+        assert not element.value.isna().any().any(), element.value

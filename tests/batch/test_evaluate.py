@@ -7,6 +7,7 @@ token (so kept-only corruption must give top-1 = 1.0), and the randomly initiali
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -22,7 +23,6 @@ import torch
 from conftest import TINY_VOCAB, TINY_WORDS
 from support import REPO
 
-from mlm_core import evaluate as ev
 from mlm_core.cli import main
 from mlm_core.errors import EvaluationCancelled, InputError
 from mlm_core.evaluate import EvalConfig, evaluate, sentence_seed, sweep
@@ -32,6 +32,9 @@ from mlm_core.explain.whatif import count_hooks
 from mlm_core.links import parse_heads_off
 from mlm_core.masking import build_strategy
 from mlm_core.text.tokens import tokenize
+
+# The subpackage itself: ``from mlm_core import evaluate`` may give the public function of that name.
+ev = importlib.import_module("mlm_core.evaluate")
 
 SENTENCES = [
     "the cat sat on the mat.",
@@ -151,9 +154,10 @@ def test_a_rule_based_configuration_masks_only_its_category(tiny_loaded, cache):
 def test_batched_and_one_by_one_give_the_same_results(tiny_loaded, tmp_path, monkeypatch):
     texts = random_sentences(12, seed=3)
     configs = [EvalConfig("random", {"mlm_probability": 0.4}), EvalConfig("span", exclude="punctuation")]
-    batched = run(tiny_loaded, texts, configs, tmp_path / "a", seeds=[0, 5])
+    batched = run(tiny_loaded, texts, configs, tmp_path / "a", seeds=[0, 5], with_pll=True)
     monkeypatch.setattr(ev.engine, "CHUNK_SENTENCES", 5)
-    one_by_one = run(tiny_loaded, texts, configs, tmp_path / "b", seeds=[0, 5], max_tokens=1)  # one row per pass
+    one_by_one = run(tiny_loaded, texts, configs, tmp_path / "b", seeds=[0, 5], max_tokens=1,  # one row per pass
+                     with_pll=True)
     for kind in ("tokens", "sentences"):
         a, b = batched.rows(kind), one_by_one.rows(kind)
         assert a.drop(columns=[c for c in a if "log" in c or "pll" in c]).equals(
@@ -177,7 +181,7 @@ def test_a_sentence_masks_as_the_explorer_masks_it(tiny_loaded, cache):
 
 
 def test_pll_matches_the_one_sentence_reference(tiny_loaded, cache):
-    report = run(tiny_loaded, SENTENCES, EvalConfig(), cache)
+    report = run(tiny_loaded, SENTENCES, EvalConfig(), cache, with_pll=True)
     rows = report.rows("sentences")
     for index, text in enumerate(SENTENCES):
         total, _ = pseudo_log_likelihood(tiny_loaded, tokenize(tiny_loaded.tokenizer, text).ids)
@@ -189,7 +193,7 @@ def test_exclusion_and_heads_change_the_numbers_and_leave_no_hook(tiny_loaded, c
     hooks = count_hooks(tiny_loaded.model)
     plain, excluded, heads = (EvalConfig("random", {"mlm_probability": 0.3}, **extra) for extra in
                               ({}, {"exclude": "stopwords"}, {"heads_off": ((0, 0), (1, 1))}))
-    report = run(tiny_loaded, texts, [plain, excluded, heads], cache)
+    report = run(tiny_loaded, texts, [plain, excluded, heads], cache, with_pll=True)
     assert count_hooks(tiny_loaded.model) == hooks
     records = {r["label"]: r for r in report.to_dict()["configurations"]}
     assert set(records) == {plain.label, excluded.label, heads.label}
@@ -256,7 +260,7 @@ def test_progress_reaches_the_total_and_cancel_leaves_nothing(tiny_loaded, cache
     entries = set(cache.iterdir())
     calls = []
     with pytest.raises(EvaluationCancelled):
-        run(tiny_loaded, random_sentences(50), EvalConfig("whole-word"), cache,
+        run(tiny_loaded, random_sentences(50), EvalConfig("whole-word"), cache, max_tokens=64,
             cancel=lambda: calls.append(1) or len(calls) > 2)
     assert set(cache.iterdir()) == entries  # no new entry and no temporary folder
 
@@ -351,6 +355,7 @@ def test_cli_evaluate_json_and_exports(tiny_model_dir, tmp_path, capsys):
     assert [c["label"] for c in record["configurations"]] == ["random p=0.2 exclude punctuation",
                                                               "random p=0.4 exclude punctuation"]
     assert record["configurations"][0]["overall"]["n"] > 0 and record["column"] == "text"
+    assert record["pll"] is ev.WITH_PLL is False and record["configurations"][0]["pll"] is None  # off unless asked
     assert out.read_text().startswith("config,seed,sentence,text")
     assert len(out.read_text().splitlines()) == 1 + len(SENTENCES) * 2 * 2
     first = json.loads(tokens_out.read_text().splitlines()[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-ROOT = REPO.parent
+ROOT = REPO  # the checkout: app.py is started from here
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_ARGS = [
     "--no-sandbox",

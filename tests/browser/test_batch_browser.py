@@ -5,6 +5,7 @@ sentences carry HTML: both stay text and no script runs."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -41,6 +42,9 @@ def test_batch_analysis_of_an_uploaded_file(page, app_url, default_loaded, artif
     settle(page)
     assert_no_script_ran(page)
 
+    page.get_by_text("Pseudo-log-likelihood per sentence", exact=False).first.click()  # off by default: it is slow
+    page.get_by_text(re.compile(r"pseudo-log-likelihood (about|under)")).first.wait_for()  # its time, in the estimate
+    settle(page)
     page.get_by_role("button", name="▶ Run the analysis").click()
     page.get_by_role("heading", name="4 · Results").wait_for()
     page.get_by_text(f"{len(SENTENCES)} sentences · 1 configuration(s) · seeds 0", exact=False).first.wait_for()

@@ -28,7 +28,7 @@ from mlm_core.training.store import RUNNING, RunStore
 
 pytestmark = pytest.mark.browser
 
-ROOT = REPO.parent
+ROOT = REPO
 
 SERVER_START_TIMEOUT_S = 180
 BAD_CSV = b"id,text\n1,the cat sat\n2,the dog ran,extra\n3,the mat\n"
@@ -131,7 +131,14 @@ def test_start_a_run_and_watch_its_progress_bar_move(page, finetune_url, tiny_mo
 
     upload(page, "tiny.txt", corpus_bytes())
     page.get_by_text("240 texts", exact=False).first.wait_for()
-    page.locator('[data-testid="stSelectbox"]').filter(has_text="Start from").click()
+    # Start and the estimate sit above the settings now: the model list is below the fold, and a list
+    # opened by a click that scrolls the page closes again. Scroll first.
+    page.get_by_text("estimated time", exact=False).first.wait_for()
+    settle(page)
+    picker = page.locator('[data-testid="stSelectbox"]').filter(has_text="Start from")
+    picker.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    picker.click()
     page.get_by_role("option", name="Other: hub id or local folder").click()
     settle(page)
     other = page.get_by_label("Hub id or model folder", exact=True)

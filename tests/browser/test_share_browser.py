@@ -58,6 +58,16 @@ def test_every_teach_step_in_presenter_mode(page, app_url, artifacts):
         settle(page)
         page.locator("[data-testid='stSidebar']").wait_for(state="hidden")  # presenter CSS applied
         assert page.locator("input[aria-label^='Or type your own']").count() == 0  # controls hidden
+        counter = page.locator(".teach-step-counter")
+        assert counter.inner_text() == f"Step {n} of {len(STEPS)}"
+        assert float(counter.evaluate("e => getComputedStyle(e).fontSize").rstrip("px")) >= 36
+        # every text Plotly drew (ticks, titles, labels), as the browser sizes and colours it
+        sizes = page.eval_on_selector_all(".js-plotly-plot svg text", "ts => ts.filter(t => t.textContent.trim())"
+                                          ".map(t => [t.textContent, getComputedStyle(t).fontSize, "
+                                          "getComputedStyle(t).fill])")
+        small = [(text, size, fill) for text, size, fill in sizes
+                 if float(size.rstrip("px")) < 20 or fill not in ("rgb(17, 17, 17)", "rgb(0, 0, 0)")]
+        assert not small, (n, small[:5])
         page.screenshot(path=str(artifacts / f"teach-step-{n}.png"), full_page=True)
         if n < len(STEPS):
             page.get_by_role("button", name="Next ▶").click()

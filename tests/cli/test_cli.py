@@ -162,3 +162,69 @@ def test_bad_train_settings_are_one_line_before_anything_is_read(capsys, flags, 
     assert done.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+# ----------------------------------------------------------------------------- issue 17: one ratio, train records
+
+
+def test_predict_and_mask_report_one_ratio(tiny_model_dir, capsys):
+    """α is the engine's MaskResult.ratio in both commands: chosen ÷ eligible after protection."""
+    flags = ["--model", str(tiny_model_dir), "--strategy", "random", "--rate", "0.5", "--protect", "stopwords",
+             "--seed", "3", "--json"]
+    text = "the cat sat on the mat ."
+    assert main(["predict", text, *flags]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert main(["mask", text, *flags]) == 0
+    masked = json.loads(capsys.readouterr().out)
+    assert predicted["ratio"] == masked["ratio"]
+    chosen = sum(kind in ("masked", "random", "kept") for kind in masked["kinds"])
+    eligible = [t for t in masked["original_tokens"][1:-1] if t not in ("the", "on")]  # stopwords are protected
+    assert chosen and masked["ratio"] == pytest.approx(chosen / len(eligible))
+
+
+def test_predict_ratio_of_typed_masks_only(tiny_model_dir, capsys):
+    assert main(["predict", "the cat [MASK] on the mat .", "--model", str(tiny_model_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ratio"] == pytest.approx(1 / 7)  # one mask, seven tokens
+
+
+def test_train_help_names_the_scratch_models():
+    from mlm_core.training.scratch import SCRATCH_MODELS
+
+    done = run_cli("train", "--help")
+    assert done.returncode == 0, done.stderr
+    help_text = " ".join(done.stdout.split())
+    assert all(name in help_text for name in SCRATCH_MODELS)
+    assert "run:ID" in help_text
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command_line = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    assert all(name in command_line for name in SCRATCH_MODELS)
+
+
+def test_train_json_names_the_run_first_and_both_evaluations_last(tiny_model_dir, tmp_path, capsys):
+    from support.corpora import corpus_bytes
+
+    from mlm_core.training.store import RunStore
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_bytes(corpus_bytes())
+    argv = ["train", "--corpus", str(corpus), "--model", str(tiny_model_dir), "--device", "cpu", "--steps", "4",
+            "--batch", "4", "--seq-len", "32", "--eval-every", "2", "--eval-blocks", "8", "--lr", "0.001",
+            "--out", str(tmp_path / "runs"), "--json"]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    first, last = records[0], records[-1]
+    assert first["event"] == "created" and first["run_id"] and first["name"]
+    assert {r["run_id"] for r in records} == {first["run_id"]}  # every record names the run
+    assert last["event"] == "final" and last["status"] == "finished"
+    metrics = RunStore(tmp_path / "runs").metrics(first["run_id"])
+    assert last["final_eval"]["step"] == last["step"] == 4  # the saved model is the last step's
+    assert last["final_eval"]["heldout_loss"] == metrics[-1]["heldout_loss"]
+    assert last["best_eval"]["heldout_loss"] == min(m["heldout_loss"] for m in metrics)
+    assert "held_out_loss" not in last  # no unnamed loss: which evaluation it is was not said
+    out = ["--out", str(tmp_path / "runs")]
+    assert main(["runs", "rename", first["run_id"], "--name", "tiny, first", *out, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "tiny, first"
+    assert main(["runs", "list", *out]) == 0
+    listed = capsys.readouterr().out
+    assert "tiny, first" in listed and "final (step 4)" in listed and "best (step" in listed
+    assert main(["runs", "rename", first["run_id"], "--name", "a\x1b[2Jb", *out]) == 2  # a terminal escape

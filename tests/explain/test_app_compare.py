@@ -35,14 +35,52 @@ def table(app: AppTest):
 
 
 
-def test_identical_sides(tiny_model_dir):
+def summary(app: AppTest):
+    return next(d.value for d in app.dataframe if "mean p(original)" in d.value.columns)
+
+
+def charts_shown(app: AppTest) -> int:
+    return len(app.get("plotly_chart"))
+
+
+def test_identical_sides_say_no_difference(tiny_model_dir):
+    """The first screen's state: both sides alike give a message, not an empty chart with a broken scale."""
     app = run_page(tiny_query(tiny_model_dir))
     assert app.title[0].value == "Compare"
     frame = table(app)
-    assert list(frame["position"]) == [3]
-    assert frame["difference B−A"].abs().max() == pytest.approx(0.0)
+    assert list(frame["position"]) == [3] and list(frame["masked in"]) == ["both"]
+    assert list(frame["difference B−A"]) == ["+0.0%"]
+    said = " ".join(i.value for i in app.info)
+    assert "No difference." in said and "Both sides use the same settings" in said
+    assert "No attention difference" in said
+    assert charts_shown(app) == 0  # neither the difference bars nor the attention map
+    assert list(summary(app)["side"]) == ["A", "B"]
     assert not errors(app)
     assert app.get("download_button"), "no report download"
+
+
+def test_one_sided_masks_are_listed_not_compared(tiny_model_dir, tiny_loaded):
+    text = "the cat sat on the [MASK] and the dog ran in the house"
+    app = run_page(tiny_query(tiny_model_dir, text=text, a_strategy="random", a_p_mlm_probability="0.4",
+                              a_seed="3"))
+    assert not errors(app)
+    frame = table(app).set_index("position")
+    expected = compare(text, tiny_loaded, Side(build_strategy("random", {"mlm_probability": 0.4}), 3),
+                       tiny_loaded, Side())
+    a_only = list(expected.one_sided["position"])
+    assert a_only and all(frame.loc[p, "masked in"].startswith("A only") for p in a_only)
+    assert all(frame.loc[p, "difference B−A"] == "" and frame.loc[p, "p B"] == "" for p in a_only)  # blank, not None
+    assert "None" not in table(app).to_string() and "nan" not in table(app).to_string()
+    captions = " ".join(c.value for c in app.caption)
+    assert "Masked in A only, not compared (B sees these tokens)" in captions
+    assert not any("No difference." in i.value for i in app.info)
+    sides = summary(app).set_index("side")
+    assert sides.loc["A", "masks"] == len(expected.a.prediction.predictions)
+    assert sides.loc["A", "only on this side"] == len(a_only) and sides.loc["B", "only on this side"] == 0
+    assert sides.loc["B", "mean p(original)"] == ""  # B has only the typed mask: no original
+    a_mean = expected.summary.set_index("side").loc["A", "mean p(original)"]
+    assert sides.loc["A", "mean p(original)"] == f"{a_mean:.1%}"
+    assert charts_shown(app) >= 1  # the typed mask, masked on both sides, is charted
 
 
 def test_heads_off_on_b_matches_the_library(tiny_model_dir, tiny_loaded):
@@ -51,7 +89,8 @@ def test_heads_off_on_b_matches_the_library(tiny_model_dir, tiny_loaded):
     assert not app.exception
     assert app.query_params["b_heads"] == "0:1,1:0"  # layer:head, as Batch links and the CLI write heads
     expected = compare(TEXT, tiny_loaded, Side(), tiny_loaded, Side(heads_off=((0, 1), (1, 0))))
-    assert table(app)["p(original) B"].tolist() == pytest.approx(expected.table["p(original) B"].tolist())
+    assert table(app)["p B"].tolist() == [f"{p:.1%}" for p in expected.table["p B"]]
+    assert not any("No attention difference" in i.value for i in app.info)  # switched-off heads attend differently
 
 
 def test_an_old_link_with_layer_dot_head_opens_the_same_view(tiny_model_dir):
@@ -125,3 +164,15 @@ def test_an_unknown_strategy_in_the_link_is_said_not_silently_dropped(tiny_model
     said = " ".join(w.value.replace("\\", "") for w in app.warning)
     assert "link's a_strategy='&lt;b&gt;nope&lt;/b&gt;' cannot be used" in said and "<b>" not in said
     assert app.selectbox(key="a_strategy").index == 0 and not app.exception  # none: typed or clicked masks
+
+
+def test_first_screen_with_the_default_model():
+    """/compare with no parameters: the default model fills the typed mask on both sides and says so plainly."""
+    app = run_page({})
+    assert not errors(app)
+    sides = summary(app)
+    assert list(sides["masks"]) == [1, 1] and list(sides["typed (no original)"]) == [1, 1]
+    assert all(g.split(": ", 1)[1].startswith("paris") for g in sides["first guesses"])
+    assert any("No difference." in i.value and "same settings" in i.value for i in app.info)
+    assert list(table(app)["compared token"]) == ["paris (A's guess)"]
+    assert charts_shown(app) == 0

@@ -108,7 +108,7 @@ def test_attention_aggregate_controls(tiny_model_dir):
     key_starting(app.selectbox, "xa-target-").set_value(1).run()
     check(app)
     app.selectbox(key="xa-view").set_value("Masked vs unmasked").run()
-    app.selectbox(key="xa-head-2x2-m").set_value(None).run()
+    app.selectbox(key="xa-head-2x2-m").set_value("mean").run()
     for mode in ("side by side", "difference"):
         app.radio(key="xa-compare").set_value(mode).run()
         check(app)

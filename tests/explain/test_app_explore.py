@@ -71,9 +71,35 @@ def test_default_sentence_on_default_model(default_loaded):
 
 
 def test_default_page_with_its_default_strategy():
+    """A link without a strategy (the first screen, Runs' "Open in the explorer") masks only the typed mask."""
     app = run_app(strategy=None)
     assert not errors(app)
-    assert charts(app), "no predictions on the default page"
+    assert app.selectbox(key="mask-strategy").value == NONE
+    (spec,) = charts(app)  # one typed mask, one prediction: nothing else masked
+    assert top_token(spec) == "paris"
+    assert app.query_params["strategy"] == "none"  # the short value, not the label
+    assert not any("added" in i.value for i in app.info)
+
+
+def test_a_picked_strategy_says_what_it_added(tiny_model_dir):
+    app = run_app(text="the cat [MASK] on the mat and the dog sat on the rug", model=str(tiny_model_dir),
+                  strategy="random")
+    app.slider(key="mask-random-mlm_probability").set_value(0.5).run()
+    (note,) = [i.value for i in app.info if "added" in i.value]
+    assert note.startswith("Random masking added ")
+    added = int(note.split()[3])
+    assert len(charts(app)) == added + 1  # the typed mask and the strategy's own
+    labels = {s.label for s in app.slider} | {c.label for c in app.checkbox}
+    assert {"Share of tokens to mask", "Mask exactly that share"} <= labels
+    assert "mlm_probability" in app.slider(key="mask-random-mlm_probability").help
+
+
+def test_the_legend_lists_only_the_kinds_shown(tiny_model_dir):
+    app = run_app(text="the cat [MASK] on the mat", model=str(tiny_model_dir))
+    (legend,) = [m.value for m in app.markdown if "random token" in m.value or ">masked<" in m.value
+                 and "line-height" not in m.value]
+    assert ">masked<" in legend and ">kept<" not in legend and ">excluded<" not in legend
+    assert any("1 masked ÷ 6 maskable tokens = 17%" in c.value.replace("\\", "") for c in app.caption)
 
 
 def test_text_without_mask_shows_a_message(tiny_model_dir):
@@ -194,17 +220,30 @@ def test_hostile_url_values_fall_back_with_a_message(tiny_model_dir):
     app.run()
     assert not app.exception, app.exception
     said = " ".join(warnings(app))
-    for name in ("seed", "top_k", "fill", "strategy", "p_mlm_probability"):
+    for name in ("seed", "top_k", "fill", "strategy"):
         assert f"link's {name}=" in said, name
     assert "<b>" not in said  # the link's text is shown as text
     assert app.number_input(key="mask-seed").value == 0
     assert app.slider(key="top_k").value == 5
     assert app.radio(key="fill").value == "independent"
-    assert app.selectbox(key="mask-strategy").value == "random"
+    assert app.selectbox(key="mask-strategy").value == NONE  # the page's default: typed masks only
+    assert charts(app), "the page still predicts"
+    # the link is repaired: a parameter of no shown strategy leaves it too
+    assert not {"seed", "top_k", "fill", "p_mlm_probability"} & set(app.query_params)
+    assert app.query_params["strategy"] == "none"
+
+
+def test_hostile_strategy_parameter_falls_back_with_a_message(tiny_model_dir):
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.query_params.update(model=str(tiny_model_dir), text="the cat [MASK] on the mat", strategy="random",
+                            p_mlm_probability="lots")
+    app.run()
+    assert not app.exception, app.exception
+    assert "link's p_mlm_probability=" in " ".join(warnings(app))
+    assert app.selectbox(key="mask-strategy").value == "random"  # a link that names a strategy keeps it
     assert app.slider(key="mask-random-mlm_probability").value == 0.15
     assert charts(app), "the page still predicts"
-    assert not {"seed", "top_k", "fill", "p_mlm_probability"} & set(app.query_params)  # the link is repaired
-    assert app.query_params["strategy"] == "random"
+    assert "p_mlm_probability" not in app.query_params and app.query_params["strategy"] == "random"
 
 
 def test_share_panel_has_the_link_and_a_report(tiny_model_dir):
@@ -214,3 +253,48 @@ def test_share_panel_has_the_link_and_a_report(tiny_model_dir):
     assert link.startswith("/explore?") and "top_k=3" in link and "text=the%20cat%20%5BMASK%5D" in link
     labels = [b.proto.label for b in app.get("download_button")]
     assert "Download this view as a standalone HTML report" in labels
+
+
+def finished_run(home, tiny_model_dir, name: str | None = None) -> str:
+    """A finished run in ``home``'s store whose model is the tiny model (no training); its id."""
+    import shutil
+
+    from mlm_core.training.store import FINISHED, RUNNING, RunStore
+
+    store = RunStore(home / "runs")
+    record, _ = store.create({"strategy": "whole-word", "strategy_params": {"mlm_probability": 0.3}, "steps": 20})
+    shutil.copytree(tiny_model_dir, store.folder(record.id) / "model")
+    store.transition(record.id, RUNNING, pid=2**30)
+    store.transition(record.id, FINISHED)
+    if name:
+        store.rename(record.id, name)
+    return record.id
+
+
+def test_the_model_picker_lists_finished_runs_by_name(tiny_model_dir, tmp_path, monkeypatch):
+    """Explore's sidebar, Compare's sides and Fine-tune's "start from" share one picker: runs by name, by id."""
+    monkeypatch.setenv("MASKLAB_HOME", str(tmp_path))
+    run_id = finished_run(tmp_path, tiny_model_dir, name=PAYLOAD)
+    app = run_app("the cat [MASK] on the mat .")
+    picker = app.selectbox(key="model_choice")
+    assert any(o.startswith(f"run: {PAYLOAD} · ") for o in picker.options), picker.options  # by its name
+    picker.set_value(f"run:{run_id}").run()
+    assert not app.exception, app.exception
+    assert app.query_params["model"] == f"run:{run_id}"  # the link names the run by id, never by folder
+    assert not errors(app) and charts(app), "the explorer predicted with the run's model"
+    assert not [m for m in app.markdown if "<img" in m.value]  # the name is never rendered as HTML
+
+
+def test_a_link_to_a_run_by_id_opens_it(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKLAB_HOME", str(tmp_path))
+    run_id = finished_run(tmp_path, tiny_model_dir)
+    app = run_app("the cat [MASK] on the mat .", model=f"run:{run_id}")
+    assert app.selectbox(key="model_choice").value == f"run:{run_id}"
+    assert not errors(app) and charts(app)
+    older = run_app("the cat [MASK] on the mat .", model=str(tmp_path / "runs" / run_id / "model"))
+    assert older.selectbox(key="model_choice").value == f"run:{run_id}"  # an older link keeps working...
+    assert older.query_params["model"] == f"run:{run_id}"  # ...and now names the run by id
+    missing = run_app("the cat [MASK] on the mat .", model="run:20990101-000000-abcdef")
+    assert any("no run" in e.lower() for e in errors(missing))  # a clear message, no traceback
+    path = run_app("the cat [MASK] on the mat .", model="run:../../etc")
+    assert errors(path) and not charts(path)

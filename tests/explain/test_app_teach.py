@@ -130,3 +130,39 @@ def test_hostile_url_values_fall_back_with_a_message(tiny_model_dir):
     assert "link's step='abc'" in said and "link's seed='-5'" in said
     assert app.title[0].value == STEPS[0]["title"]
     assert app.query_params.get("step", "1") == "1" and "seed" not in app.query_params
+
+
+def test_presenter_mode_is_readable_from_the_back(tiny_model_dir):
+    """Every figure the lesson draws: text at least 20 px and dark; the step counter large."""
+    import json
+
+    from support.figures import assert_presenter
+
+    app = run_page({"model": str(tiny_model_dir), "presenter": "1"})
+    seen = set()
+    for n in range(1, len(STEPS) + 1):
+        assert any(m.value == f'<p class="teach-step-counter">Step {n} of {len(STEPS)}</p>' for m in app.markdown)
+        for chart in app.get("plotly_chart"):
+            assert_presenter(json.loads(chart.proto.spec))
+            seen.add(chart.key)
+        if n == 4:  # the attention step's line view too
+            app.radio(key="teach-shape").set_value("lines").run()
+            (lines,) = [json.loads(c.proto.spec) for c in app.get("plotly_chart") if c.key == "teach-attention"]
+            assert_presenter(lines)
+            assert app.query_params["shape"] == "lines"
+        if n < len(STEPS):
+            app.button(key="teach-next").click().run()
+            assert not errors(app)
+    assert {"teach-topk-0", "teach-attention", "teach-why"} <= seen
+    assert ".teach-step-counter {font-size:2.6rem" in [m.value for m in app.markdown if m.allow_html][0]
+
+
+def test_the_mask_step_legend_lists_only_the_kinds_on_screen(tiny_model_dir):
+    import re
+
+    app = run_page({"model": str(tiny_model_dir), "step": "1"})
+    html = [m.value for m in app.markdown if m.allow_html]
+    (strip,) = [h for h in html if "line-height:2.1" in h]
+    (legend,) = [h for h in html if h.startswith('<span title=""')]
+    shown = {title.split(": ", 1)[1] for title in re.findall(r'title="(\d+: [^"]+)"', strip)}
+    assert shown and set(re.findall(r">([^<>]+)</span>", legend)) == shown

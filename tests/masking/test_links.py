@@ -210,3 +210,20 @@ def test_the_cli_merges_words_like_the_page(tiny_model_dir, tiny_loaded):
     assert record["tokens"][2] == "cats" and len(record["tokens"]) == len(groups) == len(tokens) - 1
     assert np.asarray(record["attention"]) == pytest.approx(reference, abs=1e-5)
     assert record["masked_positions"] == [6]  # the mask's word, counted in words ([CLS] is 0)
+
+
+def test_every_panel_parameter_has_a_plain_label_and_keeps_its_technical_name_in_the_help():
+    """One declaration (``param(..., label=...)``) gives the widget its words and the link/CLI its name."""
+    for name in MAIN_STRATEGIES:
+        for spec in STRATEGIES[name].params:
+            assert spec.label and spec.label != spec.name.replace("_", " "), (name, spec.name)
+            assert spec.name in spec.help, (name, spec.name)  # "mlm_probability in Hugging Face"
+            for choice, shown in spec.choice_labels:
+                assert choice in spec.choices and shown
+    mode = {s.name: s for s in STRATEGIES["rule-based"].params}["mode"]
+    assert mode.shown_choice("protect") == "never mask them" and mode.parse("protect") == "protect"
+
+
+def test_an_explorer_link_without_masking_says_none_in_short():
+    query = links.explorer_query("The capital of France is [MASK].", MaskingSetting())
+    assert query["strategy"] == "none"

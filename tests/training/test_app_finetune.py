@@ -93,13 +93,24 @@ def test_demo_corpus_shows_preview_device_and_estimate(store):
     assert not errors(app)
     captions = [c.value for c in app.caption]
     assert any("3,000 texts" in c for c in captions)  # the demo corpus: size and counts
-    assert sum(c.startswith("Block ") for c in captions) == 3  # three corrupted training examples
+    assert sum(c.startswith("Block ") for c in captions) == 3  # three corrupted training examples...
+    more = next(e for e in app.expander if e.label.endswith("more examples"))  # ...one shown, the others folded
+    assert more.label == "2 more examples" and sum(c.value.startswith("Block ") for c in more.caption) == 2
     chips = [m.value for m in app.markdown if 'title="' in m.value]
     assert len(chips) == 3 and all("[MASK]" in c for c in chips)
     summary = next(m.value for m in app.markdown if m.value.startswith("**Device:**"))
     assert "CPU" in summary or "NVIDIA" in summary
     assert "estimated time" in summary
-    assert any("rough default" in c for c in captions)  # no finished run to measure from: said so
+    basis = next(c for c in captions if c.startswith("Estimated from"))
+    assert "no finished run" in basis  # nothing measured here yet: said so
+    for part in ("start-up", "training", "evaluation", "checkpoints", "final save"):
+        assert part in basis
+    disk = next(c for c in captions if c.startswith("**Disk:**"))
+    assert "MB once finished" in disk and "while it runs" in disk
+    # Start, the estimate and the disk use come before the corpus, the model and the masking.
+    order = [e.value for e in app.main if getattr(e, "type", "") in ("markdown", "header", "button")]
+    assert order.index(summary) < order.index("1 · Corpus")
+    assert [e.key for e in app.main if getattr(e, "type", "") in ("button", "header")][:2] == ["ft-start", None]
     assert not app.button(key="ft-start").disabled
 
 

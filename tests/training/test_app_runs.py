@@ -115,7 +115,7 @@ def test_compare_two_runs_overlays_curves_and_highlights_differences(store):
     app = open_page()
     app.multiselect(key="runs-compare").set_value([ids["random"], ids["whole-word"]]).run()
     assert not app.exception, app.exception
-    specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+    specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")][:-4]  # the last four: the one-run view's
     titles = [s["layout"]["title"]["text"] for s in specs]
     assert {"train loss", "held-out loss", "held-out perplexity", "masked-token accuracy", "tokens/s"} <= set(titles)
     assert any(t.startswith("accuracy: ") for t in titles)  # by token category
@@ -143,7 +143,8 @@ def test_before_after_probes_on_typed_sentences(store, tiny_model_dir):
     assert probes["change"].notna().all()
     assert (probes["change"] - (probes["p after"] - probes["p before"])).abs().max() < 1e-9
     charts = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
-    assert len(charts) == 2  # top-k of the base model and of the run, side by side
+    assert len(charts) == 4 + 2  # the run's curves, then the top-k of the base model and of the run
+    charts = charts[-2:]
     assert "before" in charts[0]["layout"]["title"]["text"] and "after" in charts[1]["layout"]["title"]["text"]
 
 
@@ -159,10 +160,29 @@ def test_open_a_run_in_the_explorer(store):
     app = choose(open_page(), run_id)
     app.button(key="act-explore").click().run()
     assert not app.exception, app.exception
-    folder = str(store.folder(run_id) / "model")
-    assert app.text_input(key="model_other").value == folder  # the explorer's sidebar read ?model=
+    # The explorer's sidebar read ?model=run:ID and lists the run by name: no server path anywhere.
+    assert app.query_params["model"] == f"run:{run_id}"
+    assert app.selectbox(key="model_choice").value == f"run:{run_id}"
+    assert not [t for t in app.sidebar.text_input if str(store.root) in str(t.value)]
     assert not app.sidebar.error, [e.value for e in app.sidebar.error]
     assert app.get("plotly_chart"), "the explorer predicted with the run's model"
+
+
+def test_one_run_shows_its_curves_and_an_editable_name(store):
+    run_id = runs_by_strategy(store)["whole-word"]
+    app = choose(open_page(), run_id)
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in app.get("plotly_chart")]
+    assert {"loss", "masked-token accuracy (overall and by category)"} <= set(titles)
+    box = app.text_input(key=f"run-name-{run_id}")
+    assert box.value.startswith("whole-word 15% static · ")  # named from its settings
+    box.set_value("<b>ww</b> *run*").run()
+    assert not app.exception, app.exception
+    assert store.get(run_id).name == "<b>ww</b> *run*"
+    assert app.text_input(key=f"run-name-{run_id}").value == "<b>ww</b> *run*"
+    assert table(app).set_index("run").loc[run_id, "name"] == "<b>ww</b> *run*"
+    assert not [m for m in app.markdown if "<b>ww" in m.value and m.allow_html]  # never rendered as HTML
+    app.text_input(key=f"run-name-{run_id}").set_value("").run()
+    assert store.get(run_id).name is None
 
 
 def test_lstm_runs_say_why_they_cannot_open_in_the_explorer(store):

@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints: manifest last, verification, fallback, sweeping, pruning, disk full."""
+"""Crash-safe checkpoints: manifest last, verification, fallback, sweeping, retention, disk full."""
 
 from __future__ import annotations
 
@@ -108,12 +108,28 @@ def test_a_rewritten_step_replaces_the_old_one_whole(tmp_path):
     assert checkpoints.verify(path) and checkpoints.load_checkpoint(path)[2] == state
 
 
-def test_prune_keeps_the_newest_and_the_protected_steps(tmp_path):
+def test_retain_keeps_the_newest_verified_checkpoints_only(tmp_path):
     for step in (1, 2, 3, 4, 5):
         save(tmp_path, step)
-    checkpoints.prune(tmp_path, 2, {1})
-    assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["step-00000001", "step-00000004",
-                                                                  "step-00000005"]
+    kept = checkpoints.retain(tmp_path, 2)
+    assert [p.name for p in kept] == ["step-00000005", "step-00000004"]
+    assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["step-00000004", "step-00000005"]
+    checkpoints.retain(tmp_path, 1)  # the default: what resume needs
+    assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["step-00000005"]
+
+
+def test_retain_keeps_the_previous_checkpoint_until_the_new_one_verifies(tmp_path):
+    save(tmp_path, 3)
+    damaged = save(tmp_path, 6)
+    (damaged / "model.safetensors").write_bytes(b"torn")  # a write that did not come out whole
+    checkpoints.retain(tmp_path, 1)
+    assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["step-00000003", "step-00000006"]
+    assert checkpoints.latest_valid(tmp_path).name == "step-00000003"  # resume still has its checkpoint
+    save(tmp_path, 9)
+    checkpoints.retain(tmp_path, 1)  # a newer one verifies: the older ones go, the damaged one too
+    assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["step-00000009"]
+    checkpoints.remove_all(tmp_path)
+    assert checkpoints.checkpoints(tmp_path) == []
 
 
 def test_optimizer_state_flattens_and_comes_back(tmp_path):

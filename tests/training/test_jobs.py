@@ -25,7 +25,7 @@ from support.corpora import corpus_bytes
 from support.waiting import wait_for
 
 from mlm_core.errors import CorpusError
-from mlm_core.training import TrainConfig, Trainer, checkpoints, jobs
+from mlm_core.training import TrainConfig, Trainer, checkpoints, costs, jobs
 from mlm_core.training.store import (
     CANCELLED,
     DIVERGED,
@@ -247,6 +247,37 @@ def test_a_tiny_run_finishes_with_every_metric_and_a_loadable_model(store, tiny_
     ids = loaded.tokenizer("the cat sat on the [MASK] .", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert loaded.model(input_ids=ids).logits.shape == (1, ids.shape[1], loaded.vocab_size)
+
+
+def test_a_finished_run_keeps_its_model_and_its_times_not_its_checkpoints(store, tiny_model_dir):
+    """Retention: checkpoints serve resume only; once finished the run holds its model (and what it measured)."""
+    config = settings(tiny_model_dir, steps=7, eval_every=7, checkpoint_every=2)
+    record, _ = jobs.submit(store, config, CORPUS, launch=False)
+    seen = []
+    real_retain = checkpoints.retain
+
+    def retain(folder, keep_last):
+        kept = real_retain(folder, keep_last)
+        seen.append([p.name for p in checkpoints.checkpoints(folder)])
+        return kept
+
+    checkpoints.retain = retain
+    try:
+        done = jobs.execute(store, record.id)
+    finally:
+        checkpoints.retain = real_retain
+    assert done.status == FINISHED
+    assert seen == [["step-00000002"], ["step-00000004"], ["step-00000006"]]  # one at a time while it ran
+    folder = store.folder(record.id)
+    assert not (folder / "checkpoints").exists() and (folder / "model" / "model.safetensors").exists()
+    pace = costs.read_pace(folder)
+    assert pace["startup_s"] > 0 and pace["step"] == 7 and pace["at"] >= pace["t1"] >= pace["t0"]
+    assert (pace["timing"]["steps"], pace["timing"]["checkpoints"], pace["timing"]["evals"]) == (7, 3, 1)
+    disk = costs.estimate_disk(config, 7, len(CORPUS))
+    used = costs.folder_bytes(folder)
+    assert used <= disk.final_bytes * 1.5 and used >= costs.folder_bytes(folder / "model")
+    estimate = costs.estimate_time(store, config, "cpu", train_blocks=50)
+    assert estimate.measured and record.id in estimate.basis  # the next estimate is made from this run
 
 
 def test_nan_loss_ends_the_run_as_diverged_with_the_step(store, tiny_model_dir, monkeypatch):

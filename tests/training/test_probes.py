@@ -123,6 +123,12 @@ def test_progress_and_eta():
     assert queued.fraction == 0 and "queued" in queued.text
     done = compare_runs.progress(record())
     assert done.fraction == 1 and "finished after 1 min 40 s" in done.text
+    # With the job's pace: completed steps' rate (2 s a step after the first), not the time since start.
+    pace = {"t0": 1000.0, "first_step": 0, "t1": 1020.0, "s1": 1, "step": 25, "at": 1068.0}
+    waiting = [compare_runs.progress(running, now=1068.0 + wait, pace=pace).eta_s for wait in (0, 1, 2, 30)]
+    assert waiting == [pytest.approx(150), pytest.approx(149), pytest.approx(148), pytest.approx(148)]
+    starting = compare_runs.progress(record(status=RUNNING, step=0, finished=None), pace={**pace, "step": 0})
+    assert "starting" in starting.text
 
 
 def test_runs_table_filter_and_sort():
@@ -232,41 +238,19 @@ def make_finished(store: RunStore, model, device: str, speeds, lstm: bool = Fals
     return store.transition(created.id, FINISHED)
 
 
-def test_estimate_uses_the_latest_finished_run_on_the_same_device_and_model(tmp_path, tiny_model_dir):
-    store = RunStore(tmp_path / "runs")
-    config = TrainConfig(model=str(tiny_model_dir), steps=100, batch_size=10, seq_len=100, eval_every=1000)
-    rough = finetune.estimate_time(store, config, "cpu", train_blocks=1000)
-    assert not rough.measured and "rough default" in rough.basis
-    make_finished(store, str(tiny_model_dir), "cuda:0", [9e9])  # another device: not used
-    make_finished(store, "scratch-lstm", "cpu", [9e9])  # another model: not used
-    run = make_finished(store, str(tiny_model_dir), "cpu", [1000.0, 5000.0, 2000.0])
-    measured = finetune.estimate_time(store, config, "cpu", train_blocks=1000)
-    assert measured.measured and run.id in measured.basis and measured.tokens_per_s == 2000.0  # the median
-    assert measured.steps == 100
-    assert measured.seconds == pytest.approx(finetune.STARTUP_S + 100 * 10 * 100 / 2000 + 1 * 64 * 100 / 6000)
-    by_epochs = finetune.estimate_time(store, TrainConfig(epochs=2, steps=None, batch_size=10), "cpu", 1000)
-    assert by_epochs.steps == 200
-
-
-def test_default_speeds_scale_with_the_model(tiny_model_dir):
-    reference = finetune.REFERENCE_TOKENS_PER_S["cpu"]
-    assert finetune.default_speed(None, "cpu")[0] == reference
-    assert finetune.default_speed("some/hub-model", "cpu")[0] == reference  # size unknown: the reference
-    assert finetune.default_speed(str(tiny_model_dir), "cpu")[0] == reference * finetune.SPEEDUP_RANGE[1]
-    assert reference < finetune.default_speed("scratch-transformer", "cpu")[0]
-    assert finetune.default_speed("scratch-lstm", "cuda")[0] == finetune.LSTM_TOKENS_PER_S["cuda"]
-    assert finetune.default_speed(None, "cuda")[0] == finetune.REFERENCE_TOKENS_PER_S["cuda"]
-
-
 def test_model_options_list_finished_transformer_runs_only(tmp_path, tiny_model_dir):
     store = RunStore(tmp_path / "runs")
     bert = make_finished(store, str(tiny_model_dir), "cpu", [1.0])
     lstm = make_finished(store, "scratch-lstm", "cpu", [1.0], lstm=True)
     options = finetune.model_options(store)
     assert [o.model for o in options[:3]] == [None, "scratch-transformer", "scratch-lstm"]
-    assert [o.model for o in options[3:]] == [str(store.folder(bert.id) / "model")]
+    assert [o.model for o in options[3:]] == [f"run:{bert.id}"]  # by id: no server path in a link or config
+    assert options[3].label.startswith("run: random 15% · ")  # by its name
     with pytest.raises(ModelLoadError, match="LSTM"):
         finetune.load_tokenizer(str(store.folder(lstm.id) / "model"))
+    with pytest.raises(ModelLoadError, match="LSTM"):
+        finetune.resolve_run_model(f"run:{lstm.id}", store)
+    assert finetune.resolve_run_model(f"run:{bert.id}", store) == store.folder(bert.id) / "model"
 
 
 def test_tokenizer_loading_refuses_pickle_only_folders(tmp_path):

@@ -12,12 +12,14 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from mlm_core.errors import MaskLabError, ModelLoadError
 from mlm_core.training import jobs
 from mlm_core.training.store import (
     CANCELLED,
     FINAL_STATES,
     FINISHED,
     INTERRUPTED,
+    MAX_NAME_CHARS,
     QUEUED,
     RUNNING,
     STATES,
@@ -304,3 +306,92 @@ TestRunStateMachine = RunStateMachine.TestCase
 TestRunStateMachine.settings = settings(
     max_examples=30, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+# ----------------------------------------------------------------------------- names and references (issue 17)
+
+
+def test_runs_are_named_from_their_settings_and_renamed_in_the_store(store):
+    from mlm_core.training.run_table import run_label, run_name, runs_table
+
+    record, _ = store.create({"strategy": "whole-word", "strategy_params": {"mlm_probability": 0.3}, "steps": 200,
+                              "masking": "static", "model": "google/bert_uncased_L-2_H-128"})
+    assert run_name(record) == "whole-word 30% static · bert_uncased_L-2_H-128 · 200 steps"
+    renamed = store.rename(record.id, "  my <b>first</b>\trun ")
+    assert renamed.name == "my <b>first</b> run" and run_name(renamed) == renamed.name  # stored as typed, one line
+    assert run_label(renamed).startswith("my <b>first</b> run · ") and run_label(renamed).endswith(" · queued")
+    assert runs_table([renamed]).loc[0, "name"] == "my <b>first</b> run"
+    assert store.rename(record.id, "   ").name is None  # emptied: the settings' name again
+    with pytest.raises(MaskLabError, match="at most"):
+        store.rename(record.id, "x" * (MAX_NAME_CHARS + 1))
+    with pytest.raises(MaskLabError, match="control"):
+        store.rename(record.id, "a\x1b[2Jb")
+
+
+def test_a_store_from_before_names_gains_the_column(tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    with sqlite3.connect(root / "runs.sqlite") as db:  # the schema without ``name``
+        db.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, request_id TEXT UNIQUE, created REAL NOT NULL, "
+                   "updated REAL NOT NULL, status TEXT NOT NULL, cancel_requested INTEGER NOT NULL DEFAULT 0, "
+                   "pid INTEGER, config TEXT NOT NULL, step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER, "
+                   "best_heldout_loss REAL, best_accuracy REAL, device TEXT, reason TEXT, started REAL, finished REAL)")
+        db.execute("INSERT INTO runs (id, created, updated, status, config) VALUES ('r-old', 1, 1, 'queued', '{}')")
+    store = RunStore(root)
+    assert store.get("r-old").name is None
+    assert store.rename("r-old", "kept").name == "kept"
+
+
+@pytest.mark.parametrize("reference", ["run:../etc", "run:/etc/passwd", "run:", "run:a/b", "run:20990101-000000-abcdef"])
+def test_run_references_name_runs_of_the_store_never_paths(store, reference):
+    from mlm_core.training.planning import resolve_run_model
+
+    with pytest.raises(ModelLoadError) as refused:
+        resolve_run_model(reference, store)
+    assert str(store.root) not in str(refused.value)
+
+
+def test_an_unfinished_run_has_no_model_yet(store):
+    from mlm_core.training.planning import resolve_run_model
+
+    record, _ = store.create({})
+    with pytest.raises(ModelLoadError, match="queued"):
+        resolve_run_model(f"run:{record.id}", store)
+
+
+def test_load_model_takes_a_run_by_id(tmp_path, monkeypatch, tiny_model_dir):
+    """``run:ID`` loads the run's model from the app's store; the name stays the reference."""
+    import shutil
+
+    from mlm_core.model.loading import load_model
+    from mlm_core.training.planning import model_name
+
+    monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
+    store = jobs.default_store()
+    record, _ = store.create({})
+    shutil.copytree(tiny_model_dir, store.folder(record.id) / "model")
+    with pytest.raises(ModelLoadError, match="queued"):
+        load_model(f"run:{record.id}", device="cpu")
+    store.transition(record.id, RUNNING, pid=DEAD_PID)
+    store.transition(record.id, FINISHED)
+    loaded = load_model(f"run:{record.id}", device="cpu")
+    assert loaded.name == f"run:{record.id}" and loaded.mask_token == "[MASK]"
+    assert model_name(f"run:{record.id}") == f"run {record.id}"
+    broken, _ = store.create({})
+    (store.folder(broken.id) / "model").mkdir()
+    (store.folder(broken.id) / "model" / "config.json").write_text("{}")  # no weights
+    store.transition(broken.id, RUNNING, pid=DEAD_PID)
+    store.transition(broken.id, FINISHED)
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(f"run:{broken.id}", device="cpu")
+    assert f"run:{broken.id}" in str(refused.value) and str(store.root) not in str(refused.value)
+
+
+def test_the_best_and_the_final_evaluation_are_both_named():
+    from mlm_core.training.run_table import best_and_final
+
+    metrics = [{"step": 2, "heldout_loss": 2.0, "masked_accuracy": 0.3}, {"step": 4, "heldout_loss": 2.5,
+               "masked_accuracy": 0.2}]
+    best, final = best_and_final(metrics)
+    assert (best["step"], best["heldout_loss"], final["step"], final["heldout_loss"]) == (2, 2.0, 4, 2.5)
+    assert best_and_final([]) == (None, None)

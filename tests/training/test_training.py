@@ -11,6 +11,7 @@ from support.corpora import corpus_bytes
 from mlm_core.model.forward import masked_logits
 from mlm_core.text.corpus import read_corpus
 from mlm_core.training import checkpoints
+from mlm_core.training.config import CHECKPOINTS_RESUME_NEEDS
 from mlm_core.training.trainer import (
     MAX_OOM_RETRIES,
     Cancelled,
@@ -219,23 +220,26 @@ def test_should_stop_cancels_between_steps(tiny_model_dir, corpus, tmp_path):
         Trainer(config(tiny_model_dir), corpus, tmp_path, StopAtThree()).run()
 
 
-@pytest.mark.parametrize(
-    ("scores", "kept"),
-    [
-        ([5.0, 1.0, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.4, 1.3], [2, 6, 8]),  # step 2 stays the best
-        ([5.0, 1.0, 4.0, 3.5, 3.0, 2.5, 2.0, 0.5, 1.4, 1.3], [6, 8]),  # step 8 takes over
-    ],
-)
-def test_checkpoints_keep_the_last_k_and_the_best(tiny_model_dir, corpus, tmp_path, monkeypatch, scores, kept):
-    values = iter(scores)
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"heldout_loss": next(values), "masked_accuracy": 0.0})
+@pytest.mark.parametrize(("keep", "kept"), [(None, [8]), (2, [6, 8])])
+def test_checkpoints_keep_only_what_resume_needs(tiny_model_dir, corpus, tmp_path, keep, kept):
+    """The default keeps the newest checkpoint only (resume needs no more); the best one is not kept."""
     recorder = Recorder()
-    Trainer(config(tiny_model_dir, steps=10, checkpoint_every=2, keep_checkpoints=2), corpus, tmp_path,
-            recorder).run()
+    settings = {} if keep is None else {"keep_checkpoints": keep}
+    trainer = Trainer(config(tiny_model_dir, steps=10, checkpoint_every=2, eval_every=5, **settings), corpus,
+                      tmp_path, recorder)
+    result = trainer.run()
     assert recorder.checkpoints == [2, 4, 6, 8]  # none at the last step: the final model is saved instead
     found = checkpoints.checkpoints(tmp_path / "checkpoints")
     assert [int(p.name.split("-")[1]) for p in found] == kept
     assert all(checkpoints.verify(p) for p in found)
+    timing = result["timing"]  # what the next run's estimate is made of
+    assert (timing["steps"], timing["evals"], timing["checkpoints"]) == (10, 2, 4)
+    assert all(timing[k] > 0 for k in ("step_s", "eval_s", "checkpoint_s", "final_s", "first_step_s"))
+    assert (timing["batch_size"], timing["seq_len"]) == (trainer.batch_size, 32)
+
+
+def test_the_default_retention_is_what_resume_needs():
+    assert TrainConfig().keep_checkpoints == CHECKPOINTS_RESUME_NEEDS == 1
 
 
 def test_config_validation_names_every_problem():

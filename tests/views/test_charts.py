@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mlm_core.explain.predict import Candidate, PositionPrediction
 from mlm_core.views import charts
 from mlm_core.views.charts import HIT_COLOUR, token_axis, topk_bars
@@ -63,3 +65,99 @@ def test_attention_grid_lays_out_every_head_with_its_title_axes_and_outlines():
     assert len(domains) == heads  # no two heads drawn on top of each other
     assert "<b>" not in grid.layout.title.text
     print(f"attention_grid, 12 heads: {built_in * 1000:.0f} ms")
+
+
+def test_difference_bars_leave_out_one_sided_positions():
+    """A position with no probability on one side (masked on the other only) is not drawn as a difference."""
+    nan = float("nan")
+    figure = charts.difference_bars(["1 the", "3 [MASK]", "12 river"], [0.9, 0.2, nan], [None, 0.5, 0.98])
+    assert list(figure.data[0].y) == [pytest.approx(0.3)]
+    assert list(figure.layout.xaxis.ticktext) == ["3 [MASK]"]
+
+
+def test_difference_bars_axis_is_symmetric_even_when_flat():
+    flat = charts.difference_bars(["a", "b"], [0.4, 0.1], [0.4, 0.1])
+    low, high = flat.layout.yaxis.range
+    assert low == -high and 0.01 <= high < 0.02  # a readable ±1% floor, not an arbitrary scale
+    wide = charts.difference_bars(["a"], [0.1], [0.6])
+    assert wide.layout.yaxis.range[1] >= 0.5
+
+
+# --------------------------------------------------------------------------- the attention line view
+
+
+def _attention(n: int, seed: int = 0):
+    import numpy as np
+
+    weights = np.random.default_rng(seed).random((n, n)) ** 3
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def test_line_view_labels_are_the_tokens_on_both_columns():
+    from mlm_core.views.lines import attention_lines
+
+    tokens = ["[CLS]", "the", "<b>cat</b>", "the", "[SEP]"]
+    figure = attention_lines(_attention(5), tokens, highlight=[2], title="<i>t</i>")
+    escaped = [charts.literal(t) for t in tokens]
+    assert list(figure.layout.yaxis.ticktext) == escaped == list(figure.layout.yaxis2.ticktext)
+    assert list(figure.layout.yaxis.tickvals) == list(range(5))  # repeated "the" keeps its own row
+    assert figure.layout.title.text == "&lt;i&gt;t&lt;/i&gt;"
+    assert all("<b>" not in str(row) for trace in figure.data if trace.customdata is not None
+               for row in trace.customdata)
+
+
+def test_line_opacity_follows_the_weights():
+    from mlm_core.views.lines import MIN_WEIGHT, attention_lines, line_weights
+
+    matrix = _attention(6, seed=1)
+    drawn = line_weights(attention_lines(matrix, list("abcdef")))
+    expected = {(i, j): round(float(matrix[i, j]), 4) for i in range(6) for j in range(6) if matrix[i, j] >= MIN_WEIGHT}
+    assert drawn == expected
+    assert all(shape.x0 == 0 and shape.x1 == 1 for shape in attention_lines(matrix, list("abcdef")).layout.shapes)
+
+
+def test_line_focus_brings_one_tokens_lines_forward():
+    from mlm_core.views.lines import FADED, attention_lines, line_weights
+
+    matrix = _attention(4, seed=2)
+    figure = attention_lines(matrix, list("abcd"), focus=1)
+    for (i, j), opacity in line_weights(figure).items():
+        weight = matrix[i, j]
+        assert opacity == pytest.approx(weight if 1 in (i, j) else weight * FADED, abs=1e-4)
+    red = {shape.name for shape in figure.layout.shapes if shape.line.color == charts.HIGHLIGHT_COLOUR}
+    assert red == {name for name in (shape.name for shape in figure.layout.shapes) if "1" in name.split("-")}
+
+
+def test_line_view_stays_bounded_on_a_long_text():
+    from mlm_core.views.lines import MAX_LINES, attention_lines
+
+    matrix = _attention(300, seed=3) * 0 + 1e-3
+    matrix[:, 0] = 0.5  # 300 strong lines to [CLS], the rest below the threshold
+    assert len(attention_lines(matrix, ["t"] * 300).layout.shapes) == 300
+    assert len(attention_lines(_attention(300) * 0 + 0.02, ["t"] * 300).layout.shapes) == MAX_LINES
+
+
+# --------------------------------------------------------------------------- presenter style
+
+
+def test_presenter_style_reaches_every_text():
+    import numpy as np
+    from support.figures import assert_presenter
+
+    from mlm_core.views.lines import attention_lines
+    from mlm_core.views.presenter import presenter_style
+
+    top = (Candidate("the", 1, 0.5), Candidate("a", 2, 0.3))
+    figures = [
+        topk_bars(PositionPrediction(position=2, top=top, original_id=2), "title\nsecond line"),
+        charts.attention_heatmap(np.eye(3), ["a", "b", "c"], [1], "heat"),
+        charts.attention_grid(np.ones((4, 3, 3)) / 3, ["a", "b", "c"], title="grid"),  # annotations at 13 px
+        charts.change_bars(["a", "b"], [0.1, -0.2], "change"),
+        attention_lines(np.ones((3, 3)) / 3, ["a", "b", "c"], title="lines"),
+    ]
+    for figure in figures:
+        styled = presenter_style(figure)
+        assert_presenter(styled.to_plotly_json())
+        assert styled.layout.title.text == figure.layout.title.text  # restyled, not rewritten
+    bars = presenter_style(figures[0]).data[0]
+    assert bars.textposition == "outside"  # dark text never sits on a dark bar

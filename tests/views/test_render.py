@@ -45,3 +45,10 @@ def test_legend_lists_kinds():
     html = legend()
     for label in ("masked", "random token", "kept", "excluded"):
         assert f">{label}</span>" in html
+
+
+def test_legend_of_a_strip_lists_only_the_kinds_present():
+    html = legend(kinds=(None, "masked", None, "random"))
+    assert ">masked</span>" in html and ">random token</span>" in html
+    assert ">kept</span>" not in html and ">excluded</span>" not in html
+    assert legend(kinds=(None, None)) == ""
