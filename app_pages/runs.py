@@ -18,18 +18,14 @@ if not records:
     st.stop()
 by_id = {r.id: r for r in records}
 
-filters = st.columns([2, 3, 2, 1, 1])
+filters = st.columns([2, 3, 2, 1.5, 1.5])  # room for "Descending" and the icon of "Refresh"
 statuses = filters[0].multiselect("Status", STATES, key="runs-status")
 text = filters[1].text_input("Search (run, name, model, strategy, device)", key="runs-search")
 sort_by = filters[2].selectbox("Sort by", TABLE_COLUMNS, index=TABLE_COLUMNS.index("created"), key="runs-sort")
 descending = filters[3].toggle("Descending", value=True, key="runs-desc")
 filters[4].button("Refresh", icon=":material/refresh:", key="runs-refresh")
 table = filter_runs(runs_table(records), statuses, text, sort_by, descending)
-st.dataframe(table, hide_index=True, width="stretch", column_config={
-    "best held-out loss": st.column_config.NumberColumn(format="%.3f"),
-    "best accuracy": st.column_config.NumberColumn(format="percent"),
-    "duration": st.column_config.NumberColumn("duration (s)", format="%.0f"),
-})
+run_ui.runs_grid(table)
 st.caption(f"{len(table)} of {len(records)} runs.")
 
 st.header("Compare runs")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 
+import pandas as pd
 import streamlit as st
 
 from mlm_core.errors import MaskLabError, RunError
@@ -48,6 +49,11 @@ from ui.common import show_error
 from ui.models import pick_model
 
 POLL_S = 2.0  # how often a followed run is read from the store
+RUNS_GRID_NUMBERS = {  # column: (title, the grid's number format, the same as text where the column has gaps)
+    "best held-out loss": (None, "%.3f", "{:.3f}"),
+    "best accuracy": (None, "percent", "{:.1%}"),
+    "duration": ("duration (s)", "%.0f", "{:.0f}"),
+}
 FOLLOW_KEY = "follow-run"
 LSTM_NOTE = ("An LSTM run's model cannot open in the explorer: it has no attention to show and is not a "
              "Hugging Face model.")
@@ -204,6 +210,20 @@ def run_curves(metrics: list[dict], key: str) -> None:
 
 
 # ----------------------------------------------------------------------------- runs page
+
+
+def runs_grid(table: pd.DataFrame) -> None:
+    """The runs table. The grid draws a missing number as "None" whatever its format, so a number column
+    with gaps (runs not evaluated or not finished yet) becomes text, blank in the gaps; complete columns
+    stay numbers. The page sorts before this (filter_runs), so text columns still arrive in order."""
+    shown, config = table.copy(), {}
+    for column, (title, grid_format, text_format) in RUNS_GRID_NUMBERS.items():
+        if shown[column].isna().any():
+            shown[column] = ["" if pd.isna(v) else text_format.format(v) for v in shown[column]]
+            config[column] = st.column_config.TextColumn(title)
+        else:
+            config[column] = st.column_config.NumberColumn(title, format=grid_format)
+    st.dataframe(shown, hide_index=True, width="stretch", column_config=config)
 
 
 def compare(store: RunStore, records: list[RunRecord]) -> None:

@@ -198,9 +198,10 @@ def test_runs_page_compares_two_finished_runs(page, finetune_url, tiny_model_dir
     page.goto(finetune_url.replace("/finetune", "/runs"))
     page.get_by_text("runs.", exact=False).first.wait_for()
     box = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Runs to compare")
-    for label in ("random/dynamic · finished", "span/static · finished"):
+    # Menu labels are "name · created · status", the name made from the settings.
+    for label in (r"^random 15% · .* · finished$", r"^span 15% static · .* · finished$"):
         box.click()
-        page.get_by_role("option", name=label).click()
+        page.get_by_role("option", name=re.compile(label)).click()
         settle(page)
     page.keyboard.press("Escape")
     page.get_by_text("Highlighted: settings that differ", exact=False).first.wait_for()

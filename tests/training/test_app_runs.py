@@ -110,6 +110,15 @@ def test_table_lists_filters_and_sorts(store):
     assert losses == sorted(losses)
 
 
+def test_a_run_not_evaluated_yet_shows_blanks_not_none(store, tiny_model_dir):
+    """The grid draws a missing number as "None": a column with gaps becomes text, blank in the gaps."""
+    jobs.submit(store, tiny_config(tiny_model_dir), corpus_bytes(), launch=False)  # queued: no loss yet
+    frame = table(open_page())
+    assert len(frame) == 4 and frame.notna().all().all()
+    assert sorted(frame["best held-out loss"])[0] == ""
+    assert all(float(v) > 0 for v in frame["best held-out loss"] if v)  # the others, as numbers in text
+
+
 def test_compare_two_runs_overlays_curves_and_highlights_differences(store):
     ids = runs_by_strategy(store)
     app = open_page()
