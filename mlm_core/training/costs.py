@@ -80,7 +80,7 @@ REFERENCE_PACE = {
 LSTM_SPEEDUP = 4.0
 
 
-BUSY_LOAD = 0.5  # other busy threads per core from which the estimate warns that it may take longer
+BUSY_LOAD = 1.0  # busy threads per core (the app's own included) from which the estimate warns it may take longer
 
 
 def busy(load: float) -> bool:
@@ -92,7 +92,7 @@ def others_load() -> float:
     try:
         return os.getloadavg()[0]
     except OSError:  # not available on this system
-        return 0.0  # the scratch LSTM against the default model, per token
+        return 0.0
 
 
 # ----------------------------------------------------------------------------- sizes
