@@ -77,3 +77,13 @@ def default_loaded():
     from mlm_core.model.loading import load_model
 
     return load_model(None, device="cpu")
+
+
+@pytest.fixture
+def clean_streamlit_caches():
+    """Streamlit's caches emptied before and after a page test: AppTest runs share one process."""
+    from support.apptest import clear_streamlit_caches
+
+    clear_streamlit_caches()
+    yield
+    clear_streamlit_caches()

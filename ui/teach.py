@@ -6,6 +6,7 @@ goes through render (chips) or charts.literal (figures).
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def step_counter(index: int, total: int, presenter: bool) -> None:
     """'Step 3 of 6' with a progress bar; in presenter mode as large as a heading (fixed text, no user input)."""
     label = f"Step {index + 1} of {total}"
     if presenter:
-        st.markdown(f'<p class="teach-step-counter">{label}</p>', unsafe_allow_html=True)  # PRESENTER_CSS
+        st.markdown(f'<p class="teach-step-counter">{html.escape(label)}</p>', unsafe_allow_html=True)  # PRESENTER_CSS
         st.progress((index + 1) / total)
     else:
         st.progress((index + 1) / total, text=label)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support.apptest import clear_streamlit_caches, open_app_page
+from support.apptest import open_app_page
 from support.apptest import shown_errors as errors
 
 from mlm_core.explain.compare import Side, compare
@@ -15,11 +15,7 @@ TEXT = "the cat [MASK] on the mat"
 PAYLOAD = "<img src=x onerror=alert(1)>"
 
 
-@pytest.fixture(autouse=True)
-def clean_caches():
-    clear_streamlit_caches()
-    yield
-    clear_streamlit_caches()
+pytestmark = pytest.mark.usefixtures("clean_streamlit_caches")
 
 
 def run_page(query: dict) -> AppTest:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support.apptest import clear_streamlit_caches, open_app_page
+from support.apptest import open_app_page
 from support.apptest import shown_errors as errors
 
 from ui.teach import LESSON, VIEWS, load_lesson
@@ -15,11 +15,7 @@ PAGE = "app_pages/teach.py"
 STEPS = json.loads(LESSON.read_text())["steps"]
 
 
-@pytest.fixture(autouse=True)
-def clean_caches():
-    clear_streamlit_caches()
-    yield
-    clear_streamlit_caches()
+pytestmark = pytest.mark.usefixtures("clean_streamlit_caches")
 
 
 def run_page(query: dict) -> AppTest:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support.apptest import clear_streamlit_caches, open_app_page
+from support.apptest import open_app_page
 from support.apptest import shown_errors as errors
 
 from ui.why_link import LINES, TAB_KEY
@@ -14,11 +14,7 @@ from ui.why_link import LINES, TAB_KEY
 TEXT = "the cat sat on the [MASK] ."
 
 
-@pytest.fixture(autouse=True)
-def clean_caches():
-    clear_streamlit_caches()
-    yield
-    clear_streamlit_caches()
+pytestmark = pytest.mark.usefixtures("clean_streamlit_caches")
 
 
 def run_page(query: dict) -> AppTest:
