@@ -55,7 +55,7 @@ from mlm_core.settings import ParamSpec
 from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown
 from mlm_core.views.reports import batch_report
-from ui.common import UrlField, checked_by, corpus_url_fields, show_error
+from ui.common import UrlField, blank_gaps, checked_by, corpus_url_fields, show_error
 from ui.corpus import CorpusChoice
 from ui.strategy import masking_controls
 
@@ -276,9 +276,7 @@ def table(frame: pd.DataFrame):
     frame = frame.dropna(axis=1, how="all").copy()
     formats = {c: "{:.1%}" if c in PERCENT_COLUMNS else "{:g}" if c == "rate" else "{:.3f}"
                for c in frame.columns if frame[c].dtype.kind == "f"}
-    for column, form in formats.items():
-        if frame[column].isna().any():
-            frame[column] = ["" if pd.isna(v) else form.format(v) for v in frame[column]]
+    blank_gaps(frame, formats)
     for column in frame.columns:
         if frame[column].dtype.kind not in "biufcmM":  # text
             frame[column] = frame[column].fillna("")

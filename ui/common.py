@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from mlm_core.settings import ParamSpec
@@ -40,6 +41,19 @@ def latest_result(name: str, key: tuple, compute: Callable[[], Any],
     result = compute()
     st.session_state[f"latest-{name}"] = (key, result) if keep_if(result) else None
     return result
+
+
+def blank_gaps(frame: pd.DataFrame, formats: dict[str, str]) -> set[str]:
+    """Turn each column of ``formats`` that has gaps into text, formatted and blank in the gaps (in place).
+
+    Streamlit's grid draws a missing number as "None" whatever its display format, so only text shows a
+    blank; columns without gaps stay numbers, which sort as numbers. Returns the columns turned into text.
+    """
+    gapped = {column for column in formats if frame[column].isna().any()}
+    for column in gapped:
+        form = formats[column]
+        frame[column] = ["" if pd.isna(v) else form.format(v) for v in frame[column]]
+    return gapped
 
 
 def show_error(exc: Exception) -> None:

@@ -45,7 +45,7 @@ from mlm_core.training.store import INTERRUPTED, MAX_NAME_CHARS, RUNNING, RunRec
 from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown, token_chips
 from mlm_core.views.reports import html_report
-from ui.common import show_error
+from ui.common import blank_gaps, show_error
 from ui.models import pick_model
 
 POLL_S = 2.0  # how often a followed run is read from the store
@@ -216,13 +216,11 @@ def runs_grid(table: pd.DataFrame) -> None:
     """The runs table. The grid draws a missing number as "None" whatever its format, so a number column
     with gaps (runs not evaluated or not finished yet) becomes text, blank in the gaps; complete columns
     stay numbers. The page sorts before this (filter_runs), so text columns still arrive in order."""
-    shown, config = table.copy(), {}
-    for column, (title, grid_format, text_format) in RUNS_GRID_NUMBERS.items():
-        if shown[column].isna().any():
-            shown[column] = ["" if pd.isna(v) else text_format.format(v) for v in shown[column]]
-            config[column] = st.column_config.TextColumn(title)
-        else:
-            config[column] = st.column_config.NumberColumn(title, format=grid_format)
+    shown = table.copy()
+    gapped = blank_gaps(shown, {column: text_format for column, (_, _, text_format) in RUNS_GRID_NUMBERS.items()})
+    config = {column: st.column_config.TextColumn(title) if column in gapped
+              else st.column_config.NumberColumn(title, format=grid_format)
+              for column, (title, grid_format, _) in RUNS_GRID_NUMBERS.items()}
     st.dataframe(shown, hide_index=True, width="stretch", column_config=config)
 
 
