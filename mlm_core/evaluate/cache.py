@@ -62,7 +62,7 @@ def model_fingerprint(loaded: LoadedModel) -> str:
 
 
 def default_cache_dir() -> Path:
-    from mlm_core.training.jobs import masklab_home
+    from mlm_core.policy import masklab_home
 
     return masklab_home() / "evaluations"
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlm_core.errors import Cancelled, Diverged, MaskLabError
+from mlm_core.policy import masklab_home  # noqa: F401 - re-exported: callers import it from here
 from mlm_core.text.corpus import Corpus, read_corpus
 from mlm_core.training import checkpoints
 from mlm_core.training.config import TrainConfig
@@ -44,10 +45,6 @@ CORPUS_FILE = "corpus.data"  # the uploaded bytes; the user's file name is kept 
 STATUS_EVERY_S = 1.0  # how often a job writes its step to SQLite (cheap, but not every step)
 CANCEL_POLL_S = 0.5  # how often a job reads its cancel flag
 DISK_FULL = "the disk is full; the last complete checkpoint is intact. Free space and start again."
-
-
-def masklab_home() -> Path:
-    return Path(os.environ.get("MASKLAB_HOME", Path.home() / ".masklab"))
 
 
 def default_store() -> RunStore:
