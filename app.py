@@ -9,11 +9,19 @@ runs a page without this router until the first st.navigation call of the server
 
 import streamlit as st
 
+from mlm_core.errors import MaskLabError
 from mlm_core.model.loading import use_app_threads
+from mlm_core.policy import server_policy
 
 use_app_threads()
 # Material icons come with Streamlit's own font; emoji show as empty boxes where no emoji font is installed.
 st.set_page_config(page_title="MaskLab", page_icon=":material/theater_comedy:", layout="wide")
+try:
+    server_policy()  # the operator's limits: a server must not run with settings it did not mean
+except MaskLabError:  # the reason names the operator's files: for the operator's terminal, not the browser
+    st.error("This server's settings are invalid, so MaskLab does not start. The operator sees why with "
+             "`masklab settings`.")
+    st.stop()
 
 pages = [
     st.Page("app_pages/explore.py", title="Explore", icon=":material/search:", default=True),

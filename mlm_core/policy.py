@@ -132,8 +132,14 @@ def server_policy() -> ServerPolicy:
     """
     path = config_file()
     values = _from_file(path) if path else {}
-    values.update(_from_environment())
-    return ServerPolicy(**values)
+    from_environment = _from_environment()
+    values.update(from_environment)
+    try:
+        return ServerPolicy(**values)
+    except InputError as exc:
+        origins = [str(path)] if path else []
+        origins += [ENV_PREFIX + name.upper() for name in from_environment]
+        raise InputError(f"{exc} (set in {', '.join(origins) or 'the defaults'})") from None
 
 
 def reload_policy() -> ServerPolicy:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mlm_core.cli.common import Command, Printed
 from mlm_core.errors import MaskLabError
+from mlm_core.policy import CONFIG_ENV, reload_policy
 from mlm_core.resources import app_script, streamlit_config
 
 
@@ -55,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Start the MaskLab app in the browser. Other options go to `streamlit run` "
         "(e.g. --server.port 8600 --server.headless true; see `streamlit run --help`)."
     )
+    parser.add_argument(
+        "--settings", metavar="FILE",
+        help="the server settings for browser users (a TOML file; sets MASKLAB_CONFIG for the server; "
+             "see `masklab settings`)",
+    )
 
 
 def run(args: argparse.Namespace) -> Printed:
@@ -62,6 +68,9 @@ def run(args: argparse.Namespace) -> Printed:
         raise MaskLabError(
             "The app needs Streamlit: pip install -r requirements.txt (or pip install masklab)."
         )
+    if args.settings:
+        os.environ[CONFIG_ENV] = str(Path(args.settings).expanduser().resolve())
+    reload_policy()  # an invalid setting stops here, in one line, not in every student's browser
     command = streamlit_command(args.extra_options)
     if os.name == "posix":
         # the server takes this process's place: a signal (Ctrl-C, a service manager's SIGTERM) reaches it
