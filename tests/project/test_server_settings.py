@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from support import REPO
 
 from mlm_core.cli import main
 from mlm_core.errors import InputError
 from mlm_core.policy import ServerPolicy, describe_policy, reload_policy, server_policy
-from support import REPO
 
 
 @pytest.fixture(autouse=True)
