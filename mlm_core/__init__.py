@@ -10,7 +10,7 @@ The curated Python API (every page and CLI command has its twin here)::
 
     strategy = ml.build_strategy("whole-word", {"mlm_probability": 0.3})
     report = ml.evaluate.evaluate(loaded, sentences, ml.EvalConfig.from_strategy(strategy), seeds=(0, 1))
-    report.summary                                             # top-1/top-5 by token category
+    report.summary()                                           # top-1/top-5 by token category
 
 Where things live (one concern per subpackage; each opens with a docstring):
 
