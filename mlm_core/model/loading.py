@@ -9,18 +9,26 @@ Hugging Face hub id or a finished run's model by its id (``run:ID``). Whatever t
   (``auto_map``) is refused;
 * the model must be a masked LM with a mask token (GPT-2 and friends are refused);
 * eager attention, so attention weights come back;
-* device chosen automatically (CUDA when present, else CPU).
+* device chosen automatically (CUDA when present, else CPU);
+* nothing is allocated before the files are checked (mlm_core.model.inspection): links out of the
+  folder, a config.json or safetensors header that is malformed or lies, a model bigger than the
+  operator's limits (``max_model_layers``, ``model_memory_fraction``) are refused first;
+* a tokenizer whose ids go past the model's vocabulary is refused.
 
-Loaded models are kept in a small bounded cache shared by all sessions (one copy each);
-``LoadedModel.lock`` serialises forward passes that record attentions or install hooks,
-since transformers and captum keep that state on the shared module.
+Loaded models are kept in a small bounded cache shared by all sessions (one copy of each folder,
+however its path is spelled); ``LoadedModel.lock`` serialises forward passes that record attentions
+or install hooks, since transformers and captum keep that state on the shared module. Loading itself
+runs under one process-wide lock (``serialized_loading``): transformers swaps class-wide and
+process-wide state while it builds a model (``PreTrainedModel.tie_weights``, torch's init functions,
+the default dtype), and two loads at once could leave it swapped for every later load.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,6 +39,17 @@ import torch
 from mlm_core.errors import ModelLoadError
 from mlm_core.model.default_model import ADAPTER_DIR, ADAPTER_FILE, DEFAULT_MODEL_NAME, base_encoder_dir
 from mlm_core.model.families import model_type, usable_positions
+from mlm_core.model.inspection import (
+    WeightsSummary,
+    check_layer_counts,
+    check_links,
+    check_model_size,
+    first_line,
+    read_config_file,
+    read_weights,
+)
+from mlm_core.policy import server_policy
+from mlm_core.settings import shown_value
 
 MAX_LOADED_MODELS = 3  # each small model is ~100 MB; a class rarely uses more than two at once
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -55,14 +74,34 @@ def use_app_threads() -> int:
     return threads
 
 
+DEVICE_FORMS = "cpu, cuda, cuda:N (N the GPU's number) or mps"
+# "cpu:0" too: Accelerate names the CPU that way in each process of ``accelerate launch``
+_DEVICE_PATTERN = re.compile(r"cpu(:0)?|mps(:0)?|cuda(:\d{1,3})?")
+
+
 def pick_device(preferred: str | None = None) -> torch.device:
-    """``preferred`` if given ("cpu", "cuda", "cuda:1"), else CUDA when available, else CPU."""
-    if preferred:
-        device = torch.device(preferred)
-        if device.type == "cuda" and not torch.cuda.is_available():
+    """``preferred`` if given ("cpu", "cuda", "cuda:1", "mps"), else CUDA when available, else CPU.
+
+    Only devices that hold a usable model are accepted: torch also knows "meta" (tensors without
+    data), "xla", ..., on which every prediction would fail later with a confusing error.
+    """
+    if preferred is None or not str(preferred).strip():
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = str(preferred).strip().lower()
+    if not _DEVICE_PATTERN.fullmatch(text):
+        raise ModelLoadError(f"Unknown device {shown_value(str(preferred), 40)}: use {DEVICE_FORMS}.")
+    device = torch.device(text)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
             raise ModelLoadError("CUDA was requested but no GPU is available here; choose the CPU.")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"There is no GPU {text} here: this machine has {torch.cuda.device_count()} "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})."
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("mps (Apple's GPU) was requested but is not available here; choose the CPU.")
+    return device
 
 
 def device_label(device: torch.device) -> str:
@@ -124,27 +163,75 @@ class LoadedModel:
 
 
 _cache: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
-_cache_lock = threading.Lock()
-_load_locks: dict[tuple[str, str], threading.Lock] = {}
+_cache_lock = threading.Lock()  # held only to look up or store: never while loading
+_loading_lock = threading.RLock()  # every load in the process, one at a time (module docstring)
+_transformers_ready = False
+
+
+@contextlib.contextmanager
+def serialized_loading():
+    """Hold the process-wide loading lock, with transformers' classes imported.
+
+    Everything that builds models or tokenizers with transformers in this process (from_pretrained,
+    from_config, also on the meta device) runs under it. The first entry imports transformers'
+    auto classes: its lazy module, imported from two threads at once, could answer
+    ``ImportError: cannot import name 'AutoConfig'``.
+    """
+    global _transformers_ready
+    with _loading_lock:
+        if not _transformers_ready:
+            from transformers import (  # noqa: F401 - imported for their side effect, under the lock
+                AutoConfig,
+                AutoModelForMaskedLM,
+                AutoTokenizer,
+                BertForMaskedLM,
+            )
+
+            _transformers_ready = True
+        yield
+
+
+def model_identity(name: str) -> str:
+    """What the cache knows a model by: the resolved folder for a local path (so 'F/', 'F//' and
+    './F' share one copy), the name itself for the default model, a run reference or a hub id."""
+    from mlm_core.training.store import run_ref_id
+
+    if name == DEFAULT_MODEL_NAME or run_ref_id(name) is not None:
+        return name
+    try:
+        folder = _expanded(name)
+        if folder.exists() or name.startswith((".", "/", "~")):
+            return str(folder.resolve())
+    except (OSError, ValueError, RuntimeError):  # too long, a NUL byte, a link loop: the loader says why
+        pass
+    return name
+
+
+def _expanded(name: str) -> Path:
+    """``name`` as a path, ``~`` expanded where it can be (``~nobody/x`` stays as written)."""
+    try:
+        return Path(name).expanduser()
+    except RuntimeError:  # no such user's home: the folder does not exist, and the loader says so
+        return Path(name)
 
 
 def load_model(name: str | None = None, device: str | None = None) -> LoadedModel:
     """The model called ``name`` (default model when None), loaded once and shared.
 
-    Raises ModelLoadError with a message that says what to do.
+    A folder spelled another way ('F//', './F') gives the same model, tokenizer and lock under the
+    caller's spelling. Raises ModelLoadError with a message that says what to do.
     """
-    name = (name or DEFAULT_MODEL_NAME).strip()
+    name = (name or "").strip() or DEFAULT_MODEL_NAME
     target = pick_device(device)
-    key = (name, str(target))
+    key = (model_identity(name), str(target))
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
-            return _cache[key]
-        load_lock = _load_locks.setdefault(key, threading.Lock())
-    with load_lock:  # two sessions asking at once load it once
+            return _as_named(_cache[key], name)
+    with serialized_loading():  # two sessions asking at once load it once, and never two models at once
         with _cache_lock:
             if key in _cache:
-                return _cache[key]
+                return _as_named(_cache[key], name)
         loaded = _load_uncached(name, target)
         with _cache_lock:
             _cache[key] = loaded
@@ -153,9 +240,16 @@ def load_model(name: str | None = None, device: str | None = None) -> LoadedMode
         return loaded
 
 
+def _as_named(loaded: LoadedModel, name: str) -> LoadedModel:
+    """The cached model under the caller's own spelling of its name (another caller's path is never shown)."""
+    return loaded if loaded.name == name else dataclasses.replace(loaded, name=name)
+
+
 def load_fresh(name: str | None = None, device: str | None = "cpu") -> LoadedModel:
     """A private copy in train mode (for fine-tuning), never the shared cached one."""
-    loaded = _load_uncached((name or DEFAULT_MODEL_NAME).strip(), pick_device(device))
+    target = pick_device(device)
+    with serialized_loading():
+        loaded = _load_uncached((name or "").strip() or DEFAULT_MODEL_NAME, target)
     loaded.model.train()
     return loaded
 
@@ -170,12 +264,13 @@ def _load_uncached(name: str, device: torch.device) -> LoadedModel:
     if name == DEFAULT_MODEL_NAME:
         model, tokenizer = _assemble_default_model()
     else:
-        model, tokenizer = _load_pretrained(name)
+        model, tokenizer = _load_pretrained(name, device)
     if tokenizer.mask_token is None or tokenizer.mask_token_id is None:
         raise ModelLoadError(
             f"'{name}' has no mask token, so it is not a masked language model "
             "(GPT-2 and other left-to-right models cannot fill in blanks). Choose a BERT-like model."
         )
+    check_tokenizer_fits(name, model, tokenizer)
     model.to(device).eval()
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=device)
 
@@ -215,26 +310,49 @@ def _assemble_default_model():
     return model, tokenizer
 
 
-def check_local_folder(folder: Path) -> None:
-    """Refuse folders that are not safe, loadable masked-LM checkpoints (before any loading)."""
-    if not folder.is_dir():
-        raise ModelLoadError(f"'{folder}' is not a folder. Give a model folder or a hub id.")
+@dataclass(frozen=True)
+class CheckedFolder:
+    """A local model folder's config.json and what its weights hold, both checked (``check_local_folder``)."""
+
+    config: dict
+    weights: WeightsSummary
+
+
+def check_local_folder(folder: Path, name: str | None = None) -> CheckedFolder:
+    """Refuse folders that are not safe, loadable masked-LM checkpoints (before any loading).
+
+    Reads only config.json and the safetensors headers, with bounds (mlm_core.model.inspection);
+    ``name`` is the folder as the caller spelled it, the only path a message shows.
+    """
+    name = name or str(folder)
+    try:
+        is_folder = folder.is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        is_folder = False
+    if not is_folder:
+        raise ModelLoadError(f"'{name}' is not a folder. Give a model folder or a hub id.")
+    check_links(folder, name)  # first: nothing below may read a file that leads outside the folder
     if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"'{folder}' is not a model folder: it has no config.json.")
+        raise ModelLoadError(f"'{name}' is not a model folder: it has no config.json.")
     files = [p.name for p in folder.iterdir() if p.is_file()]
     if not any(f.endswith(".safetensors") for f in files):
         if any(f.endswith(PICKLE_SUFFIXES) for f in files):
             raise ModelLoadError(
-                f"'{folder}' has only pickle weights ({', '.join(f for f in files if f.endswith(PICKLE_SUFFIXES))}). "
+                f"'{name}' has only pickle weights ({', '.join(f for f in files if f.endswith(PICKLE_SUFFIXES))}). "
                 "Pickle files can run code when loaded, so MaskLab loads safetensors only: convert the "
                 "weights to model.safetensors with a tool you trust."
             )
-        raise ModelLoadError(f"'{folder}' has no model weights (model.safetensors).")
-    check_config(json.loads((folder / "config.json").read_text()), str(folder))
+        raise ModelLoadError(f"'{name}' has no model weights (model.safetensors).")
+    config = read_config_file(folder, name)
+    check_config(config, name)
+    check_layer_counts(config, name, server_policy().max_model_layers)
+    return CheckedFolder(config=config, weights=read_weights(folder, name))
 
 
 def check_config(config: dict, name: str) -> None:
     """Refuse configs that ask for custom code."""
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"config.json of '{name}' is not an object of settings.")
     if config.get("auto_map") or config.get("trust_remote_code"):
         raise ModelLoadError(
             f"'{name}' asks to run its own code (auto_map in config.json). MaskLab never runs remote "
@@ -267,49 +385,49 @@ def run_model_folder(name: str) -> Path | None:
     return resolve_run_model(name)
 
 
-def _load_pretrained(name: str):
+def _load_pretrained(name: str, device: torch.device):
     run_folder = run_model_folder(name)
     if run_folder is None:
-        return _load_source(name, Path(name).expanduser())
+        return _load_source(name, _expanded(name), device)
     try:
-        return _load_source(name, run_folder)
+        return _load_source(name, run_folder, device)
     except ModelLoadError as exc:  # a run is named by its id: its messages never show the server's folder
         raise ModelLoadError(str(exc).replace(str(run_folder), name)) from exc
 
 
-def _load_source(name: str, folder: Path):
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+def _load_source(name: str, folder: Path, device: torch.device):
+    """Model and tokenizer from a local folder or a hub id; the caller holds ``serialized_loading``."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    is_local = folder.exists() or name.startswith((".", "/", "~"))
+    try:
+        is_local = folder.exists() or name.startswith((".", "/", "~"))
+    except (OSError, ValueError):  # a name too long for a path or with a NUL byte: no hub id either
+        is_local = True
+    weights = None
     if is_local:
-        check_local_folder(folder)
+        checked = check_local_folder(folder, name)
+        config, weights = _config_from_dict(checked.config, name), checked.weights
         source = str(folder)
     else:
         source = name
     # A cached hub model loads offline; otherwise ask the hub only if it can be reached at
     # all, so that an offline machine answers at once instead of after minutes of retries.
     local_only = is_local or os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
-    except (OSError, ValueError) as exc:
-        hint = (
-            "it is not in the local cache and the Hugging Face hub cannot be reached"
-            if local_only and not is_local
-            else str(exc).splitlines()[0]
-        )
-        raise ModelLoadError(f"Cannot find model '{name}': {hint}. Check the id or give a local folder.") from exc
-    check_config(config.to_dict(), name)
+    if not is_local:
+        config = _hub_config(name, local_only)
+    check_model_size(config, name, device, server_policy().model_memory_fraction, weights)
     try:
         with quiet_transformers():
             model, info = AutoModelForMaskedLM.from_pretrained(
                 source,
+                config=config,  # the checked config, not config.json read again
                 use_safetensors=True,
                 trust_remote_code=False,
                 attn_implementation="eager",
                 local_files_only=local_only,
                 output_loading_info=True,
             )
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
     except ValueError as exc:
         raise ModelLoadError(
             f"'{name}' cannot be loaded as a masked language model ({config.model_type}): "
@@ -319,8 +437,83 @@ def _load_source(name: str, folder: Path):
         raise ModelLoadError(
             f"Cannot load '{name}': {str(exc).splitlines()[0]} (MaskLab needs model.safetensors)."
         ) from exc
+    except (SafetensorError, RuntimeError) as exc:
+        if "ignore_mismatched_sizes" in str(exc):  # transformers reports the shapes in its log, which is quiet here
+            raise ModelLoadError(
+                f"The weights of '{name}' do not have the shapes its config.json gives (a vocabulary, width or "
+                "length that differs): the config does not match the weights."
+            ) from exc
+        raise ModelLoadError(
+            f"Cannot load the weights of '{name}' ({type(exc).__name__}: {first_line(exc)})."
+        ) from exc
     check_head(name, model, info["missing_keys"])
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, config=config, trust_remote_code=False, local_files_only=local_only
+        )
+    except Exception as exc:  # noqa: BLE001 - tokenizer files are parsed by several libraries, each failing its own way
+        raise ModelLoadError(
+            f"The tokenizer of '{name}' cannot be loaded ({type(exc).__name__}: {first_line(exc)})."
+        ) from exc
     return model, tokenizer
+
+
+def _config_from_dict(config: dict, name: str):
+    """The transformers config a checked config.json describes (no file is read again)."""
+    from transformers import CONFIG_MAPPING
+
+    kind = config.get("model_type")
+    if not isinstance(kind, str) or kind not in CONFIG_MAPPING:
+        shown = shown_value(kind, 40) if kind is not None else "no model_type"
+        raise ModelLoadError(
+            f"config.json of '{name}' names {shown}, not a model type transformers knows "
+            "(e.g. bert, roberta, distilbert)."
+        )
+    try:
+        with quiet_transformers():  # its warnings about odd values would print past the CLI's one error line
+            return CONFIG_MAPPING[kind].from_dict(config)
+    except Exception as exc:  # noqa: BLE001 - an untrusted config's values reach each config class's own checks
+        raise ModelLoadError(
+            f"config.json of '{name}' has settings that do not fit a {kind} model "
+            f"({type(exc).__name__}: {first_line(exc)})."
+        ) from None
+
+
+def _hub_config(name: str, local_only: bool):
+    """The config of a hub model (from the local cache when offline), checked like a folder's."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False, local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        hint = (
+            "it is not in the local cache and the Hugging Face hub cannot be reached"
+            if local_only
+            else str(exc).splitlines()[0]
+        )
+        raise ModelLoadError(f"Cannot find model '{name}': {hint}. Check the id or give a local folder.") from exc
+    except RecursionError:
+        raise ModelLoadError(f"config.json of '{name}' is nested too deeply to be a model's config.") from None
+    settings = config.to_dict()
+    check_config(settings, name)
+    check_layer_counts(settings, name, server_policy().max_model_layers)
+    return config
+
+
+def check_tokenizer_fits(name: str, model: torch.nn.Module, tokenizer) -> None:
+    """Refuse a tokenizer that produces ids the model has no row for (every such prediction would fail)."""
+    embeddings = model.get_input_embeddings()
+    rows = embeddings.weight.shape[0] if embeddings is not None else model.config.vocab_size
+    if tokenizer.mask_token_id >= rows:
+        raise ModelLoadError(
+            f"The tokenizer of '{name}' gives its mask token id {tokenizer.mask_token_id}, but the model's "
+            f"vocabulary has only {rows:,} entries: the tokenizer does not belong to this model."
+        )
+    if len(tokenizer) > rows:
+        raise ModelLoadError(
+            f"The tokenizer of '{name}' has {len(tokenizer):,} tokens, but the model's vocabulary only "
+            f"{rows:,}: the tokenizer does not belong to this model."
+        )
 
 
 def check_head(name: str, model: torch.nn.Module, missing_keys) -> None:

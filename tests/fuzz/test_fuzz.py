@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ pytest.importorskip("atheris")  # requirements-dev.txt; the harnesses cannot run
 
 import fuzz_corpus  # noqa: E402
 import fuzz_masking  # noqa: E402
+import fuzz_model_folder  # noqa: E402
 from fuzz_support import HERE, ROOT, SEEDS, regression_inputs  # noqa: E402
 
 from mlm_core.errors import (
@@ -30,7 +32,11 @@ from mlm_core.errors import (
 )
 
 FUZZ_SECONDS = int(os.environ.get("MASKLAB_FUZZ_SECONDS", "20"))
-HARNESSES = {"corpus": ("corpus reader", fuzz_corpus), "masking": ("tokenize → mask", fuzz_masking)}
+HARNESSES = {
+    "corpus": ("corpus reader", fuzz_corpus),
+    "masking": ("tokenize → mask", fuzz_masking),
+    "model_folder": ("model folder loading", fuzz_model_folder),
+}
 RESULTS = ROOT / "benchmarks" / "results" / "fuzz.json"
 DONE = re.compile(r"Done (\d+) runs in (\d+) second")
 _figures: dict[str, dict] = {}
@@ -90,6 +96,24 @@ def test_masking_crash_cases_now_pass_or_give_a_masklab_error(path):
         fuzz_masking.run_case(case)  # asserts the engine's invariants when it succeeds
     except MaskLabError as exc:
         assert str(exc).strip() and "\n" not in str(exc)
+
+
+def test_model_folder_seeds_and_their_mutations_load_or_give_a_masklab_error():
+    """A few dozen inputs in this process, in seconds: each seed, seeded byte changes of it, saved crashes."""
+    rng = random.Random(0)
+    inputs = []
+    for seed in sorted((SEEDS / "model_folder").iterdir()):
+        data = seed.read_bytes()
+        inputs.append(data)
+        for _ in range(8):
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 4)):
+                mutated[rng.randrange(1, len(mutated))] = rng.randrange(256)  # byte 0 keeps the file chosen
+            inputs.append(bytes(mutated))
+    inputs += [path.read_bytes() for path in regression_inputs("model_folder")]
+    for data in inputs:
+        fuzz_model_folder.check(data)  # raises on any exception but MaskLabError, or a broken invariant
+    assert len(inputs) >= 36
 
 
 @pytest.mark.parametrize("harness", list(HARNESSES))

@@ -238,3 +238,75 @@ def test_tokenizer_from_many_threads_keeps_typed_specials_as_text(tiny_model_dir
     for (name, _), got in zip(planned, results):
         found = differences(single[name], got, name)
         assert not found, found[:5]
+
+
+def spellings(folder) -> list[str]:
+    """One folder named five ways, as different sessions or links may name it."""
+    return [str(folder), f"{folder}/", f"{folder}//", f"{folder.parent}/./{folder.name}",
+            f"{folder.parent}/../{folder.parent.name}/{folder.name}"]
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_different_models_loaded_from_many_threads_at_once_load_once_each_and_leave_loading_working(
+        round_, tmp_path):
+    """transformers swaps class-wide state while it loads (``PreTrainedModel.tie_weights``, torch's init
+    functions, the default dtype): two loads at once could leave it swapped, and every later load was
+    refused as having "no masked-language-model head". Loading is serialised process-wide; a folder
+    however spelled is loaded once."""
+    import safetensors.torch
+    from conftest import build_tiny_bert
+    from transformers import PreTrainedModel
+
+    from mlm_core.model.loading import load_model
+
+    tie_weights, init_weights = PreTrainedModel.tie_weights, PreTrainedModel.init_weights
+    normal_init = torch.nn.init.normal_
+    folders = [build_tiny_bert(tmp_path / f"seed{seed}", seed=seed) for seed in (10 * round_ + 1, 10 * round_ + 2,
+                                                                                  10 * round_ + 3)]
+    names = [(folder, name) for folder in folders for name in spellings(folder)]
+    barrier = threading.Barrier(len(names))
+
+    def load(name):
+        barrier.wait(timeout=120)  # every thread asks at the same moment
+        return outcome(lambda: load_model(name, device="cpu"))
+
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        results = list(pool.map(load, [name for _, name in names]))
+
+    assert all(result[0] == "ok" for result in results), [r for r in results if r[0] != "ok"][:3]
+    for folder in folders:
+        loaded = [result[1] for (where, _), result in zip(names, results) if where == folder]
+        assert len({id(one.model) for one in loaded}) == 1  # one copy per folder, however spelled
+        assert len({id(one.lock) for one in loaded}) == 1  # and one lock guarding it
+        stored = safetensors.torch.load_file(folder / "model.safetensors")
+        key = "bert.embeddings.word_embeddings.weight"
+        assert torch.equal(loaded[0].model.state_dict()[key], stored[key])  # this folder's weights, not another's
+    assert [result[1].name for result in results] == [name.strip() for _, name in names]  # each caller's spelling
+    # Nothing class-wide or process-wide is left swapped ...
+    assert PreTrainedModel.tie_weights is tie_weights and PreTrainedModel.init_weights is init_weights
+    assert torch.nn.init.normal_ is normal_init and torch.get_default_dtype() == torch.float32
+    # ... so the next model loads with its head tied to its embeddings, as transformers builds it alone.
+    later = load_model(str(build_tiny_bert(tmp_path / "later", seed=99)), device="cpu")
+    assert later.model.get_output_embeddings().weight is later.model.get_input_embeddings().weight
+    assert later.vocab_size == 39 and later.mask_token == "[MASK]"
+
+
+def test_a_cached_model_is_returned_while_another_model_loads(tiny_model_dir):
+    """The cache is looked up without the loading lock: one slow load (a hub download) stalls no session
+    whose model is already loaded."""
+    from mlm_core.model.loading import load_model, serialized_loading
+
+    first = load_model(str(tiny_model_dir), device="cpu")
+    answered = threading.Event()
+    results = []
+
+    def cached_load():
+        results.append(load_model(f"{tiny_model_dir}/", device="cpu"))
+        answered.set()
+
+    with serialized_loading():  # as if another model were loading
+        thread = threading.Thread(target=cached_load)
+        thread.start()
+        assert answered.wait(timeout=30)
+    thread.join()
+    assert results[0].model is first.model and results[0].name == f"{tiny_model_dir}/"
