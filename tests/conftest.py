@@ -44,6 +44,21 @@ def build_tiny_bert(folder, seed: int = 0, vocab: list[str] | None = None):
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def temporary_folders_are_model_sources(tmp_path_factory):
+    """The pages load the tests' tiny models from their temporary folders, which a server offers only
+    when its operator lists them. The tests' operator lists the folder above this run's base temporary
+    folder: every test folder is then at least two levels down, so the model picker (which lists an
+    offered folder's direct model subfolders) stays as a plain server's and the tests type their models
+    under Other. Set, not defaulted, so a developer's own MASKLAB_MODEL_SOURCES cannot change what the
+    tests see; tests of refusal narrow it with monkeypatch and ``reload_policy()``. The browser tests'
+    servers inherit the variable."""
+    from mlm_core.policy import server_policy
+
+    os.environ["MASKLAB_MODEL_SOURCES"] = str(tmp_path_factory.getbasetemp().parent)
+    server_policy.cache_clear()  # read again on first use (an invalid setting then fails only its own test)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -1,9 +1,13 @@
 """The one model picker (the sidebar's, Compare's two sides, Fine-tune's base model) and loading with a message.
 
-``pick_model`` lists some models, the first being the default, then every finished run's model
-by its name (referred to as ``run:ID``, never by its folder), plus "Other" for any hub id or
-folder; the link's field chooses on a page's first run (a model not listed opens typed under
-Other) and gets the choice back, the default left out so links stay short.
+``pick_model`` lists some models, the first being the default, then the models the server's operator
+offers (``model_sources``, by folder name) and every finished run's model by its name (referred
+to as ``run:ID``, never by its folder), plus "Other" for a hub id or folder the operator allows;
+the link's field chooses on a page's first run (a model not listed opens typed under Other) and
+gets the choice back, the default left out so links stay short.
+
+Every name a browser gives (link, Other, a listed run) passes ``check_browser_model`` before
+anything is read: a browser cannot load, fine-tune or download a folder the operator did not offer.
 """
 
 from __future__ import annotations
@@ -15,15 +19,37 @@ import streamlit as st
 from mlm_core.errors import MaskLabError
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import LoadedModel, load_model
-from ui.common import url_set
+from mlm_core.model.sources import (
+    allowed_hub_ids,
+    browser_model_options,
+    check_browser_model,
+    public_run_ids,
+)
+from mlm_core.policy import server_policy
+from mlm_core.settings import shown_value
+from ui.common import show_error, url_set
 
 OTHER_MODEL = "Other: hub id or local folder"
 OTHER_LABEL = "Hub id or model folder"
-OTHER_HINT = ("Type a hub id (e.g. bert-base-uncased), the path of a folder with model.safetensors, or a "
-              "run as run:ID.")
-MODEL_HELP = ("The built-in model works offline. Finished fine-tuning runs are listed by name. Any BERT-like "
-              "model from the Hugging Face hub (e.g. distilbert-base-uncased, roberta-base) or a local folder "
-              "with safetensors also works.")
+MODEL_HELP = ("The built-in model works offline. Finished fine-tuning runs are listed by name, and so are the "
+              "models this server's operator offers.")
+
+
+def other_hint() -> str:
+    """What may be typed under Other on this server, from the operator's ``model_sources``."""
+    policy = server_policy()
+    if policy.allows_any_model():
+        return ("Type a hub id (e.g. bert-base-uncased), the path of a folder with model.safetensors, or a "
+                "run as run:ID.")
+    hub_ids = allowed_hub_ids(policy)
+    offered = ", ".join(shown_value(hub_id) for hub_id in hub_ids[:8]) + (" …" if len(hub_ids) > 8 else "")
+    if not hub_ids and not policy.model_sources:
+        return ("This server offers only the listed models: the built-in one, those its operator put in its "
+                "models folder and finished runs (also typed as run:ID). Other names are refused; the operator "
+                "can add folders or hub ids to model_sources.")
+    return ("Type a finished run as run:ID" + (f", a hub id this server offers ({offered})" if hub_ids else "")
+            + (", or the folder of a model inside a folder the operator offers (their models are listed above)"
+               if len(hub_ids) < len(policy.model_sources) else "") + ". Other names are refused.")
 
 
 def pick_model(options: Sequence[tuple[str, str]], label: str, key: str, other_key: str, url_field: str,
@@ -34,7 +60,12 @@ def pick_model(options: Sequence[tuple[str, str]], label: str, key: str, other_k
     Widget keys: ``key`` for the list, ``other_key`` for the typed name. Example:
     ``pick_model([(DEFAULT_MODEL_NAME, "default")], "Model", "m", "m-other", "model")``.
     """
-    options = [*options, *(run for run in run_models() if run[0] not in dict(options))]
+    from mlm_core.training.store import run_ref_id  # the training package loads only when a page needs it
+
+    fixed = {name for name, _ in options if run_ref_id(name) is None}  # the caller's own (default, scratch)
+    runs = run_models()
+    options = [option for option in options if option[0] in fixed or option[0] in dict(runs)]
+    options += [option for option in [*operator_models(), *runs] if option[0] not in dict(options)]
     names = [name for name, _ in options]
     labels = dict(options)
     wanted = st.query_params.get(url_field, names[0])
@@ -47,18 +78,26 @@ def pick_model(options: Sequence[tuple[str, str]], label: str, key: str, other_k
         name = st.text_input(OTHER_LABEL, "" if wanted in names else wanted, key=other_key,
                              placeholder="distilbert-base-uncased or /path/to/a/model").strip()
         if not name:
-            st.info(OTHER_HINT)
+            st.info(other_hint())
     url_set(url_field, name, names[0])
+    if name and name not in fixed:
+        try:
+            check_browser_model(name)
+        except MaskLabError as exc:
+            show_error(exc)  # escaped: the message quotes what the browser typed
+            return None
     return name or None
 
 
 def load_with_message(name: str) -> LoadedModel | None:
-    """The model, loaded with a spinner; None after showing why it could not load."""
+    """The model, loaded with a spinner; None after showing why it could not load (or why this server
+    does not offer it)."""
     try:
+        check_browser_model(name)
         with st.spinner(f"Loading {name} …"):
             return load_model(name)
     except MaskLabError as exc:
-        st.error(str(exc))
+        show_error(exc)  # escaped: the message quotes what the browser typed
         return None
 
 
@@ -94,11 +133,25 @@ def _older_run_link(name: str) -> str | None:
 
 
 def run_models() -> list[tuple[str, str]]:
-    """(``run:ID``, label) of every finished run's Transformer model; none when the run store cannot be read."""
+    """(``run:ID``, label) of every finished run's Transformer model that browsers may load (a run the
+    command line started from a private folder is not listed); none when the run store cannot be read."""
     try:
         from mlm_core.training.jobs import default_store
         from mlm_core.training.planning import model_options
+        from mlm_core.training.store import run_ref
 
-        return [(o.model, o.label) for o in model_options(default_store()) if o.kind == "run"]
+        store = default_store()
+        public = {run_ref(run_id) for run_id in public_run_ids(store.list())}
+        return [(o.model, o.label) for o in model_options(store) if o.kind == "run" and o.model in public]
     except Exception:  # noqa: BLE001 - a broken store must not take the page down; runs are optional here
+        return []
+
+
+def operator_models() -> list[tuple[str, str]]:
+    """(folder, label) of each model the operator offers in model_sources, labelled by its folder's name,
+    then each hub id offered; none when a folder cannot be read."""
+    try:
+        policy = server_policy()
+        return [*browser_model_options(policy), *((hub_id, hub_id) for hub_id in allowed_hub_ids(policy))]
+    except Exception:  # noqa: BLE001 - like run_models: the listed extras are optional, the page stays up
         return []

@@ -6,6 +6,7 @@ AppTest runs no JavaScript; tests/browser/ covers what happens in a real page.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import streamlit as st
@@ -14,6 +15,7 @@ from support import REPO
 from support.apptest import shown_errors as errors
 
 from mlm_core.explain.predict import fill_text, predict
+from mlm_core.policy import reload_policy
 from mlm_core.text.tokens import tokenize
 from mlm_core.views.html import escape_markdown
 from ui.strategy import NONE
@@ -126,8 +128,16 @@ def test_html_in_text_is_escaped(tiny_model_dir):
     assert len(charts(app)) == 1
 
 
-def test_unknown_model_shows_an_error():
-    app = run_app(model="no-such-org/no-such-model")
+def test_unknown_model_shows_an_error(monkeypatch):
+    """A hub id the operator offers that is not in the cache (offline): the loader's own message."""
+    offered = os.environ.get("MASKLAB_MODEL_SOURCES", "") + os.pathsep + "no-such-org/no-such-model"
+    monkeypatch.setenv("MASKLAB_MODEL_SOURCES", offered)
+    reload_policy()
+    try:
+        app = run_app(model="no-such-org/no-such-model")
+    finally:
+        monkeypatch.undo()
+        reload_policy()
     assert any("Cannot find model 'no-such-org/no-such-model'" in e for e in errors(app))
     assert charts(app) == []
 
