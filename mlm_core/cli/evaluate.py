@@ -16,6 +16,8 @@ from mlm_core.cli.common import (
     add_model_argument,
     add_strategy_arguments,
     add_text_file_arguments,
+    folder_argument,
+    output_file_argument,
     positive_int,
     read_user_file,
     strategy_from_args,
@@ -53,9 +55,13 @@ def run_evaluate(args: argparse.Namespace) -> dict | Printed:
     from mlm_core import evaluate as ev
     from mlm_core.links import parse_heads_off
     from mlm_core.model.loading import load_model
-    from mlm_core.text.corpus import read_corpus
+    from mlm_core.text.corpus import one_line, read_corpus
 
     path = Path(args.file)
+    # Where results go is checked first: a file named as --cache-dir fails now, not after the evaluation.
+    cache_dir = folder_argument(args.cache_dir, "--cache-dir")
+    outputs = {"sentences": output_file_argument(args.out, "--out"),
+               "tokens": output_file_argument(args.tokens_out, "--tokens-out")}
     corpus = read_corpus(read_user_file(args.file, "file"), path.name, args.column, args.text_unit)
     texts = corpus.texts[: args.limit] if args.limit else corpus.texts
     heads = parse_heads_off(args.heads_off)
@@ -63,7 +69,7 @@ def run_evaluate(args: argparse.Namespace) -> dict | Printed:
     strategies = [name.strip() for name in (args.sweep_strategy or "").split(",") if name.strip()]
     configs = ev.sweep(base, ev.parse_rates(args.sweep_rate) if args.sweep_rate else (), strategies)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    options = dict(seeds=seeds, with_pll=ev.WITH_PLL if args.pll is None else args.pll, cache_dir=args.cache_dir, reuse=not args.no_cache)
+    options = dict(seeds=seeds, with_pll=ev.WITH_PLL if args.pll is None else args.pll, cache_dir=cache_dir, reuse=not args.no_cache)
     bar = None
     if sys.stderr.isatty() and not args.json:
         from tqdm import tqdm
@@ -90,12 +96,12 @@ def run_evaluate(args: argparse.Namespace) -> dict | Printed:
     record = {"file": corpus.name, "format": corpus.format, "column": corpus.column, **report.to_dict(),
               "outputs": {}}
     record["notices"] = [*corpus.notices, *record["notices"]]  # "read as Windows-1252", as the page warns
-    for kind, out in (("sentences", args.out), ("tokens", args.tokens_out)):
+    for kind, out in outputs.items():
         if out:
             try:
                 report.write_rows(kind, out)
             except OSError as exc:
-                raise MaskLabError(f"Cannot write {out}: {exc.strerror or exc}.") from exc
+                raise MaskLabError(f"Cannot write {one_line(str(out), 120)}: {exc.strerror or exc}.") from exc
             record["outputs"][kind] = str(out)
     return record
 

@@ -18,6 +18,7 @@ from mlm_core.errors import InputError, MaskLabError
 from mlm_core.evaluate.cache import SENTENCE_COLUMNS, TEXT_COLUMNS, TOKEN_COLUMNS, Entry
 from mlm_core.evaluate.config import EvalConfig, sentence_seed
 from mlm_core.evaluate.tally import GROUPS, Tally, group_metrics
+from mlm_core.views.spreadsheet import spreadsheet_csv
 
 POS_NOTE = (
     "Part of speech is unavailable: spaCy is installed but no spaCy pipeline (such as en_core_web_sm) "
@@ -139,7 +140,11 @@ class EvalReport:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns))
 
     def write_rows(self, kind: str, out) -> None:
-        """Stream the rows to a path or binary file: CSV, or JSON lines when the path ends in .json/.jsonl."""
+        """Stream the rows to a path or binary file: CSV, or JSON lines when the path ends in .json/.jsonl.
+
+        CSV text cells that start like a spreadsheet formula (a sentence "=HYPERLINK(...)") get a leading
+        quote: see ``mlm_core.views.spreadsheet``.
+        """
         if kind not in ("sentences", "tokens"):
             raise InputError("kind is 'sentences' or 'tokens'.")
         as_json = isinstance(out, (str, Path)) and str(out).lower().endswith((".json", ".jsonl"))
@@ -149,7 +154,7 @@ class EvalReport:
                     if len(frame):
                         sink.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode())
                 else:
-                    sink.write(frame.to_csv(index=False, header=n == 0).encode())
+                    sink.write(spreadsheet_csv(frame, index=False, header=n == 0).encode())
 
     def rows_bytes(self, kind: str, fmt: str = "csv") -> bytes:
         """The rows as CSV or as a JSON array (page downloads)."""

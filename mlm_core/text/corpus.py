@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,12 @@ MAX_TEXT_CHARS = 100_000  # one text (line, paragraph or field); matches the exp
 FORMATS = ("txt", "csv", "tsv", "jsonl")
 TEXT_UNITS = ("line", "paragraph")
 PREFERRED_COLUMNS = ("text", "sentence", "content", "body", "review")
+LATIN1_NOTICE = "The file is not UTF-8; it was read as Windows-1252/Latin-1."
+# In text decoded with errors="surrogateescape" (each invalid byte as U+DC80..U+DCFF): a character that
+# valid UTF-8 beyond ASCII gave, and an invalid byte.
+_UTF8_BEYOND_ASCII = re.compile("[^\x00-\x7f\udc80-\udcff]")
+_INVALID_BYTE = re.compile("[\udc80-\udcff]")
+_INVALID_TO_LINE_END = re.compile("[\udc80-\udcff][^\n]*")  # one match per line holding invalid bytes
 
 
 
@@ -97,13 +104,71 @@ def decode(data: bytes) -> tuple[str, str, list[str]]:
         text = data.decode("utf-8-sig")
         encoding = "utf-8"
     except UnicodeDecodeError:
-        text = data.decode("cp1252", errors="replace")
-        encoding = "cp1252"
-        notices.append("The file is not UTF-8; it was read as Windows-1252/Latin-1.")
+        text, encoding, notice = _decode_by_line(data)
+        notices.append(notice)
     controls = sum(1 for ch in text[:65536] if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f")
     if controls > 0.01 * max(1, len(text[:65536])):
         raise CorpusError("The file is mostly control characters: it looks binary, not text.")
     return text, encoding, notices
+
+
+def _decode_by_line(data: bytes) -> tuple[str, str, str]:
+    r"""Text, encoding name and notice of a file that is not UTF-8 as a whole: each line is read as
+    UTF-8 where it is valid UTF-8, else as Windows-1252 (Latin-1's superset).
+
+    Files pasted together from several sources mix the two; reading the whole file as Windows-1252
+    would garble every UTF-8 line ("cafÃ©"). The bytes are decoded once with invalid bytes kept as
+    escapes (U+DC80..U+DCFF), and only the runs of lines holding an escape are decoded again (regular
+    expressions find them), so a 50 MB file with blocks of Latin-1 lines takes under a second, one
+    alternating line by line a few; a file with no valid UTF-8 beyond ASCII is decoded in one call.
+
+    Example: ``"café\n".encode() + "crème\n".encode("latin-1")`` reads as ``"café\ncrème\n"``,
+    with the notice "Line 2 is not UTF-8; it was read as Windows-1252/Latin-1, ...".
+    """
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    escaped = data.decode("utf-8", errors="surrogateescape")
+    if not _UTF8_BEYOND_ASCII.search(escaped):  # every non-ASCII line is Windows-1252: a Latin-1 file
+        return data.decode("cp1252", errors="replace"), "cp1252", LATIN1_NOTICE
+    text = io.StringIO()
+    fallback_lines = first_line = start = 0  # start: of the first line not yet written
+    utf8_beyond_ascii = False  # whether a line read as UTF-8 needed it (else this is a Latin-1 file)
+    while invalid := _INVALID_BYTE.search(escaped, start):
+        run_start = _line_start(escaped, invalid.start(), start)
+        utf8 = escaped[start:run_start]  # lines of valid UTF-8
+        utf8_beyond_ascii = utf8_beyond_ascii or not utf8.isascii()  # str.isascii: a flag, not a scan
+        text.write(utf8)
+        # The run of Windows-1252 lines goes on up to the next line of valid UTF-8 beyond ASCII (ASCII
+        # lines read the same either way), so that whole blocks of Latin-1 lines are decoded at once.
+        run_end = run_start
+        while beyond := _UTF8_BEYOND_ASCII.search(escaped, run_end):
+            run_end = _line_start(escaped, beyond.start(), run_end)
+            line_end = escaped.find("\n", beyond.end()) + 1 or len(escaped)
+            if not _INVALID_BYTE.search(escaped, run_end, line_end):
+                break
+            run_end = line_end  # valid UTF-8 and an invalid byte on one line: the line is Windows-1252
+        else:
+            run_end = len(escaped)
+        first_line = first_line or escaped.count("\n", 0, run_start) + 1
+        run = escaped[run_start:run_end]
+        fallback_lines += _INVALID_TO_LINE_END.subn("", run)[1]  # counted in C, not match by match
+        # the run's own bytes again (the escapes give back the invalid ones), read as Windows-1252
+        text.write(run.encode("utf-8", errors="surrogateescape").decode("cp1252", errors="replace"))
+        start = run_end
+    utf8 = escaped[start:]
+    utf8_beyond_ascii = utf8_beyond_ascii or not utf8.isascii()
+    text.write(utf8)
+    del escaped, utf8
+    if not utf8_beyond_ascii:  # valid UTF-8 beyond ASCII only inside lines that are not UTF-8
+        return text.getvalue(), "cp1252", LATIN1_NOTICE
+    which = (f"Line {first_line} is not UTF-8; it was" if fallback_lines == 1 else
+             f"{fallback_lines:,} lines are not UTF-8 (the first: line {first_line}); they were")
+    return text.getvalue(), "utf-8+cp1252", f"{which} read as Windows-1252/Latin-1, the other lines as UTF-8."
+
+
+def _line_start(text: str, index: int, lowest: int) -> int:
+    """Where the line holding ``text[index]`` starts, no earlier than ``lowest`` (itself a line's start)."""
+    return text.rfind("\n", lowest, index) + 1 or lowest
 
 
 def _size(n: int) -> str:
@@ -170,7 +235,7 @@ def table_columns(data: bytes, name: str) -> list[str]:
                     record = _json_record(line, 1)
                 except CorpusError:
                     return []  # read_corpus names the problem; the picker just has no columns
-                return [k for k, v in record.items() if isinstance(v, str)] if isinstance(record, dict) else []
+                return _text_fields(record) if isinstance(record, dict) else []
         return []
     if fmt not in ("csv", "tsv"):
         return []
@@ -244,6 +309,12 @@ def _json_record(line: str, number: int):
         raise CorpusError(f"Line {number}: a value cannot be read ({one_line(str(exc), 120)}).") from None
 
 
+def _text_fields(record: dict) -> list[str]:
+    r"""The names of a JSON object's string fields: the candidate text columns. A name holding a lone
+    surrogate ("\ud800" escaped) is left out: it could be neither shown nor written back."""
+    return [key for key, value in record.items() if isinstance(value, str) and not _has_surrogate(key)]
+
+
 def _jsonl_texts(text: str, column: str | None) -> tuple[list[str], str]:
     texts, chosen = [], column
     for number, line in enumerate(io.StringIO(text), start=1):
@@ -253,7 +324,7 @@ def _jsonl_texts(text: str, column: str | None) -> tuple[list[str], str]:
         if not isinstance(record, dict):
             raise CorpusError(f"Line {number}: expected a JSON object like {{\"text\": \"...\"}}.")
         if chosen is None:
-            fields = [k for k, v in record.items() if isinstance(v, str)]
+            fields = _text_fields(record)
             if not fields:
                 raise CorpusError(
                     f"Line {number}: the object has no text field (expected {{\"text\": \"...\"}})."
@@ -264,9 +335,25 @@ def _jsonl_texts(text: str, column: str | None) -> tuple[list[str], str]:
             raise CorpusError(
                 f"Line {number}: the field '{one_line(chosen, 40)}' is missing or not a string."
             )
+        if _has_surrogate(value):
+            raise CorpusError(
+                f"Line {number}: the field '{one_line(chosen, 40)}' holds a \\u escape of half a UTF-16 "
+                "pair (\\ud800-\\udfff without its other half): it is no character. Remove it or write the "
+                "character itself."
+            )
         if _has_text(value):
             texts.append(_check_text(value.strip(), number))
     return texts, chosen or ""
+
+
+def _has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate: JSON's "\\ud800" escape decodes to one, and no UTF-8
+    encoder (tokenizer, file, terminal) takes it. Encoding runs in C; most texts pass at once."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def read_corpus(

@@ -7,7 +7,7 @@ byte 1 the column, byte 2 the text unit and size limit; the rest is the uploaded
 
 Besides "no exception but CorpusError", a returned corpus must keep what mlm_core.text.corpus
 promises: non-empty stripped texts within the length limit, a display name that is no path,
-the hash of the raw bytes, nothing read past the size limit.
+the hash of the raw bytes, nothing read past the size limit, texts that encode as UTF-8.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def check(data: bytes) -> None:
     assert len(body) <= (max_bytes if max_bytes is not None else 50 * 1024 * 1024)
     assert corpus.texts and all(isinstance(t, str) and t and t == t.strip() for t in corpus.texts)
     assert all(len(t) <= MAX_TEXT_CHARS for t in corpus.texts)
-    assert corpus.format in FORMATS and corpus.encoding in ("utf-8", "utf-16", "cp1252")
+    assert corpus.format in FORMATS and corpus.encoding in ("utf-8", "utf-16", "cp1252", "utf-8+cp1252")
+    for text in corpus.texts:
+        text.encode("utf-8")  # no lone surrogate (JSON's "\ud800"): tokenizers and files need valid text
     assert "/" not in corpus.name and "\\" not in corpus.name and len(corpus.name) <= 120
     assert corpus.sha256 == hashlib.sha256(body).hexdigest()
     if corpus.format == "txt":
