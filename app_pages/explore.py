@@ -19,7 +19,14 @@ from ui.common import (
     share_panel,
     show_error,
 )
-from ui.explain import attention_panel, attribution_panel, interference_panel, worth_keeping
+from ui.explain import (
+    attention_panel,
+    attribution_panel,
+    charted_count,
+    guesses_table,
+    interference_panel,
+    worth_keeping,
+)
 from ui.models import model_sidebar
 from ui.strategy import added_note, masking_controls
 from ui.why_link import why_tabs
@@ -98,8 +105,9 @@ with output:
     st.markdown(f"**Filled in:** {render.escape_markdown(filled)}")
 
     guesses = result.prediction.predictions
-    columns = st.columns(min(3, len(guesses)))
-    for n, guess in enumerate(guesses):
+    charted, rest = guesses[:charted_count(result)], guesses[charted_count(result):]
+    columns = st.columns(min(3, len(charted)))
+    for n, guess in enumerate(charted):
         title = f"position {guess.position} · {result.kinds[guess.position]}"
         if guess.fill_step:
             title += f" · filled {guess.fill_step}."
@@ -108,6 +116,10 @@ with output:
             title += f"\noriginal '{guess.original_token}' {verdict}"
         with columns[n % len(columns)]:
             st.plotly_chart(charts.topk_bars(guess, title, height=300), key=f"topk-{n}")
+    if rest:
+        st.caption(f"Charts for the first {len(charted)} masks (this server draws at most {len(charted)} per "
+                   f"page); the other {len(rest)} are in this table.")
+        st.dataframe(guesses_table(result, rest), key="topk-rest")
 
     if strategy is not None:
         with st.expander(f"How often does this strategy choose each token? ({FREQUENCY_DRAWS} draws)"):

@@ -26,8 +26,16 @@ class CorpusError(InputError):
     """The corpus file cannot be used; the message names the line or the limit."""
 
 
+class MemoryLimitError(InputError):
+    """A run needs (or needed) more memory than the machine has; the message names a batch size that fits."""
+
+
 class RunError(MaskLabError):
     """A run operation that cannot be done (unknown id, forbidden transition)."""
+
+
+class RunIndexRebuilt(RunError):
+    """The run index was found damaged during an operation and rebuilt from the run folders: try again."""
 
 
 class EvaluationCancelled(MaskLabError):

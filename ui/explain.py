@@ -21,10 +21,12 @@ from mlm_core.explain import attention, attribution
 from mlm_core.explain import whatif as interference
 from mlm_core.explain.exploration import Exploration
 from mlm_core.model.loading import LoadedModel
+from mlm_core.policy import server_policy
 from mlm_core.text.tokens import CATEGORIES, Tokens
 from mlm_core.views import charts
 from mlm_core.views import html as render
 from mlm_core.views.lines import attention_lines
+from mlm_core.views.spreadsheet import spreadsheet_csv
 from mlm_core.views.words import word_view
 from ui import why_link
 from ui.common import show_error
@@ -78,6 +80,32 @@ def seen(loaded: LoadedModel, exploration: Exploration) -> Seen:
     )
 
 
+def charted_count(exploration: Exploration) -> int:
+    """How many masks get a chart of their own on the Explore page: the first ``max_charts_per_page``.
+
+    The rest go into one table (``guesses_table``): 2,500 masks once drew 2,884 charts and sent 14 MB
+    to the browser. The what-if panel charts only what this leaves of the page's allowance.
+    """
+    return min(len(exploration.prediction.predictions), server_policy().max_charts_per_page)
+
+
+def guesses_table(exploration: Exploration, guesses) -> pd.DataFrame:
+    """One row per mask in ``guesses``: its position, kind, top guesses with their probabilities, and
+    the original word (rank) where known; for the masks that get no chart of their own."""
+    rows = [
+        {
+            "position": guess.position,
+            "kind": exploration.kinds[guess.position],
+            "top guesses": ", ".join(f"{c.token} {c.prob:.1%}" for c in guess.top),
+            "original": guess.original_token or "",
+            "original rank": guess.original_rank,
+            "filled": guess.fill_step,
+        }
+        for guess in guesses
+    ]
+    return pd.DataFrame(rows).set_index("position")
+
+
 def _numbered(labels) -> list[str]:
     """Unique row/column names for tables: '3 the'."""
     return [f"{i} {label}" for i, label in enumerate(labels)]
@@ -100,7 +128,7 @@ def _chart(figure, key: str, name: str, image_format: str, on_select=None) -> No
 def _downloads(frame: pd.DataFrame, record: dict, name: str, key: str) -> None:
     """The numbers behind a chart as CSV (the table) and JSON (the table plus its settings)."""
     left, right = st.columns(2)
-    left.download_button("Numbers (CSV)", frame.to_csv().encode(), f"{name}.csv", "text/csv",
+    left.download_button("Numbers (CSV)", spreadsheet_csv(frame).encode(), f"{name}.csv", "text/csv",
                          key=f"{key}-csv", on_click="ignore")
     right.download_button("Numbers (JSON)", json.dumps(record, ensure_ascii=False, indent=1).encode(),
                           f"{name}.json", "application/json", key=f"{key}-json", on_click="ignore")
@@ -327,7 +355,8 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
 # --------------------------------------------------------------------------- interference
 
 
-def _show_whatifs(whatifs, name: str, image_format: str, extra: dict | None = None) -> None:
+def _show_whatifs(whatifs, name: str, image_format: str, extra: dict | None = None, charts_left: int = 0) -> None:
+    """The table of every position, then a chart for each of the first ``charts_left`` of them."""
     rows = [
         {
             "position": w.position,
@@ -342,8 +371,12 @@ def _show_whatifs(whatifs, name: str, image_format: str, extra: dict | None = No
     ]
     frame = pd.DataFrame(rows).set_index("position")
     st.dataframe(frame.style.format({"p before": "{:.2%}", "p after": "{:.2%}", "change": "{:+.2%}"}))
-    columns = st.columns(min(3, len(whatifs)))
-    for n, w in enumerate(whatifs):
+    charted = whatifs[:charts_left]
+    if len(charted) < len(whatifs):
+        st.caption(f"Charts for {len(charted)} of the {len(whatifs)} positions (this server draws at most "
+                   f"{server_policy().max_charts_per_page} per page); the table above has every one.")
+    columns = st.columns(min(3, len(charted))) if charted else []
+    for n, w in enumerate(charted):
         title = f"position {w.position}: '{w.reference_token}' {w.reference_before:.1%} → {w.reference_after:.1%}"
         with columns[n % len(columns)]:
             _chart(charts.whatif_bars(w.before, w.after, w.reference_id, title), f"xi-chart-{n}",
@@ -372,6 +405,7 @@ def _interference(loaded: LoadedModel, exploration: Exploration) -> None:
     with top[1]:
         image_format = _image_format("xi")
     top_k = len(exploration.prediction.predictions[0].top)  # as many guesses as the page shows
+    charts_left = server_policy().max_charts_per_page - charted_count(exploration)  # the page's allowance
     if base:
         st.caption("Tokens the masking strategy already excluded stay excluded before and after.")
     try:
@@ -390,7 +424,7 @@ def _interference(loaded: LoadedModel, exploration: Exploration) -> None:
                 return
             whatifs = interference.exclude_tokens(loaded, ids, positions, exclude, originals, top_k, base)
             removed = [tokens.tokens[i] for i, e in enumerate(exclude) if e]
-            _show_whatifs(whatifs, "exclude", image_format, {"excluded": removed, "rules": rules})
+            _show_whatifs(whatifs, "exclude", image_format, {"excluded": removed, "rules": rules}, charts_left)
         elif kind == "Switch heads off":
             heads = [(la, h) for la in range(loaded.num_layers) for h in range(loaded.num_heads)]
             cols = st.columns(2)
@@ -401,7 +435,7 @@ def _interference(loaded: LoadedModel, exploration: Exploration) -> None:
             off = sorted(set(single) | {(la, h) for la in whole for h in range(loaded.num_heads)})
             if off:
                 whatifs = interference.mask_heads(loaded, ids, positions, off, originals, top_k, base)
-                _show_whatifs(whatifs, "heads-off", image_format, {"heads_off": off})
+                _show_whatifs(whatifs, "heads-off", image_format, {"heads_off": off}, charts_left)
             else:
                 st.info("Choose heads (or whole layers) to switch off.")
             _head_importance(loaded, exploration, view_of, image_format)
@@ -421,7 +455,7 @@ def _interference(loaded: LoadedModel, exploration: Exploration) -> None:
                        "the shared model is unchanged.")
             _show_whatifs(report.whatifs, "prune", image_format,
                           {"sparsity": sparsity, "scope": scope, "layers": layers, "pruned": report.pruned,
-                           "total": report.total})
+                           "total": report.total}, charts_left)
     except MaskLabError as exc:
         show_error(exc)
 

@@ -44,7 +44,8 @@ def run_predict(args: argparse.Namespace) -> dict:
         "kinds": list(result.kinds),
         "masked_positions": list(prediction.positions),
         "ratio": result.ratio,
-        "fill": prediction.fill,
+        "fill": prediction.fill,  # "independent" when joint filling was asked for more masks than allowed
+        "fill_requested": args.fill,
         "log_prob": prediction.log_prob,
         "filled_text": fill_text(loaded, prediction.filled_ids),
         "predictions": [
@@ -79,7 +80,7 @@ def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_mask(args: argparse.Namespace) -> dict:
-    from mlm_core.explain.exploration import reading_tokens, surprisal_scores
+    from mlm_core.explain.exploration import check_mask_count, reading_tokens, surprisal_scores
     from mlm_core.masking import Vocab, apply_strategy, is_adaptive
     from mlm_core.model.loading import load_model
 
@@ -90,6 +91,9 @@ def run_mask(args: argparse.Namespace) -> dict:
     scores = surprisal_scores(loaded, tokens) if is_adaptive(strategy) else None
     result = apply_strategy(tokens, strategy, Vocab.from_tokenizer(loaded.tokenizer), rng=args.seed,
                             scores=scores, protected=protected)
+    masks = sum(kind in ("masked", "random", "kept") or int(i) == loaded.mask_token_id  # typed ones too
+                for kind, i in zip(result.kinds, result.input_ids))
+    check_mask_count(masks, drawn=True)  # the same limit as predict and the app
     return {
         "model": loaded.name,
         "strategy": args.strategy,

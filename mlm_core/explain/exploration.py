@@ -33,6 +33,7 @@ from mlm_core.masking import (
     selection_frequency,
 )
 from mlm_core.model.loading import LoadedModel
+from mlm_core.policy import server_policy
 from mlm_core.text.privacy import PrivacyResult
 from mlm_core.text.tokens import Tokens, tokenize
 
@@ -77,6 +78,23 @@ def with_masks(tokens: Tokens, positions: Sequence[int], loaded: LoadedModel) ->
     return tokens.with_ids(ids, loaded.tokenizer)
 
 
+def check_mask_count(count: int, drawn: bool = False) -> None:
+    """Refuse a text with more masks than the operator allows (``max_masks_per_text``).
+
+    Every page that predicts masks (Explore, Compare, Teach, the Why links) and the CLI's ``predict``
+    and ``mask`` go through here: each mask costs a row of predictions, a chart and, with joint
+    filling, a forward pass, so the count bounds a request's work before any of it is done.
+    ``drawn``: the masks include those a strategy chose (the message then says how to draw fewer).
+
+    Example: ``check_mask_count(2500)`` raises InputError("This text has 2,500 masks; this server
+    allows at most 100 per text. Mask fewer words.").
+    """
+    limit = server_policy().max_masks_per_text
+    if count > limit:
+        fewer = "Lower the masking rate, shorten the text or mask fewer words." if drawn else "Mask fewer words."
+        raise InputError(f"This text has {count:,} masks; this server allows at most {limit:,} per text. {fewer}")
+
+
 def surprisal_scores(loaded: LoadedModel, tokens: Tokens) -> np.ndarray:
     """(T,) −log p of each token given the rest (0 at special/mask positions): adaptive masking's scores."""
     _, log_probs = pseudo_log_likelihood(loaded, tokens.ids)
@@ -93,10 +111,15 @@ def explore(
     fill: str = "independent",
     output_attentions: bool = False,
 ) -> Exploration:
-    """Mask ``text`` (typed masks, clicked ``manual_positions`` and ``strategy``) and predict."""
+    """Mask ``text`` (typed masks, clicked ``manual_positions`` and ``strategy``) and predict.
+
+    More masks than the server allows are refused (``check_mask_count``); ``fill="joint"`` with more
+    than ``max_joint_fill_masks`` fills independently and says so in ``notices`` (``predict``).
+    """
     tokens, privacy = reading_tokens(loaded, text, strategy)
     clicked = with_masks(tokens, manual_positions, loaded)
     kinds: list[str | None] = [MASKED if i == loaded.mask_token_id else None for i in clicked.ids]
+    check_mask_count(kinds.count(MASKED))  # typed and clicked masks: refused before any model work
     ids = list(clicked.ids)
     attention_exclude = None
     originals = {p: tokens.ids[p] for p in manual_positions}
@@ -111,6 +134,7 @@ def explore(
         attention_exclude = mask.attention_exclude.tolist() if mask.attention_exclude.any() else None
         originals.update({p: int(mask.labels[p]) for p in mask.chosen_positions if mask.labels[p] >= 0})
     positions = [i for i, kind in enumerate(kinds) if kind in ("masked", "random", "kept")]
+    check_mask_count(len(positions), drawn=strategy is not None)
     eligible = len(tokens.eligible_positions)
     if len(positions) > MAX_MASKED_FRACTION * eligible and eligible > 1:
         raise InputError(
@@ -121,7 +145,8 @@ def explore(
     if privacy and privacy.replacements:
         found = ", ".join(f"{n} {kind}" for kind, n in privacy.counts().items())
         notices.append(f"Privacy masking replaced {found} before the model saw the text.")
-    if sum(k == MASKED for k in kinds) > 1 and fill == "independent":
+    # Beyond max_joint_fill_masks there is no joint filling to offer (predict fills independently).
+    if kinds.count(MASKED) > 1 and len(positions) <= server_policy().max_joint_fill_masks and fill == "independent":
         notices.append("Each mask is predicted independently: the guesses ignore one another. "
                        "Choose joint filling to fill them one at a time.")
     prediction = predict(loaded, ids, positions, originals, top_k, fill, attention_exclude, output_attentions)

@@ -19,6 +19,7 @@ import torch
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.model.forward import forward, in_turn_logits
 from mlm_core.model.loading import LoadedModel
+from mlm_core.policy import server_policy
 
 FILL_MODES = ("independent", "joint")
 MAX_TOP_K = 100
@@ -153,6 +154,12 @@ def predict(
     ``originals`` maps a position to the id that was there before masking (for hit/miss and
     the original token's probability). ``fill="joint"`` fills one position at a time, most
     confident first, each guess conditioned on the previous ones.
+
+    Joint filling costs one forward pass per mask (300 masks took two minutes on a CPU), so with
+    more than the server's ``max_joint_fill_masks`` the masks are filled independently instead, in
+    one pass: the result's ``fill`` is then "independent" and a notice says why. A user who asked for
+    joint filling still gets every guess, sooner, and is told they ignore one another; refusing would
+    leave nothing to look at for a request that can be served.
     Example: ``predict(m, tokenize(m.tokenizer, "Paris is the capital of [MASK].").ids)``.
     """
     ids = [int(i) for i in ids]
@@ -163,6 +170,14 @@ def predict(
     originals = originals or {}
     windows = plan_windows(len(ids), positions, loaded.max_length)
     notices = []
+    joint_limit = server_policy().max_joint_fill_masks
+    if fill == "joint" and len(positions) > joint_limit:
+        notices.append(
+            f"Joint filling takes one pass of the model per mask; this text has {len(positions):,} masks and this "
+            f"server fills at most {joint_limit:,} jointly, so they were filled independently: each guess ignores "
+            "the others."
+        )
+        fill = "independent"
     if len(windows) > 1 or len(ids) > loaded.max_length:
         notices.append(
             f"The input has {len(ids)} tokens, more than this model's {loaded.max_length}; each mask was "
