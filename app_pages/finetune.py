@@ -25,10 +25,13 @@ from ui.common import (
 )
 from ui.corpus import corpus_input
 from ui.finetune import schedule_controls, training_settings
+from ui.identity import current_owner
 from ui.strategy import masking_controls
 
 st.title("Fine-tune")
 store = jobs.default_store()
+if rebuilt := store.take_rebuilt_notice():  # the run list was empty or damaged: rebuilt from the run folders
+    st.warning(rebuilt, icon=":material/build:")
 request = run_ui.request_id("ft", start_pressed=bool(st.session_state.get("ft-start")))
 following = run_ui.followed_run(store)
 top = st.container()  # start, estimate and the live run: filled at the end, shown first
@@ -109,12 +112,16 @@ with top:
                 f"{costs.format_bytes(disk.peak_bytes)} while it runs: a checkpoint (weights and optimizer "
                 f"state, {costs.format_bytes(disk.checkpoint_bytes)}) is kept to resume from, the previous "
                 "one only until the next is verified, and none once the run has finished.")
+        memory = costs.memory_note(config, device_type)  # the same estimate that Start checks
+        if memory:
+            st.caption(memory)
     else:
         st.markdown(f"**Device:** {escape_markdown(device_name)}")
     if st.button("Start training", icon=":material/play_arrow:", type="primary", key="ft-start",
                  disabled=config is None, help=None if config else "Choose a valid corpus, model and masking below."):
         try:
-            run, created = jobs.submit(store, config, choice.data, request)
+            run, created = jobs.submit(store, config, choice.data, request, owner=current_owner(),
+                                       estimated_s=estimate.seconds)  # within the limits
         except MaskLabError as exc:
             show_error(exc)
         else:

@@ -66,6 +66,9 @@ class ServerPolicy(Validated):
     max_runs_per_owner: int = field(default=2, metadata=param(
         "Most runs one browser session (or signed-in user) may have waiting or training at once.",
         min=1, max=1000))
+    max_run_minutes: int = field(default=120, metadata=param(
+        "Longest a browser user's run may be estimated to take (the estimate the Fine-tune page shows); a "
+        "longer one is refused, so one run cannot hold the training queue for a day.", min=1, max=100_000))
     run_store_quota_mb: int = field(default=20_000, metadata=param(
         "Most disk space the run store may use, in MB; a start that would go past it is refused.",
         min=10, max=10_000_000))

@@ -5,6 +5,10 @@
   page never touches the job, and the run in the URL (``?run=ID``) re-attaches;
 * a run's curves, comparing runs, a run's actions (explorer, zip, resume, cancel, delete)
   and before/after probes.
+
+Everyone sees every run; resume, cancel, delete, rename and the model download are offered only to
+whoever may manage the run (mlm_core/training/ownership.py, the owner from ui/identity.py), and the
+actions behind the buttons check again, so a forged button event is refused as well.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import streamlit as st
 from mlm_core.errors import MaskLabError, RunError
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME
 from mlm_core.model.loading import load_model
-from mlm_core.training import jobs
+from mlm_core.model.sources import browser_may_download_run, browser_may_load
+from mlm_core.training import jobs, ownership
 from mlm_core.training.costs import disk_note, read_pace
 from mlm_core.training.planning import (
     ModelOption,
@@ -38,6 +43,7 @@ from mlm_core.training.run_table import (
     progress,
     run_label,
     run_name,
+    run_reason,
     zip_folder,
 )
 from mlm_core.training.scratch import SCRATCH_MODELS
@@ -46,6 +52,7 @@ from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown, token_chips
 from mlm_core.views.reports import html_report
 from ui.common import blank_gaps, show_error
+from ui.identity import current_owner
 from ui.models import pick_model
 
 POLL_S = 2.0  # how often a followed run is read from the store
@@ -57,6 +64,19 @@ RUNS_GRID_NUMBERS = {  # column: (title, the grid's number format, the same as t
 FOLLOW_KEY = "follow-run"
 LSTM_NOTE = ("An LSTM run's model cannot open in the explorer: it has no attention to show and is not a "
              "Hugging Face model.")
+PRIVATE_RUN_NOTE = ("This run started from a model this server does not offer, so its model does not open in the "
+                    "explorer and is not downloadable here.")
+PRIVATE_PROBES_NOTE = ("This run started from a model this server does not offer, so neither that model nor "
+                       "this run's model (its weights, a few steps on) can be probed here.")
+
+
+def reveal_to_browsers(model: str) -> bool:
+    """Whether browsers read a run's base model by its name (``planning.model_name``): only a model they
+    may load themselves. A private folder the command line started a run from reads ``HIDDEN_MODEL``.
+
+    Example: ``runs_table(store.list(), reveal=reveal_to_browsers)``.
+    """
+    return browser_may_load(model)  # the rule of loading: see model/sources.py
 
 
 # ----------------------------------------------------------------------------- settings
@@ -139,6 +159,10 @@ def _act(action, *args) -> None:
         st.session_state["run-message"] = str(exc)
 
 
+def _resume(store: RunStore, run_id: str, owner: str) -> None:
+    jobs.resume(store, run_id, by=owner)  # checks ownership and the queue's room
+
+
 def follow(store: RunStore, run_id: str) -> None:
     """The live panel of ``run_id``; polls every POLL_S while the run is queued or running."""
     try:
@@ -159,8 +183,8 @@ def _live(store: RunStore, run_id: str, was_active: bool) -> None:
         st.rerun()
     config = record.config
     with st.container(border=True):
-        st.markdown(f"**{escape_markdown(run_name(record))}** (run {record.id}) · "
-                    f"{escape_markdown(model_name(config.get('model')))} · "
+        st.markdown(f"**{escape_markdown(run_name(record, reveal_to_browsers))}** (run {record.id}) · "
+                    f"{escape_markdown(model_name(config.get('model'), reveal_to_browsers))} · "
                     f"{config.get('strategy')}/{config.get('masking')} · device {record.device or '…'}")
         status = progress(record, pace=read_pace(store.folder(record.id)))
         st.progress(status.fraction, text=status.text)
@@ -169,7 +193,7 @@ def _live(store: RunStore, run_id: str, was_active: bool) -> None:
             st.warning(message)
         if record.reason:
             (st.info if record.status in ("cancelled", INTERRUPTED) else st.error)(
-                f"{record.status}: {record.reason}")
+                f"{record.status}: {run_reason(record, reveal_to_browsers)}")
         metrics = store.metrics(run_id)
         if metrics:
             last = metrics[-1]
@@ -182,12 +206,16 @@ def _live(store: RunStore, run_id: str, was_active: bool) -> None:
         elif record.status in ACTIVE_STATES:
             st.caption("The curves appear after the first evaluation.")
         buttons = st.columns(3)
-        if record.status in ACTIVE_STATES:
+        owner = current_owner()
+        manageable = ownership.may_manage(record, owner)
+        if record.status in ACTIVE_STATES and manageable:
             buttons[0].button("Cancel the run", icon=":material/stop:", key=f"cancel-{run_id}", on_click=_act,
-                              args=(store.request_cancel, run_id))
-        if record.status == INTERRUPTED:
+                              args=(ownership.cancel, store, run_id, owner))
+        if record.status == INTERRUPTED and manageable:
             buttons[0].button("Resume", icon=":material/play_arrow:", key=f"resume-{run_id}", on_click=_act,
-                              args=(jobs.resume, store, run_id))
+                              args=(_resume, store, run_id, owner))
+        if (record.status in ACTIVE_STATES or record.status == INTERRUPTED) and not manageable:
+            buttons[0].caption(ownership.NOT_YOURS)
         buttons[1].button("Stop following (the run goes on)", key=f"unfollow-{run_id}", on_click=stop_following)
     if was_active != (record.status in ACTIVE_STATES):
         st.rerun()  # the whole page: poll (again) or stop polling, offer what the new state allows
@@ -226,7 +254,7 @@ def runs_grid(table: pd.DataFrame) -> None:
 
 def compare(store: RunStore, records: list[RunRecord]) -> None:
     """Curves of several runs overlaid (one chart per metric) and their configs side by side."""
-    labels = {r.id: run_label(r) for r in records}
+    labels = {r.id: run_label(r, reveal=reveal_to_browsers) for r in records}
     frame = compare_metrics({labels[r.id]: store.metrics(r.id) for r in records})
     figures: list[tuple[str, object]] = []
     if frame.empty:
@@ -242,7 +270,7 @@ def compare(store: RunStore, records: list[RunRecord]) -> None:
             figures.append((title, figure))
             with columns[n % 2]:
                 st.plotly_chart(figure, key=f"compare-{n}")
-    table = config_table({labels[r.id]: r.config for r in records})
+    table = config_table({labels[r.id]: r.config for r in records}, reveal=reveal_to_browsers)
     only = st.toggle("Only the settings that differ", value=False, key="compare-only")
     rows = table[table["differs"]] if only else table
     st.dataframe(rows.drop(columns="differs").style.apply(
@@ -258,13 +286,20 @@ def compare(store: RunStore, records: list[RunRecord]) -> None:
 
 
 def rename_box(store: RunStore, record: RunRecord) -> None:
-    """The run's name, editable; an emptied box brings back the name made from the settings."""
+    """The run's name, editable by whoever may manage the run; an emptied box brings back the name made
+    from the settings."""
     key = f"run-name-{record.id}"
-    name = st.text_input("Name", run_name(record), key=key, max_chars=MAX_NAME_CHARS,
+    owner = current_owner()
+    if not ownership.may_manage(record, owner):
+        st.text_input("Name", run_name(record, reveal_to_browsers), key=f"run-name-shown-{record.id}", disabled=True,
+                      help="Only whoever started the run (or the operator) can rename it.")
+        return
+    shown = run_name(record, reveal_to_browsers)
+    name = st.text_input("Name", shown, key=key, max_chars=MAX_NAME_CHARS,
                          help="Made from the run's settings until you change it; clear it to get that name back.")
-    if name.strip() != run_name(record):
+    if name.strip() != shown:
         try:
-            store.rename(record.id, name)
+            ownership.rename(store, record.id, name, owner)
         except MaskLabError as exc:
             show_error(exc)
             return
@@ -285,34 +320,46 @@ def run_actions(store: RunStore, record: RunRecord) -> None:
     """What can be done with one run: follow, explorer, zip, resume, cancel, delete (confirmed)."""
     folder = run_model_folder(store, record)
     lstm = folder is not None and is_lstm_folder(folder)
+    owner = current_owner()
+    manageable = ownership.may_manage(record, owner)
+    offered = browser_may_download_run(record)  # the rule of loading (model/sources.py): the explorer refuses the others
     cells = st.columns(5)
     if record.status in ACTIVE_STATES and cells[0].button("Follow live", key="act-follow"):
         st.switch_page("app_pages/finetune.py", query_params={"run": record.id})
-    if folder is not None and not lstm and cells[0].button("Open in the explorer", icon=":material/search:", key="act-explore"):
+    if folder is not None and not lstm and offered and cells[0].button("Open in the explorer", icon=":material/search:",
+                                                                       key="act-explore"):
         st.switch_page("app_pages/explore.py", query_params={"model": run_ref(record.id)})  # an id, not a path
-    if folder is not None:
+    if folder is not None and not offered:
+        cells[1].caption(PRIVATE_RUN_NOTE)
+    elif folder is not None and ownership.may_download_model(store, record, owner):
         cells[1].download_button("Model (.zip)", icon=":material/download:", data=lambda: zip_folder(folder), file_name=f"{record.id}-model.zip",
                                  mime="application/zip", key="act-zip", on_click="ignore")
-    if record.status == INTERRUPTED:
-        cells[2].button("Resume", icon=":material/play_arrow:", key="act-resume", on_click=_act, args=(jobs.resume, store, record.id))
-    if record.status in ACTIVE_STATES:
-        cells[2].button("Cancel", icon=":material/stop:", key="act-cancel", on_click=_act, args=(store.request_cancel, record.id))
+    elif folder is not None and manageable:  # yours, but fine-tuned from someone else's run
+        cells[1].caption("Fine-tuned from another user's run, so its model is not downloadable here.")
+    if record.status == INTERRUPTED and manageable:
+        cells[2].button("Resume", icon=":material/play_arrow:", key="act-resume", on_click=_act,
+                        args=(_resume, store, record.id, owner))
+    if record.status in ACTIVE_STATES and manageable:
+        cells[2].button("Cancel", icon=":material/stop:", key="act-cancel", on_click=_act,
+                        args=(ownership.cancel, store, record.id, owner))
     running = record.status == RUNNING
-    if cells[3].button("Delete", icon=":material/delete:", key="act-delete", disabled=running,
-                       help="Cancel the run first." if running else "Removes the run and its files."):
+    if manageable and cells[3].button("Delete", icon=":material/delete:", key="act-delete", disabled=running,
+                                      help="Cancel the run first." if running else "Removes the run and its files."):
         st.session_state["confirm-delete"] = record.id
+    if not manageable:
+        st.caption(ownership.NOT_YOURS)
     if lstm:
         st.caption(LSTM_NOTE)
     if folder is None:
-        st.caption("The model can be opened and downloaded once the run has finished.")
+        st.caption("The model can be opened" + (" and downloaded" if manageable else "") + " once the run has finished.")
     if message := st.session_state.pop("run-message", None):
         st.warning(message)
-    if st.session_state.get("confirm-delete") == record.id:
+    if st.session_state.get("confirm-delete") == record.id and manageable:
         st.warning(f"Delete run {record.id} and all its files (model, checkpoints, metrics)? This cannot be undone.")
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key="act-delete-yes"):
             st.session_state.pop("confirm-delete")
-            _act(store.delete, record.id)
+            _act(ownership.delete, store, record.id, owner)
             st.rerun()
         if no.button("Keep it", key="act-delete-no"):
             st.session_state.pop("confirm-delete")
@@ -323,13 +370,19 @@ PRESETS, TYPED = "Preset cloze sentences (assets/cloze_en.jsonl)", "Sentences I 
 
 
 def probes_panel(store: RunStore, record: RunRecord) -> None:
-    """The same sentences through the run's base model and its fine-tuned model, side by side."""
+    """The same sentences through the run's base model and its fine-tuned model, side by side. A run that
+    started from a model browsers may not load is not probed: its model is that model a few steps on, which
+    the explorer refuses as well, and the base is not loaded either."""
     folder = run_model_folder(store, record)
     if folder is None or is_lstm_folder(folder):
         st.info(LSTM_NOTE if folder is not None else "Probes need a finished run (its model is saved at the end).")
         return
+    if not browser_may_download_run(record):
+        st.info(PRIVATE_PROBES_NOTE)
+        return
     base_name, note = base_model_for(record.config)
-    st.caption(f"Before: {escape_markdown(model_name(base_name))} · after: {escape_markdown(run_name(record))} "
+    st.caption(f"Before: {escape_markdown(model_name(base_name, reveal_to_browsers))} · after: "
+               f"{escape_markdown(run_name(record, reveal_to_browsers))} "
                f"(run {record.id}). " + escape_markdown(note))
     source = st.radio("Sentences", [PRESETS, TYPED], horizontal=True, key="probe-source")
     typed = ""
@@ -358,5 +411,5 @@ def probes_panel(store: RunStore, record: RunRecord) -> None:
     chosen = results[row]
     before, after = st.columns(2)
     title = f"original '{chosen.original}'" if chosen.original else "no original token"
-    before.plotly_chart(charts.topk_bars(chosen.before, f"before ({model_name(base_name)})\n{title}"), key="probe-before")
+    before.plotly_chart(charts.topk_bars(chosen.before, f"before ({model_name(base_name, reveal_to_browsers)})\n{title}"), key="probe-before")
     after.plotly_chart(charts.topk_bars(chosen.after, f"after (run {record.id})\n{title}"), key="probe-after")

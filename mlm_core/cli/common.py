@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlm_core.errors import MaskLabError
+from mlm_core.errors import InputError, MaskLabError
+from mlm_core.text.corpus import one_line
 
+# Exit statuses (README, "Command line"). A training run that ends in any state but finished exits non-zero
+# with one ``error:`` line naming the reason; its traceback, if any, is in the run's log.txt.
 EXIT_OK = 0
 EXIT_BUG = 1  # an unexpected exception: still one line, the traceback only with MASKLAB_DEBUG=1
-EXIT_BAD_INPUT = 2  # also argparse's status for a usage error
-EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
+EXIT_BAD_INPUT = 2  # also argparse's status for a usage error, and settings refused before a run starts
+EXIT_RUN_FAILED = 3  # train / runs resume: the run failed or diverged; it cannot be resumed
+EXIT_RUN_INTERRUPTED = 4  # the run stopped but can go on (a full disk, a read-only folder): `runs resume ID`
+EXIT_RUN_CANCELLED = 5  # the run was cancelled (`runs cancel`, the Runs page)
+EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT (Ctrl-C; a foreground run is then resumable too)
 
 
 @dataclass(frozen=True)
@@ -48,14 +55,46 @@ class Command:
     extra_options: bool = False
 
 
+# Characters a terminal acts on instead of showing: C0 controls but tab and line feed (ESC starts
+# ANSI/OSC sequences that recolour, retitle or clear), DEL, the C1 controls (\x9b is an 8-bit CSI, and
+# many terminals take it UTF-8 encoded too), the line and paragraph separators, the bidirectional
+# embeddings, overrides and isolates (they reorder what is shown), and lone surrogates, which no
+# terminal encoding takes. Text read from corpora, tokenizers, run names or ids may hold any of them.
+TERMINAL_ACTIVE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+MAX_MESSAGE_CHARS = 1000  # an error line quoting a huge value stays one readable line
+
+
+def terminal_text(text: str) -> str:
+    r"""``text`` with every character of ``TERMINAL_ACTIVE`` written as its Python escape, so a terminal
+    shows it instead of acting on it: ``terminal_text("a\x1b[2Jb") == r"a\x1b[2Jb"``."""
+    return TERMINAL_ACTIVE.sub(lambda match: ascii(match.group())[1:-1], text)
+
+
+def json_text(document: str) -> str:
+    """A JSON document with the ``TERMINAL_ACTIVE`` characters that ``json.dumps(ensure_ascii=False)``
+    leaves raw (it escapes only those below U+0020) written as ``\\uXXXX`` escapes: the same JSON for
+    a parser, inert on a terminal. They occur only inside strings, so the document stays valid."""
+    return TERMINAL_ACTIVE.sub(lambda match: f"\\u{ord(match.group()):04x}", document)
+
+
 def one_line_message(exc: BaseException) -> str:
     """The message on one line: the contract is one ``error:`` line; some libraries' messages span several."""
-    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+    return message_line(str(exc)) or type(exc).__name__
+
+
+def message_line(message: str) -> str:
+    """``message`` as one line for the terminal: its lines joined, control characters escaped
+    (``terminal_text``: a message may quote a corpus line or an id) and cut at ``MAX_MESSAGE_CHARS``."""
+    message = terminal_text(" ".join(part.strip() for part in message.splitlines() if part.strip()))
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
 
 
 def emit(text: str, as_json_record: dict | None = None) -> None:
-    """Print ``text`` even where the terminal cannot encode all of it (a lone surrogate from an
-    undecodable argument, CJK on a Latin-1 console): JSON falls back to ASCII escapes, text to backslashes."""
+    """Print a command's text, or its JSON document when ``as_json_record`` is given, with control
+    characters escaped (``terminal_text``, ``json_text``): corpus lines, tokens and run names reach the
+    terminal as text, never as escape sequences. Where the terminal cannot encode the rest (CJK on a
+    Latin-1 console), JSON falls back to ASCII escapes, text to backslashes."""
+    text = terminal_text(text) if as_json_record is None else json_text(text)
     try:
         print(text)
     except UnicodeEncodeError:  # raised before anything is written: print encodes the whole string first
@@ -86,6 +125,52 @@ def read_user_file(name: str, what: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:  # no permission, a name too long for the file system, a read error
         raise MaskLabError(f"Cannot read '{shown}': {exc.strerror or exc}.") from None
+
+
+def folder_argument(name: str | None, option: str):
+    """``name`` (from ``option``, e.g. ``--cache-dir``) as the Path of a folder the command may create;
+    InputError when it, or a folder above it, is a file. None stays None.
+
+    Checked before any work, so the user reads "--cache-dir must be a folder; 'x' is a file." at once
+    rather than a FileExistsError after the model has loaded.
+    """
+    from pathlib import Path
+
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    try:
+        for part in (path, *path.parents):  # the nearest part that exists decides
+            if part.is_dir():
+                return path
+            if part.exists():
+                where = "" if part == path else f"inside '{one_line(str(part), 120)}', which is "
+                raise InputError(f"{option} must be a folder; '{one_line(name, 120)}' is {where}a file.")
+    except OSError as exc:  # no permission to look, a name too long for the file system
+        raise InputError(f"Cannot use {option} '{one_line(name, 120)}': {exc.strerror or exc}.") from None
+    return path
+
+
+def output_file_argument(name: str | None, option: str):
+    """``name`` (from ``option``, e.g. ``--out``) as the Path of a file to write; InputError when it is
+    a folder or its folder is missing or a file. Checked before any work (an evaluation takes minutes)."""
+    from pathlib import Path
+
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    shown = one_line(name, 120)
+    try:
+        if path.is_dir():
+            raise InputError(f"Cannot write {option} '{shown}': it is a folder; name a file.")
+        folder = path.parent
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"Cannot write {option} '{shown}': '{one_line(str(folder), 120)}' is a file, not a folder.")
+        if not folder.is_dir():
+            raise InputError(f"Cannot write {option} '{shown}': its folder does not exist.")
+    except OSError as exc:
+        raise InputError(f"Cannot use {option} '{shown}': {exc.strerror or exc}.") from None
+    return path
 
 
 def positive_int(text: str) -> int:

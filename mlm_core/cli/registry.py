@@ -20,6 +20,7 @@ from mlm_core.cli.common import (
     Command,
     Printed,
     emit,
+    message_line,
     one_line_message,
 )
 from mlm_core.cli.evaluate import EVALUATE
@@ -37,7 +38,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Usage errors in one line and exit status 2, like every other bad input."""
 
     def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_BAD_INPUT, f"error: {message_line(message)} (see {self.prog} --help)\n")
 
 
 def program_name() -> str:

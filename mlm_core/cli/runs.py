@@ -11,6 +11,13 @@ With ``--json``, training streams one JSON object per line, each with the ``run_
 the run it started); the last is the run's final record, which names both evaluations:
 ``best_eval`` (lowest held-out loss) and ``final_eval`` (the last step's: the saved model's).
 ``run_train`` then returns ``Printed`` so that nothing more is printed.
+
+A run that ends in any state but finished prints its record as usual, then one ``error:`` line on
+stderr naming the reason (with real folder paths), and exits non-zero: ``EXIT_RUN_FAILED`` (3) for
+failed or diverged, ``EXIT_RUN_INTERRUPTED`` (4) for a run that can be resumed (a full disk, a
+read-only folder), ``EXIT_RUN_CANCELLED`` (5). Settings refused before the run starts (a seed out
+of range) exit 2 like any bad input. A run index found empty or damaged is rebuilt from the run
+folders, with one ``note:`` line on stderr.
 """
 
 from __future__ import annotations
@@ -18,13 +25,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from mlm_core.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_RUN_CANCELLED,
+    EXIT_RUN_FAILED,
+    EXIT_RUN_INTERRUPTED,
     Command,
     Printed,
     add_model_argument,
     add_strategy_arguments,
     add_text_file_arguments,
+    emit,
+    folder_argument,
     read_user_file,
     strategy_from_args,
 )
@@ -32,11 +49,22 @@ from mlm_core.errors import InputError, MaskLabError
 from mlm_core.settings import ParamSpec
 
 RUN_ACTIONS = ["list", "show", "rename", "resume", "cancel", "delete"]
+# How `train` and `runs resume` exit when the run ends other than finished (see the module's docstring).
+EXIT_FOR_STATUS = {"failed": EXIT_RUN_FAILED, "diverged": EXIT_RUN_FAILED, "interrupted": EXIT_RUN_INTERRUPTED,
+                   "cancelled": EXIT_RUN_CANCELLED}
 # TrainConfig settings whose flag keeps an older, shorter name:
 TRAIN_FLAG_NAMES = {"batch_size": "batch", "prune_sparsity": "prune"}
 # ...and those set by other flags: --text-unit (how any text file is read), --static/--dynamic, the masking
 # --seed, and checkpoint_every (--checkpoint-evals: counted in evaluations, as on the Fine-tune page).
 SET_BY_OTHER_FLAGS = ("text_unit", "masking", "seed", "checkpoint_every")
+RUN_EXIT_HELP = (
+    f"Exit status of train and runs resume: 0 the run finished; {EXIT_BAD_INPUT} bad input (settings refused "
+    f"before the run starts, a run store that cannot be written); {EXIT_RUN_FAILED} the run failed or diverged; "
+    f"{EXIT_RUN_INTERRUPTED} it was interrupted and can be resumed (a full disk, a folder it cannot write: "
+    "`runs resume RUN_ID` once fixed); "
+    f"{EXIT_RUN_CANCELLED} it was cancelled; {EXIT_INTERRUPTED} Ctrl-C. Each but 0 prints one error: line "
+    "with the reason; the run's log.txt keeps any traceback."
+)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +90,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="freeze parts: embeddings, layer.N, all-but-head")
     parser.add_argument("--out", default=None,
                         help="run store folder (default ~/.masklab/runs or $MASKLAB_HOME/runs)")
+    parser.epilog = RUN_EXIT_HELP
 
 
 def train_setting_specs() -> tuple[ParamSpec, ...]:
@@ -112,7 +141,11 @@ def _store(args: argparse.Namespace):
     from mlm_core.training.jobs import default_store
     from mlm_core.training.store import RunStore
 
-    return RunStore(args.out) if args.out else default_store()
+    store = RunStore(folder_argument(args.out, "--out")) if args.out else default_store()
+    notice = store.take_rebuilt_notice()  # the index was empty or damaged: rebuilt from the run folders
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
+    return store
 
 
 def _final_record(store, record) -> dict:
@@ -174,15 +207,51 @@ def _run_foreground(store, run_id: str, as_json: bool, first_event: str) -> dict
     finally:
         printer.close()
     final = _final_record(store, record)
+    exit_code = EXIT_FOR_STATUS.get(record.status)
     if as_json:  # the last JSON line is the run's final record; nothing more is printed
         print(json.dumps({"event": "final", **final}, default=str), flush=True)
-        return Printed(final)
-    return final
+    elif exit_code:
+        emit(format_run(final))
+    if exit_code:  # one line saying why, with the real folder where a full or read-only disk stopped it
+        from mlm_core.text.corpus import one_line
+        from mlm_core.training.jobs import reason_with_paths
+
+        reason = " ".join((reason_with_paths(store, record) or "no reason was recorded").split())
+        print(f"error: run {run_id} {record.status}: {one_line(reason, 1000)}", file=sys.stderr, flush=True)
+        return Printed(final, exit_code)
+    return Printed(final) if as_json else final
+
+
+@contextmanager
+def storage_errors(args: argparse.Namespace) -> Iterator[None]:
+    """A full or read-only run store met outside a run (creating it, resuming, cancelling): one clear line.
+
+    Inside a run, ``jobs.execute`` turns the same faults into an interrupted run.
+    """
+    import sqlite3
+
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        from mlm_core.policy import masklab_home
+        from mlm_core.training import checkpoints
+
+        root = Path(args.out) if args.out else masklab_home() / "runs"  # as jobs.default_store names it
+        fault = checkpoints.storage_fault(exc, root)
+        if fault is None:
+            raise
+        if fault.kind == checkpoints.FULL:
+            raise MaskLabError(f"The disk holding {root} is full ({fault.strerror}); free space and try again."
+                               ) from None
+        raise MaskLabError(f"Cannot write to {root} ({fault.strerror}); make it writable and try again.") from None
 
 
 def run_train(args: argparse.Namespace) -> dict | Printed:
-    from pathlib import Path
+    with storage_errors(args):
+        return _train(args)
 
+
+def _train(args: argparse.Namespace) -> dict | Printed:
     from mlm_core.training.jobs import submit
 
     corpus_bytes = read_user_file(args.corpus, "corpus file")
@@ -198,9 +267,15 @@ def add_runs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="rename: the run's new name (empty: the name made from its "
                         "settings)")
     parser.add_argument("--out", default=None, help="run store folder (default ~/.masklab/runs)")
+    parser.epilog = RUN_EXIT_HELP
 
 
 def run_runs(args: argparse.Namespace) -> dict | Printed:
+    with storage_errors(args):
+        return _runs(args)
+
+
+def _runs(args: argparse.Namespace) -> dict | Printed:
     from mlm_core.training import jobs
 
     store = _store(args)

@@ -11,16 +11,25 @@ then the folder is renamed. A SIGKILL at any moment leaves either a complete che
 a ``.tmp`` folder that ``sweep_temporaries`` removes; resume takes the newest checkpoint
 whose manifest verifies, else the one before.
 ``retain`` deletes older checkpoints only once a newer one verifies.
+
+Storage faults (``storage_fault``): a full disk or quota (ENOSPC, EDQUOT) and a folder that cannot
+be written (EROFS; EACCES/EPERM on a path inside the run store) are told apart from other errors,
+also where a library reports them only in its message (safetensors' ``SafetensorError``) or
+SQLite does (``database or disk is full``). A run that meets one is interrupted, not failed: its
+newest checkpoint that verifies is still there, and it resumes once the disk has room again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -105,8 +114,9 @@ def save_checkpoint(
         _fsync_file(tmp / "manifest.json")
     except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy only takes space (disk full)
-        if isinstance(exc, SafetensorError) and is_disk_full(exc):
-            raise OSError(errno.ENOSPC, f"No space left on device while writing {tmp.name}") from exc
+        fault = storage_fault(exc)
+        if isinstance(exc, SafetensorError) and fault:  # the same OSError a plain write would raise
+            raise OSError(fault.errno, f"{fault.strerror} while writing {tmp.name}", str(tmp)) from exc
         raise
     if final.exists():  # a previous attempt at this step completed; replace it whole
         shutil.rmtree(final)
@@ -120,11 +130,84 @@ def step_of(checkpoint: Path) -> int:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC, also when a library reports it only in its message (safetensors' SafetensorError)."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    """ENOSPC or EDQUOT, also when a library reports it only in its message (safetensors' SafetensorError)."""
+    fault = storage_fault(exc)
+    return fault is not None and fault.kind == FULL
+
+
+FULL, READ_ONLY = "full", "read-only"
+# errno → how the system words it, by kind; the wording is also how a library that hides the errno says it
+FULL_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+READ_ONLY_ERRNOS = {errno.EROFS: "Read-only file system"}
+DENIED_ERRNOS = {errno.EACCES: "Permission denied", errno.EPERM: "Operation not permitted"}
+SQLITE_FULL, SQLITE_READONLY = 13, 8  # SQLite's primary result codes (the low byte of an extended one)
+_QUOTED_PATH = re.compile(r'path "([^"]+)"')
+
+
+@dataclass(frozen=True)
+class StorageFault:
+    """Why a write failed because of the storage: ``kind`` is FULL or READ_ONLY; ``path``: what was written."""
+
+    kind: str
+    errno: int
+    strerror: str
+    path: str | None = None
+    database: bool = False  # SQLite reported it (the run store's index, in the store's folder)
+
+
+def _fault_of_one(exc: BaseException, inside: Path | None) -> StorageFault | None:
+    if isinstance(exc, sqlite3.OperationalError):
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code == SQLITE_FULL or "database or disk is full" in str(exc):
+            return StorageFault(FULL, errno.ENOSPC, FULL_ERRNOS[errno.ENOSPC], database=True)
+        if code == SQLITE_READONLY or "readonly database" in str(exc):
+            return StorageFault(READ_ONLY, errno.EROFS, READ_ONLY_ERRNOS[errno.EROFS], database=True)
+        return None
+    if isinstance(exc, OSError) and exc.errno is not None:
+        number, path = exc.errno, exc.filename
+    else:  # a library's error that only names the cause in its text, e.g. "... (os error 28) at path "x""
+        text = str(exc)
+        number = next((n for n, words in {**FULL_ERRNOS, **READ_ONLY_ERRNOS, **DENIED_ERRNOS}.items()
+                       if words in text or f"os error {n})" in text), None)
+        found = _QUOTED_PATH.search(text)
+        path = found.group(1) if found else None
+    if number in FULL_ERRNOS:
+        return StorageFault(FULL, number, FULL_ERRNOS[number], path and str(path))
+    if number in READ_ONLY_ERRNOS:
+        return StorageFault(READ_ONLY, number, READ_ONLY_ERRNOS[number], path and str(path))
+    if number in DENIED_ERRNOS and path and inside is not None and is_inside(Path(path), inside):
+        # Only inside the run store: a model folder we may not read is the user's error, not the disk's.
+        return StorageFault(READ_ONLY, number, DENIED_ERRNOS[number], str(path))
+    return None
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved: a relative store root works too)."""
+    try:
+        path.resolve().relative_to(folder.resolve())
         return True
-    text = str(exc)
-    return "No space left on device" in text or "os error 28" in text
+    except (ValueError, OSError):
+        return False
+
+
+def storage_fault(exc: BaseException, inside: Path | None = None) -> StorageFault | None:
+    """The storage fault behind ``exc`` (or what it was raised from), else None.
+
+    A full disk or quota is FULL; a read-only file system READ_ONLY, and so is a permission error
+    on a path inside ``inside`` (the run store). Example::
+
+        storage_fault(OSError(errno.ENOSPC, "No space left on device")).kind   # "full"
+        storage_fault(PermissionError(errno.EACCES, "denied", "/srv/runs/x/log.txt"), Path("/srv/runs")).kind
+        # "read-only"
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        fault = _fault_of_one(exc, inside)
+        if fault:
+            return fault
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def verify(checkpoint: Path) -> bool:
@@ -188,5 +271,14 @@ def retain(folder: Path, keep_last: int) -> list[Path]:
 
 
 def remove_all(folder: Path) -> None:
-    """Delete every checkpoint of a run that no longer needs them (it finished: its model is the result)."""
-    shutil.rmtree(folder, ignore_errors=True)
+    """Delete every checkpoint of a run that no longer needs them (it finished: its model is the result).
+
+    The folder is renamed away first, in one step, so that no reader (a rebuild of the run index, a
+    resume) ever finds a checkpoint half deleted; then the renamed copy is deleted.
+    """
+    going = folder.with_name(folder.name + ".deleting")
+    shutil.rmtree(going, ignore_errors=True)  # left by a crash during an earlier deletion
+    with contextlib.suppress(OSError):
+        folder.rename(going)
+    shutil.rmtree(going, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)  # where the rename failed

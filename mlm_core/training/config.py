@@ -32,6 +32,9 @@ DEFAULT_EPOCHS = 1.0  # what a run starts at when its length is switched from st
 # Resume takes the newest checkpoint whose manifest verifies: one is all it needs. While the next one is
 # written the previous one stays (checkpoints.retain), so a run briefly holds two on disk.
 CHECKPOINTS_RESUME_NEEDS = 1
+# The largest seed a run accepts: torch.manual_seed takes 64 bits, and the data order seeds a generator with
+# seed * 1_000_003 + epoch (trainer.Trainer.rows_for), which must fit them too; 32 bits leave room.
+MAX_SEED = 2**32 - 1
 CHECKPOINT_EVALS = ParamSpec(
     "checkpoint_evals", "int", 5,
     "Checkpoint every N evaluations (a checkpoint is what an interrupted run resumes from).", 1, 1000,
@@ -100,7 +103,8 @@ class TrainConfig(Validated):
         "Newest verified checkpoints kept while the run goes (resume needs only the newest; an older one "
         "is deleted only once a newer one verifies). A finished run keeps none: its model is the result.",
         min=1, max=1_000_000))
-    seed: int = field(default=0, metadata=param("Seed of the data order, the masks and the dropout.", min=0))
+    seed: int = field(default=0, metadata=param("Seed of the data order, the masks and the dropout.", min=0,
+                                                max=MAX_SEED))
     device: str | None = None  # None: GPU when present
 
     def _check(self) -> None:

@@ -1,7 +1,8 @@
 """Training jobs: each run in its own OS process, bound to the run store.
 
-``submit()`` validates a corpus and settings, stores them with the run and launches it
-(at most ``max_parallel()`` at once; the rest wait queued). ``execute()`` is what the job
+``submit()`` validates a corpus and settings, checks the operator's limits on starting runs
+(ownership.py), stores them with the run and its owner and launches it (at most ``max_parallel()``
+at once; the rest wait queued). ``execute()`` is what the job
 process (``python -m mlm_core.training.jobs ROOT RUN_ID``) and the CLI's foreground ``train`` /
 ``runs resume`` call: it drives the Trainer and turns every outcome into a final state
 with a reason, so the UI never has to read a traceback.
@@ -10,8 +11,10 @@ with a reason, so the UI never has to read a traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,17 +22,23 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from mlm_core.errors import Cancelled, Diverged, MaskLabError
-from mlm_core.policy import masklab_home  # noqa: F401 - re-exported: callers import it from here
+from mlm_core.errors import Cancelled, Diverged, MaskLabError, RunIndexRebuilt
+from mlm_core.policy import (
+    ServerPolicy,
+    masklab_home,  # noqa: F401 - re-exported: callers import it from here
+    server_policy,
+)
 from mlm_core.text.corpus import Corpus, read_corpus
-from mlm_core.training import checkpoints
+from mlm_core.training import checkpoints, ownership
 from mlm_core.training.config import TrainConfig
-from mlm_core.training.costs import others_load, read_pace, write_pace
+from mlm_core.training.costs import check_memory, format_bytes, others_load, read_pace, write_pace
 from mlm_core.training.data import split_texts
+from mlm_core.training.run_table import format_duration
 from mlm_core.training.store import (
     CANCELLED,
     DIVERGED,
     FAILED,
+    FINAL_STATES,
     FINISHED,
     INTERRUPTED,
     QUEUED,
@@ -44,7 +53,13 @@ from mlm_core.training.trainer import Trainer, TrainingCallbacks
 CORPUS_FILE = "corpus.data"  # the uploaded bytes; the user's file name is kept only in the config
 STATUS_EVERY_S = 1.0  # how often a job writes its step to SQLite (cheap, but not every step)
 CANCEL_POLL_S = 0.5  # how often a job reads its cancel flag
-DISK_FULL = "the disk is full; the last complete checkpoint is intact. Free space and start again."
+STATUS_WRITE_TRIES = 4  # a final state that SQLite refuses (a full disk) is tried again this many times...
+STATUS_RETRY_S = 0.25  # ...this far apart, then left in the run folder for refresh() (store.note_in_folder)
+RESUME_COMMAND = "masklab runs resume"
+# How a stored reason names a folder: a run's reason is shown in the browser, which must not learn server
+# paths, so it names the run; the command line puts the real path in its place (``reason_with_paths``).
+RUN_FOLDER_PHRASE = "the folder of run {run_id}"
+STORE_FOLDER_PHRASE = "the run store's folder"
 
 
 def default_store() -> RunStore:
@@ -62,6 +77,12 @@ class StoreCallbacks(TrainingCallbacks):
     def __init__(self, store: RunStore, run_id: str, printer: Callable[[str, dict], None] | None = None):
         self.store, self.run_id, self.printer = store, run_id, printer
         self.folder = store.folder(run_id)
+        # A browser user's run is bounded while it runs too, not only by its estimate at the start (an
+        # estimate can be steered: an unusual corpus, a model of unknown size). None: the operator's own run.
+        self.owner = store.get(run_id).owner
+        self.deadline: float | None = None
+        self.stop: tuple[str, str] | None = None  # (state, reason) when the server's limits stopped the run
+        self.step = 0  # the last completed step: where a run that stops now stopped
         self._last_write = 0.0
         self._last_cancel_check = 0.0
         self._pace: dict = {}
@@ -69,11 +90,15 @@ class StoreCallbacks(TrainingCallbacks):
 
     def on_start(self, info: dict) -> None:
         best = info.get("best") or {}  # a resumed run's best so far (from its checkpoint)
-        self.store.update(self.run_id, device=info["device"], total_steps=info["total_steps"],
-                          best_heldout_loss=best.get("heldout_loss"), best_accuracy=best.get("masked_accuracy"))
+        self.step = info["resumed_from"]
+        with contextlib.suppress(RunIndexRebuilt):  # progress only: the rebuilt index has the run (its folder)
+            self.store.update(self.run_id, device=info["device"], total_steps=info["total_steps"],
+                              best_heldout_loss=best.get("heldout_loss"), best_accuracy=best.get("masked_accuracy"))
         # The pace of this process: when its first step began (start-up measured up to here), and then
         # when each written step ended. Time left is made from completed steps only (costs.time_left).
         now, started = time.time(), self.store.get(self.run_id).started
+        if not ownership.is_local(self.owner or ownership.local_owner()):
+            self.deadline = time.monotonic() + server_policy().max_run_minutes * 60
         self._pace = {"t0": now, "first_step": info["resumed_from"], "step": info["resumed_from"], "at": now,
                       "startup_s": now - started if started else None}
         self._write_pace()
@@ -81,9 +106,11 @@ class StoreCallbacks(TrainingCallbacks):
             self.printer("start", info)
 
     def on_step(self, step: int, total: int, loss: float) -> None:
+        self.step = step
         now = time.monotonic()
         if now - self._last_write >= STATUS_EVERY_S or step == total:
-            self.store.update(self.run_id, step=step)
+            with contextlib.suppress(RunIndexRebuilt):  # progress only (see on_start)
+                self.store.update(self.run_id, step=step)
             self._pace.update(step=step, at=time.time(), load=self._others_load())
             self._pace.setdefault("t1", self._pace["at"])  # the first step warms up: the rate is taken after it
             self._pace.setdefault("s1", step)
@@ -105,19 +132,44 @@ class StoreCallbacks(TrainingCallbacks):
 
     def on_eval(self, record: dict) -> None:
         self.store.append_metrics(self.run_id, record)
-        self.store.update(self.run_id, step=record["step"])
+        with contextlib.suppress(RunIndexRebuilt):  # progress only (see on_start)
+            self.store.update(self.run_id, step=record["step"])
         if self.printer:
             self.printer("eval", record)
 
     def on_best(self, best: dict) -> None:
-        self.store.update(self.run_id, best_heldout_loss=best["heldout_loss"], best_accuracy=best["masked_accuracy"])
+        with contextlib.suppress(RunIndexRebuilt):  # progress only (see on_start)
+            self.store.update(self.run_id, best_heldout_loss=best["heldout_loss"],
+                              best_accuracy=best["masked_accuracy"])
 
     def should_stop(self) -> bool:
         now = time.monotonic()
         if now - self._last_cancel_check < CANCEL_POLL_S:
             return False
         self._last_cancel_check = now
-        return self.store.cancel_requested(self.run_id)
+        self.stop = self._over_a_limit(now)
+        if self.stop is not None:
+            return True
+        try:
+            return self.store.cancel_requested(self.run_id)
+        except RunIndexRebuilt:  # asked again at the next poll
+            return False
+
+    def _over_a_limit(self, now: float) -> tuple[str, str] | None:
+        """(state, reason) when a browser user's run has used its time or the store its disk quota."""
+        if self.deadline is None:
+            return None
+        policy = server_policy()
+        if now > self.deadline:
+            allowed = format_duration(policy.max_run_minutes * 60)
+            return CANCELLED, (f"stopped at step {self.step}: this server allows a browser user's run to train "
+                               f"for up to {allowed} (max_run_minutes)")
+        quota = policy.run_store_quota_mb * 1_000_000
+        if ownership.store_disk_use(self.store.root) > quota:
+            return INTERRUPTED, (f"stopped at step {self.step}: the run store is over its quota of "
+                                 f"{format_bytes(quota)}; it {resume_clause(self.folder)} once runs are deleted: "
+                                 f"{RESUME_COMMAND} {self.run_id}")
+        return None
 
 
 def submit(
@@ -126,15 +178,32 @@ def submit(
     corpus_bytes: bytes,
     request_id: str | None = None,
     launch: bool = True,
+    owner: str | None = None,
+    policy: ServerPolicy | None = None,
+    estimated_s: float | None = None,
 ) -> tuple[RunRecord, bool]:
-    """Validate, store and (by default) launch a run. Returns (run, created).
+    """Validate, store and (by default) launch a run of ``owner``. Returns (run, created).
 
-    The same ``request_id`` twice (a double click on Start) gives the same run.
+    The same ``request_id`` twice (a double click on Start) gives the same run. ``owner`` defaults
+    to the machine's own user (ownership.local_owner); a start past one of the operator's limits
+    (ownership.check_start: queue, runs per owner, disk, a browser run's estimated time) is a RunError
+    saying which.
     """
+    owner = owner or ownership.local_owner()
     corpus = read_corpus(corpus_bytes, config.corpus_name, config.corpus_column, config.text_unit)  # CorpusError
     split_texts(corpus.texts, config.heldout_fraction)  # too small to hold a text out: say so now, not in the job
-    # The corpus is in the folder before the run exists: a racing launcher never starts it without one.
-    record, created = store.create(config.to_dict(), request_id, files={CORPUS_FILE: corpus_bytes})
+    check_memory(config)  # a batch the machine cannot hold is refused here, not by the kernel's OOM killer
+    existing = store._find_request(request_id) if request_id else None
+    if existing is not None:  # a second click on Start is answered with the run, not with a limit
+        return existing, False
+    # Checked and created under one lock: twenty starts at once cannot all pass a check made before any exists.
+    with _launch_lock(store):
+        ownership.check_start(store, owner, len(corpus_bytes), policy, estimated_s=estimated_s,
+                              disk_bytes=ownership.peak_disk_bytes(config.to_dict(), 0))
+        # The corpus is in the folder before the run exists: a racing launcher never starts it without one.
+        record, created = store.create(config.to_dict(), request_id, files={CORPUS_FILE: corpus_bytes}, owner=owner)
+        if created:
+            ownership.note_disk_use(store.root, len(corpus_bytes))
     if launch:
         launch_pending(store)
     return store.get(record.id), created
@@ -177,13 +246,21 @@ def launch_pending(store: RunStore) -> list[str]:
     return started
 
 
-def resume(store: RunStore, run_id: str, launch: bool = True) -> RunRecord:
-    """Put an interrupted run back in the queue (it continues from its newest checkpoint)."""
+def resume(store: RunStore, run_id: str, launch: bool = True, by: str | None = None) -> RunRecord:
+    """Put an interrupted run back in the queue (it continues from its newest checkpoint).
+
+    ``by``: who asks (default: the machine's own user); they must be allowed to manage the run
+    (ownership.may_manage), and the queue must have room (ownership.check_start).
+    """
+    by = by or ownership.local_owner()
     store.refresh()
     record = store.get(run_id)
+    ownership.check_may_manage(record, by)
     if record.status != INTERRUPTED:
         raise RunError(f"Run {run_id} is {record.status}; only interrupted runs can be resumed.")
-    store.transition(run_id, QUEUED)
+    with _launch_lock(store):
+        ownership.check_start(store, by, resuming=record)
+        store.transition(run_id, QUEUED)
     if launch:
         launch_pending(store)
     return store.get(run_id)
@@ -195,7 +272,21 @@ def load_corpus(store: RunStore, run_id: str, config: TrainConfig) -> Corpus:
 
 
 def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] | None = None) -> RunRecord:
-    """Train run ``run_id`` in this process until it reaches a final state."""
+    """Train run ``run_id`` in this process until it reaches a final state, and return its record.
+
+    Every outcome becomes a state with a one-line reason (RunError only when the run cannot be
+    started here; KeyboardInterrupt goes on after the run is marked interrupted):
+
+    - finished; cancelled (the user's request); diverged (NaN/inf loss, with the step);
+    - interrupted by the storage (``checkpoints.storage_fault``: a full disk or quota, a read-only
+      folder): the reason names the folder, the step reached and the newest checkpoint that
+      verifies (or says the run restarts from the beginning), and how to resume;
+    - failed: a MaskLabError's message, out of memory with the batch that caused it, or any other
+      error's first line; its traceback goes to the run's log.txt, never to the terminal.
+
+    A state that SQLite refuses to store (its disk is full too) is tried again briefly, then left
+    in the run folder, where ``RunStore.refresh`` finds it once this process has ended.
+    """
     record = store.get(run_id)
     if record.status == QUEUED:
         try:
@@ -209,42 +300,142 @@ def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] |
         raise RunError(f"Run {run_id} is {record.status}; it cannot be started here.")
     folder = store.folder(run_id)
     checkpoints.sweep_temporaries(folder / "checkpoints")
+    callbacks = StoreCallbacks(store, run_id, printer)
+    trainer: Trainer | None = None
     try:
         config = TrainConfig.from_dict(record.config)
         corpus = load_corpus(store, run_id, config)
-        trainer = Trainer(config, corpus, folder, StoreCallbacks(store, run_id, printer), store.root / "cache")
+        trainer = Trainer(config, corpus, folder, callbacks, store.root / "cache")
         resume_from = checkpoints.latest_valid(folder / "checkpoints")
+        callbacks.step = checkpoints.step_of(resume_from) if resume_from else 0
         # Evaluations after the checkpoint were logged by the dead process; they are recomputed.
-        store.truncate_metrics(run_id, checkpoints.step_of(resume_from) if resume_from else 0)
+        store.truncate_metrics(run_id, callbacks.step)
         result = trainer.run(resume_from)
         best = result.get("best", {})
         with contextlib.suppress(OSError):  # the next estimate's basis; without it, the reference pace
             write_pace(folder, {**(read_pace(folder) or {}), "timing": result["timing"]})
-        done = store.transition(
-            run_id, FINISHED, step=result["step"],
-            best_heldout_loss=best.get("heldout_loss"), best_accuracy=best.get("masked_accuracy"),
-        )
+        # strict: a finished state SQLite refuses is a storage fault like any other (the run resumes from its
+        # checkpoints, which are still there), never a "finished" that only this process believes.
+        done = _set_state(store, record, FINISHED, strict=True, step=result["step"],
+                          best_heldout_loss=best.get("heldout_loss"), best_accuracy=best.get("masked_accuracy"))
         # Finished: nothing can resume it any more, so its checkpoints only take space (three times the
         # model's size with AdamW's state). Deleted only now: a crash before the state is committed
         # leaves an interrupted run that resumes from them.
         checkpoints.remove_all(folder / "checkpoints")
         return done
     except Cancelled as exc:
-        return store.transition(run_id, CANCELLED, reason=str(exc), step=exc.step)
+        state, reason = callbacks.stop or (CANCELLED, str(exc))
+        return _set_state(store, record, state, reason=reason, step=exc.step)
     except Diverged as exc:
-        return store.transition(run_id, DIVERGED, reason=str(exc))
+        return _set_state(store, record, DIVERGED, reason=str(exc), step=callbacks.step)
     except MaskLabError as exc:
-        return store.transition(run_id, FAILED, reason=str(exc))
+        return _set_state(store, record, FAILED, reason=str(exc), step=callbacks.step)
+    except KeyboardInterrupt:  # Ctrl-C on a foreground `train`: resumable like any interrupted run
+        reason = f"stopped with Ctrl-C at step {callbacks.step}; it {resume_clause(folder)}: {RESUME_COMMAND} {run_id}"
+        _set_state(store, record, INTERRUPTED, reason=reason, step=callbacks.step)
+        raise
     except Exception as exc:  # noqa: BLE001 - any other failure must still end the run cleanly
-        traceback.print_exc()
-        if checkpoints.is_disk_full(exc):  # safetensors reports it as SafetensorError, not OSError
-            return store.transition(run_id, FAILED, reason=DISK_FULL)
-        if isinstance(exc, OSError):
-            return store.transition(run_id, FAILED, reason=f"{type(exc).__name__}: {exc}")
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "out of memory" in reason.lower():
-            reason = f"out of GPU memory even with the batch split into pieces: {reason}"
-        return store.transition(run_id, FAILED, reason=f"{type(exc).__name__}: {reason}")
+        _log_traceback(folder)
+        fault = checkpoints.storage_fault(exc, store.root)
+        if fault is not None:
+            reason = storage_fault_reason(store, run_id, fault, callbacks.step)
+            return _set_state(store, record, INTERRUPTED, reason=reason, step=callbacks.step)
+        return _set_state(store, record, FAILED, reason=failure_reason(exc, trainer, callbacks.step),
+                          step=callbacks.step)
+
+
+def _log_traceback(folder: Path) -> None:
+    """The current exception's traceback into the run's log.txt (best effort: the disk may be full)."""
+    with contextlib.suppress(OSError), open(folder / "log.txt", "a") as log:
+        traceback.print_exc(file=log)
+
+
+def _set_state(store: RunStore, record: RunRecord, status: str, strict: bool = False, **fields) -> RunRecord:
+    """Store the run's new state, trying again briefly when SQLite cannot be written (a full disk).
+
+    ``strict``: raise what the store raised. Otherwise a state that cannot be stored is written to
+    the run's folder (``RunStore.note_in_folder``, read by ``refresh()`` once this process has
+    ended) and the record this process knows is returned, so the caller still reports it.
+    """
+    for attempt in range(STATUS_WRITE_TRIES):
+        try:
+            return store.transition(record.id, status, **fields)
+        except RunError:
+            if strict:
+                raise
+            break  # the row is gone or moved on (another process, a rebuilt index): only the folder is left
+        except (sqlite3.Error, OSError):
+            if strict and attempt == STATUS_WRITE_TRIES - 1:
+                raise
+            time.sleep(STATUS_RETRY_S)
+    store.note_in_folder(record.id, status=status, **fields)
+    now = time.time()
+    return dataclasses.replace(record, status=status, reason=fields.get("reason"), updated=now,
+                               step=fields.get("step", record.step), finished=now if status in FINAL_STATES else None)
+
+
+def resume_clause(folder: Path) -> str:
+    """What resuming the run in ``folder`` does, from the checkpoints really on disk (the newest that verifies)."""
+    checkpoints.sweep_temporaries(folder / "checkpoints")  # a half-written checkpoint only takes space
+    latest = checkpoints.latest_valid(folder / "checkpoints")
+    if latest is None:
+        return "will restart from the beginning (no checkpoint was saved)"
+    return f"can resume from its checkpoint at step {checkpoints.step_of(latest)}"
+
+
+def storage_fault_reason(store: RunStore, run_id: str, fault: checkpoints.StorageFault, step: int) -> str:
+    """Why a run stopped on a storage fault and what to do; the folder named as ``reason_with_paths`` expects.
+
+    Example: "The disk holding the folder of run 20260101-120000-ab12cd is full (No space left on
+    device); the run stopped at step 6 and can resume from its checkpoint at step 3 once space is
+    freed: masklab runs resume 20260101-120000-ab12cd".
+    """
+    folder = store.folder(run_id)
+    written = Path(fault.path) if fault.path else folder  # a write through an open file names no path
+    if fault.database or not checkpoints.is_inside(written, folder) and checkpoints.is_inside(written, store.root):
+        place = STORE_FOLDER_PHRASE  # the index (runs.sqlite) or the store's cache
+    elif not checkpoints.is_inside(written, store.root):
+        place = "a folder the run writes to"  # a cache elsewhere; the browser must not learn where
+    else:
+        place = RUN_FOLDER_PHRASE.format(run_id=run_id)
+    then = f"the run stopped at step {step} and {resume_clause(folder)}"
+    if fault.kind == checkpoints.FULL:
+        return (f"The disk holding {place} is full ({fault.strerror}); {then} once space is freed: "
+                f"{RESUME_COMMAND} {run_id}")
+    return (f"Cannot write to {place} ({fault.strerror}); {then} once it is writable again: "
+            f"{RESUME_COMMAND} {run_id}")
+
+
+def reason_with_paths(store: RunStore, record: RunRecord) -> str:
+    """The run's reason with the folders it names as real paths: for the command line, not the browser."""
+    reason = record.reason or ""
+    reason = reason.replace(RUN_FOLDER_PHRASE.format(run_id=record.id), str(store.folder(record.id)))
+    return reason.replace(STORE_FOLDER_PHRASE, str(store.root))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or torch's CPU allocator failing."""
+    import torch
+
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def failure_reason(exc: BaseException, trainer: Trainer | None, step: int) -> str:
+    """One line for a failed run: out of memory names the batch that did not fit, anything else its first line."""
+    first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    detail = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+    if not is_out_of_memory(exc):
+        return detail
+    if trainer is None:
+        return f"out of memory while loading the model and the corpus ({detail})"
+    import torch
+
+    where = "GPU memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else "memory"
+    split = f", even split into {trainer.micro_batches} pieces" if trainer.micro_batches > 1 else ""
+    return (f"out of {where} at step {step + 1} with a batch of {trainer.batch_size} blocks of "
+            f"{trainer.config.seq_len} tokens{split}; lower batch_size or seq_len ({detail})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {run_id}: {exc}", flush=True)
         return 2
     finally:
-        launch_pending(store)  # hand the freed slot to the next queued run
+        with contextlib.suppress(sqlite3.Error, OSError):  # a full disk: the next launcher starts it
+            launch_pending(store)  # hand the freed slot to the next queued run
     return 0
 
 

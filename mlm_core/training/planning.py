@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from mlm_core.masking import (
 )
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME, base_encoder_dir
 from mlm_core.model.families import usable_positions
+from mlm_core.settings import shown_value
 from mlm_core.text.privacy import PrivacyMasking
 from mlm_core.text.tokens import tokenizer_lock
 from mlm_core.training.config import TrainConfig, rate_schedule
@@ -48,6 +50,7 @@ from mlm_core.training.scratch import SCRATCH_MODELS
 from mlm_core.training.store import FINISHED, RunRecord, RunStore, run_ref, run_ref_id
 
 PREVIEW_EXAMPLES = 3
+HIDDEN_MODEL = "a model not offered on this server"  # a run's base that browsers may not load, named for them (model_name)
 
 
 # ----------------------------------------------------------------------------- models
@@ -79,7 +82,7 @@ def resolve_run_model(model: str, store: RunStore | None = None) -> Path:
     """
     run_id = run_ref_id(model)
     if run_id is None:
-        raise ModelLoadError(f"'{model}' is not a run reference (run:ID).")
+        raise ModelLoadError(f"{shown_value(model, 60)} is not a run reference (run:ID).")
     if store is None:
         from mlm_core.training.jobs import default_store
 
@@ -87,7 +90,7 @@ def resolve_run_model(model: str, store: RunStore | None = None) -> Path:
     try:
         record = store.get(run_id)
     except RunError as exc:
-        raise ModelLoadError(f"There is no run '{run_id}' (deleted?); `python -m mlm_core runs list` shows "
+        raise ModelLoadError(f"There is no run {shown_value(run_id, 40)} (deleted?); `python -m mlm_core runs list` shows "
                              "the runs.") from exc
     folder = run_model_folder(store, record)
     if folder is None:
@@ -123,16 +126,29 @@ def model_options(store: RunStore) -> list[ModelOption]:
     return options
 
 
-def model_name(model: str | None) -> str:
-    """What to call ``TrainConfig.model`` in tables: the default model's name when None."""
+def model_name(model: str | None, reveal: Callable[[str], bool] | None = None) -> str:
+    """What to call ``TrainConfig.model`` in tables: the default model's name when None.
+
+    ``reveal(name)`` says whether a model named by folder or hub id may be shown by that name; the
+    others read ``HIDDEN_MODEL``. Browsers pass the rule of loading (``sources.browser_may_load``): a
+    run the command line started from a private folder must not show that folder's path. Runs (by
+    id), the default and the scratch models always show. Without ``reveal`` (the command line, the
+    local user's own tool) every name shows.
+
+    Example: ``model_name("/home/teacher/private-model", reveal=lambda name: False)`` is HIDDEN_MODEL.
+    """
     if model is None:
         return DEFAULT_MODEL_NAME
+    if not isinstance(model, str):  # a damaged config: nothing to reveal
+        return HIDDEN_MODEL if reveal is not None else str(model)
     if run_ref_id(model) is not None:
         return f"run {run_ref_id(model)}"
     path = Path(model)
     if path.name == "model" and path.parent.parent.name == "runs":  # runs started before run:ID references
         return f"run {path.parent.name}"
-    return str(model)
+    if reveal is None or model == DEFAULT_MODEL_NAME or model in SCRATCH_MODELS or reveal(model):
+        return model
+    return HIDDEN_MODEL
 
 
 def _tokenizer_source(model: str | None) -> tuple[str, bool]:
@@ -158,7 +174,10 @@ def _tokenizer_source(model: str | None) -> tuple[str, bool]:
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(model: str | None):
     """The tokenizer a run on ``model`` will use (shared, read-only; lock it around calls)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from mlm_core.model.loading import serialized_loading
+
+    with serialized_loading():  # transformers' lazy module, imported from two sessions at once, can fail
+        from transformers import AutoConfig, AutoTokenizer
 
     source, local_only = _tokenizer_source(model)
     try:

@@ -16,7 +16,7 @@ import io
 import math
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import pandas as pd
 
 from mlm_core.errors import InputError
 from mlm_core.training.costs import time_left
-from mlm_core.training.planning import model_name, strategy_rate
+from mlm_core.training.planning import HIDDEN_MODEL, model_name, strategy_rate
 from mlm_core.training.store import QUEUED, RUNNING, RunRecord
 
 ACTIVE_STATES = (QUEUED, RUNNING)
@@ -42,6 +42,7 @@ CATEGORY_PREFIX = "accuracy: "  # by-category accuracies: "accuracy: stopword", 
 TABLE_COLUMNS = ("run", "name", "status", "model", "strategy", "masking", "steps", "best held-out loss",
                  "best accuracy", "device", "duration", "created")
 MAX_ZIP_BYTES = 4 * 1024**3  # a model folder larger than this is refused (zip is built in memory)
+Reveal = Callable[[str], bool]  # whether a base model may be shown by its name: planning.model_name
 
 
 def format_duration(seconds: float | None) -> str:
@@ -58,11 +59,12 @@ def format_duration(seconds: float | None) -> str:
     return f"{secs} s"
 
 
-def generated_name(config: Mapping) -> str:
+def generated_name(config: Mapping, reveal: Reveal | None = None) -> str:
     """A run's name made from its settings, e.g. 'whole-word 30% · masklab-minilm-en · 200 steps'.
 
     Strategy and rate, ``static`` when the mask is fixed (dynamic is the default), the model (a
-    hub id or folder by its last part) and the length.
+    hub id or folder by its last part, or ``HIDDEN_MODEL`` where ``reveal`` hides it: see
+    ``planning.model_name``) and the length.
     """
     strategy = str(config.get("strategy") or "random")
     try:
@@ -72,36 +74,67 @@ def generated_name(config: Mapping) -> str:
     what = strategy + (f" {rate:.0%}" if rate is not None else "")
     if config.get("masking") == "static":
         what += " static"
-    model = model_name(config.get("model"))
-    model = model if model.startswith("run ") else Path(model).name or model
+    model = model_name(config.get("model"), reveal)
+    model = model if model.startswith("run ") or model == HIDDEN_MODEL else Path(model).name or model
     steps, epochs = config.get("steps"), config.get("epochs")
     length = f"{steps} steps" if steps else f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
     return " · ".join(part for part in (what, model, length) if part)
 
 
-def run_name(record: RunRecord) -> str:
+def run_name(record: RunRecord, reveal: Reveal | None = None) -> str:
     """The name the user gave the run, else the one made from its settings (plain text: escape it)."""
-    return record.name or generated_name(record.config)
+    return record.name or generated_name(record.config, reveal)
 
 
-def run_label(record: RunRecord, status: bool = True) -> str:
+def run_label(record: RunRecord, status: bool = True, reveal: Reveal | None = None) -> str:
     """A run in menus and legends: its name, when it was created (which tells runs of one name
     apart) and, unless ``status`` is False, its status."""
     created = time.strftime("%d %b %H:%M:%S", time.localtime(record.created))
-    return f"{run_name(record)} · {created}" + (f" · {record.status}" if status else "")
+    return f"{run_name(record, reveal)} · {created}" + (f" · {record.status}" if status else "")
 
 
-def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
-    """One row per run with the columns of ``TABLE_COLUMNS`` (numbers stay numbers for sorting)."""
+def run_reason(record: RunRecord, reveal: Reveal | None = None) -> str:
+    """Why the run stopped (empty when it did not), with its base model written as ``model_name`` names
+    it where ``reveal`` hides it: a loading error quotes the folder it read.
+
+    Example: "Cannot load '/home/t/private': …" reads "Cannot load 'a model not offered on this server': …".
+    """
+    reason = record.reason or ""
+    model = record.config.get("model")
+    if not reason or not isinstance(model, str) or model_name(model, reveal) != HIDDEN_MODEL:
+        return reason
+    spellings = {model.rstrip("/") or model}
+    try:
+        spellings.add(str(Path(model).expanduser().resolve()))  # how a loader quotes what it opened
+        spellings.add(str(Path(model).expanduser()))
+    except (OSError, ValueError, RuntimeError):
+        pass
+    spellings = {spelling for spelling in spellings if any(c.isalnum() for c in spelling)}  # not "." or "/"
+    for spelling in sorted(spellings, key=len, reverse=True):  # the longest first: no half-replaced path
+        reason = reason.replace(spelling, HIDDEN_MODEL)
+    return reason
+
+
+def shown_config(config: Mapping, reveal: Reveal | None = None) -> Mapping:
+    """``config`` with its base model replaced by ``HIDDEN_MODEL`` where ``reveal`` hides it."""
+    model = config.get("model")
+    if reveal is None or model is None or model_name(model, reveal) != HIDDEN_MODEL:
+        return config
+    return {**config, "model": HIDDEN_MODEL}
+
+
+def runs_table(records: Sequence[RunRecord], reveal: Reveal | None = None) -> pd.DataFrame:
+    """One row per run with the columns of ``TABLE_COLUMNS`` (numbers stay numbers for sorting); base
+    models that ``reveal`` hides read ``HIDDEN_MODEL`` (``planning.model_name``), in the name too."""
     rows = []
     for r in records:
         c = r.config
         steps = r.total_steps or c.get("steps")
         rows.append({
             "run": r.id,
-            "name": run_name(r),
+            "name": run_name(r, reveal),
             "status": r.status,
-            "model": model_name(c.get("model")),
+            "model": model_name(c.get("model"), reveal),
             "strategy": c.get("strategy", ""),
             "masking": c.get("masking", ""),
             "steps": f"{r.step}/{steps if steps is not None else '?'}",
@@ -227,9 +260,10 @@ def _flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def config_table(configs: Mapping[str, Mapping]) -> pd.DataFrame:
-    """Settings (rows) × runs (columns), plus a boolean 'differs' column; differing rows first."""
-    flat = {label: _flatten(config) for label, config in configs.items()}
+def config_table(configs: Mapping[str, Mapping], reveal: Reveal | None = None) -> pd.DataFrame:
+    """Settings (rows) × runs (columns), plus a boolean 'differs' column; differing rows first. A base
+    model that ``reveal`` hides reads ``HIDDEN_MODEL`` (``shown_config``)."""
+    flat = {label: _flatten(shown_config(config, reveal)) for label, config in configs.items()}
     keys = sorted({k for f in flat.values() for k in f})
     table = pd.DataFrame({label: [f.get(k, "—") for k in keys] for label, f in flat.items()}, index=keys)
     table.index.name = "setting"

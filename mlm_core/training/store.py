@@ -2,6 +2,9 @@
 
     <root>/runs.sqlite            the table below (WAL, busy timeout, one connection per use)
     <root>/<run_id>/config.json   the TrainConfig the run was started with
+    <root>/<run_id>/owner.json    who started it: ``{"owner": "browser:1f2e3d4c5b6a7988"}``, written at
+                                  creation, before the row (the same value as the row's ``owner``
+                                  column; ownership.py says what the ids mean and who may act on a run)
     <root>/<run_id>/metrics.jsonl one JSON object per evaluation
     <root>/<run_id>/log.txt       the job's output
     <root>/<run_id>/checkpoints/  step-N folders (safetensors + manifest), see checkpoints.py
@@ -17,23 +20,45 @@ States and the transitions allowed between them::
 
 A run whose process died without saying so (SIGKILL, power loss, app restart) is found by
 ``refresh()`` and marked interrupted; it resumes from its newest complete checkpoint.
+
+The run folders are the source of truth; ``runs.sqlite`` is an index of them. Every state change
+is also written to ``<run_id>/status.json`` (best effort: status, reason, step, pid, times, name),
+so a job that stopped while SQLite could not be written (a full disk) still leaves its reason
+for ``refresh()``. An index that is empty (0 bytes), missing while run folders exist, not a
+database, or without the ``runs`` table's columns is set aside as ``runs.sqlite.corrupt-<time>``
+and rebuilt from the folders (``RunStore.rebuilt_notice`` then says so, once). A run's state
+when rebuilt, first rule that applies:
+
+1. ``model/`` holds the final model (it is renamed into place whole): finished;
+2. ``status.json`` says failed, diverged or cancelled: that state and its reason;
+3. ``status.json`` says running and that process is alive: running; says queued: queued;
+4. a checkpoint whose manifest verifies: interrupted, resumable from it;
+5. the corpus is there: interrupted, resuming restarts it from the beginning;
+6. otherwise: failed (nothing to resume from).
+
+Its owner comes from ``owner.json``, its name, times and pid from ``status.json``; a folder without
+a readable ``config.json`` (or with a ``status.json`` of the wrong shape) is left out, and counted
+in the notice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlm_core.errors import InputError, RunError
+from mlm_core.errors import InputError, RunError, RunIndexRebuilt
+from mlm_core.settings import shown_value
 
 QUEUED, RUNNING, FINISHED, FAILED, DIVERGED, CANCELLED, INTERRUPTED = (
     "queued", "running", "finished", "failed", "diverged", "cancelled", "interrupted",
@@ -50,6 +75,17 @@ TRANSITIONS = {
     CANCELLED: set(),
 }
 BUSY_TIMEOUT_MS = 10_000
+INDEX_FILE = "runs.sqlite"
+INDEX_LOCK = "runs.sqlite.lock"  # held while the index is checked, set aside and rebuilt
+STATUS_FILE = "status.json"  # in each run's folder: its state, for refresh() and a rebuild of the index
+# Without these the index cannot answer a query; later columns (name, owner) are added when missing.
+REQUIRED_COLUMNS = frozenset({"id", "request_id", "created", "updated", "status", "cancel_requested", "pid",
+                              "config", "step", "reason"})
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # SQLite's result codes for a damaged file and a file of another kind
+# Rebuilds done in this process whose notice nobody has shown yet (store root -> notice): the instance that
+# rebuilt may be one the page never sees (the sidebar's model picker opens the store first).
+_unshown_notices: dict[str, str] = {}
+_unshown_lock = threading.Lock()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -69,10 +105,12 @@ CREATE TABLE IF NOT EXISTS runs (
     reason TEXT,                     -- why it failed / diverged / was interrupted
     started REAL,
     finished REAL,
-    name TEXT                        -- the user's name for the run; NULL: named from its settings
+    name TEXT,                       -- the user's name for the run; NULL: named from its settings
+    owner TEXT                       -- who started it (ownership.py); NULL: a run from before owners
 );
 """
 MAX_NAME_CHARS = 80  # a run's name fits a menu line
+OWNER_FILE = "owner.json"  # in each run's folder: the owner, for a rebuild of the table from the folders
 # How a link, a picker or TrainConfig.model names a finished run's model: by id, never by its
 # folder, so no server path reaches a URL and a link cannot name an arbitrary folder.
 RUN_REF_PREFIX = "run:"
@@ -107,6 +145,7 @@ class RunRecord:
     pid: int | None
     cancel_requested: bool
     name: str | None = None  # set by the user (``RunStore.rename``); run_table.run_name gives the shown name
+    owner: str | None = None  # who started it (ownership.py); None: a run from before owners were recorded
 
     @property
     def duration(self) -> float | None:
@@ -153,42 +192,289 @@ def process_alive(pid: int | None) -> bool:
         return True
 
 
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """A file that is not a database or a corrupt page; not a busy, full or read-only database (those pass)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+    return code in (SQLITE_CORRUPT, SQLITE_NOTADB) or "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def read_folder_status(folder: Path) -> dict:
+    """The run folder's ``status.json`` (see the module's docstring); {} when absent or unreadable."""
+    try:
+        state = json.loads((folder / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _created_from_id(run_id: str, folder: Path) -> float:
+    """When a run was created: its id starts with the local time (``RunStore.create``), else the folder's time."""
+    try:
+        return time.mktime(time.strptime(run_id[:15], "%Y%m%d-%H%M%S"))
+    except ValueError:
+        return folder.stat().st_mtime
+
+
+def _owner_in_folder(folder: Path) -> str | None:
+    """The owner ``owner.json`` names (written when the run was created), else None."""
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text()).get("owner")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return owner if isinstance(owner, str) and owner else None
+
+
 class RunStore:
     """All reads and writes of runs. Safe across threads and processes (SQLite WAL)."""
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        # Set when this store found the index empty or damaged and rebuilt it from the run folders:
+        # the command line prints it as a note, the pages show it as a warning.
+        self.rebuilt_notice: str | None = None
+        with self._connect() as db:  # checks the index first; an unusable one is rebuilt (_repair_index)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             columns = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
             if "name" not in columns:  # a store from before runs had names
                 with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
                     db.execute("ALTER TABLE runs ADD COLUMN name TEXT")
+            if "owner" not in columns:  # a store from before runs had owners: its runs keep NULL
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+                    db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.root / "runs.sqlite", timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        """A connection to a usable index: one found empty or damaged is rebuilt first (``_repair_index``).
+
+        Damage found only inside a query (a corrupt page) sets the file aside and rebuilds it too; that
+        query ends with RunIndexRebuilt (a RunError) asking to try again.
+        """
+        absent = not (self.root / INDEX_FILE).exists()  # connecting creates an empty file: look first
+        seen = self._index_inode()
+        db = self._open_index()
+        if not self._index_usable(db):
+            db.close()
+            self._repair_index(absent=absent)
+            db = self._open_index()
         try:
             yield db
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            db.close()
+            self._repair_index(damaged_inode=seen)
+            raise RunIndexRebuilt("The run list was damaged; it has been rebuilt from the run folders. "
+                                  "Try again.") from None
         finally:
             db.close()
 
+    def _open_index(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.root / INDEX_FILE, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return db
+
+    @staticmethod
+    def _index_usable(db: sqlite3.Connection) -> bool:
+        """Whether the file is a database with the runs table (an empty file opens as an empty database)."""
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                return False
+            raise
+        return columns >= REQUIRED_COLUMNS
+
+    def _run_folders(self) -> list[Path]:
+        """Folders that look like runs: a run id's name and a config.json (readable or not)."""
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and (p / "config.json").exists()
+                      and all(ch.isalnum() or ch == "-" for ch in p.name))
+
+    def _index_inode(self) -> int | None:
+        try:
+            return os.stat(self.root / INDEX_FILE).st_ino
+        except OSError:
+            return None
+
+    def _repair_index(self, damaged_inode: int | None = None, absent: bool = False) -> None:
+        """Make the index usable, under a lock so that one process repairs it and the others wait.
+
+        A new store gets its table. An index that is empty while run folders exist, missing, not a
+        database or without the table's columns is set aside as ``runs.sqlite.corrupt-<time>`` and
+        rebuilt from the run folders; ``rebuilt_notice`` says so. ``absent``: the caller found no
+        file (the empty one there now is its connection's).
+        ``damaged_inode``: a query found a corrupt page in that file (unless another process has
+        replaced it since, it is set aside even though its header and schema read well).
+        """
+        path = self.root / INDEX_FILE
+        with open(self.root / INDEX_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if damaged_inode is None:
+                    with closing(self._open_index()) as db:
+                        if self._index_usable(db):  # another process repaired it while we waited
+                            return
+                elif self._index_inode() != damaged_inode:  # another process rebuilt it while we waited
+                    return
+                folders = self._run_folders()
+                size = path.stat().st_size if path.exists() else 0
+                existed = path.exists() and not (absent and size == 0)
+                if not folders and size == 0:  # a new store: nothing to set aside or rebuild
+                    with closing(self._open_index()) as db:
+                        db.execute("PRAGMA journal_mode=WAL")
+                        db.executescript(SCHEMA)
+                    return
+                aside = self._set_aside(path) if existed else None
+                rebuilt, unreadable = self._build_index(folders)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        what = "missing" if not existed else "empty" if size == 0 else "damaged"
+        self.rebuilt_notice = (
+            f"The run list ({INDEX_FILE}) was {what}; "
+            + (f"it was set aside as {aside.name} and " if aside else "it was ")
+            + f"rebuilt from the run folders: {rebuilt} run{'s' if rebuilt != 1 else ''} found"
+            + (f", {unreadable} unreadable folder{'s' if unreadable != 1 else ''} left out" if unreadable else "")
+            + "."
+        )
+        with _unshown_lock:
+            _unshown_notices[str(self.root.resolve())] = self.rebuilt_notice
+
+    def take_rebuilt_notice(self) -> str | None:
+        """The notice of a rebuild of this store's index done in this process, the first time it is asked; then None.
+
+        Example (a page)::
+
+            if notice := store.take_rebuilt_notice():
+                st.warning(notice)
+        """
+        with _unshown_lock:
+            return _unshown_notices.pop(str(self.root.resolve()), None)
+
+    def _set_aside(self, path: Path) -> Path:
+        """Rename the index (and its WAL files) to ``runs.sqlite.corrupt-<time>``, never over an earlier one."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = path.with_name(f"{path.name}.corrupt-{stamp}")
+        count = 1
+        while target.exists():
+            count += 1
+            target = path.with_name(f"{path.name}.corrupt-{stamp}-{count}")
+        # The WAL first: SQLite would replay an old WAL into a new file of the same name.
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.replace(target.with_name(target.name + suffix))
+        path.replace(target)
+        return target
+
+    def _build_index(self, folders: list[Path]) -> tuple[int, int]:
+        """Write a new index from ``folders`` beside the old one, then rename it into place (readers never
+        see it half built). Returns (runs rebuilt, folders left out)."""
+        building = self.root / f"{INDEX_FILE}.rebuilding"
+        for leftover in (building, building.with_name(building.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+        rows = [row for row in map(self._row_from_folder_or_none, folders) if row]
+        with closing(sqlite3.connect(building, isolation_level=None)) as db:
+            db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            for extra in ("name", "owner"):  # the columns later stores added (see __init__)
+                if extra not in columns:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {extra} TEXT")
+                    columns.add(extra)
+            db.execute("BEGIN")
+            for row in rows:
+                row = {key: value for key, value in row.items() if key in columns}
+                db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                           tuple(row.values()))
+            db.execute("COMMIT")
+            db.execute("PRAGMA journal_mode=WAL")  # kept in the file's header
+        building.replace(self.root / INDEX_FILE)
+        return len(rows), len(folders) - len(rows)
+
+    def _row_from_folder_or_none(self, folder: Path) -> dict | None:
+        try:
+            return self._row_from_folder(folder)
+        except (TypeError, ValueError, AttributeError):  # a status.json or metrics line of the wrong shape
+            return None
+
+    def _row_from_folder(self, folder: Path) -> dict | None:
+        """The index row of the run in ``folder`` (the rules in the module's docstring); None without a config."""
+        from mlm_core.training import checkpoints  # imports torch: only when a rebuild needs it
+
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            if not isinstance(config, dict):
+                return None
+        except (OSError, ValueError):
+            return None
+        note = read_folder_status(folder)
+        metrics = self.metrics(folder.name)
+        evaluated = [m for m in metrics if isinstance(m.get("heldout_loss"), int | float)]
+        best = min(evaluated, key=lambda m: m["heldout_loss"], default={})
+        last_step = max((m.get("step", 0) for m in metrics if isinstance(m.get("step"), int)), default=0)
+        model = folder / "model"
+        checkpoint = checkpoints.latest_valid(folder / "checkpoints")
+        noted, pid, reason = note.get("status"), None, note.get("reason")
+        if model.is_dir() and any(model.glob("*.safetensors")):
+            status, step, reason = FINISHED, max(last_step, note.get("step") or 0), None
+        elif noted in (FAILED, DIVERGED, CANCELLED):
+            status, step = noted, note.get("step") or last_step
+        elif noted == RUNNING and process_alive(note.get("pid")):
+            status, step, pid = RUNNING, last_step, note.get("pid")
+        elif noted == QUEUED:
+            status, step = QUEUED, 0
+        elif checkpoint is not None:
+            status, step = INTERRUPTED, checkpoints.step_of(checkpoint)
+            if noted != INTERRUPTED or not reason:
+                reason = f"found on disk when the run list was rebuilt; it resumes from its checkpoint at step {step}"
+        elif (folder / "corpus.data").exists():
+            status, step = INTERRUPTED, 0
+            if noted != INTERRUPTED or not reason:
+                reason = ("found on disk when the run list was rebuilt; it has no checkpoint, so it restarts "
+                          "from the beginning")
+        else:
+            status, step, reason = FAILED, last_step, "found on disk without its corpus when the run list was rebuilt"
+        now = time.time()
+        return {
+            "id": folder.name, "created": note.get("created") or _created_from_id(folder.name, folder), "updated": now,
+            "status": status, "pid": pid, "config": json.dumps(config, sort_keys=True), "step": int(step or 0),
+            "total_steps": note.get("total_steps") or config.get("steps"),
+            "best_heldout_loss": best.get("heldout_loss"), "best_accuracy": best.get("masked_accuracy"),
+            "device": note.get("device"), "reason": reason, "started": note.get("started"),
+            "finished": note.get("finished") if status in FINAL_STATES else None, "name": note.get("name"),
+            "owner": _owner_in_folder(folder),
+        }
+
+    def note_in_folder(self, run_id: str, **fields) -> None:
+        """Merge ``fields`` into the run folder's ``status.json`` (best effort: a full disk skips it)."""
+        folder = self.folder(run_id)
+        if not folder.is_dir():  # deleted: never recreate it
+            return
+        tmp = folder / f"{STATUS_FILE}.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(json.dumps({**read_folder_status(folder), **fields}, default=str))
+            tmp.replace(folder / STATUS_FILE)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
     def folder(self, run_id: str) -> Path:
         if not run_id or not all(ch.isalnum() or ch == "-" for ch in run_id):
-            raise RunError(f"'{run_id}' is not a run id.")
+            raise RunError(f"{shown_value(run_id, 40)} is not a run id.")  # cut short: an id may be huge
         return self.root / run_id
 
     def create(
-        self, config: dict, request_id: str | None = None, files: dict[str, bytes] | None = None
+        self, config: dict, request_id: str | None = None, files: dict[str, bytes] | None = None,
+        owner: str | None = None,
     ) -> tuple[RunRecord, bool]:
         """A new queued run, or the existing one for the same ``request_id`` (created=False).
 
         ``files`` (name → bytes, e.g. the corpus) are written into the run's folder before the
-        row exists, so no reader or launcher ever sees a run without them.
+        row exists, so no reader or launcher ever sees a run without them; so is ``owner``
+        (``OWNER_FILE``), so the folder alone says whose run it is.
         """
         if request_id:
             existing = self._find_request(request_id)
@@ -198,14 +484,16 @@ class RunStore:
         folder = self.folder(run_id)
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        if owner is not None:
+            (folder / OWNER_FILE).write_text(json.dumps({"owner": owner}))
         for name, data in (files or {}).items():
             (folder / name).write_bytes(data)
         now = time.time()
         try:
             with self._connect() as db:
                 db.execute(
-                    "INSERT INTO runs (id, request_id, created, updated, status, config) VALUES (?,?,?,?,?,?)",
-                    (run_id, request_id, now, now, QUEUED, json.dumps(config, sort_keys=True)),
+                    "INSERT INTO runs (id, request_id, created, updated, status, config, owner) VALUES (?,?,?,?,?,?,?)",
+                    (run_id, request_id, now, now, QUEUED, json.dumps(config, sort_keys=True), owner),
                 )
         except sqlite3.IntegrityError:  # the same request won a race in another process
             shutil.rmtree(folder, ignore_errors=True)
@@ -230,7 +518,7 @@ class RunStore:
         with self._connect() as db:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            raise RunError(f"No run '{run_id}'. `python -m mlm_core runs list` shows the runs.")
+            raise RunError(f"No run {shown_value(run_id, 40)}. `python -m mlm_core runs list` shows the runs.")
         return self._record(row)
 
     def list(self) -> list[RunRecord]:
@@ -246,7 +534,7 @@ class RunStore:
             row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 db.execute("ROLLBACK")
-                raise RunError(f"No run '{run_id}'.")
+                raise RunError(f"No run {shown_value(run_id, 40)}.")
             if new_status not in TRANSITIONS[row["status"]]:
                 db.execute("ROLLBACK")
                 raise RunError(f"Run {run_id} is {row['status']}; it cannot become {new_status}.")
@@ -262,6 +550,9 @@ class RunStore:
                 f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                 (*fields.values(), run_id),
             )
+            # The folder keeps the state too (refresh() and a rebuild read it); written before the commit, so
+            # a state that SQLite then refuses (a full disk) is still in the folder for refresh().
+            self.note_in_folder(run_id, **fields)
             db.execute("COMMIT")
         return self.get(run_id)
 
@@ -282,6 +573,7 @@ class RunStore:
         name = clean_name(name)
         with self._connect() as db:
             db.execute("UPDATE runs SET name = ?, updated = ? WHERE id = ?", (name, time.time(), run_id))
+        self.note_in_folder(run_id, name=name)  # a rebuilt index keeps the name
         return self.get(run_id)
 
     def request_cancel(self, run_id: str) -> RunRecord:
@@ -308,8 +600,13 @@ class RunStore:
             rows = db.execute("SELECT id, pid FROM runs WHERE status = ?", (RUNNING,)).fetchall()
         lost = [row["id"] for row in rows if not process_alive(row["pid"])]
         for run_id in lost:
+            # A job that could not write its end to SQLite (a full disk) left it in its folder's status.json.
+            note = read_folder_status(self.folder(run_id))
+            status, reason = INTERRUPTED, "the training process stopped unexpectedly"
+            if note.get("status") in (INTERRUPTED, FAILED, DIVERGED, CANCELLED) and note.get("reason"):
+                status, reason = note["status"], note["reason"]
             with contextlib.suppress(RunError):  # it may have finished between the two reads
-                self.transition(run_id, INTERRUPTED, reason="the training process stopped unexpectedly")
+                self.transition(run_id, status, reason=reason)
         return lost
 
     def delete(self, run_id: str) -> None:

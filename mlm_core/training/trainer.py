@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mlm_core.errors import Cancelled, Diverged, InputError
+from mlm_core.errors import Cancelled, Diverged, InputError, MemoryLimitError
 from mlm_core.masking import (
     CATEGORY_CODES,
     DrawPolicy,
@@ -41,7 +42,7 @@ from mlm_core.masking import (
 )
 from mlm_core.model.forward import masked_logits
 from mlm_core.text.corpus import Corpus
-from mlm_core.training import checkpoints
+from mlm_core.training import checkpoints, costs
 from mlm_core.training.config import TrainConfig, rate_schedule
 from mlm_core.training.data import prepare_data
 from mlm_core.training.scratch import LSTMForMaskedLM, build_model
@@ -391,6 +392,11 @@ class Trainer:
                 if attempt == MAX_OOM_RETRIES or self.micro_batches >= self.batch_size:
                     raise
                 self.micro_batches *= 2  # same effective batch, smaller pieces
+            except (MemoryError, RuntimeError) as exc:  # the CPU out of memory: end the run with a message
+                if not costs.out_of_cpu_memory(exc):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                raise MemoryLimitError(costs.out_of_memory_message(self.batch_size, self.config.seq_len, step + 1)) from None
         raise AssertionError("unreachable")
 
     def save_final_model(self) -> Path:
@@ -398,19 +404,23 @@ class Trainer:
         folder = self.out_dir / "model"
         tmp = self.out_dir / "model.tmp"
         model = self.accelerator.unwrap_model(self.model)
-        if isinstance(model, LSTMForMaskedLM):
-            tmp.mkdir(parents=True, exist_ok=True)
-            save_file(self._unique_tensors(), str(tmp / "lstm.safetensors"))
-            (tmp / "lstm_config.json").write_text(json.dumps(model.config))
-        else:
-            from mlm_core.model.loading import quiet_transformers
+        try:
+            if isinstance(model, LSTMForMaskedLM):
+                tmp.mkdir(parents=True, exist_ok=True)
+                save_file(self._unique_tensors(), str(tmp / "lstm.safetensors"))
+                (tmp / "lstm_config.json").write_text(json.dumps(model.config))
+            else:
+                from mlm_core.model.loading import quiet_transformers
 
-            with quiet_transformers():
-                model.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
+                with quiet_transformers():
+                    model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+        except Exception:
+            # A disk that fills up here leaves a half-written copy: it only takes space, and the run's
+            # checkpoints (kept until it is marked finished) are what it resumes from.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if folder.exists():
-            import shutil
-
             shutil.rmtree(folder)
         tmp.rename(folder)
         return folder

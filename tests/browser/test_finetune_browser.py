@@ -182,16 +182,20 @@ def test_runs_page_compares_two_finished_runs(page, finetune_url, tiny_model_dir
     import torch
 
     from mlm_core.training import TrainConfig, jobs
+    from ui.identity import XSRF_COOKIE, browser_owner
 
     store = RunStore(masklab_home / "runs")
-    threads = torch.get_num_threads()
+    page.goto(finetune_url.replace("/finetune", "/runs"))  # the first visit gives the browser its XSRF cookie,
+    page.get_by_text("No runs yet", exact=False).first.wait_for()
+    owner = browser_owner(next(c["value"] for c in page.context.cookies() if c["name"] == XSRF_COOKIE))
+    threads = torch.get_num_threads()  # which makes it the owner of the runs below: only an owner downloads
     torch.set_num_threads(1)
     try:
         for strategy, masking, lr in (("random", "dynamic", 1e-3), ("span", "static", 1e-2)):
             config = TrainConfig(model=str(tiny_model_dir), device="cpu", steps=6, batch_size=4, seq_len=32,
                                  lr=lr, eval_every=2, eval_blocks=8, strategy=strategy, masking=masking,
                                  corpus_name="tiny.txt")
-            record, _ = jobs.submit(store, config, corpus_bytes(), launch=False)
+            record, _ = jobs.submit(store, config, corpus_bytes(), launch=False, owner=owner)
             assert jobs.execute(store, record.id).status == "finished"
     finally:
         torch.set_num_threads(threads)

@@ -16,8 +16,11 @@ pytestmark = pytest.mark.integration
 
 CLOZE_TOP5_GOAL = 0.70  # the product's goal for the default model (see MODEL_CARD.md)
 # What the shipped adapter measures on each set: falling below it is a regression. The
-# confirmation set was used for no training decision (see MODEL_CARD.md).
-CLOZE_TOP5_SHIPPED = {"cloze_en.jsonl": 0.71, "cloze_en_confirm.jsonl": 0.70}
+# confirmation sets were used for no training decision (see MODEL_CARD.md).
+CLOZE_TOP5_SHIPPED = {"cloze_en.jsonl": 0.71, "cloze_en_confirm.jsonl": 0.70, "cloze_en_fresh.jsonl": 0.58}
+# The sets the first goal was set on; the fresh set is held to the next, higher bar, which
+# the card reports (it is not met yet, so no test can demand it).
+CLOZE_GOAL_SETS = ("cloze_en.jsonl", "cloze_en_confirm.jsonl")
 
 
 def cloze_items(name: str) -> list[dict]:
@@ -74,8 +77,10 @@ def test_cloze_items_are_well_formed(name, default_loaded):
 
 
 def test_cloze_sets_do_not_overlap():
-    first, confirm = ({item["text"] for item in cloze_items(name)} for name in CLOZE_TOP5_SHIPPED)
-    assert not first & confirm
+    sentences = [{item["text"].lower() for item in cloze_items(name)} for name in CLOZE_TOP5_SHIPPED]
+    for index, one in enumerate(sentences):
+        for other in sentences[index + 1 :]:
+            assert not one & other
 
 
 @pytest.mark.parametrize("name", CLOZE_TOP5_SHIPPED)
@@ -89,7 +94,7 @@ def test_cloze_top5_does_not_regress(name, cloze_scores):
     )
 
 
-@pytest.mark.parametrize("name", CLOZE_TOP5_SHIPPED)
+@pytest.mark.parametrize("name", CLOZE_GOAL_SETS)
 def test_default_model_clears_the_cloze_bar(name, cloze_scores):
     accuracy, misses = cloze_scores[name]
     assert accuracy >= CLOZE_TOP5_GOAL, f"{name} top-5 {accuracy:.1%}; misses:\n" + "\n".join(misses)

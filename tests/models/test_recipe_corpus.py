@@ -4,7 +4,8 @@ reordered or made longer than the training length allows."""
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recipes.default_model.build_corpus import SEGMENT_WORDS, packed, pieces
+from recipes.default_model import build_corpus
+from recipes.default_model.build_corpus import SEGMENT_WORDS, austen_novels, harvard_segments, packed, pieces
 
 words = st.text(alphabet="abcdefghij", min_size=1, max_size=8)
 sentences = st.builds(
@@ -35,3 +36,13 @@ def test_pieces_cut_at_sentence_ends():
     text = " ".join([sentence] * 10)
     four, two = " ".join([sentence] * 4), " ".join([sentence] * 2)
     assert list(pieces(text)) == [four, four, two]
+
+
+def test_sources_read_from_r_packages_are_skipped_when_not_unpacked(tmp_path, monkeypatch, capsys):
+    # The corpus still builds on a machine without the R data (the recipe says how to get it).
+    monkeypatch.setattr(build_corpus, "STRINGR_ROOTS", (tmp_path,))
+    monkeypatch.setattr(build_corpus, "AUSTEN_ROOTS", (tmp_path / "elsewhere",))
+    assert list(harvard_segments()) == []
+    assert list(austen_novels()) == []
+    said = capsys.readouterr().out
+    assert said.count("skipping") == 2 and "stringr" in said and "janeaustenr" in said

@@ -14,11 +14,14 @@ from mlm_core.training.store import RUNNING
 from support import APP
 
 
-def open_app_page(page: str | None, query: dict | None = None) -> AppTest:
-    """Run app.py (routed to ``page`` if given) with ``query`` in the URL; fail on any exception."""
+def open_app_page(page: str | None, query: dict | None = None, session: dict | None = None) -> AppTest:
+    """Run app.py (routed to ``page`` if given) with ``query`` in the URL and ``session`` in its session
+    state before the first run (e.g. who the browser is: ui.identity.SESSION_OWNER_KEY); fail on any exception."""
     app = AppTest.from_file(APP, default_timeout=120)  # model loading takes longer than the default 3 s
     for key, value in (query or {}).items():
         app.query_params[key] = value
+    for key, value in (session or {}).items():
+        app.session_state[key] = value
     if page:
         app.switch_page(page)
     app.run()

@@ -18,6 +18,7 @@ from support.corpora import corpus_bytes
 from mlm_core.training import TrainConfig, jobs
 from mlm_core.training.store import CANCELLED, FINAL_STATES, FINISHED, RUNNING
 from ui.corpus import UPLOAD
+from ui.identity import SESSION_OWNER_KEY
 
 PAGE = "app_pages/finetune.py"
 WAIT_S = 150  # a job process imports torch and transformers on a busy 2-core machine
@@ -180,8 +181,9 @@ def test_cancel_a_running_run_and_come_back_to_it(store, tiny_model_dir):
     while store.get(run_id).status != RUNNING or store.get(run_id).step == 0:  # a job that is really training
         assert time.monotonic() < deadline, "the job did not start training"
         time.sleep(1.0)
-    # A new session (a closed browser) re-attaches from the URL and can cancel.
-    again = open_page(run=run_id)
+    # A new session of the same browser (closed and opened again: the same owner) re-attaches from the URL
+    # and can cancel.
+    again = open_app_page(PAGE, {"run": run_id}, session={SESSION_OWNER_KEY: app.session_state[SESSION_OWNER_KEY]})
     assert any(run_id in m.value for m in again.markdown)
     again.button(key=f"cancel-{run_id}").click().run()
     record = wait_for_state(again, store, run_id, FINAL_STATES)
@@ -197,8 +199,9 @@ def test_unknown_run_in_the_url_is_a_message(store):
 
 def test_a_queued_run_from_elsewhere_is_followed(store, tiny_model_dir):
     config = TrainConfig(model=str(tiny_model_dir), steps=2, batch_size=2, seq_len=16, corpus_name="c.txt")
-    record, _ = jobs.submit(store, config, corpus_bytes(40), launch=False)
-    app = open_page(run=record.id)
+    owner = "browser:00000000000000aa"  # started in another tab of this browser
+    record, _ = jobs.submit(store, config, corpus_bytes(40), launch=False, owner=owner)
+    app = open_app_page(PAGE, {"run": record.id}, session={SESSION_OWNER_KEY: owner})
     bar = app.get("progress")[0]
     assert bar.value == 0 and "queued" in bar.text
     app.button(key=f"cancel-{record.id}").click().run()

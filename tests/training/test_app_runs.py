@@ -20,9 +20,11 @@ from support.corpora import corpus_bytes
 
 from mlm_core.training import TrainConfig, jobs
 from mlm_core.training.store import FINAL_STATES, FINISHED, INTERRUPTED, RUNNING, RunStore
+from ui.identity import SESSION_OWNER_KEY
 from ui.runs import LSTM_NOTE, TYPED
 
 PAGE = "app_pages/runs.py"
+OWNER = "browser:0123456789abcdef"  # the browser these tests open the page in; it started the runs
 WAIT_S = 150
 
 
@@ -45,7 +47,7 @@ def template_home(tmp_path_factory, tiny_model_dir):
             tiny_config(tiny_model_dir, strategy="whole-word", masking="static", lr=5e-4),
             tiny_config(None, model="scratch-lstm", steps=2, batch_size=2, seq_len=16, eval_every=1),
         ):
-            record, _ = jobs.submit(store, config, corpus_bytes(), launch=False)
+            record, _ = jobs.submit(store, config, corpus_bytes(), launch=False, owner=OWNER)
             assert jobs.execute(store, record.id).status == FINISHED
             time.sleep(0.01)  # distinct creation times: a stable order
     finally:
@@ -77,7 +79,7 @@ def runs_by_strategy(store) -> dict[str, str]:
 
 
 def open_page() -> AppTest:
-    return open_app_page(PAGE)
+    return open_app_page(PAGE, session={SESSION_OWNER_KEY: OWNER})
 
 
 def choose(app: AppTest, run_id: str) -> AppTest:
@@ -112,7 +114,7 @@ def test_table_lists_filters_and_sorts(store):
 
 def test_a_run_not_evaluated_yet_shows_blanks_not_none(store, tiny_model_dir):
     """The grid draws a missing number as "None": a column with gaps becomes text, blank in the gaps."""
-    jobs.submit(store, tiny_config(tiny_model_dir), corpus_bytes(), launch=False)  # queued: no loss yet
+    jobs.submit(store, tiny_config(tiny_model_dir), corpus_bytes(), launch=False, owner=OWNER)  # queued: no loss yet
     frame = table(open_page())
     assert len(frame) == 4 and frame.notna().all().all()
     assert sorted(frame["best held-out loss"])[0] == ""
@@ -208,7 +210,7 @@ def test_download_offers_the_model_zip(store):
 
 
 def test_resume_an_interrupted_run(store, tiny_model_dir):
-    record, _ = jobs.submit(store, tiny_config(tiny_model_dir, steps=6), corpus_bytes(), launch=False)
+    record, _ = jobs.submit(store, tiny_config(tiny_model_dir, steps=6), corpus_bytes(), launch=False, owner=OWNER)
     gone = subprocess.Popen(["true"])
     gone.wait()
     store.transition(record.id, RUNNING, pid=gone.pid)  # a job whose process died without a word
@@ -242,7 +244,7 @@ def test_delete_asks_for_confirmation_then_removes_the_files(store):
 
 
 def test_follow_a_queued_run_live_from_the_runs_page(store, tiny_model_dir):
-    record, _ = jobs.submit(store, tiny_config(tiny_model_dir), corpus_bytes(), launch=False)
+    record, _ = jobs.submit(store, tiny_config(tiny_model_dir), corpus_bytes(), launch=False, owner=OWNER)
     app = choose(open_page(), record.id)
     app.button(key="act-follow").click().run()
     assert not app.exception, app.exception
