@@ -55,6 +55,7 @@ from mlm_core.training.store import (
     RunStore,
     process_alive,
 )
+from ui.identity import SESSION_OWNER_KEY
 
 RESULTS = REPO / "benchmarks" / "results" / "chaos.json"
 KILLS = 20
@@ -612,7 +613,8 @@ def progress_step(app) -> int:
 
 def test_an_app_restarted_while_a_run_goes_on_reattaches_to_it(store, server, tiny_model_dir):
     config = settings(tiny_model_dir, steps=200_000, eval_every=25, checkpoint_every=1_000)
-    record, _ = jobs.submit(store, config, corpus_bytes(), launch=False)
+    browser = "browser:0123456789abcdef"  # the browser that started it comes back after the restart
+    record, _ = jobs.submit(store, config, corpus_bytes(), launch=False, owner=browser)
     app_pid = server.request(op="app", root=str(store.root), run=record.id)["app_pid"]
     # The app that launched the job exits; the job (its own session) goes on training.
     wait_for(lambda: not process_alive(app_pid), what="the old app process to exit")
@@ -630,7 +632,7 @@ def test_an_app_restarted_while_a_run_goes_on_reattaches_to_it(store, server, ti
     wait_for(lambda: fresh.get(record.id).step > again.step, what="the step to advance")
 
     try:
-        app = open_app_page("app_pages/runs.py")  # nothing in the URL: found from the store alone
+        app = open_app_page("app_pages/runs.py", session={SESSION_OWNER_KEY: browser})  # found from the store alone
         frame = app.dataframe[0].value.set_index("run")
         assert frame.loc[record.id, "status"] == RUNNING
         app.selectbox(key="runs-one").set_value(record.id).run()
