@@ -186,7 +186,7 @@ def test_runs_page_compares_two_finished_runs(page, finetune_url, tiny_model_dir
 
     store = RunStore(masklab_home / "runs")
     page.goto(finetune_url.replace("/finetune", "/runs"))  # the first visit gives the browser its XSRF cookie,
-    page.get_by_text("No runs yet", exact=False).first.wait_for()
+    page.get_by_role("heading", name="Runs", exact=True).wait_for()  # (runs of the test above may be listed)
     owner = browser_owner(next(c["value"] for c in page.context.cookies() if c["name"] == XSRF_COOKIE))
     threads = torch.get_num_threads()  # which makes it the owner of the runs below: only an owner downloads
     torch.set_num_threads(1)

@@ -31,6 +31,7 @@ from support.hostile import (
 )
 
 import mlm_core.explain.exploration
+from mlm_core.policy import reload_policy
 from mlm_core.text.corpus import MAX_CORPUS_BYTES
 from mlm_core.text.tokens import tokenize
 from mlm_core.training import TrainConfig, jobs
@@ -226,7 +227,18 @@ def queued_run_named(payload: str):
     return store, record
 
 
-def test_html_in_the_run_list_stays_literal():
+@pytest.fixture
+def models_shown(monkeypatch):
+    """A server that offers any model ('*'): the run list then shows every model's name as typed (the
+    default hides names browsers may not load), which is what these tests need to escape."""
+    monkeypatch.setenv("MASKLAB_MODEL_SOURCES", "*")
+    reload_policy()
+    yield
+    monkeypatch.undo()
+    reload_policy()
+
+
+def test_html_in_the_run_list_stays_literal(models_shown):
     # Row 8: HTML in the run list (a run's model and corpus names come from the user).
     store, record = queued_run_named(PAYLOAD)
     try:
@@ -239,7 +251,7 @@ def test_html_in_the_run_list_stays_literal():
         kill_running_jobs(store)
 
 
-def test_a_failed_runs_reason_stays_literal():
+def test_a_failed_runs_reason_stays_literal(models_shown):
     # Row 8, run list: a failed run's reason quotes the model name the user typed. Streamlit shows raw HTML
     # in Markdown as text, but Markdown itself is live: this name would render as a link and bold text.
     name = f"[click](https://example.org) **{PAYLOAD}**"
