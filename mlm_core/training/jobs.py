@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import sqlite3
 import subprocess
@@ -21,6 +20,8 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+
+from filelock import FileLock
 
 from mlm_core.errors import Cancelled, Diverged, MaskLabError, RunIndexRebuilt
 from mlm_core.policy import (
@@ -209,14 +210,10 @@ def submit(
     return store.get(record.id), created
 
 
-@contextlib.contextmanager
-def _launch_lock(store: RunStore):
-    with open(store.root / "launch.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _launch_lock(store: RunStore) -> FileLock:
+    """One launcher (or start check) at a time across processes and threads: a lock file in the store
+    (filelock: flock on POSIX, msvcrt on Windows; each call opens its own handle, so threads wait too)."""
+    return FileLock(store.root / "launch.lock")
 
 
 def launch_pending(store: RunStore) -> list[str]:

@@ -44,7 +44,6 @@ in the notice.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -56,6 +55,8 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from mlm_core.errors import InputError, RunError, RunIndexRebuilt
 from mlm_core.settings import shown_value
@@ -177,18 +178,17 @@ def clean_name(name: str | None) -> str | None:
 
 
 def process_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs (psutil: the same answer on Linux, macOS and Windows); a zombie (exited,
+    not yet reaped by its parent) counts as dead, one we may not inspect (another user's) as alive."""
+    import psutil
+
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) counts as dead
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
+    except psutil.AccessDenied:
         return True
 
 
@@ -311,27 +311,23 @@ class RunStore:
         replaced it since, it is set aside even though its header and schema read well).
         """
         path = self.root / INDEX_FILE
-        with open(self.root / INDEX_LOCK, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if damaged_inode is None:
-                    with closing(self._open_index()) as db:
-                        if self._index_usable(db):  # another process repaired it while we waited
-                            return
-                elif self._index_inode() != damaged_inode:  # another process rebuilt it while we waited
-                    return
-                folders = self._run_folders()
-                size = path.stat().st_size if path.exists() else 0
-                existed = path.exists() and not (absent and size == 0)
-                if not folders and size == 0:  # a new store: nothing to set aside or rebuild
-                    with closing(self._open_index()) as db:
-                        db.execute("PRAGMA journal_mode=WAL")
-                        db.executescript(SCHEMA)
-                    return
-                aside = self._set_aside(path) if existed else None
-                rebuilt, unreadable = self._build_index(folders)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with FileLock(self.root / INDEX_LOCK):  # one process repairs; the others wait, then find it done
+            if damaged_inode is None:
+                with closing(self._open_index()) as db:
+                    if self._index_usable(db):  # another process repaired it while we waited
+                        return
+            elif self._index_inode() != damaged_inode:  # another process rebuilt it while we waited
+                return
+            folders = self._run_folders()
+            size = path.stat().st_size if path.exists() else 0
+            existed = path.exists() and not (absent and size == 0)
+            if not folders and size == 0:  # a new store: nothing to set aside or rebuild
+                with closing(self._open_index()) as db:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(SCHEMA)
+                return
+            aside = self._set_aside(path) if existed else None
+            rebuilt, unreadable = self._build_index(folders)
         what = "missing" if not existed else "empty" if size == 0 else "damaged"
         self.rebuilt_notice = (
             f"The run list ({INDEX_FILE}) was {what}; "
