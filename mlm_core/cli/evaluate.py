@@ -22,7 +22,7 @@ from mlm_core.cli.common import (
     read_user_file,
     strategy_from_args,
 )
-from mlm_core.errors import MaskLabError
+from mlm_core.errors import InputError, MaskLabError
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +68,8 @@ def run_evaluate(args: argparse.Namespace) -> dict | Printed:
     base = ev.EvalConfig.from_strategy(strategy_from_args(args), heads)
     strategies = [name.strip() for name in (args.sweep_strategy or "").split(",") if name.strip()]
     configs = ev.sweep(base, ev.parse_rates(args.sweep_rate) if args.sweep_rate else (), strategies)
+    if args.seeds > ev.MAX_SEEDS:  # before the list of seeds is built: --seeds 10**12 must not fill memory
+        raise InputError(f"--seeds must be from 1 to {ev.MAX_SEEDS}; got {args.seeds:,}.")
     seeds = list(range(args.seed, args.seed + args.seeds))
     options = dict(seeds=seeds, with_pll=ev.WITH_PLL if args.pll is None else args.pll, cache_dir=cache_dir, reuse=not args.no_cache)
     bar = None

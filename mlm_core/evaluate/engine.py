@@ -426,7 +426,10 @@ def evaluate(
         if config.heads_off:
             parse_heads(loaded, config.heads_off)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cache_unwritable(root, exc, named=cache_dir is not None) from None
     if texts_hash is None and isinstance(texts, Sequence):
         texts_hash = hash_texts(texts)
     if total is None and isinstance(texts, Sequence):
@@ -450,9 +453,12 @@ def evaluate(
                 if (config, seed) in found:
                     continue
                 folder = root / f".tmp-{uuid.uuid4().hex}"
-                folder.mkdir()
-                for name, columns in (("sentences", SENTENCE_COLUMNS), ("tokens", TOKEN_COLUMNS)):
-                    (folder / f"{name}.csv").write_text(",".join(columns) + "\n", encoding="utf-8")
+                try:
+                    folder.mkdir()
+                    for name, columns in (("sentences", SENTENCE_COLUMNS), ("tokens", TOKEN_COLUMNS)):
+                        (folder / f"{name}.csv").write_text(",".join(columns) + "\n", encoding="utf-8")
+                except OSError as exc:  # a read-only or full disk, or a folder like /proc
+                    raise cache_unwritable(root, exc, named=cache_dir is not None) from None
                 pairs.append(_Pair(config, seed, config.build(), head_gates(loaded, config.heads_off), folder))
         if pairs:
             engine = _Engine(loaded, pairs, with_pll, max_tokens, progress, cancel, total)
@@ -476,6 +482,17 @@ def evaluate(
     entries = tuple(found[(c, s)] for c in configs for s in seeds)
     return EvalReport(loaded.name, entries, with_pll, loaded.device.type, time.monotonic() - started,
                       report_notices(entries, loaded))
+
+
+def cache_unwritable(root: Path, exc: OSError, named: bool) -> InputError:
+    """The error for an evaluation folder that cannot be written: the per-sentence rows are written there as
+    they are computed, so nothing can run without it. A folder the user named is named back; the server's
+    own folder (the Batch page) is not, since a browser user must not learn the server's paths."""
+    why = exc.strerror or type(exc).__name__
+    if named:
+        return InputError(f"--cache-dir {str(root)!r} cannot be written ({why}); choose a writable folder.")
+    return InputError(f"The evaluation folder cannot be written ({why}): the disk may be full or read-only. "
+                      "Try again later, or ask the operator to free space.")
 
 
 def report_notices(entries: Sequence[Entry], loaded: LoadedModel) -> tuple[str, ...]:

@@ -273,9 +273,29 @@ class RunStore:
             db.close()
 
     def _open_index(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.root / INDEX_FILE, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        """A connection to the index; RunError (not SQLite's "unable to open database file") when the file
+        cannot be opened at all: a folder in its place, or a read-only store that cannot create it or its WAL."""
+        path = self.root / INDEX_FILE
+        if path.is_dir():
+            raise RunError(f"The run store's index {INDEX_FILE} is a folder, not a file: move it away and the "
+                           "runs are found again from their folders.")
+        try:
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            try:  # opening is lazy: a file that cannot be opened fails here, not in the middle of a query
+                db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError:  # damage: for _index_usable to find and repair
+                pass
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                raise
+            writable = os.access(self.root, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+            why = "cannot be written (a read-only folder or file system)" if not writable else "cannot be opened"
+            raise RunError(f"The run store {why}: its runs cannot be listed or changed. Give MaskLab a "
+                           "writable MASKLAB_HOME (or --out folder).") from None
         return db
 
     @staticmethod
@@ -381,19 +401,26 @@ class RunStore:
                     db.execute(f"ALTER TABLE runs ADD COLUMN {extra} TEXT")
                     columns.add(extra)
             db.execute("BEGIN")
+            written = 0
             for row in rows:
                 row = {key: value for key, value in row.items() if key in columns}
-                db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                           tuple(row.values()))
+                try:
+                    db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                               tuple(row.values()))
+                except (OverflowError, sqlite3.Error):  # a value SQLite cannot hold (steps=10**30): left out
+                    continue
+                written += 1
             db.execute("COMMIT")
             db.execute("PRAGMA journal_mode=WAL")  # kept in the file's header
         building.replace(self.root / INDEX_FILE)
-        return len(rows), len(folders) - len(rows)
+        return written, len(folders) - written
 
     def _row_from_folder_or_none(self, folder: Path) -> dict | None:
         try:
             return self._row_from_folder(folder)
-        except (TypeError, ValueError, AttributeError):  # a status.json or metrics line of the wrong shape
+        # a status.json or metrics line of the wrong shape, numbers too big for anything, nesting too deep:
+        # one damaged folder is left out, never the reason the whole store cannot be read
+        except (TypeError, ValueError, AttributeError, OverflowError, RecursionError):
             return None
 
     def _row_from_folder(self, folder: Path) -> dict | None:

@@ -206,3 +206,19 @@ def test_any_huge_value_quoted_in_an_error_line_is_cut(tmp_path, capsys):
     for argv in (("runs", "list", "--bogus", "z" * 100_000), ("runs", "z\x1b[2J" * 20_000)):
         error = refused(capsys, *argv)
         assert len(error) < MAX_MESSAGE_CHARS + 100 and not terminal_active(error)
+
+
+def test_evaluate_refuses_too_many_seeds_before_building_them(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat.\n")
+    assert main(["evaluate", str(corpus), "--seeds", str(10**12), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --seeds must be from 1 to 20") and err.count("\n") == 1
+
+
+def test_evaluate_into_a_folder_it_cannot_write_is_one_clear_line(tmp_path, capsys, tiny_model_dir):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat.\n")
+    assert main(["evaluate", str(corpus), "--model", str(tiny_model_dir), "--cache-dir", "/proc"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --cache-dir '/proc' cannot be written") and err.count("\n") == 1

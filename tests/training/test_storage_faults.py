@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from support.corpora import corpus_bytes
 
-from mlm_core.errors import RunIndexRebuilt
+from mlm_core.errors import RunError, RunIndexRebuilt
 from mlm_core.training import TrainConfig, Trainer, checkpoints, jobs
 from mlm_core.training.store import (
     CANCELLED,
@@ -453,3 +453,46 @@ def test_the_runs_page_warns_once_that_the_run_list_was_rebuilt(template_root, t
         assert not app.exception and not [w for w in app.warning if "rebuilt" in w.value]  # once
     finally:
         clear_streamlit_caches()
+
+
+@pytest.mark.parametrize("damage_config", [
+    lambda config: {**config, "steps": 10**30},  # more than SQLite's integers hold
+    lambda config: "[" * 100_000 + "]" * 100_000,  # nesting deeper than the parser goes
+])
+def test_one_damaged_run_folder_is_left_out_of_a_rebuild_not_the_whole_store(template_root, tmp_path, damage_config):
+    template, ids = template_root
+    root = tmp_path / "runs"
+    shutil.copytree(template, root)
+    config_file = root / ids["finished"] / "config.json"
+    damaged = damage_config(json.loads(config_file.read_text()))
+    config_file.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    damage(root / INDEX_FILE, "garbage")
+    store = RunStore(root)
+    assert "2 unreadable folders left out" in store.rebuilt_notice
+    assert ids["finished"] not in {r.id for r in store.list()} and ids["interrupted"] in {r.id for r in store.list()}
+    assert len(list(root.glob(INDEX_FILE + ".corrupt-*"))) == 1  # rebuilt once, not at every opening
+
+
+def test_an_index_that_is_a_folder_is_a_clear_error(tmp_path):
+    from mlm_core.cli import main
+
+    (tmp_path / "runs" / INDEX_FILE).mkdir(parents=True)
+    with pytest.raises(RunError, match="is a folder, not a file"):
+        RunStore(tmp_path / "runs").list()
+    assert main(["runs", "list", "--out", str(tmp_path / "runs")]) == 2
+
+
+def test_a_store_sqlite_cannot_open_is_a_clear_error(tmp_path, monkeypatch):
+    """A read-only file system: SQLite says only "unable to open database file"."""
+    root = tmp_path / "runs"
+    RunStore(root)
+    real_connect = sqlite3.connect
+
+    def refuse(path, *args, **kwargs):
+        if Path(path).name == INDEX_FILE:
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(path, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", refuse)
+    with pytest.raises(RunError, match="cannot be opened: its runs cannot be listed or changed"):
+        RunStore(root).list()
