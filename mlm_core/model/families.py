@@ -1,5 +1,6 @@
 """What differs between masked-LM families, declared once.
 
+* ``SUPPORTED_MODEL_TYPES``: the model types a folder or hub id may name (``check_config`` in loading);
 * ``ROBERTA_FAMILY``: models whose position ids start after the padding index, so two
   positions of ``max_position_embeddings`` are never usable (``usable_positions``);
 * ``HEAD_ENTRIES``: the module that turns final hidden states (B, T, D) into logits, by
@@ -24,6 +25,9 @@ HEAD_ENTRIES = {
     "albert": "predictions",
     "lstm": "decoder",  # the trainer's LSTMForMaskedLM
 }
+# The transformers model types MaskLab loads (config.json's model_type); any other is refused before it is
+# built, since its config keys (layer counts, sizes) are not the ones the load checks know.
+SUPPORTED_MODEL_TYPES = ("albert", "bert", *ROBERTA_FAMILY, "distilbert", "modernbert")
 ATTENTION_OUTPUT_NAMES = ("out_lin", "dense", "o_proj", "out_proj", "Wo")  # DistilBERT out_lin, ModernBERT Wo
 
 

@@ -8,11 +8,15 @@ and any of its files may be a link to somewhere else on the machine. transformer
 all of it and allocate what the config says. Here:
 
 * ``check_links`` refuses links in the folder that lead outside it;
-* ``read_config_file`` reads config.json (at most ``MAX_CONFIG_BYTES``, UTF-8, a JSON object);
-* ``check_layer_counts`` compares every layer count in the config with
-  ``server_policy().max_model_layers`` (first: even an empty model of 100,000 layers is slow to build);
+* ``check_tokenizer_files`` refuses tokenizer files that are not regular files or are larger than
+  ``MAX_TOKENIZER_FILE_BYTES`` (parsing one costs twice its size in memory);
+* ``read_config_file`` reads config.json (at most ``MAX_CONFIG_BYTES``, UTF-8, a JSON object, finite numbers);
+* ``check_layer_counts`` compares every layer count in the config, and every other whole number whose
+  key names a repeat count (``REPEAT_WORDS``), with ``server_policy().max_model_layers`` (first: even an
+  empty model of 100,000 layers is slow to build);
 * ``read_weights`` reads each safetensors header (8-byte length, then JSON) and checks that its
-  tensors tile the file exactly, as the safetensors library itself requires;
+  tensors tile the file exactly, as the safetensors library itself requires; a shard index
+  (``*.safetensors.index.json``) may name only safetensors files of the folder itself;
 * ``check_model_size`` sizes the model from its config on torch's meta device (no memory) and
   refuses it when it would take more than ``server_policy().model_memory_fraction`` of the
   available memory, or when the config describes far more parameters than the weights hold.
@@ -43,11 +47,26 @@ MAX_CONFIG_DEPTH = 8  # nested sub-configs (text_config, vision_config, ...) sea
 # copies (checked later with a clearer message), but not most of the model.
 MAX_CONFIG_TO_WEIGHTS_RATIO = 2
 
+# Tokenizer files transformers may parse (any sentencepiece "*.model" too), refused above this size: the
+# largest real ones (multilingual tokenizer.json) are about 20 MB, and parsing takes twice the file in memory.
+MAX_TOKENIZER_FILE_BYTES = 64 * 1024 * 1024
+TOKENIZER_FILE_NAMES = frozenset({
+    "tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json",
+})
+SENTENCEPIECE_SUFFIX = ".model"  # spiece.model (ALBERT), sentencepiece.bpe.model (XLM-R, CamemBERT)
+# A shard index of a real checkpoint lists a few thousand tensors: well under a megabyte.
+MAX_WEIGHT_INDEX_BYTES = 16 * 1024 * 1024
+WEIGHT_INDEX_SUFFIX = ".safetensors.index.json"
+
 # Layer counts under the names model families use; any other integer key ending in "layers" counts too.
 LAYER_KEYS = frozenset({
     "num_hidden_layers", "num_layers", "n_layers", "n_layer", "encoder_layers", "decoder_layers",
     "num_encoder_layers", "num_decoder_layers", "num_hidden_groups", "inner_group_num", "block_sizes",
 })
+# Words in a key that make its whole-number value a count of repeated modules (num_self_attends_per_block,
+# depth, ...): each is bounded like a layer count, since each repeat is built even on the meta device.
+REPEAT_WORDS = ("layer", "block", "attend", "depth", "repeat", "group")
 
 # Bits per value of every dtype a safetensors header may name (safetensors 0.8).
 SAFETENSORS_DTYPE_BITS = {
@@ -95,6 +114,28 @@ def _leads_inside(link: Path, root: Path) -> bool:
         return False
 
 
+def check_tokenizer_files(folder: Path, name: str) -> None:
+    """Refuse tokenizer files that could block (a pipe, a device) or that are too large to parse.
+
+    Checked before anything is parsed; the folder's links were checked first (``check_links``).
+    """
+    for path in folder.iterdir():
+        if path.name not in TOKENIZER_FILE_NAMES and not path.name.endswith(SENTENCEPIECE_SUFFIX):
+            continue
+        try:
+            regular = path.is_file()
+            size = path.stat().st_size if regular else 0
+        except OSError:  # a link loop: check_links refused those, but the folder may change meanwhile
+            regular, size = False, 0
+        if not regular:
+            raise ModelLoadError(f"{path.name[:60]} in '{name}' is not a regular file; the tokenizer cannot be read.")
+        if size > MAX_TOKENIZER_FILE_BYTES:
+            raise ModelLoadError(
+                f"{path.name[:60]} in '{name}' is larger than {MAX_TOKENIZER_FILE_BYTES // 2**20} MB; a tokenizer's "
+                "files are a few MB."
+            )
+
+
 def read_config_file(folder: Path, name: str) -> dict:
     """config.json as a dict, read with bounds: one clear refusal for anything that is not a small JSON object."""
     path = folder / "config.json"
@@ -121,7 +162,29 @@ def read_config_file(folder: Path, name: str) -> dict:
         raise ModelLoadError(
             f"config.json in '{name}' is a JSON {type(config).__name__}, not an object of settings."
         )
+    check_finite(config, name)
     return config
+
+
+def check_finite(config: dict, name: str) -> None:
+    """Refuse a config holding NaN or an infinity anywhere (Python's JSON reads NaN, Infinity and 1e999):
+    ``layer_norm_eps: Infinity`` gives a model whose every prediction is uniform.
+
+    Walked without recursion: json.loads accepts nesting deeper than a recursive walk could follow.
+    """
+    pending = [("", config)]
+    while pending:
+        key, value = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            shown = f" ({key[:60]})" if key else ""
+            raise ModelLoadError(
+                f"config.json in '{name}' holds a number that is not finite{shown}: {value}. A model's "
+                "settings are finite numbers."
+            )
+        if isinstance(value, dict):
+            pending.extend((str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            pending.extend((key, v) for v in value)
 
 
 def layer_counts(config: dict, depth: int = 0):
@@ -133,6 +196,20 @@ def layer_counts(config: dict, depth: int = 0):
             yield from layer_counts(value, depth + 1)
         elif isinstance(key, str) and (key in LAYER_KEYS or key.endswith("layers")):
             yield key, value
+
+
+def repeat_counts(config: dict, depth: int = 0):
+    """(key, value) of every other whole number (or list of them) whose key names a repeat (``REPEAT_WORDS``)."""
+    if depth > MAX_CONFIG_DEPTH:
+        return
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from repeat_counts(value, depth + 1)
+        elif (isinstance(key, str) and key not in LAYER_KEYS and not key.endswith("layers")
+              and any(word in key.lower() for word in REPEAT_WORDS)):
+            values = value if isinstance(value, list) else [value]
+            if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                yield key, value
 
 
 def check_layer_counts(config: dict, name: str, max_layers: int) -> None:
@@ -152,6 +229,13 @@ def check_layer_counts(config: dict, name: str, max_layers: int) -> None:
         if sum(values) > max_layers:
             raise ModelLoadError(
                 f"'{name}' declares {sum(values):,} layers ({key}); this server loads models of at most "
+                f"{max_layers:,} layers (the operator's max_model_layers)."
+            )
+    for key, value in repeat_counts(config):
+        total = sum(value) if isinstance(value, list) else value
+        if total > max_layers or total < 0:
+            raise ModelLoadError(
+                f"'{name}' declares {total:,} repeats ({key[:60]}); this server loads models of at most "
                 f"{max_layers:,} layers (the operator's max_model_layers)."
             )
 
@@ -230,8 +314,45 @@ def _tensor_span(entry, where: str, tensor: str) -> tuple[int, int]:
     return begin, end
 
 
+def check_weight_indexes(folder: Path, name: str) -> None:
+    """Refuse a shard index (``model.safetensors.index.json``) naming any file but a safetensors file of the folder.
+
+    transformers opens every file an index's ``weight_map`` names, wherever it is: ``../../elsewhere``
+    would load another folder's weights, a pipe would block the load. A shard must be a plain file name
+    (no folder, no ``..``) of a regular ``*.safetensors`` file here, whose header ``read_weights`` checks.
+    """
+    for path in folder.iterdir():
+        if not path.name.endswith(WEIGHT_INDEX_SUFFIX):
+            continue
+        where = f"{path.name[:60]} in '{name}'"
+        try:
+            if not path.is_file():
+                raise ModelLoadError(f"{where} is not a regular file.")
+            with path.open("rb") as file:
+                raw = file.read(MAX_WEIGHT_INDEX_BYTES + 1)
+        except OSError as exc:
+            raise ModelLoadError(f"Cannot read {where}: {exc.strerror or exc}.") from None
+        if len(raw) > MAX_WEIGHT_INDEX_BYTES:
+            raise ModelLoadError(f"{where} is larger than {MAX_WEIGHT_INDEX_BYTES // 2**20} MB; a shard index is small.")
+        try:
+            index = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ModelLoadError(f"{where} is not a valid shard index (not JSON).") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ModelLoadError(f"{where} is not a valid shard index (no weight_map of file names).")
+        for shard in sorted(set(weight_map.values())):
+            plain = shard not in ("", ".", "..") and not any(c in shard for c in "/\\\0")
+            if not (plain and shard.endswith(".safetensors") and (folder / shard).is_file()):
+                raise ModelLoadError(
+                    f"{where} names weights ({shard[:60]!r}) that are not a safetensors file of the model folder; "
+                    "MaskLab reads only the folder's own files."
+                )
+
+
 def read_weights(folder: Path, name: str) -> WeightsSummary:
-    """What the folder's safetensors files hold, from their checked headers."""
+    """What the folder's safetensors files hold, from their checked headers (shard indexes checked first)."""
+    check_weight_indexes(folder, name)
     tensor_bytes = elements = files = 0
     widest: torch.dtype | None = None
     for path in sorted(folder.glob("*.safetensors")):

@@ -7,7 +7,9 @@ Hugging Face hub id or a finished run's model by its id (``run:ID``). Whatever t
   is refused before anything is unpickled;
 * no remote code: ``trust_remote_code=False``, and a config that asks for custom code
   (``auto_map``) is refused;
-* the model must be a masked LM with a mask token (GPT-2 and friends are refused);
+* the model must be a masked LM of a family MaskLab supports (``families.SUPPORTED_MODEL_TYPES``,
+  refused before anything is built) with a mask token and a vocabulary (GPT-2 and friends are refused);
+* one forward pass takes at most ``MAX_TOKENS_PER_PASS`` tokens, whatever positions the config claims;
 * eager attention, so attention weights come back;
 * device chosen automatically (CUDA when present, else CPU);
 * nothing is allocated before the files are checked (mlm_core.model.inspection): links out of the
@@ -38,12 +40,14 @@ import torch
 
 from mlm_core.errors import ModelLoadError
 from mlm_core.model.default_model import ADAPTER_DIR, ADAPTER_FILE, DEFAULT_MODEL_NAME, base_encoder_dir
-from mlm_core.model.families import model_type, usable_positions
+from mlm_core.model.families import SUPPORTED_MODEL_TYPES, model_type, usable_positions
 from mlm_core.model.inspection import (
     WeightsSummary,
+    check_finite,
     check_layer_counts,
     check_links,
     check_model_size,
+    check_tokenizer_files,
     first_line,
     read_config_file,
     read_weights,
@@ -52,6 +56,10 @@ from mlm_core.policy import server_policy
 from mlm_core.settings import shown_value
 
 MAX_LOADED_MODELS = 3  # each small model is ~100 MB; a class rarely uses more than two at once
+# Longest input of one forward pass, whatever the position table allows (rotary models such as ModernBERT
+# may claim a billion positions): the attention maps alone hold layers x heads x T x T values, 5 GB at
+# T = 25,000 on a small model. Longer texts are predicted in windows (explain.predict.plan_windows).
+MAX_TOKENS_PER_PASS = 1024
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -131,9 +139,9 @@ class LoadedModel:
 
     @property
     def max_length(self) -> int:
-        """Longest input the model accepts, special tokens included."""
+        """Longest input of one forward pass, special tokens included (never above ``MAX_TOKENS_PER_PASS``)."""
         positions = usable_positions(model_type(self.model), getattr(self.model.config, "max_position_embeddings", 512))
-        return min(positions, self.tokenizer.model_max_length or positions)
+        return min(positions, self.tokenizer.model_max_length or positions, MAX_TOKENS_PER_PASS)
 
     @property
     def num_layers(self) -> int:
@@ -271,6 +279,9 @@ def _load_uncached(name: str, device: torch.device) -> LoadedModel:
             "(GPT-2 and other left-to-right models cannot fill in blanks). Choose a BERT-like model."
         )
     check_tokenizer_fits(name, model, tokenizer)
+    # MaskLab cuts long texts into windows itself (predict.plan_windows): transformers' warning that a text
+    # is longer than the model would only print a stray line before MaskLab's own notice or error.
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     model.to(device).eval()
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=device)
 
@@ -332,6 +343,7 @@ def check_local_folder(folder: Path, name: str | None = None) -> CheckedFolder:
     if not is_folder:
         raise ModelLoadError(f"'{name}' is not a folder. Give a model folder or a hub id.")
     check_links(folder, name)  # first: nothing below may read a file that leads outside the folder
+    check_tokenizer_files(folder, name)
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"'{name}' is not a model folder: it has no config.json.")
     files = [p.name for p in folder.iterdir() if p.is_file()]
@@ -344,19 +356,30 @@ def check_local_folder(folder: Path, name: str | None = None) -> CheckedFolder:
             )
         raise ModelLoadError(f"'{name}' has no model weights (model.safetensors).")
     config = read_config_file(folder, name)
-    check_config(config, name)
+    check_config(config, name)  # the model type first: the layer checks know only the supported families' keys
     check_layer_counts(config, name, server_policy().max_model_layers)
     return CheckedFolder(config=config, weights=read_weights(folder, name))
 
 
 def check_config(config: dict, name: str) -> None:
-    """Refuse configs that ask for custom code."""
+    """Refuse configs that ask for custom code or name a model type outside ``SUPPORTED_MODEL_TYPES``.
+
+    Checked before anything is built: another family's config (Perceiver's
+    ``num_self_attends_per_block``, ...) sizes its model under keys the layer checks do not know.
+    """
     if not isinstance(config, dict):
         raise ModelLoadError(f"config.json of '{name}' is not an object of settings.")
     if config.get("auto_map") or config.get("trust_remote_code"):
         raise ModelLoadError(
             f"'{name}' asks to run its own code (auto_map in config.json). MaskLab never runs remote "
             "code; choose a model built into transformers."
+        )
+    kind = config.get("model_type")
+    if kind not in SUPPORTED_MODEL_TYPES:
+        shown = shown_value(kind, 40) if kind is not None else "no model_type"
+        raise ModelLoadError(
+            f"'{name}' cannot be loaded as a masked language model ({shown}): MaskLab loads the families "
+            f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}."
         )
 
 
@@ -455,7 +478,19 @@ def _load_source(name: str, folder: Path, device: torch.device):
         raise ModelLoadError(
             f"The tokenizer of '{name}' cannot be loaded ({type(exc).__name__}: {first_line(exc)})."
         ) from exc
+    check_tokenizer_has_words(name, tokenizer)
     return model, tokenizer
+
+
+def check_tokenizer_has_words(name: str, tokenizer) -> None:
+    """Refuse a tokenizer that knows only its special tokens: transformers builds one, without a word,
+    from a folder that lacks its vocabulary, and every prediction would be a special token."""
+    specials = set(tokenizer.all_special_tokens)
+    if not any(token not in specials for token in tokenizer.get_vocab()):
+        raise ModelLoadError(
+            f"The tokenizer of '{name}' has no words, only special tokens: its vocabulary file "
+            "(vocab.txt or tokenizer.json) is missing."
+        )
 
 
 def _config_from_dict(config: dict, name: str):
@@ -495,6 +530,7 @@ def _hub_config(name: str, local_only: bool):
     except RecursionError:
         raise ModelLoadError(f"config.json of '{name}' is nested too deeply to be a model's config.") from None
     settings = config.to_dict()
+    check_finite(settings, name)
     check_config(settings, name)
     check_layer_counts(settings, name, server_policy().max_model_layers)
     return config

@@ -8,6 +8,7 @@ Every hostile folder is a copy of the tiny BERT (tests/conftest.py) spoiled one 
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import shutil
@@ -20,8 +21,9 @@ import pytest
 
 from mlm_core.cli import main
 from mlm_core.errors import ModelLoadError
-from mlm_core.model.inspection import read_weights
-from mlm_core.model.loading import load_fresh, pick_device
+from mlm_core.model import inspection
+from mlm_core.model.inspection import MAX_TOKENIZER_FILE_BYTES, read_weights
+from mlm_core.model.loading import MAX_TOKENS_PER_PASS, load_fresh, pick_device
 from mlm_core.policy import reload_policy
 
 SENTENCE = "The cat sat on the [MASK]."
@@ -129,6 +131,34 @@ def unknown_model_type(folder: Path) -> None:
     edit_config(folder, model_type="<script>x</script>")
 
 
+def perceiver_of_100_000_self_attentions(folder: Path) -> None:
+    """Another family, sized under a key no layer check knows: building it took minutes and 4.7 GB."""
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "perceiver", "num_latents": 4, "d_latents": 8, "d_model": 8, "num_blocks": 1,
+        "num_self_attends_per_block": 100_000, "num_self_attention_heads": 1, "num_cross_attention_heads": 1,
+        "vocab_size": 39, "max_position_embeddings": 64,
+    }))
+
+
+def repeat_count_under_an_unknown_key(folder: Path) -> None:
+    edit_config(folder, num_self_attends_per_block=100_000)
+
+
+def infinite_layer_norm_epsilon(folder: Path) -> None:
+    text = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(re.sub(r'"layer_norm_eps": [^,}]+', '"layer_norm_eps": Infinity', text))
+
+
+def nan_in_a_nested_setting(folder: Path) -> None:
+    text = (folder / "config.json").read_text().rstrip()
+    (folder / "config.json").write_text(text[:-1] + ', "extra": {"scales": [1.0, NaN]}}')
+
+
+def number_too_large_for_a_float(folder: Path) -> None:
+    text = (folder / "config.json").read_text().rstrip()
+    (folder / "config.json").write_text(text[:-1] + ', "initializer_range": 1e999}')
+
+
 # --- safetensors -------------------------------------------------------------------------------
 
 
@@ -193,7 +223,43 @@ def unknown_dtype(folder: Path) -> None:
     write_header(path, header, data)
 
 
+def shard_index(folder: Path, shard: str) -> None:
+    """The weights renamed to decoy.safetensors, and an index mapping every tensor to ``shard``."""
+    _, header, _ = split_safetensors(folder / "model.safetensors")
+    (folder / "model.safetensors").rename(folder / "decoy.safetensors")
+    weight_map = {tensor: shard for tensor in header if tensor != "__metadata__"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def shard_index_leading_outside(folder: Path) -> None:
+    outside = folder.parent / f"{folder.name}-outside"  # another model's weights, next to the folder
+    outside.mkdir()
+    shutil.copy(folder / "model.safetensors", outside / "model.safetensors")
+    shard_index(folder, f"../{outside.name}/model.safetensors")
+
+
+def shard_index_naming_a_pipe(folder: Path) -> None:
+    shard_index(folder, "shard.safetensors")
+    os.mkfifo(folder / "shard.safetensors")  # opening it would wait for a writer forever
+
+
 # --- tokenizer ---------------------------------------------------------------------------------
+
+
+def tokenizer_file_of_65_mb(folder: Path) -> None:
+    with (folder / "tokenizer.json").open("r+b") as file:
+        file.truncate(MAX_TOKENIZER_FILE_BYTES + 1)  # sparse: large to stat, nothing on disk
+
+
+def tokenizer_file_a_pipe(folder: Path) -> None:
+    (folder / "tokenizer.json").unlink()
+    os.mkfifo(folder / "tokenizer.json")
+
+
+def no_vocabulary(folder: Path) -> None:
+    """Only tokenizer_config.json: transformers builds a tokenizer of special tokens alone."""
+    (folder / "vocab.txt").unlink()
+    (folder / "tokenizer.json").unlink()
 
 
 def mask_id_past_the_vocabulary(folder: Path) -> None:
@@ -237,7 +303,18 @@ HOSTILE: dict[str, tuple[Callable[[Path], None], str]] = {
     "vocabulary the weights do not hold": (vocabulary_the_weights_do_not_hold, "does not match the weights"),
     "vocabulary one short": (vocabulary_one_short, "do not have the shapes its config.json gives"),
     "zero attention heads": (zero_heads, "does not describe a model that can be built"),
-    "unknown model type": (unknown_model_type, "not a model type transformers knows"),
+    "unknown model type": (unknown_model_type, "cannot be loaded as a masked language model .*script"),
+    "Perceiver of 100,000 self-attentions": (
+        perceiver_of_100_000_self_attentions, r"masked language model \('perceiver'\): MaskLab loads .*bert",
+    ),
+    "repeat count under an unknown key": (
+        repeat_count_under_an_unknown_key, r"declares 100,000 repeats \(num_self_attends_per_block\)",
+    ),
+    "layer_norm_eps Infinity": (infinite_layer_norm_epsilon, r"not finite \(layer_norm_eps\)"),
+    "NaN in a nested setting": (nan_in_a_nested_setting, r"not finite \(scales\)"),
+    "1e999": (number_too_large_for_a_float, r"not finite \(initializer_range\)"),
+    "shard index leading outside": (shard_index_leading_outside, "names weights .* not a safetensors file of the model folder"),
+    "shard index naming a pipe": (shard_index_naming_a_pipe, "names weights .* not a safetensors file of the model folder"),
     "header length past the end": (header_length_past_the_end, "header length does not fit the file"),
     "header length zero": (header_length_zero, "header length does not fit the file"),
     "weights of 2 bytes": (too_short, "not a safetensors file"),
@@ -249,6 +326,9 @@ HOSTILE: dict[str, tuple[Callable[[Path], None], str]] = {
     "unknown dtype": (unknown_dtype, "unknown dtype"),
     "mask id past the vocabulary": (mask_id_past_the_vocabulary, "mask token id 58.* only 39 entries"),
     "tokenizer larger than the vocabulary": (tokenizer_larger_than_the_vocabulary, "has 59 tokens.* only 39"),
+    "tokenizer.json of 65 MB": (tokenizer_file_of_65_mb, "tokenizer.json .* is larger than 64 MB"),
+    "tokenizer.json a pipe": (tokenizer_file_a_pipe, "tokenizer.json .* is not a regular file"),
+    "no vocabulary": (no_vocabulary, r"no words, only special tokens.*\(vocab.txt or tokenizer.json\) is missing"),
 }
 
 
@@ -389,3 +469,53 @@ def test_the_cache_knows_a_folder_by_its_resolved_path_and_other_models_by_name(
     assert model_identity(DEFAULT_MODEL_NAME) == DEFAULT_MODEL_NAME
     assert model_identity("run:abc") == "run:abc"  # a run is known by its reference, never by its folder
     assert model_identity("org/hub-model") == "org/hub-model"
+
+
+def test_nothing_is_built_before_the_cheap_checks(hostile_folders, tiny_model_dir, monkeypatch):
+    """Model type, repeat counts, finite numbers and shard indexes are refused before the meta-device build."""
+    built = []
+    size_from_config = inspection.size_from_config
+    monkeypatch.setattr(inspection, "size_from_config", lambda *a, **k: built.append(a) or size_from_config(*a, **k))
+    for case in ("Perceiver of 100,000 self-attentions", "repeat count under an unknown key", "100,000 layers",
+                 "layer_norm_eps Infinity", "shard index leading outside", "tokenizer.json of 65 MB"):
+        with pytest.raises(ModelLoadError):
+            load_fresh(str(hostile_folders[case]), device="cpu")
+    assert built == []
+    load_fresh(str(tiny_model_dir), device="cpu")
+    assert len(built) == 1  # the build is where these folders would have gone next
+
+
+def test_shards_named_by_an_index_inside_the_folder_load(tiny_model_dir, tmp_path):
+    folder = copy_model(tiny_model_dir, tmp_path / "sharded")
+    shard_index(folder, "decoy.safetensors")
+    assert load_fresh(str(folder), device="cpu").vocab_size == 39
+
+
+def build_tiny_modernbert(source: Path, folder: Path, positions: int) -> Path:
+    """A tiny rotary ModernBertForMaskedLM claiming ``positions`` positions, with ``source``'s tokenizer."""
+    import torch
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    torch.manual_seed(0)
+    config = ModernBertConfig(
+        vocab_size=39, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=positions, pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2,
+        eos_token_id=3,
+    )
+    ModernBertForMaskedLM(config).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(source / name, folder / name)
+    return folder
+
+
+def test_a_rotary_model_claiming_a_billion_positions_predicts_long_text_in_windows(tiny_model_dir, tmp_path, capsys):
+    """25,000 tokens in one pass took 5 GB of attention maps; they go through windows of MAX_TOKENS_PER_PASS."""
+    folder = build_tiny_modernbert(tiny_model_dir, tmp_path / "modernbert", positions=1_000_000_000)
+    loaded = load_fresh(str(folder), device="cpu")
+    assert loaded.max_length == MAX_TOKENS_PER_PASS
+    text = "the cat sat on the mat . " * 600 + "the [MASK] sat ."  # about 3,600 tokens
+    capsys.readouterr()
+    status = main(["predict", "--model", str(folder), text])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert f"window of {MAX_TOKENS_PER_PASS} tokens" in out + err
