@@ -24,7 +24,7 @@ from ui.common import (
     show_error,
 )
 from ui.corpus import corpus_input
-from ui.finetune import schedule_controls, training_settings
+from ui.finetune import schedule_controls, tensorboard_note, training_settings
 from ui.identity import current_owner
 from ui.strategy import masking_controls
 
@@ -133,4 +133,5 @@ with top:
     if following:
         st.caption(f"Following run {following}. It goes on if you leave; come back here or to the Runs page "
                    "to see it.")
+        tensorboard_note(store, following)
         run_ui.follow(store, following)

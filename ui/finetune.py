@@ -13,9 +13,11 @@ import dataclasses
 
 import streamlit as st
 
+from mlm_core.errors import MaskLabError
 from mlm_core.settings import ParamSpec
 from mlm_core.training import CHECKPOINT_EVALS, EVALUATIONS_PER_RUN, TrainConfig
 from mlm_core.training.config import DEFAULT_EPOCHS
+from mlm_core.training.tracking import TENSORBOARD_FOLDER, missing_package_message, tensorboard_command
 from ui.common import UrlField, restore_from_url, save_to_url
 
 LENGTH_UNITS = ("steps", "epochs")
@@ -91,6 +93,9 @@ def training_fields(layers: int | None, max_len: int, key: str = "ft") -> dict[s
         UrlField(f"{key}-freeze", ParamSpec("freeze", "multi_choice", (), "", choices=parts), read=list),
         UrlField(f"{key}-eval", _spec("eval_every", default=0, min=0)),  # 0: TrainConfig.cadence decides
         UrlField(f"{key}-ckpt", CHECKPOINT_EVALS),
+        # A checkbox for TensorBoard; the link keeps TrainConfig's list of trackers (the CLI's --log-with).
+        UrlField(f"{key}-tensorboard", _spec("log_with"), read=lambda names: "tensorboard" in names,
+                 write=lambda on: ("tensorboard",) if on else ()),
     )
     return {field.key: field for field in fields}
 
@@ -116,7 +121,29 @@ def training_settings(key: str, layers: int | None, max_len: int) -> dict:
         every = _number(st, f"Evaluate every N steps (0: about {EVALUATIONS_PER_RUN} evaluations per run)",
                         spec["eval"], f"{key}-eval")
         keep = _number(st, "Checkpoint every N evaluations", spec["ckpt"], f"{key}-ckpt")
+        tensorboard = st.checkbox("Log to TensorBoard", key=f"{key}-tensorboard",
+                                  help="Each evaluation's metrics also go to TensorBoard event files in the run "
+                                  "folder (tensorboard/), for `tensorboard --logdir`.")
+    log_with = ("tensorboard",) if tensorboard else ()
+    if missing := missing_package_message(log_with):  # Start would refuse it: say so next to the box
+        st.warning(missing)
     save_to_url(fields.values())
     return dict(steps=steps, epochs=epochs, batch_size=batch, seq_len=seq_len, lr=lr, freeze=freeze,
-                **TrainConfig.cadence(steps, every or None, keep))
+                log_with=log_with, **TrainConfig.cadence(steps, every or None, keep))
 
+
+def tensorboard_note(store, run_id: str) -> None:
+    """For a run that logs to TensorBoard, the command that opens its logs.
+
+    Written with ``$MASKLAB_HOME`` and the run id, never the server's real folder: a browser user of a
+    shared server is not told its paths. Example: ``tensorboard --logdir $MASKLAB_HOME/runs/ab12/tensorboard``.
+    """
+    try:
+        record = store.get(run_id)
+    except MaskLabError:  # the run is gone: the follow panel below says so
+        return
+    if "tensorboard" not in (record.config or {}).get("log_with", ()):
+        return
+    st.caption(f"This run logs each evaluation to TensorBoard ({TENSORBOARD_FOLDER}/ in its folder). To open it on "
+               "the machine that runs MaskLab (`$MASKLAB_HOME` is MaskLab's folder there, `~/.masklab` unless set):")
+    st.code(tensorboard_command(f"$MASKLAB_HOME/runs/{run_id}"), language="bash")

@@ -25,6 +25,7 @@ from mlm_core.errors import InputError
 from mlm_core.masking import DrawPolicy, RateSchedule, base_rate, strategy_from_params
 from mlm_core.settings import ParamSpec, Validated, param, param_specs
 from mlm_core.text.corpus import TEXT_UNITS
+from mlm_core.training.tracking import TRACKERS
 
 EVALUATIONS_PER_RUN = 20  # the automatic cadence: enough points for a curve, little time spent on them
 STEPS_ASSUMED_FOR_EPOCHS = 1000  # a run counted in epochs has no step count before its corpus is packed
@@ -106,6 +107,10 @@ class TrainConfig(Validated):
     seed: int = field(default=0, metadata=param("Seed of the data order, the masks and the dropout.", min=0,
                                                 max=MAX_SEED))
     device: str | None = None  # None: GPU when present
+    log_with: tuple[str, ...] = field(default=(), metadata=param(
+        "Experiment trackers that log each evaluation, inside the run folder and offline "
+        "(tensorboard: <run>/tensorboard, mlflow: <run>/mlruns, wandb: offline in <run>/wandb).",
+        choices=TRACKERS))
 
     def _check(self) -> None:
         if self.steps is None and self.epochs is None:
