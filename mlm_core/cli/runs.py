@@ -18,6 +18,9 @@ failed or diverged, ``EXIT_RUN_INTERRUPTED`` (4) for a run that can be resumed (
 read-only folder), ``EXIT_RUN_CANCELLED`` (5). Settings refused before the run starts (a seed out
 of range) exit 2 like any bad input. A run index found empty or damaged is rebuilt from the run
 folders, with one ``note:`` line on stderr.
+
+Under ``torchrun`` / ``accelerate launch`` (WORLD_SIZE > 1), ``train`` and ``runs resume`` train one
+run with every process (``_train_together``): the main process alone uses the run store and prints.
 """
 
 from __future__ import annotations
@@ -113,8 +116,12 @@ def add_setting_flag(parser, spec: ParamSpec, name: str) -> None:
 
     default = "" if spec.default is None else f" (default {spec.format(spec.default)})"
     metavar = "{" + ",".join(spec.choices) + "}" if spec.choices else spec.kind.upper()
+    # Several choices (--log-with): the flag repeated, or a comma list, or both; each use adds its items.
+    several = {"action": "extend"} if spec.kind == "multi_choice" else {}
+    if several:
+        default = "; repeat the flag or give a comma list" + (default if spec.default else "")
     parser.add_argument(f"--{name.replace('_', '-')}", dest=spec.name, type=parse, default=None, metavar=metavar,
-                        help=(spec.help.rstrip(".") + default).replace("%", "%%"))  # argparse %-formats help
+                        help=(spec.help.rstrip(".") + default).replace("%", "%%"), **several)  # argparse %-formats
 
 
 def train_config_from_args(args: argparse.Namespace, corpus_name: str):
@@ -158,7 +165,11 @@ def _final_record(store, record) -> dict:
 
     data = record.as_dict()
     data["name"] = run_name(record)
-    data["best_eval"], data["final_eval"] = best_and_final(store.metrics(record.id))
+    metrics = store.metrics(record.id)
+    data["best_eval"], data["final_eval"] = best_and_final(metrics)
+    # Processes that trained it (torchrun / accelerate launch): the last evaluation's, else the launch's.
+    data["world_size"] = next((m["world_size"] for m in reversed(metrics) if "world_size" in m),
+                              record.config.get("world_size", 1))
     return data
 
 
@@ -254,11 +265,59 @@ def run_train(args: argparse.Namespace) -> dict | Printed:
 def _train(args: argparse.Namespace) -> dict | Printed:
     from mlm_core.training.jobs import submit
 
-    corpus_bytes = read_user_file(args.corpus, "corpus file")
-    config = train_config_from_args(args, Path(args.corpus).name)
-    store = _store(args)
-    record, _ = submit(store, config, corpus_bytes, launch=False)
-    return _run_foreground(store, record.id, args.json, "created")
+    def create():
+        corpus_bytes = read_user_file(args.corpus, "corpus file")
+        config = train_config_from_args(args, Path(args.corpus).name)
+        store = _store(args)
+        record, _ = submit(store, config, corpus_bytes, launch=False, world_size=launched_processes())
+        return store, record.id
+
+    if launched_processes() > 1:
+        return _train_together(args, create, "created")
+    store, run_id = create()
+    return _run_foreground(store, run_id, args.json, "created")
+
+
+def launched_processes() -> int:
+    """How many processes torchrun / accelerate launch started for this command (1 without either)."""
+    import os
+
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def _train_together(args: argparse.Namespace, start, first_event: str) -> dict | Printed:
+    """One run trained by every process of a torchrun / accelerate launch group.
+
+    The main process (rank 0) alone reads the corpus and the run store: ``start()`` creates (or
+    resumes) the run there, and it sends the others the run's id, settings and corpus; they train
+    their share of each batch and write and print nothing (``jobs.follow``). Every process exits
+    with the run's status; a refusal before the run starts exits every process as the main one.
+    """
+    import sqlite3
+
+    import torch
+    from accelerate import PartialState
+
+    from mlm_core.cli.common import EXIT_BUG
+    from mlm_core.training.jobs import CORPUS_FILE, follow, share_from_main
+
+    state = PartialState(cpu=getattr(args, "device", None) == "cpu" or not torch.cuda.is_available())  # CPU: a gloo group
+    if not state.is_main_process:
+        shared = share_from_main(None)
+        if "exit_code" in shared:
+            return Printed(exit_code=shared["exit_code"])
+        status = follow(shared["run_id"], shared["config"], shared["corpus"], shared["folder"])
+        return Printed(exit_code=EXIT_FOR_STATUS.get(status, 0))
+    try:
+        store, run_id = start()
+    except BaseException as exc:
+        bad_input = isinstance(exc, MaskLabError | OSError | sqlite3.Error | SystemExit)
+        share_from_main({"exit_code": EXIT_BAD_INPUT if bad_input else EXIT_BUG})
+        raise
+    record, folder = store.get(run_id), store.folder(run_id)
+    share_from_main({"run_id": run_id, "config": record.config, "corpus": (folder / CORPUS_FILE).read_bytes(),
+                     "folder": str(folder)})
+    return _run_foreground(store, run_id, args.json, first_event)
 
 
 def add_runs_arguments(parser: argparse.ArgumentParser) -> None:
@@ -278,6 +337,15 @@ def run_runs(args: argparse.Namespace) -> dict | Printed:
 def _runs(args: argparse.Namespace) -> dict | Printed:
     from mlm_core.training import jobs
 
+    if args.action == "resume" and launched_processes() > 1:  # every process trains it, the main one resumes it
+        def start():
+            store = _store(args)
+            jobs.resume(store, args.run_id, launch=False)
+            return store, args.run_id
+
+        if not args.run_id:
+            raise MaskLabError("runs resume needs a run id (see `python -m mlm_core runs list`).")
+        return _train_together(args, start, "resumed")
     store = _store(args)
     if args.action == "list":
         return {"runs": [_final_record(store, r) for r in store.list()]}

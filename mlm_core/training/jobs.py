@@ -30,7 +30,7 @@ from mlm_core.policy import (
     server_policy,
 )
 from mlm_core.text.corpus import Corpus, read_corpus
-from mlm_core.training import checkpoints, ownership
+from mlm_core.training import checkpoints, ownership, tracking
 from mlm_core.training.config import TrainConfig
 from mlm_core.training.costs import check_memory, format_bytes, others_load, read_pace, write_pace
 from mlm_core.training.data import split_texts
@@ -182,18 +182,21 @@ def submit(
     owner: str | None = None,
     policy: ServerPolicy | None = None,
     estimated_s: float | None = None,
+    world_size: int = 1,
 ) -> tuple[RunRecord, bool]:
     """Validate, store and (by default) launch a run of ``owner``. Returns (run, created).
 
     The same ``request_id`` twice (a double click on Start) gives the same run. ``owner`` defaults
     to the machine's own user (ownership.local_owner); a start past one of the operator's limits
     (ownership.check_start: queue, runs per owner, disk, a browser run's estimated time) is a RunError
-    saying which.
+    saying which. ``world_size``: the processes that will train it (torchrun / accelerate launch), kept
+    in its config when more than one.
     """
     owner = owner or ownership.local_owner()
     corpus = read_corpus(corpus_bytes, config.corpus_name, config.corpus_column, config.text_unit)  # CorpusError
     split_texts(corpus.texts, config.heldout_fraction)  # too small to hold a text out: say so now, not in the job
     check_memory(config)  # a batch the machine cannot hold is refused here, not by the kernel's OOM killer
+    tracking.check_installed(config.log_with)  # a tracker's missing package: said now, not as a failed run
     existing = store._find_request(request_id) if request_id else None
     if existing is not None:  # a second click on Start is answered with the run, not with a limit
         return existing, False
@@ -202,7 +205,8 @@ def submit(
         ownership.check_start(store, owner, len(corpus_bytes), policy, estimated_s=estimated_s,
                               disk_bytes=ownership.peak_disk_bytes(config.to_dict(), 0))
         # The corpus is in the folder before the run exists: a racing launcher never starts it without one.
-        record, created = store.create(config.to_dict(), request_id, files={CORPUS_FILE: corpus_bytes}, owner=owner)
+        stored_config = config.to_dict() | ({"world_size": world_size} if world_size > 1 else {})
+        record, created = store.create(stored_config, request_id, files={CORPUS_FILE: corpus_bytes}, owner=owner)
         if created:
             ownership.note_disk_use(store.root, len(corpus_bytes))
     if launch:
@@ -271,6 +275,12 @@ def load_corpus(store: RunStore, run_id: str, config: TrainConfig) -> Corpus:
 def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] | None = None) -> RunRecord:
     """Train run ``run_id`` in this process until it reaches a final state, and return its record.
 
+    Under torchrun / accelerate launch this is the main process's part (see ``follow`` for the
+    others'): once training has ended on every process together (finished, cancelled, diverged, or
+    an error the processes agreed to stop on), the run's final state is sent to them, so that every
+    process exits with the same status. An error on one process only ends it without that, and the
+    launcher stops the others.
+
     Every outcome becomes a state with a one-line reason (RunError only when the run cannot be
     started here; KeyboardInterrupt goes on after the run is marked interrupted):
 
@@ -295,6 +305,50 @@ def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] |
             record = store.get(run_id)
     if record.status != RUNNING or process_alive(record.pid) and record.pid != os.getpid():
         raise RunError(f"Run {run_id} is {record.status}; it cannot be started here.")
+    ended_together: list[bool] = []  # set once the processes' training has ended at the same point
+    record = _execute_started(store, record, printer, ended_together)
+    if ended_together:
+        share_from_main(record.status)
+    return record
+
+
+def share_from_main(value):
+    """``value`` of the main process, on every process of a torchrun / accelerate launch group (one broadcast)."""
+    from accelerate.utils import broadcast_object_list
+
+    shared = [value]
+    broadcast_object_list(shared, from_process=0)
+    return shared[0]
+
+
+def follow(run_id: str, config: dict, corpus_bytes: bytes, folder: str) -> str:
+    """A non-main process's part of run ``run_id`` (torchrun / accelerate launch); returns the run's final state.
+
+    It trains its share of every batch (see ``trainer``) and writes nothing: no store row, no file
+    (no data cache, no checkpoint). ``config``, ``corpus_bytes`` and the main process's
+    ``folder`` come from the main process, which reads the store: it may be on another machine.
+    An error on this process alone returns failed at once (the launcher then stops the others).
+    """
+    trainer_config = TrainConfig.from_dict(config)
+    trainer: Trainer | None = None
+    try:
+        corpus = read_corpus(corpus_bytes, trainer_config.corpus_name, trainer_config.corpus_column,
+                             trainer_config.text_unit)
+        trainer = Trainer(trainer_config, corpus, Path(folder), TrainingCallbacks(), cache_dir=None)
+        trainer.run()
+    except BaseException as exc:
+        if trainer is None or not trainer.ended_together:
+            if not isinstance(exc, MaskLabError | KeyboardInterrupt):  # its traceback for the launcher's log
+                traceback.print_exc()
+            if isinstance(exc, Exception):
+                return FAILED  # this process's own failure
+            raise
+    return share_from_main(None)  # ended with the others: the main process says in which final state
+
+
+def _execute_started(store: RunStore, record: RunRecord, printer, ended_together: list[bool]) -> RunRecord:
+    """``execute`` once the run is this process's: train it and turn the outcome into its final state."""
+    run_id = record.id
     folder = store.folder(run_id)
     checkpoints.sweep_temporaries(folder / "checkpoints")
     callbacks = StoreCallbacks(store, run_id, printer)
@@ -339,6 +393,9 @@ def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] |
             return _set_state(store, record, INTERRUPTED, reason=reason, step=callbacks.step)
         return _set_state(store, record, FAILED, reason=failure_reason(exc, trainer, callbacks.step),
                           step=callbacks.step)
+    finally:
+        if trainer is not None and trainer.processes > 1 and trainer.ended_together:
+            ended_together.append(True)
 
 
 def _log_traceback(folder: Path) -> None:

@@ -6,7 +6,18 @@ warm-up and linear decay → metrics and checkpoints through callbacks. Nothing 
 Streamlit or the run store; ``jobs.py`` binds the callbacks to the store.
 
 Accelerate carries the device handling (GPU with bf16 autocast when present, else CPU) and
-lets ``accelerate launch`` run the same code on several GPUs.
+lets ``torchrun`` / ``accelerate launch`` run the same code in several processes (DDP; gloo on the
+CPU, NCCL on GPUs). Each process takes every ``num_processes``-th row of the step's global batch,
+from its ``process_index`` on, and masks those rows itself: a row's draw depends only on (seed,
+epoch, row) (``DrawPolicy``), never on the process, so the union of the processes' masks is the
+one-process run's. Each process's loss is its rows' summed token losses over the masked tokens
+of the GLOBAL batch (one all-reduce of the count), times ``num_processes`` because DDP averages
+gradients: the gradient is the one-process run's. Every process seeds the same dropout RNG, so a
+run with dropout draws other dropout masks than a one-process run (the draws per row differ); with
+dropout off the losses are the one-process run's. Adaptive masking's per-token losses are kept per
+process, from its own rows. Only the main process evaluates, reports through the callbacks and
+writes checkpoints and the final model; its ``should_stop`` (and any error in that reporting) is
+agreed by all processes before each step, so all stop at the same step.
 
 Resuming is exact on the CPU. The data order, every mask and the learning rate depend only on
 (seed, epoch, block, step), so nothing but the step is saved for them; a checkpoint holds the
@@ -42,7 +53,7 @@ from mlm_core.masking import (
 )
 from mlm_core.model.forward import masked_logits
 from mlm_core.text.corpus import Corpus
-from mlm_core.training import checkpoints, costs
+from mlm_core.training import checkpoints, costs, tracking
 from mlm_core.training.config import TrainConfig, rate_schedule
 from mlm_core.training.data import prepare_data
 from mlm_core.training.scratch import LSTMForMaskedLM, build_model
@@ -107,7 +118,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.callbacks = callbacks or TrainingCallbacks()
         use_cpu = config.device == "cpu" or not torch.cuda.is_available()
-        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else "bf16")
+        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else "bf16",
+                                       **tracking.accelerator_options(config.log_with, self.out_dir))
         self.model, self.tokenizer = build_model(config)
         self.vocab = Vocab.from_tokenizer(self.tokenizer)
         self.train_data, self.heldout = prepare_data(corpus, self.tokenizer, config, cache_dir)
@@ -117,6 +129,13 @@ class Trainer:
         apply_freezing(self.model, config.freeze)
         self.prune = pruning_masks(self.model, config.prune_sparsity)
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.processes = self.accelerator.num_processes
+        # True once training has ended at the same point on every process (finished, or a stop they all
+        # agreed on): the main process then tells the others the run's final state (jobs.execute).
+        self.ended_together = False
+        if self.batch_size < self.processes:
+            raise InputError(f"A batch of {self.batch_size} blocks cannot be split over {self.processes} "
+                             "processes: use a batch of at least one block per process.")
         # fused: one kernel over all parameters; the default loops over them in Python on the CPU,
         # which cost more than the forward pass of the default model there.
         self.optimizer = torch.optim.AdamW([p for _, p in self.trainable], lr=config.lr,
@@ -222,7 +241,11 @@ class Trainer:
         return tensors
 
     def restore(self, checkpoint: Path) -> tuple[int, dict]:
-        model_tensors, optimizer_tensors, state = checkpoints.load_checkpoint(checkpoint)
+        return self.restore_loaded(*checkpoints.load_checkpoint(checkpoint))
+
+    def restore_loaded(self, model_tensors: dict, optimizer_tensors: dict, state: dict) -> tuple[int, dict]:
+        """``restore`` from a checkpoint already read (``checkpoints.load_checkpoint``); returns (step, best)."""
+        optimizer_tensors = dict(optimizer_tensors)
         model = self.accelerator.unwrap_model(self.model)
         model.load_state_dict(model_tensors, strict=False)
         torch.set_rng_state(optimizer_tensors.pop("rng.torch"))
@@ -240,35 +263,50 @@ class Trainer:
 
     def train_step(self, step: int) -> tuple[float, int, float]:
         rows, epoch = self.rows_for(step)
-        # Under `accelerate launch` each process takes its share of the batch; DDP averages the
-        # gradients. One process (the default) takes every row.
-        rows = rows[self.accelerator.process_index :: self.accelerator.num_processes] or rows
+        # Several processes (torchrun, accelerate launch): each takes its share of the global batch (see
+        # the module's docstring). One process (the default) takes every row.
+        rows = rows[self.accelerator.process_index :: self.processes]
         masked, rate = self.mask(rows, epoch, step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(step)
         device = self.accelerator.device
         total_loss, tokens = 0.0, 0
-        chosen_all = masked.labels != -100
-        n_chosen = max(1, int(chosen_all.sum()))
+        n_chosen = int((masked.labels != -100).sum())
+        if self.processes > 1:  # the mean over the GLOBAL batch's masked tokens
+            n_chosen = int(self._sum_over_processes([n_chosen])[0])
+        n_chosen = max(1, n_chosen)
         for part in torch.arange(len(rows)).chunk(self.micro_batches):
             labels = masked.labels[part].to(device)
             chosen = labels != -100
             if not chosen.any():
-                continue
+                if self.processes == 1:
+                    continue
+                # DDP all-reduces gradients inside every backward pass: each process must run as many. A
+                # part with nothing masked takes its first position, whose label (-100) adds no loss.
+                chosen = torch.zeros_like(chosen)
+                chosen[0, 0] = True
             inputs = masked.input_ids[part].to(device)
             attention = self.attention(masked, part).to(device)
             with self.accelerator.autocast():
                 logits = masked_logits(self.model, inputs, attention, chosen)  # (M, V)
                 losses = nn.functional.cross_entropy(logits.float(), labels[chosen], reduction="none")
-            loss = losses.sum() / n_chosen  # the mean over the whole batch, whatever the split
-            if not torch.isfinite(loss):
+            loss = losses.sum() / n_chosen  # this part's share of the global batch's mean, whatever the split
+            if self.processes == 1 and not torch.isfinite(loss):
                 raise Diverged(f"the loss became {loss.item()} at step {step + 1}")
-            self.accelerator.backward(loss)
+            self.accelerator.backward(loss * self.processes)  # DDP averages the processes' gradients
             total_loss += loss.item()
             tokens += int(attention.sum())
             with torch.no_grad():  # adaptive masking: remember which tokens are hard
-                ids = labels[chosen].cpu()
-                self.token_loss[ids] = 0.9 * self.token_loss[ids] + 0.1 * losses.detach().float().cpu()
+                targets = labels[chosen]
+                real = targets != -100
+                ids = targets[real].cpu()
+                self.token_loss[ids] = 0.9 * self.token_loss[ids] + 0.1 * losses.detach()[real].float().cpu()
+        if self.processes > 1:  # the global batch's loss and tokens; a NaN anywhere stops every process
+            total_loss, tokens = self._sum_over_processes([total_loss, tokens])
+            tokens = int(tokens)
+            if not math.isfinite(total_loss):
+                self.ended_together = True
+                raise Diverged(f"the loss became {total_loss} at step {step + 1}")
         if self.config.grad_clip:
             self.accelerator.clip_grad_norm_([p for _, p in self.trainable], self.config.grad_clip)
         self.optimizer.step()
@@ -280,9 +318,22 @@ class Trainer:
                         parameter.mul_(self.prune[name])
         return total_loss, tokens, rate
 
+    def _sum_over_processes(self, values: list[float]) -> list[float]:
+        """Each value summed over every process (one all-reduce; float64 keeps losses exact enough)."""
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
+    def _agreed(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is true on any: the processes stop at the same step."""
+        if self.processes == 1:
+            return flag
+        return self._sum_over_processes([float(flag)])[0] > 0
+
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
+        model = self.accelerator.unwrap_model(self.model)  # no DDP hooks: only the main process evaluates
         batch, masked = self.eval_batch
         device = self.accelerator.device
         loss_sum, count, top1, top5 = 0.0, 0, 0, 0
@@ -294,7 +345,7 @@ class Trainer:
                 continue
             attention = self.attention(masked, part).to(device)
             with self.accelerator.autocast():
-                logits = masked_logits(self.model, masked.input_ids[part].to(device), attention, chosen).float()
+                logits = masked_logits(model, masked.input_ids[part].to(device), attention, chosen).float()
             targets = labels[chosen]
             loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
             best = logits.topk(5, dim=-1).indices
@@ -325,19 +376,40 @@ class Trainer:
         }
 
     def run(self, resume_from: Path | None = None) -> dict:
+        """Train to ``total_steps`` (from ``resume_from``, a checkpoint, when given); the final record.
+
+        Several processes: only the main process's ``resume_from`` is read; it sends the checkpoint
+        to the others (one broadcast), so they need no access to its folder.
+        """
         self.model.train()
         step, best = 0, {}
         torch.manual_seed(self.config.seed)  # dropout draws from the global RNG: same seed, same run
-        if resume_from is not None:
-            step, best = self.restore(resume_from)  # ...and a resumed run continues its RNG state
+        loaded = checkpoints.load_checkpoint(resume_from) if resume_from is not None else None
+        if self.processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            shared = [loaded if self.accelerator.is_main_process else None]
+            broadcast_object_list(shared, from_process=0)
+            loaded = shared[0]
+        if loaded is not None:
+            step, best = self.restore_loaded(*loaded)  # ...and a resumed run continues its RNG state
         device = self.accelerator.device
-        self.callbacks.on_start({"device": str(device), "total_steps": self.total_steps,
-                                 "train_blocks": len(self.train_data), "heldout_blocks": len(self.heldout),
-                                 "resumed_from": step, "best": best})
+        # Only the main process reports (the others' callbacks do nothing); an error there is held until
+        # every process has agreed to stop, so none is left waiting for the others in an all-reduce.
+        held: list[Exception] = []
+        self._report(held, self.callbacks.on_start, {
+            "device": str(device), "total_steps": self.total_steps, "train_blocks": len(self.train_data),
+            "heldout_blocks": len(self.heldout), "resumed_from": step, "best": best,
+            "world_size": self.processes})
+        self._report(held, tracking.start, self.accelerator, self.config.to_dict())  # TrainConfig.log_with
         busy, tokens_since = 0.0, 0  # busy: seconds spent in training steps
         record: dict = {}
         while step < self.total_steps:
-            if self.callbacks.should_stop():
+            stop = not held and self._report(held, self.callbacks.should_stop)
+            if self._agreed(bool(stop or held)):
+                self.ended_together = True
+                if held:
+                    raise held[0]
                 raise Cancelled(step)
             tick = time.perf_counter()
             loss, tokens, rate = self._step_with_oom_retry(step)
@@ -346,34 +418,56 @@ class Trainer:
             step += 1
             tokens_since += tokens
             self.pending_losses.append(loss)
-            self.callbacks.on_step(step, self.total_steps, loss)
+            self._report(held, self.callbacks.on_step, step, self.total_steps, loss)
             if step % self.config.eval_every == 0 or step == self.total_steps:
-                tick = time.perf_counter()
-                record = {"step": step, "train_loss": float(np.mean(self.pending_losses)),
-                          "lr": self.learning_rate(step - 1),
-                          "masking_rate": rate, "tokens_per_s": tokens_since / max(busy, 1e-9), "time": time.time(),
-                          **self.evaluate()}
-                self._timed("eval", tick)
-                improved = record.get("heldout_loss", math.inf) < best.get("heldout_loss", math.inf)
-                if improved:  # the one place the best is kept: it is checkpointed and reported from here
-                    best = {"step": step, "heldout_loss": record["heldout_loss"],
-                            "masked_accuracy": record["masked_accuracy"]}
-                self.callbacks.on_eval(record)
-                if improved:
-                    self.callbacks.on_best(best)
+                if self.accelerator.is_main_process:
+                    tick = time.perf_counter()
+                    record = {"step": step, "train_loss": float(np.mean(self.pending_losses)),
+                              "lr": self.learning_rate(step - 1), "masking_rate": rate,
+                              "tokens_per_s": tokens_since / max(busy, 1e-9), "time": time.time(),
+                              "world_size": self.processes, **self.evaluate()}
+                    self._timed("eval", tick)
+                    improved = record.get("heldout_loss", math.inf) < best.get("heldout_loss", math.inf)
+                    if improved:  # the one place the best is kept: it is checkpointed and reported from here
+                        best = {"step": step, "heldout_loss": record["heldout_loss"],
+                                "masked_accuracy": record["masked_accuracy"]}
+                    self._report(held, self.callbacks.on_eval, record)
+                    self._report(held, tracking.log_evaluation, self.accelerator, record)
+                    if improved:
+                        self._report(held, self.callbacks.on_best, best)
                 busy, tokens_since, self.pending_losses = 0.0, 0, []
             due = step % self.config.checkpoint_every == 0 and step < self.total_steps
-            if due and self.accelerator.is_main_process:  # one writer of checkpoints
+            if due and self.accelerator.is_main_process and not held:  # one writer of checkpoints
                 tick = time.perf_counter()
-                path = self.save(step, best)
+                path = self._report(held, self.save, step, best)
                 self._timed("checkpoint", tick)
-                self.callbacks.on_checkpoint(step, path)
+                if path is not None:
+                    self._report(held, self.callbacks.on_checkpoint, step, path)
+        ended = self._agreed(bool(held))
+        self.ended_together = True
+        if ended:
+            if held:
+                raise held[0]
+            raise Cancelled(step)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             tick = time.perf_counter()
             self.save_final_model()
             self.timing["final_s"] = time.perf_counter() - tick
+            tracking.finish(self.accelerator)  # closes the trackers (nothing without them)
         return {"step": step, "best": best, "timing": dict(self.timing), **record}
+
+    def _report(self, held: list[Exception], action, *args):
+        """``action(*args)``; with several processes an error is kept in ``held`` (raised once all agree)."""
+        if self.processes == 1:
+            return action(*args)
+        if held:
+            return None
+        try:
+            return action(*args)
+        except Exception as exc:  # noqa: BLE001 - raised at the next agreement, on this process
+            held.append(exc)
+            return None
 
     def _timed(self, kind: str, since: float) -> None:
         seconds = time.perf_counter() - since
@@ -387,6 +481,8 @@ class Trainer:
             try:
                 return self.train_step(step)
             except torch.cuda.OutOfMemoryError:
+                if self.processes > 1:  # a smaller split on one process only would desynchronise DDP
+                    raise
                 self.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 if attempt == MAX_OOM_RETRIES or self.micro_batches >= self.batch_size:
