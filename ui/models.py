@@ -108,8 +108,11 @@ def model_sidebar() -> LoadedModel | None:
         name = pick_model([(DEFAULT_MODEL_NAME, DEFAULT_MODEL_NAME)], "Masked language model", "model_choice",
                           "model_other", "model")
         loaded = load_with_message(name) if name else None
-        if loaded is None:
-            return None
+    if loaded is None:  # the page stops here: say so where the page would be, not only in the sidebar
+        st.info(f"No model is loaded, so there is nothing to show yet: the sidebar says why. Choose "
+                f"{DEFAULT_MODEL_NAME} (the built-in model) there to go on.")
+        return None
+    with st.sidebar:
         info = loaded.describe()
         st.caption(
             f"{info['type']} · {info['layers']} layers × {info['heads']} heads · "

@@ -116,7 +116,8 @@ def device_label(device: torch.device) -> str:
     """Human-readable device name, e.g. 'CPU (2 threads)' or 'NVIDIA H100 (cuda:0)'."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} ({device})"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
 @dataclass
