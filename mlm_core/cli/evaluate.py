@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 
@@ -22,12 +23,18 @@ from mlm_core.cli.common import (
     read_user_file,
     strategy_from_args,
 )
-from mlm_core.errors import InputError, MaskLabError
+from mlm_core.errors import CorpusError, InputError, MaskLabError
+from mlm_core.text.datasets import TextSource, add_dataset_arguments
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="txt (one text per line), CSV/TSV or JSONL file of sentences")
+    parser.add_argument("file", nargs="?", default=None,
+                        help="txt (one text per line), CSV/TSV or JSONL file of sentences")
     add_text_file_arguments(parser, "file")
+    add_dataset_arguments(parser)
+    parser.add_argument("--stream", action="store_true",
+                        help="read a txt file line by line as the evaluation goes: any size, bounded memory "
+                        "(UTF-8; the corpus size limit does not apply)")
     add_model_argument(parser)
     add_strategy_arguments(parser, required=False)
     parser.set_defaults(strategy="random")
@@ -50,20 +57,23 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> dict | Printed:
-    from pathlib import Path
-
     from mlm_core import evaluate as ev
     from mlm_core.links import parse_heads_off
     from mlm_core.model.loading import load_model
-    from mlm_core.text.corpus import one_line, read_corpus
+    from mlm_core.text.corpus import one_line
 
-    path = Path(args.file)
     # Where results go is checked first: a file named as --cache-dir fails now, not after the evaluation.
     cache_dir = folder_argument(args.cache_dir, "--cache-dir")
     outputs = {"sentences": output_file_argument(args.out, "--out"),
                "tokens": output_file_argument(args.tokens_out, "--tokens-out")}
-    corpus = read_corpus(read_user_file(args.file, "file"), path.name, args.column, args.text_unit)
-    texts = corpus.texts[: args.limit] if args.limit else corpus.texts
+    corpus = _open_texts(args)
+    if isinstance(corpus, TextSource):  # streamed: never held in memory whole
+        texts = itertools.islice(corpus, args.limit) if args.limit else iter(corpus)
+        count = min(corpus.rows, args.limit or corpus.rows) if corpus.rows is not None else args.limit
+        notices = ()
+    else:
+        texts = corpus.texts[: args.limit] if args.limit else corpus.texts
+        count, notices = len(texts), corpus.notices
     heads = parse_heads_off(args.heads_off)
     base = ev.EvalConfig.from_strategy(strategy_from_args(args), heads)
     strategies = [name.strip() for name in (args.sweep_strategy or "").split(",") if name.strip()]
@@ -76,28 +86,30 @@ def run_evaluate(args: argparse.Namespace) -> dict | Printed:
     if sys.stderr.isatty() and not args.json:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(texts), unit="sentence", file=sys.stderr)
+        bar = tqdm(total=count, unit="sentence", file=sys.stderr)
 
     def progress(done: int, total: int | None, what: str) -> None:
-        if bar is not None and total:
-            bar.n = round(done / total * len(texts))
+        if bar is not None and total and count:
+            bar.n = round(done / total * count)
             bar.set_description(what[:40])
             bar.refresh()
 
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: split, evaluate, gather
+            texts = texts if isinstance(texts, tuple) else list(texts)  # each process takes a slice
             report = ev.evaluate_distributed(args.model, texts, configs, progress=progress, device=args.device,
                                              **options)
             if report is None:  # not the main process: it prints nothing
                 return Printed()
         else:
-            report = ev.evaluate(load_model(args.model, args.device), texts, configs, progress=progress, **options)
+            report = ev.evaluate(load_model(args.model, args.device), texts, configs, progress=progress,
+                                 total=count, **options)
     finally:
         if bar is not None:
             bar.close()
     record = {"file": corpus.name, "format": corpus.format, "column": corpus.column, **report.to_dict(),
               "outputs": {}}
-    record["notices"] = [*corpus.notices, *record["notices"]]  # "read as Windows-1252", as the page warns
+    record["notices"] = [*notices, *record["notices"]]  # "read as Windows-1252", as the page warns
     for kind, out in outputs.items():
         if out:
             try:
@@ -106,6 +118,33 @@ def run_evaluate(args: argparse.Namespace) -> dict | Printed:
                 raise MaskLabError(f"Cannot write {one_line(str(out), 120)}: {exc.strerror or exc}.") from exc
             record["outputs"][kind] = str(out)
     return record
+
+
+def _open_texts(args: argparse.Namespace):
+    """A Corpus read whole, or a TextSource streamed (a --dataset, or a txt file with --stream)."""
+    from pathlib import Path
+
+    from mlm_core.text.corpus import MAX_CORPUS_BYTES, format_of, read_corpus, too_big
+    from mlm_core.text.datasets import open_dataset, stream_text_file
+
+    if (args.file is None) == (args.dataset is None):
+        raise InputError("Give a file of sentences or --dataset PATH (one of them).")
+    if args.dataset is not None:
+        return open_dataset(args.dataset, args.split, args.column)
+    if args.split is not None:
+        raise InputError("--split goes with --dataset.")
+    path = Path(args.file)
+    if args.stream:
+        if format_of(path.name) != "txt" or args.text_unit != "line":
+            raise InputError("--stream reads a txt file with one text per line.")
+        return stream_text_file(path)
+    try:
+        huge = path.is_file() and path.stat().st_size > MAX_CORPUS_BYTES
+    except OSError:
+        huge = False  # read_user_file says why
+    if huge and format_of(path.name) == "txt":
+        raise CorpusError(f"{too_big(path.stat().st_size)} Or evaluate it with --stream, line by line.")
+    return read_corpus(read_user_file(args.file, "file"), path.name, args.column, args.text_unit)
 
 
 def _percent(value) -> str:

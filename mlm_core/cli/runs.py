@@ -72,8 +72,11 @@ RUN_EXIT_HELP = (
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Every ``train`` flag: the corpus, the model, the masking scheme and the training settings."""
-    parser.add_argument("--corpus", required=True, help="txt (one text per line), CSV/TSV or JSONL file")
+    parser.add_argument("--corpus", default=None, help="txt (one text per line), CSV/TSV or JSONL file")
     add_text_file_arguments(parser, "corpus")
+    from mlm_core.text.datasets import add_dataset_arguments
+
+    add_dataset_arguments(parser)  # read into a txt corpus, within the corpus size limit
     from mlm_core.training.scratch import SCRATCH_MODELS
 
     add_model_argument(parser, "".join(f", or {name} ({about})" for name, about in SCRATCH_MODELS.items()))
@@ -266,8 +269,21 @@ def _train(args: argparse.Namespace) -> dict | Printed:
     from mlm_core.training.jobs import submit
 
     def create():
-        corpus_bytes = read_user_file(args.corpus, "corpus file")
-        config = train_config_from_args(args, Path(args.corpus).name)
+        if (args.corpus is None) == (args.dataset is None):
+            raise InputError("Give --corpus FILE or --dataset PATH (one of them).")
+        if args.dataset is not None:
+            from mlm_core.text.corpus import MAX_CORPUS_BYTES
+            from mlm_core.text.datasets import materialize_txt, open_dataset
+
+            source = open_dataset(args.dataset, args.split, args.column)
+            corpus_bytes = materialize_txt(source, MAX_CORPUS_BYTES)
+            as_txt = argparse.Namespace(**{**vars(args), "column": None, "text_unit": "line"})
+            config = train_config_from_args(as_txt, f"{source.name}.txt")
+        else:
+            if args.split is not None:
+                raise InputError("--split goes with --dataset.")
+            corpus_bytes = read_user_file(args.corpus, "corpus file")
+            config = train_config_from_args(args, Path(args.corpus).name)
         store = _store(args)
         record, _ = submit(store, config, corpus_bytes, launch=False, world_size=launched_processes())
         return store, record.id
