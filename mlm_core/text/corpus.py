@@ -106,9 +106,13 @@ def decode(data: bytes) -> tuple[str, str, list[str]]:
     except UnicodeDecodeError:
         text, encoding, notice = _decode_by_line(data)
         notices.append(notice)
-    controls = sum(1 for ch in text[:65536] if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f")
-    if controls > 0.01 * max(1, len(text[:65536])):
-        raise CorpusError("The file is mostly control characters: it looks binary, not text.")
+    head = text[:65536]
+    controls = [i for i, ch in enumerate(head) if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f"]
+    if len(controls) > 0.01 * max(1, len(head)):
+        first = head.count("\n", 0, controls[0]) + 1
+        raise CorpusError(f"The file has {len(controls):,} control characters in its first {len(head):,} characters "
+                          f"(the first on line {first}): it looks binary or holds terminal escape codes, not plain "
+                          "text. Save it as plain UTF-8 text.")
     return text, encoding, notices
 
 

@@ -150,3 +150,13 @@ def test_csv_of_a_frame_quotes_formula_text_in_cells_names_and_index_and_keeps_n
     assert [row[2] for row in rows[1:]] == ["-0.5", "1.0", "-2.25", "0.0"]  # numbers stay numbers
     assert [row[3] for row in rows[1:]] == ["'+a", "3", "", "-7"]
     assert frame.loc["=b", "token"] == "cat"  # the frame itself is left as it was
+
+
+def test_a_file_full_of_terminal_escapes_is_refused_saying_where_and_why():
+    from mlm_core.errors import CorpusError
+    from mlm_core.text.corpus import read_corpus
+
+    data = b"plain line\nred \x1b[31mtext\x1b[0m here\n\x1b]0;title\x07 more\n"
+    with pytest.raises(CorpusError, match=r"control characters .*\(the first on line 2\): it looks binary or holds "
+                                          r"terminal escape codes"):
+        read_corpus(data, "escapes.txt")
