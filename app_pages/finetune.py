@@ -10,7 +10,7 @@ of the page, in a container filled once the settings below it are read. The run 
 import streamlit as st
 
 from mlm_core.errors import MaskLabError
-from mlm_core.training import TrainConfig, costs, jobs
+from mlm_core.training import TrainConfig, costs, jobs, memory
 from mlm_core.training import planning as finetune
 from mlm_core.training.run_table import format_duration
 from mlm_core.views.html import escape_markdown
@@ -112,7 +112,7 @@ with top:
                 f"{costs.format_bytes(disk.peak_bytes)} while it runs: a checkpoint (weights and optimizer "
                 f"state, {costs.format_bytes(disk.checkpoint_bytes)}) is kept to resume from, the previous "
                 "one only until the next is verified, and none once the run has finished.")
-        memory = costs.memory_note(config, device_type)  # the same estimate that Start checks
+        memory = memory.memory_note(config, device_type)  # the same estimate that Start checks
         if memory:
             st.caption(memory)
     else:

@@ -32,8 +32,9 @@ from mlm_core.policy import (
 from mlm_core.text.corpus import Corpus, read_corpus
 from mlm_core.training import checkpoints, ownership, tracking
 from mlm_core.training.config import TrainConfig
-from mlm_core.training.costs import check_memory, format_bytes, others_load, read_pace, write_pace
+from mlm_core.training.costs import format_bytes, others_load, read_pace, write_pace
 from mlm_core.training.data import split_texts
+from mlm_core.training.memory import check_memory
 from mlm_core.training.run_table import format_duration
 from mlm_core.training.store import (
     CANCELLED,

@@ -53,7 +53,7 @@ from mlm_core.masking import (
 )
 from mlm_core.model.forward import masked_logits
 from mlm_core.text.corpus import Corpus
-from mlm_core.training import checkpoints, costs, tracking
+from mlm_core.training import checkpoints, memory, tracking
 from mlm_core.training.config import TrainConfig, rate_schedule
 from mlm_core.training.data import prepare_data
 from mlm_core.training.scratch import LSTMForMaskedLM, build_model
@@ -489,10 +489,10 @@ class Trainer:
                     raise
                 self.micro_batches *= 2  # same effective batch, smaller pieces
             except (MemoryError, RuntimeError) as exc:  # the CPU out of memory: end the run with a message
-                if not costs.out_of_cpu_memory(exc):
+                if not memory.out_of_cpu_memory(exc):
                     raise
                 self.optimizer.zero_grad(set_to_none=True)
-                raise MemoryLimitError(costs.out_of_memory_message(self.batch_size, self.config.seq_len, step + 1)) from None
+                raise MemoryLimitError(memory.out_of_memory_message(self.batch_size, self.config.seq_len, step + 1)) from None
         raise AssertionError("unreachable")
 
     def save_final_model(self) -> Path:

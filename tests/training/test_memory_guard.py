@@ -1,7 +1,7 @@
 """The training memory guard: a run's peak memory estimated from its settings and refused before it
 starts when it does not fit; a step that runs out of CPU memory ends the run with a message.
 
-What "available" means is fixed per test (``available=`` or a patched ``costs.available_memory``), so
+What "available" means is fixed per test (``available=`` or a patched ``memory.available_memory``), so
 the outcome does not depend on the machine the tests run on.
 """
 
@@ -15,7 +15,7 @@ from support.corpora import corpus_bytes
 
 from mlm_core.cli import main
 from mlm_core.errors import MemoryLimitError
-from mlm_core.training import TrainConfig, costs, jobs
+from mlm_core.training import TrainConfig, costs, jobs, memory
 from mlm_core.training.store import FAILED
 
 GB = 1_000_000_000
@@ -40,7 +40,7 @@ def small(model_dir, **overrides) -> TrainConfig:
 @pytest.mark.parametrize("device_type", ["cpu", "cuda"])
 def test_the_estimate_grows_with_batch_and_length(model, device_type):
     def peak(batch: int, length: int) -> int:
-        return costs.estimate_memory(TrainConfig(model=model, batch_size=batch, seq_len=length), device_type).peak_bytes
+        return memory.estimate_memory(TrainConfig(model=model, batch_size=batch, seq_len=length), device_type).peak_bytes
 
     batches = [peak(b, 128) for b in (1, 2, 8, 32, 512, 4096)]
     lengths = [peak(16, s) for s in (8, 32, 128, 512, 2048)]
@@ -49,46 +49,46 @@ def test_the_estimate_grows_with_batch_and_length(model, device_type):
 
 
 def test_the_estimate_reads_a_local_model_and_names_its_parts(tiny_model_dir):
-    estimate = costs.estimate_memory(small(tiny_model_dir, batch_size=8, seq_len=64))
+    estimate = memory.estimate_memory(small(tiny_model_dir, batch_size=8, seq_len=64))
     assert set(estimate.parts) == {"process", "model and optimizer", "activations", "predictions at the masks"}
     assert estimate.peak_bytes == sum(estimate.parts.values()) == estimate.fixed_bytes + 8 * estimate.per_block_bytes
-    assert costs.estimate_memory(TrainConfig(model="no-such-org/no-such-model")) is None  # unknown: no guess
+    assert memory.estimate_memory(TrainConfig(model="no-such-org/no-such-model")) is None  # unknown: no guess
 
 
 def test_a_huge_batch_is_refused_with_the_estimate_what_is_free_and_a_batch_that_fits():
     config = TrainConfig(batch_size=4096, seq_len=512)
     with pytest.raises(MemoryLimitError) as refused:
-        costs.check_memory(config, "cpu", available=8 * GB)
+        memory.check_memory(config, "cpu", available=8 * GB)
     message = str(refused.value)
     assert "batch 4,096 × 512 tokens" in message and "8.0 GB available" in message
-    needed = costs.estimate_memory(config).peak_bytes
+    needed = memory.estimate_memory(config).peak_bytes
     assert f"needs about {costs.format_bytes(needed)}" in message
     batch = int(re.search(r"Choose a batch size of ([\d,]+) or less", message).group(1).replace(",", ""))
-    fits = costs.estimate_memory(TrainConfig(batch_size=batch, seq_len=512)).peak_bytes
-    too_big = costs.estimate_memory(TrainConfig(batch_size=2 * batch, seq_len=512)).peak_bytes
+    fits = memory.estimate_memory(TrainConfig(batch_size=batch, seq_len=512)).peak_bytes
+    too_big = memory.estimate_memory(TrainConfig(batch_size=2 * batch, seq_len=512)).peak_bytes
     assert fits <= 0.9 * 8 * GB < too_big  # the suggestion is the largest power of two that fits
 
 
 def test_the_default_run_fits_and_one_block_too_many_asks_for_shorter_blocks_or_a_smaller_model():
-    assert costs.check_memory(TrainConfig(), "cpu", available=8 * GB).batch_size == 16
+    assert memory.check_memory(TrainConfig(), "cpu", available=8 * GB).batch_size == 16
     one_block = TrainConfig(batch_size=1, seq_len=4096)
-    fixed = costs.estimate_memory(one_block).fixed_bytes
+    fixed = memory.estimate_memory(one_block).fixed_bytes
     with pytest.raises(MemoryLimitError, match=r"Even one block does not fit: choose blocks of [\d,]+ tokens"):
-        costs.check_memory(one_block, "cpu", available=int(fixed / 0.9) + 300_000_000)
+        memory.check_memory(one_block, "cpu", available=int(fixed / 0.9) + 300_000_000)
     with pytest.raises(MemoryLimitError, match="choose a smaller model"):
-        costs.check_memory(one_block, "cpu", available=fixed // 2)
+        memory.check_memory(one_block, "cpu", available=fixed // 2)
 
 
 def test_gpu_runs_are_checked_against_free_gpu_memory():
     config = TrainConfig(batch_size=512, seq_len=512)
-    cpu, gpu = costs.estimate_memory(config, "cpu"), costs.estimate_memory(config, "cuda")
+    cpu, gpu = memory.estimate_memory(config, "cpu"), memory.estimate_memory(config, "cuda")
     assert gpu.parts["activations"] < cpu.parts["activations"]  # bf16 autocast
     with pytest.raises(MemoryLimitError, match="the GPU has 4.0 GB available"):
-        costs.check_memory(config, "cuda", available=4 * GB)
+        memory.check_memory(config, "cuda", available=4 * GB)
 
 
 def test_submit_refuses_before_the_run_exists(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(costs, "available_memory", lambda device_type: 2 * GB)
+    monkeypatch.setattr(memory, "available_memory", lambda device_type: 2 * GB)
     store = jobs.default_store()
     with pytest.raises(MemoryLimitError, match="2.0 GB available"):
         jobs.submit(store, small(tiny_model_dir, batch_size=4096, seq_len=512), CORPUS, launch=False)
@@ -98,7 +98,7 @@ def test_submit_refuses_before_the_run_exists(tiny_model_dir, monkeypatch):
 
 
 def test_cli_train_refuses_a_huge_batch_in_one_line_before_any_run(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(costs, "available_memory", lambda device_type: 8 * GB)
+    monkeypatch.setattr(memory, "available_memory", lambda device_type: 8 * GB)
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(CORPUS)
     out = tmp_path / "runs"
@@ -127,22 +127,22 @@ def test_running_out_of_cpu_memory_in_a_step_fails_the_run_with_the_batch_size(t
 
 
 def test_a_python_memory_error_is_caught_too_and_other_errors_are_not():
-    assert costs.out_of_cpu_memory(MemoryError())
-    assert costs.out_of_cpu_memory(RuntimeError(CPU_OUT_OF_MEMORY))
-    assert not costs.out_of_cpu_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
-    assert not costs.out_of_cpu_memory(ValueError("DefaultCPUAllocator: can't allocate memory"))
+    assert memory.out_of_cpu_memory(MemoryError())
+    assert memory.out_of_cpu_memory(RuntimeError(CPU_OUT_OF_MEMORY))
+    assert not memory.out_of_cpu_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not memory.out_of_cpu_memory(ValueError("DefaultCPUAllocator: can't allocate memory"))
 
 
 def test_torch_cpu_allocation_failure_is_recognised():
     with pytest.raises(RuntimeError) as failed:
         torch.empty(10**15, dtype=torch.uint8)  # a petabyte: no machine gives it
-    assert costs.out_of_cpu_memory(failed.value)
+    assert memory.out_of_cpu_memory(failed.value)
 
 
 def test_fine_tune_page_says_it_will_not_fit_and_start_refuses(monkeypatch):
     from support.apptest import clear_streamlit_caches, open_app_page, shown_errors
 
-    monkeypatch.setattr(costs, "available_memory", lambda device_type: 8 * GB)
+    monkeypatch.setattr(memory, "available_memory", lambda device_type: 8 * GB)
     clear_streamlit_caches()
     try:
         app = open_app_page("app_pages/finetune.py")  # the demo corpus and the default model
