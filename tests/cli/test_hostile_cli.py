@@ -16,6 +16,7 @@ import tracemalloc
 
 import pytest
 from support import REPO
+from support.cli import run_cli
 from support.hostile import (
     HOSTILE_TOKENS,
     INVISIBLE_ONLY,
@@ -28,7 +29,6 @@ from support.hostile import (
     build_tiny_roberta,
 )
 
-from mlm_core.cli import main
 from mlm_core.text.corpus import MAX_CORPUS_BYTES
 from mlm_core.training.store import RunStore
 
@@ -45,20 +45,9 @@ def hostile_vocab_dir(tmp_path_factory):
     return build_hostile_vocab_bert(tmp_path_factory.mktemp("hostile-vocab"))
 
 
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """``python -m mlm_core *argv`` in this process: (status, stdout, stderr); argparse errors included."""
-    capsys.readouterr()  # drop what building a model printed (progress bars) before this call
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exc:
-        status = exc.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def refused(capsys, *argv: str) -> str:
     """Run the CLI and check the contract for bad input; returns the one error line."""
-    status, out, err = cli(capsys, *argv)
+    status, out, err = run_cli(capsys, *argv)
     assert status != 0, out
     assert out == ""
     lines = err.strip().splitlines()
@@ -68,7 +57,7 @@ def refused(capsys, *argv: str) -> str:
 
 
 def accepted(capsys, *argv: str) -> dict:
-    status, out, err = cli(capsys, *argv, "--json")
+    status, out, err = run_cli(capsys, *argv, "--json")
     assert status == 0, err
     return json.loads(out)
 
@@ -246,7 +235,7 @@ def test_html_stays_literal_in_the_output(hostile_vocab_dir, capsys):
     predicted = accepted(capsys, "predict", text, "--model", hostile_vocab_dir)
     top = [c["token"] for c in predicted["predictions"][0]["top"]]
     assert set(HOSTILE_TOKENS) <= set(top)  # the vocabulary's tags, exactly as they are, never "&lt;img"
-    status, out, _ = cli(capsys, "predict", text, "--model", hostile_vocab_dir)
+    status, out, _ = run_cli(capsys, "predict", text, "--model", hostile_vocab_dir)
     assert status == 0 and PAYLOAD in out and "&lt;" not in out
 
 

@@ -18,6 +18,7 @@ import unicodedata
 
 import pytest
 from conftest import TINY_VOCAB, build_tiny_bert
+from support.cli import run_cli
 
 from mlm_core.cli import main
 from mlm_core.evaluate import TEXT_COLUMNS, EvalConfig, evaluate
@@ -44,19 +45,9 @@ def hostile_guess_dir(tmp_path_factory):
     return folder
 
 
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exc:
-        status = exc.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def refused(capsys, *argv) -> str:
     """The one ``error:`` line of a refused command (exit status 2, nothing on stdout)."""
-    status, out, err = cli(capsys, *argv)
+    status, out, err = run_cli(capsys, *argv)
     lines = err.strip().splitlines()
     assert status == 2 and out == "" and len(lines) == 1 and lines[0].startswith("error: "), (status, out, err)
     assert "unexpected" not in err and "Traceback" not in err
@@ -74,14 +65,14 @@ def terminal_active(text: str) -> list[str]:
 
 
 def test_guessed_tokens_with_terminal_escapes_are_printed_escaped(hostile_guess_dir, capsys):
-    status, out, err = cli(capsys, "predict", "the [MASK] sat.", "--model", hostile_guess_dir, "--top-k", "9")
+    status, out, err = run_cli(capsys, "predict", "the [MASK] sat.", "--model", hostile_guess_dir, "--top-k", "9")
     assert status == 0, err
     assert not terminal_active(out)
     assert r"\x1b]0;owned\x07" in out and r"\x9b2J" in out and r"\u202eevil" in out
 
 
 def test_json_output_escapes_what_json_dumps_leaves_raw_and_reads_back(hostile_guess_dir, capsys):
-    status, out, err = cli(capsys, "predict", "the [MASK] sat.", "--model", hostile_guess_dir, "--top-k", "9",
+    status, out, err = run_cli(capsys, "predict", "the [MASK] sat.", "--model", hostile_guess_dir, "--top-k", "9",
                            "--json")
     assert status == 0, err
     assert not terminal_active(out)  # \x9b and \u202e: json.dumps(ensure_ascii=False) passes them raw
@@ -95,7 +86,7 @@ def test_a_corpus_line_and_a_file_name_with_escapes_are_shown_escaped(tiny_model
     corpus.write_bytes(("note,\x1b]0;owned\x07text\u202e\n" + rows).encode())
     error = refused(capsys, "evaluate", corpus, "--model", tiny_model_dir, "--cache-dir", tmp_path / "cache")
     assert "Choose the text column" in error and not terminal_active(error) and r"\x1b]0;owned\x07" in error
-    status, out, err = cli(capsys, "evaluate", corpus, "--column", "note", "--model", tiny_model_dir,
+    status, out, err = run_cli(capsys, "evaluate", corpus, "--column", "note", "--model", tiny_model_dir,
                            "--cache-dir", tmp_path / "cache", "--no-pll")
     assert status == 0, err
     assert not terminal_active(out) and r"c\x1b[31mred\x9b.csv" in out
@@ -105,10 +96,10 @@ def test_a_run_name_with_escapes_is_listed_escaped(tmp_path, capsys):
     runs = tmp_path / "runs"
     model = tmp_path / "model\x1b]0;owned\x07\x9b"  # a generated name shows the model folder's name
     RunStore(runs).create({"model": str(model), "strategy": "random", "steps": 4})
-    status, out, err = cli(capsys, "runs", "list", "--out", runs)
+    status, out, err = run_cli(capsys, "runs", "list", "--out", runs)
     assert status == 0, err
     assert not terminal_active(out) and r"model\x1b]0;owned\x07\x9b" in out
-    status, out, err = cli(capsys, "runs", "list", "--out", runs, "--json")
+    status, out, err = run_cli(capsys, "runs", "list", "--out", runs, "--json")
     assert status == 0, err
     assert not terminal_active(out) and json.loads(out)["runs"][0]["name"].endswith(model.name + " · 4 steps")
 
@@ -156,7 +147,7 @@ def test_evaluate_out_csv_quotes_formula_cells(hostile_guess_dir, tmp_path, caps
     corpus = tmp_path / "formulas.txt"
     corpus.write_text("\n".join([*FORMULA_SENTENCES, "the cat sat on the mat."]) + "\n")
     sentences, tokens = tmp_path / "sentences.csv", tmp_path / "tokens.csv"
-    status, out, err = cli(capsys, "evaluate", corpus, "--model", hostile_guess_dir, "--rate", "0.5", "--no-pll",
+    status, out, err = run_cli(capsys, "evaluate", corpus, "--model", hostile_guess_dir, "--rate", "0.5", "--no-pll",
                            "--cache-dir", tmp_path / "cache", "--out", sentences, "--tokens-out", tokens)
     assert status == 0, err
     check_rows(sentences.read_text(), tokens.read_text())

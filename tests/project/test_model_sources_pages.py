@@ -9,7 +9,7 @@ import re
 import shutil
 
 import pytest
-from support.apptest import clear_streamlit_caches, open_app_page
+from support.apptest import offering_server, open_app_page
 from support.hostile import build_pickle_only
 
 import mlm_core.model.loading
@@ -31,16 +31,8 @@ def server(tmp_path, monkeypatch, tiny_model_dir):
     shutil.copytree(tiny_model_dir, offered / "tiny")
     shutil.copytree(tiny_model_dir, private / "secret")
     build_pickle_only(tiny_model_dir, private / "pickled", tmp_path / "ran")
-    monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MASKLAB_MODEL_SOURCES", str(offered))
-    monkeypatch.setenv("MASKLAB_OTHERS_MAY_MANAGE_RUNS", "true")  # this test's runs are nobody's session's
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    reload_policy()
-    clear_streamlit_caches()
-    yield tmp_path
-    clear_streamlit_caches()
-    monkeypatch.undo()
-    reload_policy()
+    with offering_server(monkeypatch, tmp_path / "home", offered):
+        yield tmp_path
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import signal
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from mlm_core.policy import reload_policy
 from mlm_core.training.store import RUNNING
 from support import APP
 
@@ -47,3 +48,21 @@ def shown_errors(app: AppTest) -> list[str]:
     """Every error box's text as the user reads it: the page escapes Markdown in messages (a model
     id or a regex quoted in one must not turn into a link or italics); the backslashes go here."""
     return [re.sub(r"\\(.)", r"\1", e.value) for e in [*app.error, *app.sidebar.error]]
+
+
+@contextlib.contextmanager
+def offering_server(monkeypatch, home, offered):
+    """A server in ``home`` whose operator offers the model folder(s) under ``offered``; runs are anyone's to
+    manage (a test's runs belong to no browser session); settings and caches fresh before and after."""
+    monkeypatch.setenv("MASKLAB_HOME", str(home))
+    monkeypatch.setenv("MASKLAB_MODEL_SOURCES", str(offered))
+    monkeypatch.setenv("MASKLAB_OTHERS_MAY_MANAGE_RUNS", "true")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    reload_policy()
+    clear_streamlit_caches()
+    try:
+        yield
+    finally:
+        clear_streamlit_caches()
+        monkeypatch.undo()
+        reload_policy()

@@ -7,8 +7,8 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.cli import run_cli
 
-from mlm_core.cli import main
 from mlm_core.errors import CorpusError, InputError
 from mlm_core.text.corpus import MAX_TEXT_CHARS
 from mlm_core.text.datasets import materialize_txt, open_dataset, stream_text_file
@@ -117,19 +117,9 @@ def test_materialize_txt_joins_texts_one_per_line_within_the_limit(tmp_path):
         materialize_txt(open_dataset(tmp_path / "saved"), 5)
 
 
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exc:
-        status = exc.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
 def test_cli_evaluate_reads_a_dataset(tiny_model_dir, tmp_path, capsys):
     write_dataset_dict(tmp_path / "dd", {"train": _table(), "validation": _table(["the cat sat", "a dog ran"])})
-    status, out, err = _cli(capsys, "evaluate", "--dataset", tmp_path / "dd", "--split", "validation",
+    status, out, err = run_cli(capsys, "evaluate", "--dataset", tmp_path / "dd", "--split", "validation",
                             "--model", tiny_model_dir, "--cache-dir", tmp_path / "cache", "--json")
     assert status == 0, err
     record = json.loads(out)
@@ -143,13 +133,13 @@ def test_cli_evaluate_streams_a_txt_file_over_the_size_limit(tiny_model_dir, tmp
     path.write_text("the cat sat\n" * 50)
     monkeypatch.setattr(corpus, "MAX_CORPUS_BYTES", 100)  # so that this small file is over the limit
     common = ["--model", tiny_model_dir, "--cache-dir", tmp_path / "cache"]
-    status, out, err = _cli(capsys, "evaluate", path, *common)
+    status, out, err = run_cli(capsys, "evaluate", path, *common)
     assert status == 2 and "--stream" in err and len(err.strip().splitlines()) == 1
-    status, out, err = _cli(capsys, "evaluate", path, "--stream", "--limit", "3", *common, "--json")
+    status, out, err = run_cli(capsys, "evaluate", path, "--stream", "--limit", "3", *common, "--json")
     assert status == 0, err
     record = json.loads(out)
     assert record["sentences"] == 3 and record["format"] == "txt"
-    status, out, err = _cli(capsys, "evaluate", tmp_path / "big.csv", "--stream", *common)
+    status, out, err = run_cli(capsys, "evaluate", tmp_path / "big.csv", "--stream", *common)
     assert status == 2 and "txt file" in err
 
 
@@ -161,7 +151,7 @@ def test_cli_bad_split_or_column_exits_2_with_one_error_line(tiny_model_dir, tmp
     write_dataset_dict(tmp_path / "dd", {"train": _table(), "validation": _table()})
     for command in (["evaluate", "--model", tiny_model_dir, "--cache-dir", tmp_path / "cache"],
                     ["train", "--model", tiny_model_dir, "--out", tmp_path / "runs"]):
-        status, out, err = _cli(capsys, *command, "--dataset", tmp_path / "dd", *extra)
+        status, out, err = run_cli(capsys, *command, "--dataset", tmp_path / "dd", *extra)
         lines = err.strip().splitlines()
         assert status == 2 and out == "" and len(lines) == 1, err
         assert lines[0].startswith("error: ") and expected in lines[0]
@@ -172,7 +162,7 @@ def test_cli_train_reads_a_dataset_as_a_txt_corpus(tiny_model_dir, tmp_path, cap
 
     texts = corpus_bytes().decode("utf-8").splitlines()
     write_saved_dataset(tmp_path / "saved", _table(texts))
-    status, out, err = _cli(capsys, "train", "--dataset", tmp_path / "saved", "--model", tiny_model_dir,
+    status, out, err = run_cli(capsys, "train", "--dataset", tmp_path / "saved", "--model", tiny_model_dir,
                             "--device", "cpu", "--steps", "2", "--batch", "4", "--seq-len", "32", "--eval-every", "2",
                             "--eval-blocks", "4", "--out", tmp_path / "runs", "--json")
     assert status == 0, err
@@ -181,7 +171,7 @@ def test_cli_train_reads_a_dataset_as_a_txt_corpus(tiny_model_dir, tmp_path, cap
 
 
 def test_cli_needs_exactly_one_source(tiny_model_dir, tmp_path, capsys):
-    status, out, err = _cli(capsys, "evaluate", "--model", tiny_model_dir, "--cache-dir", tmp_path)
+    status, out, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir, "--cache-dir", tmp_path)
     assert status == 2 and "--dataset" in err and len(err.strip().splitlines()) == 1
-    status, out, err = _cli(capsys, "train", "--model", tiny_model_dir, "--out", tmp_path / "runs")
+    status, out, err = run_cli(capsys, "train", "--model", tiny_model_dir, "--out", tmp_path / "runs")
     assert status == 2 and "--dataset" in err and len(err.strip().splitlines()) == 1

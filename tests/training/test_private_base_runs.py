@@ -9,13 +9,12 @@ import json
 import shutil
 
 import pytest
-from support.apptest import clear_streamlit_caches, open_app_page
+from support.apptest import offering_server, open_app_page
 
 import mlm_core.model.loading
 import ui.runs
 from mlm_core.cli.registry import main
 from mlm_core.model.sources import browser_may_load
-from mlm_core.policy import reload_policy
 from mlm_core.training.planning import HIDDEN_MODEL, model_name
 from mlm_core.training.run_table import config_table, run_label, run_reason, runs_table
 from mlm_core.training.store import FAILED, FINISHED, RUNNING, RunStore
@@ -29,16 +28,8 @@ def server(tmp_path, monkeypatch, tiny_model_dir):
     """An operator who offers one folder; the local user's private model folder beside it."""
     shutil.copytree(tiny_model_dir, tmp_path / "offered" / "tiny")
     shutil.copytree(tiny_model_dir, tmp_path / "home-of-teacher" / PRIVATE_NAME)
-    monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MASKLAB_MODEL_SOURCES", str(tmp_path / "offered"))
-    monkeypatch.setenv("MASKLAB_OTHERS_MAY_MANAGE_RUNS", "true")  # these runs are nobody's session's
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    reload_policy()
-    clear_streamlit_caches()
-    yield tmp_path
-    clear_streamlit_caches()
-    monkeypatch.undo()
-    reload_policy()
+    with offering_server(monkeypatch, tmp_path / "home", tmp_path / "offered"):
+        yield tmp_path
 
 
 @pytest.fixture
