@@ -10,6 +10,7 @@ Compare's A and B, puts a prefix before each: ``a_strategy``, ``a_p_mlm_probabil
     exclude     the rule whose tokens leave the context (attention exclusion)
     heads       attention heads switched off, ``layer:head`` comma separated (``0:1,2:3``)
     seed        the draw's seed, when not 0
+    language    the text's language when not English (``zh``): its stopwords and, in Chinese, its words
 
 ``encode`` writes only what differs from the defaults, so links stay short; ``decode`` reads any
 link, old spellings included (heads written ``layer.head`` by old Compare links, the explorer's
@@ -33,11 +34,13 @@ from mlm_core.masking import (
     EXCLUDE_RULES,
     PROTECT_RULES,
     STRATEGIES,
+    RuleBased,
     build_strategy,
     params_of,
     strategy_from_params,
 )
-from mlm_core.settings import ParamSpec, shown_value
+from mlm_core.masking.language import with_language
+from mlm_core.settings import ParamSpec, param_specs, shown_value
 
 NONE = "none"  # no strategy: typed or clicked masks only (the CLI takes the same word)
 NONE_LABEL = "none (typed or clicked masks only)"  # how the pages name it; old explorer links carry it
@@ -45,12 +48,14 @@ MAX_LINK_TEXT = 2000  # characters of text a link carries; a longer text stays i
 PARAM_PREFIX = "p_"
 COMPOSE, COMPOSE_STEPS = "compose", "steps"  # compose's one parameter, a list of steps, has no ParamSpec
 STRATEGY = "strategy"
-PRIVACY = ParamSpec("privacy", "bool", False, "Replace e-mails, URLs, phone numbers and numbers first.")
+PRIVACY = ParamSpec("privacy", "bool", False, "Replace names, addresses, places, e-mails, URLs, phone numbers and numbers first.")
 PROTECT = ParamSpec("protect", "multi_choice", (), "Never mask these.", choices=PROTECT_RULES)
 EXCLUDE = ParamSpec("exclude", "choice", "", "Remove these from the context.", choices=EXCLUDE_RULES)
 HEADS = ParamSpec("heads", "text", "", "Attention heads switched off, layer:head (e.g. 0:1,2:3).")
 SEED = ParamSpec("seed", "int", 0, "The seed of the draw: the same seed repeats a draw.", 0, 2**31 - 1)
-FIELDS = (STRATEGY, PRIVACY.name, PROTECT.name, EXCLUDE.name, HEADS.name, SEED.name)  # p_<param> besides
+# Declared once, by the steps that read words (``language_field``); in a link it is the whole setting's.
+LANGUAGE = next(spec for spec in param_specs(RuleBased) if spec.name == "language")
+FIELDS = (STRATEGY, PRIVACY.name, PROTECT.name, EXCLUDE.name, HEADS.name, SEED.name, LANGUAGE.name)  # and p_<param>
 
 
 # --------------------------------------------------------------------------- heads
@@ -119,10 +124,15 @@ class MaskingSetting:
     exclude: str = ""
     heads_off: Iterable[tuple[int, int]] = ()
     seed: int = 0
+    language: str = LANGUAGE.default
 
     def __post_init__(self) -> None:
         name = strategy_name(self.strategy)
         raw = dict(self.params.items() if isinstance(self.params, Mapping) else self.params)
+        # The strategy's own language parameter is the setting's language: one field in the link, not two.
+        own = raw.pop(LANGUAGE.name, None) if name != COMPOSE else None
+        language = own if own is not None and self.language == LANGUAGE.default else self.language
+        object.__setattr__(self, "language", LANGUAGE.parse(language))
         object.__setattr__(self, "strategy", name)
         object.__setattr__(self, "params", _canonical_params(name, raw))
         object.__setattr__(self, "privacy", PRIVACY.parse(self.privacy))
@@ -140,12 +150,15 @@ class MaskingSetting:
 
     def main(self):
         """The strategy alone (no privacy, protection or exclusion); None for no strategy."""
-        return None if self.strategy == NONE else strategy_from_params(self.strategy, dict(self.params))
+        if self.strategy == NONE:
+            return None
+        strategy = strategy_from_params(self.strategy, dict(self.params))
+        return strategy if self.strategy == COMPOSE else with_language(strategy, self.language)  # steps carry theirs
 
     def build(self):
         """The explorer's composition of the setting (privacy, protection, main, exclusion); None if empty."""
         return build_strategy(None if self.strategy == NONE else self.strategy, dict(self.params), self.privacy,
-                              self.protect, self.exclude)
+                              self.protect, self.exclude, None if self.strategy == COMPOSE else self.language)
 
 
 def strategy_name(name: str) -> str:
@@ -166,7 +179,8 @@ def encode(setting: MaskingSetting, prefix: str = "") -> dict[str, str]:
     fields = {STRATEGY: setting.strategy, **{f"{PARAM_PREFIX}{k}": v for k, v in setting.params},
               PRIVACY.name: "1" if setting.privacy else "", PROTECT.name: PROTECT.format(setting.protect),
               EXCLUDE.name: setting.exclude, HEADS.name: format_heads_off(setting.heads_off),
-              SEED.name: str(setting.seed) if setting.seed else ""}
+              SEED.name: str(setting.seed) if setting.seed else "",
+              LANGUAGE.name: "" if setting.language == LANGUAGE.default else setting.language}
     return {f"{prefix}{name}": value for name, value in fields.items() if value}
 
 
@@ -202,7 +216,7 @@ def decode(query: Mapping[str, str], prefix: str = "", default: str = NONE,
     params, wrong = decode_params(query, name, prefix)
     problems += wrong
     values = {}
-    for spec in (PRIVACY, PROTECT, EXCLUDE, HEADS, SEED):
+    for spec in (PRIVACY, PROTECT, EXCLUDE, HEADS, SEED, LANGUAGE):
         raw = query.get(f"{prefix}{spec.name}")
         if raw is None:
             continue

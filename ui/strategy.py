@@ -32,7 +32,8 @@ STRATEGY_HELP = {
     "adaptive": "tokens the model finds hard (high surprisal) are chosen more often.",
 }
 # The link fields each panel shows (and so reads, warns about and writes); p_<param> besides.
-PANEL_FIELDS = (links.STRATEGY, links.PRIVACY.name, links.PROTECT.name, links.EXCLUDE.name, links.SEED.name)
+PANEL_FIELDS = (links.STRATEGY, links.PRIVACY.name, links.PROTECT.name, links.EXCLUDE.name, links.SEED.name,
+                links.LANGUAGE.name)
 SIDE_FIELDS = (links.STRATEGY, links.EXCLUDE.name, links.HEADS.name, links.SEED.name)
 
 
@@ -86,11 +87,12 @@ def param_widget(spec: ParamSpec, key: str, value):
     return st.text_input(label, shown, key=key, help=help_text)
 
 
-def strategy_params(name: str, key: str, prefix: str = "") -> dict:
+def strategy_params(name: str, key: str, prefix: str = "", own_language: bool = True) -> dict:
     """Widgets for ``name``'s parameters; returns {param: value} (split settings in an expander).
 
     Widget keys are ``{key}-{name}-{param}``; initial values come from the link's
     ``{prefix}p_{param}``, so two panels on one page (Compare's A and B) keep separate links.
+    ``own_language=False`` leaves the language out: the panel sets it for all its steps at once.
     """
     linked, problems = links.decode_params(st.query_params.to_dict(), name, prefix)
     for problem in problems:
@@ -106,6 +108,8 @@ def strategy_params(name: str, key: str, prefix: str = "") -> dict:
         if name == "rule-based" and spec.name == "words" and values.get("rule") != "words":
             continue
         if name == "rule-based" and spec.name == "pattern" and values.get("rule") != "regex":
+            continue
+        if spec.name == links.LANGUAGE.name and not own_language:
             continue
         widget(spec)
     split = [spec for spec in STRATEGIES[name].params if spec.name in SPLIT_PARAMS]
@@ -140,12 +144,14 @@ def masking_controls(key: str = "mask", default: str = "random"):
     link = link_setting("", default, PANEL_FIELDS)
     name = strategy_select(link, f"{key}-strategy", help="Which extra tokens are masked.  \n" + "  \n".join(
         f"**{n}**: {h}" for n, h in STRATEGY_HELP.items()))
-    values = {} if name == links.NONE else strategy_params(name, key)
+    values = {} if name == links.NONE else strategy_params(name, key, own_language=False)
+    language = param_widget(links.LANGUAGE, f"{key}-language", link.language)
     with st.expander("Privacy, protection and context exclusion"):
-        privacy_on = st.checkbox("Privacy: replace e-mails, URLs, phone numbers and numbers first",
+        privacy_on = st.checkbox("Privacy: replace names, addresses, places, e-mails, phone numbers and numbers first",
                                  link.privacy, key=f"{key}-privacy",
                                  help="Personal data is replaced by placeholders before the model or any strategy "
-                                 "sees the text (privacy masking, link field privacy).")
+                                 "sees the text (privacy masking, link field privacy). Names and places are found by "
+                                 "spaCy's English recogniser, loaded the first time it is needed (a few seconds).")
         protect = st.multiselect("Never mask", PROTECT_RULES, default=list(link.protect), key=f"{key}-protect",
                                  help="No strategy may choose these words; they also leave the maskable tokens α "
                                  "counts (protection rules, link field protect).")
@@ -161,7 +167,7 @@ def masking_controls(key: str = "mask", default: str = "random"):
     st.button("Draw again", key=f"{key}-draw", on_click=draw_again, disabled=name == links.NONE,
               help="A new random draw: the seed goes up by one.")
 
-    setting = MaskingSetting(name, values, privacy_on, protect, exclude, seed=seed)
+    setting = MaskingSetting(name, values, privacy_on, protect, exclude, seed=seed, language=language)
     strategy = setting.build()
     write_link(setting, "", PANEL_FIELDS)
     return strategy, seed

@@ -221,7 +221,7 @@ def add_strategy_arguments(parser: argparse.ArgumentParser, required: bool) -> N
                            help=help_text.replace("%", "%%"))  # argparse %-formats help; a spec may say "15%"
     group.add_argument("--rate", default=None, metavar="P",
                        help="masking rate: --mlm-probability, or the rule-based share of matching words")
-    group.add_argument("--privacy", action="store_true", help="replace e-mails, URLs, phones and numbers first")
+    group.add_argument("--privacy", action="store_true", help="replace names, addresses, places, e-mails, URLs, phones and numbers first")
     group.add_argument("--protect", default="", help="never mask these: stopwords,punctuation,numbers")
     group.add_argument("--exclude", default="", help="remove from the context: stopwords, punctuation or numbers")
     group.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
@@ -234,6 +234,7 @@ def strategy_from_args(args: argparse.Namespace):
     given = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
     if args.rate is not None:
         given["rate" if args.strategy == "rule-based" else "mlm_probability"] = args.rate
+    language = given.pop("language", None)  # the text's: every step that reads words gets it, whatever the strategy
     if args.strategy is None:
         if given:
             raise MaskLabError(f"--{next(iter(given)).replace('_', '-')} needs --strategy.")
@@ -248,4 +249,4 @@ def strategy_from_args(args: argparse.Namespace):
             )
         params = given
     protect = [rule.strip() for rule in args.protect.split(",") if rule.strip()]
-    return build_strategy(args.strategy, params, args.privacy, protect, args.exclude)
+    return build_strategy(args.strategy, params, args.privacy, protect, args.exclude, language)

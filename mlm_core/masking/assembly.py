@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from mlm_core.masking.adaptive import AdaptiveMasking
 from mlm_core.masking.engine import Compose, strategy_steps
 from mlm_core.masking.exclusion import AttentionExclusion
+from mlm_core.masking.language import text_language, with_language
 from mlm_core.masking.registry import strategy_from_params
 from mlm_core.masking.rules import CATEGORY_RULES, RuleBased
 
@@ -28,19 +29,21 @@ def build_strategy(
     privacy: bool = False,
     protect: Sequence[str] = (),
     exclude: str = "",
+    language: str | None = None,
 ):
     """The explorer's composition, shared by the pages and the CLI: privacy first, then
     protection rules, then the main strategy, then attention exclusion. None if nothing.
 
+    ``language`` (None: the main strategy's own) is set on every step that reads words.
     Example: ``build_strategy("span", {"mlm_probability": 0.3}, privacy=True, protect=["stopwords"])``.
     """
     main = None if not name or name == "none" else strategy_from_params(name, params or {})
-    return compose(
+    return with_language(compose(
         strategy_from_params("privacy", {}) if privacy else None,
         *(RuleBased(rule=rule, mode="protect") for rule in protect),
         main,
         AttentionExclusion(rule=exclude) if exclude else None,
-    )
+    ), language or text_language(main))
 
 
 def compose(*steps) -> object | None:

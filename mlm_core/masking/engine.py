@@ -188,15 +188,18 @@ def mask_text(
     *,
     vocab: Vocab | None = None,
     rng: int | torch.Generator = 0,
-    language: str = "en",
+    language: str | None = None,
     require_chosen: bool = False,
 ) -> MaskedText:
     """The whole path for one text: privacy on the raw text, tokenize, protect placeholders, mask.
 
     Example: ``mask_text(tok, "Mail bob@x.org now", Compose((PrivacyMasking(), RandomMasking())))``.
     """
+    from mlm_core.masking.language import text_language  # it builds on this module
+
     vocab = vocab or Vocab.from_tokenizer(tokenizer)
     privacy = prepare_text(text, strategy, mask_token=vocab.mask_token)
+    language = language or text_language(strategy)  # None: the strategy's own
     tokens = tokenize(tokenizer, text if privacy is None else privacy.text, language=language)
     protected = () if privacy is None else privacy.protected_positions(tokens)
     result = apply_strategy(

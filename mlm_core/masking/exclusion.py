@@ -10,6 +10,7 @@ from mlm_core.masking.corruption import MaskingStep
 from mlm_core.masking.manual import positions_mask
 from mlm_core.masking.rules import CATEGORY_RULES, rule_matches
 from mlm_core.settings import param
+from mlm_core.text.languages import language_field
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class AttentionExclusion(MaskingStep):
         metadata=param("Every word of this kind is removed from the context: no token attends to it (rule).",
                        label="Remove every word of this kind", choices=("", *CATEGORY_RULES)),
     )
+    language: str = language_field()  # whose stopwords the rule removes
 
     def _check(self) -> None:
         if not self.positions and not self.rule:

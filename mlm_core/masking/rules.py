@@ -18,6 +18,7 @@ from mlm_core.errors import InputError
 from mlm_core.masking.batch import CATEGORY_CODES, TokenBatch
 from mlm_core.masking.corruption import PROB, CorruptingStep, Corruption, word_uniforms
 from mlm_core.settings import param
+from mlm_core.text.languages import DEFAULT_LANGUAGE, language_field
 from mlm_core.text.tokens import NUMBER, PUNCTUATION, STOPWORD
 
 RULE_CATEGORY = {"stopwords": STOPWORD, "punctuation": PUNCTUATION, "numbers": NUMBER}
@@ -100,7 +101,8 @@ def _regex_match(compiled, word: str, cache: dict[str, bool], deadline: float, p
 class RuleBased(CorruptingStep):
     """Rule-based: target or protect stopwords, punctuation, numbers, a word list or a regex.
 
-    Rules apply to whole words (all pieces share the decision). ``mode="target"`` chooses the
+    Rules apply to whole words (all pieces share the decision); ``language`` picks the stopword list
+    (spaCy's, any language it ships one for) and, for Chinese, the words themselves (jieba). ``mode="target"`` chooses the
     matches, ``mode="protect"`` removes them from what other steps may choose ("never mask
     stopwords"). ``rate`` < 1 applies the rule to that random share of the matching words.
     A regex must match the whole word (``fullmatch``). Example:
@@ -127,6 +129,7 @@ class RuleBased(CorruptingStep):
         label="Regular expression"))
     ignore_case: bool = field(default=True, metadata=param(
         "On: 'The' matches 'the' (ignore_case).", label="Ignore upper and lower case"))
+    language: str = language_field()
 
     def _check(self) -> None:
         super()._check()
@@ -143,7 +146,7 @@ class RuleBased(CorruptingStep):
             if self.rule in RULE_CATEGORY
             else f"{self.rule} ({self.pattern or ', '.join(self.words)})"
         )
-        return f"rule {self.mode} {what}"
+        return f"rule {self.mode} {what}" + (f" ({self.language})" if self.language != DEFAULT_LANGUAGE else "")
 
     def _matches(self, batch, gen):
         matches = rule_matches(batch, self.rule, self.words, self.pattern, self.ignore_case, self.label)

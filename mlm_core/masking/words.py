@@ -10,11 +10,15 @@ import torch
 
 from mlm_core.masking.corruption import PROB, CorruptingStep, token_budget, uniforms, word_uniforms
 from mlm_core.settings import param
+from mlm_core.text.languages import language_field
 
 
 @dataclass(frozen=True)
 class WholeWordMasking(CorruptingStep):
     """Whole-word: all pieces of a word are chosen together; words come from ``word_ids`` (any tokenizer).
+
+    With ``language="zh"`` the text is segmented into words first (jieba) and all characters of a
+    chosen word are masked together, as Chinese BERT-wwm does for character-level tokenizers.
 
     Each word is chosen with rate mlm_probability, so the expected share of tokens is p (the
     transformers collator instead extends per-token draws to words, which raises the rate of
@@ -30,6 +34,7 @@ class WholeWordMasking(CorruptingStep):
     exact: bool = field(default=False, metadata=param(
         "On: whole words are added until round(share × tokens that may be masked) tokens are masked. Off: each "
         "word is drawn on its own (exact).", label="Mask exactly that share"))
+    language: str = language_field()  # Chinese: words from jieba, all their characters masked together
 
     def select(self, batch, eligible, gen):
         if not self.exact:
@@ -71,6 +76,7 @@ class SpanMasking(CorruptingStep):
     max_span_length: int = field(default=10, metadata=param(
         "No span is longer than this many words. SpanBERT: 10 (max_span_length).",
         label="Longest span, in words", min=1, max=100))
+    language: str = language_field()
 
     @property
     def length_distribution(self) -> tuple[np.ndarray, np.ndarray]:

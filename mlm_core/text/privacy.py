@@ -2,7 +2,9 @@
 
 Detected kinds: e-mail addresses, URLs, IP addresses (v4 and v6), IBANs (mod-97 checked),
 credit-card-like digit runs (Luhn checked), phone numbers (the ``phonenumbers`` library,
-national formats read with ``region``, international ones with ``+``) and other numbers.
+national formats read with ``region``, international ones with ``+``), street addresses,
+person names and places (``mlm_core.text.entities``: patterns and spaCy's English named-entity
+recogniser, loaded only when one of those kinds is asked for) and other numbers.
 When two findings overlap, the longer one wins (``https://bob@x.com`` is one URL, not an
 e-mail plus a URL); at equal length the kind listed first in ``PII_KINDS`` wins.
 
@@ -32,6 +34,14 @@ import numpy as np
 
 from mlm_core.errors import InputError
 from mlm_core.settings import Validated, param
+from mlm_core.text.entities import (
+    PERSON,
+    PLACE,
+    STREET_ADDRESS,
+    find_people_and_places,
+    find_people_and_places_many,
+    find_streets,
+)
 
 EMAIL = "email"
 URL = "url"
@@ -40,7 +50,9 @@ IBAN = "iban"
 CREDIT_CARD = "credit_card"
 PHONE = "phone"
 NUMBER = "number"
-PII_KINDS = (EMAIL, URL, IP, IBAN, CREDIT_CARD, PHONE, NUMBER)  # also the tie-break order
+PII_KINDS = (EMAIL, URL, IP, IBAN, CREDIT_CARD, PHONE, STREET_ADDRESS, PERSON, PLACE, NUMBER)  # also the tie-break order
+NAMED_ENTITY_KINDS = (PERSON, PLACE)  # found by the statistical recogniser (the others by patterns and checks)
+PATTERN_KINDS = tuple(k for k in PII_KINDS if k not in NAMED_ENTITY_KINDS)  # found without loading the recogniser
 PLACEHOLDERS = {
     EMAIL: "[EMAIL]",
     URL: "[URL]",
@@ -48,6 +60,9 @@ PLACEHOLDERS = {
     IBAN: "[IBAN]",
     CREDIT_CARD: "[CARD]",
     PHONE: "[PHONE]",
+    STREET_ADDRESS: "[ADDRESS]",
+    PERSON: "[PERSON]",
+    PLACE: "[PLACE]",
     NUMBER: "[NUMBER]",
 }
 REPLACEMENTS = ("placeholder", "mask")
@@ -200,7 +215,7 @@ def _find_phones(text: str, region: str):
 
 @dataclass(frozen=True)
 class PrivacyMasking(Validated):
-    """Privacy: replace e-mails, URLs, phone numbers, numbers and other personal data in the raw text.
+    """Privacy: replace e-mails, URLs, phone numbers, names, addresses, places and numbers in the raw text.
 
     A text-level step: it runs before tokenization (``mask_text`` and ``prepare_text`` in
     ``mlm_core.masking`` run it first), and the trainer applies it when it reads the corpus.
@@ -209,13 +224,18 @@ class PrivacyMasking(Validated):
 
         PrivacyMasking().apply("Write to bob@example.org or call +44 20 7946 0958.").text
         # 'Write to [EMAIL] or call [PHONE].'
+        PrivacyMasking().apply("John Smith lives at 12 Baker Street, London").text
+        # '[PERSON] lives at [ADDRESS], [PLACE]'
     """
 
     name: ClassVar[str] = "privacy"
     label: ClassVar[str] = "privacy masking"
 
     kinds: tuple[str, ...] = field(
-        default=PII_KINDS, metadata=param("Kinds of personal data to replace.", choices=PII_KINDS)
+        default=PII_KINDS, metadata=param(
+            "Kinds of personal data to replace. Person names and places are found by spaCy's English "
+            "named-entity recogniser (about a second to load the first time) (kinds).", choices=PII_KINDS,
+            label="Kinds of personal data")
     )
     replacement: str = field(
         default="placeholder",
@@ -245,10 +265,24 @@ class PrivacyMasking(Validated):
     def describe(self) -> str:
         return self.label
 
-    def find(self, text: str) -> list[tuple[str, int, int]]:
-        """Non-overlapping findings ``(kind, start, end)`` in ``text``, in order of position."""
+    @property
+    def _named_kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in self.kinds if k in NAMED_ENTITY_KINDS)
+
+    def find(self, text: str, named: list[tuple[str, int, int]] | None = None) -> list[tuple[str, int, int]]:
+        """Non-overlapping findings ``(kind, start, end)`` in ``text``, in order of position.
+
+        ``named``: the recogniser's findings for ``text`` when already known (``apply_many`` batches them).
+        """
         if not isinstance(text, str):
             raise InputError("Privacy masking needs text.")
+        found = [] if named is None else [named]
+
+        def named_entities():  # one pass of the recogniser serves both names and places
+            if not found:
+                found.append(find_people_and_places(text, self._named_kinds))
+            return found[0]
+
         finders = {
             EMAIL: lambda: (m.span() for m in _EMAIL.finditer(text)),
             URL: lambda: _find_urls(text),
@@ -256,6 +290,9 @@ class PrivacyMasking(Validated):
             IBAN: lambda: _find_ibans(text),
             CREDIT_CARD: lambda: _find_cards(text),
             PHONE: lambda: _find_phones(text, self.region),
+            STREET_ADDRESS: lambda: find_streets(text),
+            PERSON: lambda: (span for kind, *span in named_entities() if kind == PERSON),
+            PLACE: lambda: (span for kind, *span in named_entities() if kind == PLACE),
             NUMBER: lambda: (m.span() for m in _NUMBER.finditer(text)),
         }
         candidates = [
@@ -271,12 +308,20 @@ class PrivacyMasking(Validated):
                 accepted.append((kind, start, end))
         return sorted(accepted, key=lambda c: c[1])
 
-    def apply(self, text: str, mask_token: str = "[MASK]") -> PrivacyResult:
+    def apply_many(self, texts, mask_token: str = "[MASK]") -> list[PrivacyResult]:
+        """``apply`` to each text, the recogniser run over all of them in batches (a corpus)."""
+        texts = list(texts)
+        if not all(isinstance(text, str) for text in texts):
+            raise InputError("Privacy masking needs text.")
+        named = find_people_and_places_many(texts, self._named_kinds) if self._named_kinds else [[]] * len(texts)
+        return [self.apply(text, mask_token, named=found) for text, found in zip(texts, named, strict=True)]
+
+    def apply(self, text: str, mask_token: str = "[MASK]", named: list | None = None) -> PrivacyResult:
         """Replace every finding; ``mask_token`` is the model's (``<mask>`` for RoBERTa)."""
         pieces: list[str] = []
         replacements = []
         cursor = new_length = 0
-        for kind, start, end in self.find(text):
+        for kind, start, end in self.find(text, named):
             pieces.append(text[cursor:start])
             new_length += start - cursor
             replacement = mask_token if self.replacement == "mask" else PLACEHOLDERS[kind]

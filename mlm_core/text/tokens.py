@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from mlm_core.errors import InputError, NothingToMaskError
+from mlm_core.text.languages import DEFAULT_LANGUAGE, LANGUAGES, segment_words
 
 MAX_TEXT_CHARS = 100_000
 STOPWORD = "stopword"
@@ -127,22 +128,25 @@ def _special_frame(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 @lru_cache(maxsize=8)
-def stopwords(language: str = "en") -> frozenset[str]:
-    """spaCy's stopword list for ``language`` (ISO 639-1, ~70 languages; no model needed).
+def stopwords(language: str = DEFAULT_LANGUAGE) -> frozenset[str]:
+    """spaCy's stopword list for ``language`` (ISO 639-1, ``languages.LANGUAGES``; no model needed).
 
     spaCy's lists hold function words ("the", "of", "would"); broader lists such as
     stopwords-iso also count "hello" or "world", which would surprise a class.
     """
     import importlib
 
-    try:
-        module = importlib.import_module(f"spacy.lang.{language}.stop_words")
-    except ModuleNotFoundError as exc:
-        raise InputError(f"No stopword list for language '{language}'. Use an ISO 639-1 code such as en, de, fr.") from exc
+    if language not in LANGUAGES:
+        raise InputError(
+            f"No stopword list for language {str(language)[:20]!r}. Use an ISO 639-1 code such as en, de, fr or zh."
+        )
+    # The stop_words module alone: spacy.util.get_lang_class(code).Defaults.stop_words is the same set
+    # but imports the language's whole tokenizer setup.
+    module = importlib.import_module(f"spacy.lang.{language}.stop_words")
     return frozenset(word.lower() for word in module.STOP_WORDS)
 
 
-def word_category(word: str, language: str = "en") -> str:
+def word_category(word: str, language: str = DEFAULT_LANGUAGE) -> str:
     """stopword / punctuation / number / content for one word of the original text."""
     stripped = word.strip()
     if not stripped:
@@ -159,7 +163,7 @@ def word_category(word: str, language: str = "en") -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _encodable(text: str) -> str:
+def encodable(text: str) -> str:
     """``text`` with lone surrogates replaced by U+FFFD (one for one, so offsets stay valid).
 
     Tokenizers refuse strings that cannot be encoded as UTF-8 (a TypeError otherwise).
@@ -187,8 +191,33 @@ def _mask_pattern(mask_token: str | None) -> re.Pattern | None:
     return re.compile(re.escape(mask_token)) if mask_token else None
 
 
-def tokenize(tokenizer, text: str, language: str = "en") -> Tokens:
+def segmented_word_ids(text: str, language: str, ids: list[int], offsets: list, word_ids: list[int], mask_id: int) -> list[int]:
+    """Word ids regrouped by the language's word segmentation (Chinese: jieba); unchanged for other languages.
+
+    A token starts a new word only where the tokenizer starts a word *and* the segmenter starts one,
+    so a word piece is never cut from its word and the characters of one Chinese word share an id.
+    """
+    spans = segment_words(text, language)
+    if spans is None:
+        return word_ids
+    starts = {start for start, _ in spans}
+    regrouped: list[int] = []
+    for i, (token_id, (start, _), word) in enumerate(zip(ids, offsets, word_ids)):
+        if i == 0:
+            regrouped.append(0)
+            continue
+        new_word = (
+            token_id == mask_id or ids[i - 1] == mask_id or (word != word_ids[i - 1] and start in starts)
+        )
+        regrouped.append(regrouped[-1] + int(new_word))
+    return regrouped
+
+
+def tokenize(tokenizer, text: str, language: str = DEFAULT_LANGUAGE) -> Tokens:
     """Tokenize ``text`` for a masked LM (see the module docstring for the rules).
+
+    ``language`` picks the stopword list of each word's category and, for Chinese, groups the
+    characters of each jieba word under one word id (``mlm_core.text.languages``).
 
     Raises InputError for empty/invisible text or text over ``MAX_TEXT_CHARS``.
     """
@@ -222,7 +251,7 @@ def tokenize(tokenizer, text: str, language: str = "en") -> Tokens:
             if start == end:
                 continue
             encoded = tokenizer(
-                _encodable(text[start:end]),
+                encodable(text[start:end]),
                 add_special_tokens=False,
                 split_special_tokens=True,  # typed [CLS] or </s> stays text
                 return_offsets_mapping=True,
@@ -238,6 +267,7 @@ def tokenize(tokenizer, text: str, language: str = "en") -> Tokens:
         tokens = tokenizer.convert_ids_to_tokens(list(prefix) + ids + list(suffix))
     if not ids:
         raise NothingToMaskError("Nothing to mask: the text produced no tokens for this model.")
+    word_ids = segmented_word_ids(text, language, ids, offsets, word_ids, mask_id)
 
     word_spans: dict[int, list[int]] = {}
     for (s, e), word in zip(offsets, word_ids):
