@@ -48,6 +48,7 @@ from mlm_core.training.run_table import (
 )
 from mlm_core.training.scratch import SCRATCH_MODELS
 from mlm_core.training.store import INTERRUPTED, MAX_NAME_CHARS, RUNNING, RunRecord, RunStore, run_ref
+from mlm_core.training.streaming import preparing_text
 from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown, token_chips
 from mlm_core.views.reports import html_report
@@ -62,8 +63,8 @@ RUNS_GRID_NUMBERS = {  # column: (title, the grid's number format, the same as t
     "duration": ("duration (s)", "%.0f", "{:.0f}"),
 }
 FOLLOW_KEY = "follow-run"
-LSTM_NOTE = ("An LSTM run's model cannot open in the explorer: it has no attention to show and is not a "
-             "Hugging Face model.")
+LSTM_NOTE = ("This LSTM was saved by an earlier MaskLab (lstm.safetensors) and could not be converted to a model "
+             "folder, so it cannot open in the explorer: train a new one with scratch-lstm.")
 PRIVATE_RUN_NOTE = ("This run started from a model this server does not offer, so its model does not open in the "
                     "explorer and is not downloadable here.")
 PRIVATE_PROBES_NOTE = ("This run started from a model this server does not offer, so neither that model nor "
@@ -88,8 +89,7 @@ def model_choice(store: RunStore, key: str) -> ModelOption | None:
     scratch = "; ".join(f"{name}: {about}" for name, about in SCRATCH_MODELS.items())
     name = pick_model([(name, o.label) for name, o in options.items()], "Start from", f"{key}-model",
                       f"{key}-model-other", "model", help=f"The default model, a model trained from scratch "
-                      f"({scratch}) or a finished run's model, listed by its name. LSTM runs are not listed (an LSTM "
-                      "cannot be fine-tuned further: choose scratch-lstm for a new one).")
+                      f"({scratch}) or a finished run's model, listed by its name.")
     if name is None:
         return None
     return options.get(name) or ModelOption(name, name, "other")
@@ -186,8 +186,14 @@ def _live(store: RunStore, run_id: str, was_active: bool) -> None:
         st.markdown(f"**{escape_markdown(run_name(record, reveal_to_browsers))}** (run {record.id}) · "
                     f"{escape_markdown(model_name(config.get('model'), reveal_to_browsers))} · "
                     f"{config.get('strategy')}/{config.get('masking')} · device {record.device or '…'}")
-        status = progress(record, pace=read_pace(store.folder(record.id)))
-        st.progress(status.fraction, text=status.text)
+        pace = read_pace(store.folder(record.id))
+        preparing = (pace or {}).get("preparing") if record.status == RUNNING else None
+        if preparing:  # a corpus over the size limit being tokenized (minutes a GB) before the first step
+            st.progress(min(1.0, preparing["done_bytes"] / max(1, preparing["total_bytes"])),
+                        text=preparing_text(preparing))
+        else:
+            status = progress(record, pace=pace)
+            st.progress(status.fraction, text=status.text)
         st.caption(disk_note(store.folder(record.id)))
         if message := st.session_state.pop("run-message", None):
             st.warning(message)

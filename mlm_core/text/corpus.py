@@ -3,7 +3,8 @@
 A corpus is read completely and validated before anything uses it: a bad file raises
 ``CorpusError`` and nothing is half imported. The file name only chooses the format; it
 is never used as a path. Reading streams line by line, so memory stays bounded by the
-size limit rather than by what the file claims.
+size limit rather than by what the file claims. A txt file over the limit can still be trained on
+(the command line): ``open_corpus_file`` gives a ``StreamedCorpus``, read again piece by piece.
 
 Example::
 
@@ -20,7 +21,7 @@ import io
 import json
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,14 +107,18 @@ def decode(data: bytes) -> tuple[str, str, list[str]]:
     except UnicodeDecodeError:
         text, encoding, notice = _decode_by_line(data)
         notices.append(notice)
-    head = text[:65536]
+    _check_controls(text[:65536])
+    return text, encoding, notices
+
+
+def _check_controls(head: str) -> None:
+    """CorpusError when the start of a file is more than 1% control characters: binary, not text."""
     controls = [i for i, ch in enumerate(head) if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f"]
     if len(controls) > 0.01 * max(1, len(head)):
         first = head.count("\n", 0, controls[0]) + 1
         raise CorpusError(f"The file has {len(controls):,} control characters in its first {len(head):,} characters "
                           f"(the first on line {first}): it looks binary or holds terminal escape codes, not plain "
                           "text. Save it as plain UTF-8 text.")
-    return text, encoding, notices
 
 
 def _decode_by_line(data: bytes) -> tuple[str, str, str]:
@@ -203,15 +208,16 @@ def _has_text(text: str) -> bool:
     return any(unicodedata.category(ch)[0] not in "CZ" for ch in text)
 
 
-def _txt_texts(text: str, unit: str) -> Iterator[str]:
+def _txt_texts(lines: Iterable[str], unit: str) -> Iterator[str]:
+    """The texts of a txt file's ``lines`` (each with its line break, as ``io.StringIO`` gives them)."""
     if unit == "line":
-        for number, line in enumerate(io.StringIO(text), start=1):
+        for number, line in enumerate(lines, start=1):
             if _has_text(line):
                 yield _check_text(line.strip(), number)
         return
     paragraph: list[str] = []
     start = 1
-    for number, line in enumerate(io.StringIO(text), start=1):
+    for number, line in enumerate(lines, start=1):
         if _has_text(line):
             if not paragraph:
                 start = number
@@ -378,7 +384,7 @@ def read_corpus(
     text, encoding, notices = decode(data)
     chosen: str | None = None
     if fmt == "txt":
-        texts = list(_txt_texts(text, text_unit))
+        texts = list(_txt_texts(io.StringIO(text), text_unit))
     elif fmt == "jsonl":
         texts, chosen = _jsonl_texts(text, column)
     else:
@@ -396,3 +402,108 @@ def read_corpus(
         sha256=hashlib.sha256(data).hexdigest(),
         notices=tuple(notices),
     )
+
+
+# ----------------------------------------------------------------------------- corpora read as they are used
+
+_STREAM_READ_BYTES = 4 << 20  # bytes read at a time from a streamed corpus (cut at a line break)
+
+
+@dataclass(frozen=True)
+class StreamedCorpus:
+    """A txt corpus over ``MAX_CORPUS_BYTES``: never held whole, its texts are read again on each ``batches()``.
+
+    The command line trains on such files (``open_corpus_file``); texts are the ones ``read_corpus``
+    would give (same line/paragraph rules, same per-line UTF-8 or Windows-1252 reading), and a bad
+    line is named when the reading reaches it.
+    """
+
+    path: Path  # where the bytes are (the run folder's copy); never shown
+    name: str  # display name only
+    text_unit: str
+    sha256: str
+    size: int  # bytes
+    format: str = "txt"
+    column: str | None = None
+
+    def batches(self, size: int) -> Iterator[list[str]]:
+        """The texts in order, ``size`` at a time (the last list may be shorter)."""
+        batch: list[str] = []
+        for text in _txt_texts(_file_lines(self.path), self.text_unit):
+            batch.append(text)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def _file_lines(path: Path) -> Iterator[str]:
+    """The lines of a file, each with its line break, read in pieces: UTF-8, or Windows-1252 for a line that is not."""
+    number = 0  # lines before the piece being read
+    with path.open("rb") as handle:
+        rest = handle.read(len(codecs.BOM_UTF8))
+        if rest == codecs.BOM_UTF8:
+            rest = b""
+        first = True  # until the first text read: its start is checked for binary content
+        while True:
+            chunk = handle.read(_STREAM_READ_BYTES)
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            if chunk and cut == 0 and len(data) > 4 * MAX_TEXT_CHARS:  # at most 4 bytes a character
+                raise CorpusError(f"Line {number + 1:,}: one text has over {MAX_TEXT_CHARS:,} characters; "
+                                  "the limit is that. Split it.")
+            piece, rest = data[:cut], data[cut:]
+            nul = piece.find(b"\x00")
+            if nul >= 0:
+                line = number + piece.count(b"\n", 0, nul) + 1
+                raise CorpusError(f"Line {line:,}: the file contains NUL bytes: it looks binary. Save it as UTF-8 text.")
+            try:
+                text = piece.decode("utf-8")
+            except UnicodeDecodeError:  # a line at a time, as read_corpus reads a file that is not all UTF-8
+                text = "\n".join(_decode_line(line) for line in piece.split(b"\n"))
+            if first and text:
+                _check_controls(text[:65536])
+                first = False
+            for line in io.StringIO(text):
+                yield line
+            number += piece.count(b"\n")
+            if not chunk:
+                return
+
+
+def _decode_line(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("cp1252", errors="replace")
+
+
+def open_corpus_file(path: Path, name: str, column: str | None = None, text_unit: str = "line"
+                     ) -> Corpus | StreamedCorpus:
+    """The corpus in the file at ``path``: read whole (``read_corpus``) up to ``MAX_CORPUS_BYTES``, streamed beyond.
+
+    Streamed corpora are txt files (one text per line or paragraph), UTF-8 or Windows-1252; their first
+    piece is checked now (binary, UTF-16), the rest as training reads it. ``name`` is the display name
+    (it chooses the format).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size <= MAX_CORPUS_BYTES:
+        return read_corpus(path.read_bytes(), name, column, text_unit)
+    if text_unit not in TEXT_UNITS:
+        raise CorpusError(f"text_unit must be one of {', '.join(TEXT_UNITS)}.")
+    if format_of(name) != "txt":
+        raise CorpusError(f"The file is {_size(size)}: a corpus over {_size(MAX_CORPUS_BYTES).replace('.0 MB', ' MB')} "
+                          "is read as training goes, which needs a .txt file (one text per line or paragraph). "
+                          "Convert it, or save it as a dataset and use --dataset.")
+    with path.open("rb") as handle:
+        head = handle.read(_STREAM_READ_BYTES)
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise CorpusError("The file is UTF-16: a corpus this big must be UTF-8 (or Windows-1252). Convert it.")
+        handle.seek(0)
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    corpus = StreamedCorpus(path, Path(name.replace("\\", "/")).name[:120], text_unit, digest, size)
+    if next(corpus.batches(1), None) is None:  # reads the first piece: binary files are refused now, not in the job
+        raise CorpusError("The file has no text: its lines are empty or hold only invisible characters.")
+    return corpus

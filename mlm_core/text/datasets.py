@@ -288,17 +288,19 @@ def stream_text_file(path: str | Path) -> TextSource:
     return TextSource(file.name, "txt", None, None, size, batches)
 
 
-def materialize_txt(source: TextSource, max_bytes: int) -> bytes:
-    """The texts of ``source`` as a txt corpus (one per line), refused past ``max_bytes``.
+def _txt_line(text: str) -> bytes:
+    """One text as one line of a txt corpus: its own line breaks become spaces."""
+    return " ".join(text.split("\n")).replace("\r", " ").encode("utf-8") + b"\n"
 
-    Training reads its corpus whole; this lets it take a dataset within the corpus size limit.
-    """
+
+def materialize_txt(source: TextSource, max_bytes: int) -> bytes:
+    """The texts of ``source`` as a txt corpus (one per line), refused past ``max_bytes``."""
     from mlm_core.text.corpus import too_big
 
     parts: list[bytes] = []
     size = 0
     for text in source:
-        encoded = " ".join(text.split("\n")).replace("\r", " ").encode("utf-8") + b"\n"
+        encoded = _txt_line(text)
         size += len(encoded)
         if size > max_bytes:
             raise too_big(size, max_bytes)
@@ -306,3 +308,19 @@ def materialize_txt(source: TextSource, max_bytes: int) -> bytes:
     if not parts:
         raise InputError(f"'{source.name}' has no non-empty texts in column '{source.column}'.")
     return b"".join(parts)
+
+
+def write_txt(source: TextSource, path: Path) -> int:
+    """Write the texts of ``source`` to ``path`` as a txt corpus (one per line), batch by batch; returns its bytes.
+
+    Training reads this file like any ``--corpus``: whole up to the corpus size limit, streamed beyond.
+    """
+    size = 0
+    with Path(path).open("wb") as out:
+        for text in source:
+            encoded = _txt_line(text)
+            out.write(encoded)
+            size += len(encoded)
+    if not size:
+        raise InputError(f"'{source.name}' has no non-empty texts in column '{source.column}'.")
+    return size

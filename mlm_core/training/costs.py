@@ -46,7 +46,7 @@ from pathlib import Path
 
 from mlm_core.errors import MaskLabError
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME
-from mlm_core.training.config import TrainConfig
+from mlm_core.training.config import RECURRENT_SCRATCH_MODELS, TrainConfig, is_scratch
 from mlm_core.training.store import FINISHED, RunRecord, RunStore, run_ref_id
 
 PACE_FILE = "pace.json"  # in the run folder: start-up, when steps ended, and at the end the timing totals
@@ -125,13 +125,26 @@ def estimate_train_blocks(tokenizer, texts, seq_len: int, heldout_fraction: floa
     return max(1, int(tokens // (seq_len - 2)))
 
 
-def local_model_config(model: str | None) -> dict | None:
-    """config.json of ``model`` when it is on this machine (the default model's is packaged)."""
+SCRATCH_SIZE_SETTINGS = ("scratch_hidden", "scratch_layers", "scratch_heads", "scratch_embedding")
+
+
+def scratch_sizes(config: TrainConfig) -> tuple:
+    """A scratch model's sizes in ``config`` (``SCRATCH_SIZE_SETTINGS``' values), () for any other model."""
+    return tuple(getattr(config, name) for name in SCRATCH_SIZE_SETTINGS) if is_scratch(config.model) else ()
+
+
+def local_model_config(model: str | None, sizes: tuple = ()) -> dict | None:
+    """config.json of ``model`` when it is on this machine (the default model's is packaged); a scratch
+    model's at ``sizes`` (``scratch_sizes``; () for its default sizes)."""
     from mlm_core.model.default_model import base_encoder_dir
 
-    if model == "scratch-transformer":  # as training.build_model makes it
-        return {"model_type": "bert", "vocab_size": REFERENCE_SHAPE[3], "hidden_size": 128,
-                "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512}
+    if is_scratch(model):  # as training.build_model makes it
+        from mlm_core.model.loading import serialized_loading
+        from mlm_core.training.scratch import scratch_model_config
+
+        config = TrainConfig(model=model, **dict(zip(SCRATCH_SIZE_SETTINGS, sizes, strict=False)))
+        with serialized_loading():  # transformers' first imports are not thread-safe
+            return scratch_model_config(config, REFERENCE_SHAPE[3]).to_dict()
     if model is None or model == DEFAULT_MODEL_NAME:
         path = Path(base_encoder_dir()) / "config.json"
     elif run_ref_id(model) is not None:  # a finished run's model: its own folder, not a path called "run:ID"
@@ -159,16 +172,13 @@ def _model_shape(model: str | None) -> tuple[int, int, int, int] | None:
 
 
 @functools.lru_cache(maxsize=16)
-def parameter_count(model: str | None) -> int | None:
-    """Weights of ``model`` as the trainer builds it, counted on the meta device (no memory); None: unknown."""
+def parameter_count(model: str | None, sizes: tuple = ()) -> int | None:
+    """Weights of ``model`` (a scratch model at ``sizes``) as the trainer builds it, counted on the meta
+    device (no memory); None: unknown."""
     import torch
 
-    from mlm_core.training.scratch import LSTMForMaskedLM
-
     with torch.device("meta"):
-        if model == "scratch-lstm":
-            return sum(p.numel() for p in LSTMForMaskedLM(REFERENCE_SHAPE[3]).parameters())
-        data = local_model_config(model)
+        data = local_model_config(model, sizes)
         if data is None:
             return None
         from mlm_core.model.loading import quiet_transformers, serialized_loading
@@ -201,7 +211,7 @@ def checkpoints_written(config: TrainConfig, steps: int) -> int:
 
 def estimate_disk(config: TrainConfig, steps: int, corpus_bytes: int) -> DiskEstimate | None:
     """Disk use of a run of ``config`` (None when the model's size is unknown)."""
-    weights = parameter_count(config.model)
+    weights = parameter_count(config.model, scratch_sizes(config))
     if weights is None:
         return None
     model = weights * BYTES_PER_WEIGHT + TOKENIZER_BYTES
@@ -306,7 +316,9 @@ def _pace_of(timing: dict, startup_s: float | None, fallback: Pace) -> Pace | No
     else:
         step_s, warmup = timing["step_s"] / steps, 0.0
     pace = Pace(
-        startup_s=(startup_s if startup_s is not None else fallback.startup_s) + warmup,
+        # less the tokenizing of a streamed corpus (over the upload limit), which a run on an upload does not spend
+        startup_s=(startup_s if startup_s is not None else fallback.startup_s) + warmup
+        - (timing.get("streamed_data_s") or 0.0),
         train_token_s=step_s / tokens,
         eval_token_s=(timing["eval_s"] / (evals * max(1, timing["eval_blocks"]) * timing["seq_len"])
                       if evals else fallback.eval_token_s),
@@ -341,8 +353,8 @@ def _cost_per_token(shape: tuple[int, int, int, int]) -> float:
 def default_pace(model: str | None, device_type: str) -> tuple[Pace, str]:
     """(pace, how it was made) for ``model`` on ``device_type`` with nothing measured on this machine."""
     reference = REFERENCE_PACE["cuda" if device_type == "cuda" else "cpu"]
-    if model == "scratch-lstm":
-        factor, how = 1 / LSTM_SPEEDUP, "the default model's measured pace, scaled to the scratch LSTM"
+    if model in RECURRENT_SCRATCH_MODELS:
+        factor, how = 1 / LSTM_SPEEDUP, f"the default model's measured pace, scaled to the {model} model"
     elif (shape := _model_shape(model)) is None:
         return reference, "the default model's measured pace (this model's size is unknown)"
     else:

@@ -29,7 +29,7 @@ from mlm_core.policy import (
     masklab_home,  # noqa: F401 - re-exported: callers import it from here
     server_policy,
 )
-from mlm_core.text.corpus import Corpus, read_corpus
+from mlm_core.text.corpus import Corpus, StreamedCorpus, open_corpus_file, read_corpus
 from mlm_core.training import checkpoints, ownership, tracking
 from mlm_core.training.config import TrainConfig
 from mlm_core.training.costs import format_bytes, others_load, read_pace, write_pace
@@ -89,6 +89,13 @@ class StoreCallbacks(TrainingCallbacks):
         self._last_cancel_check = 0.0
         self._pace: dict = {}
         self._loads: list[float] = []  # load averages seen while it ran, for the next estimate
+
+    def on_preparing(self, progress: dict) -> None:
+        # In the pace file, which the Runs page reads; on_start replaces it with the steps' pace.
+        self._pace = {"preparing": progress}
+        self._write_pace()
+        if self.printer:
+            self.printer("preparing", progress)
 
     def on_start(self, info: dict) -> None:
         best = info.get("best") or {}  # a resumed run's best so far (from its checkpoint)
@@ -177,7 +184,7 @@ class StoreCallbacks(TrainingCallbacks):
 def submit(
     store: RunStore,
     config: TrainConfig,
-    corpus_bytes: bytes,
+    corpus_bytes: bytes | Path,
     request_id: str | None = None,
     launch: bool = True,
     owner: str | None = None,
@@ -191,11 +198,26 @@ def submit(
     to the machine's own user (ownership.local_owner); a start past one of the operator's limits
     (ownership.check_start: queue, runs per owner, disk, a browser run's estimated time) is a RunError
     saying which. ``world_size``: the processes that will train it (torchrun / accelerate launch), kept
-    in its config when more than one.
+    in its config when more than one. ``corpus_bytes`` may be a file's Path: one over the corpus size
+    limit is then copied and streamed (``streaming``), its tokenized blocks counted in the disk check.
     """
     owner = owner or ownership.local_owner()
-    corpus = read_corpus(corpus_bytes, config.corpus_name, config.corpus_column, config.text_unit)  # CorpusError
-    split_texts(corpus.texts, config.heldout_fraction)  # too small to hold a text out: say so now, not in the job
+    if isinstance(corpus_bytes, Path):
+        corpus = open_corpus_file(corpus_bytes, config.corpus_name, config.corpus_column, config.text_unit)
+        corpus_size = corpus_bytes.stat().st_size
+    else:
+        corpus = read_corpus(corpus_bytes, config.corpus_name, config.corpus_column, config.text_unit)  # CorpusError
+        corpus_size = len(corpus_bytes)
+    blocks_disk = 0
+    if isinstance(corpus, StreamedCorpus):
+        from mlm_core.training.streaming import streamed_disk_bytes
+
+        if world_size > 1:  # the other processes are sent the corpus itself (they may be on other machines)
+            raise MaskLabError("A corpus over the corpus size limit trains in one process; launch it without "
+                               "torchrun / accelerate launch, or split the corpus.")
+        blocks_disk = streamed_disk_bytes(corpus, config, store.root)  # a strategy that cannot stream; a full disk
+    else:
+        split_texts(corpus.texts, config.heldout_fraction)  # too small to hold a text out: say so now, not in the job
     check_memory(config)  # a batch the machine cannot hold is refused here, not by the kernel's OOM killer
     tracking.check_installed(config.log_with)  # a tracker's missing package: said now, not as a failed run
     existing = store._find_request(request_id) if request_id else None
@@ -203,13 +225,13 @@ def submit(
         return existing, False
     # Checked and created under one lock: twenty starts at once cannot all pass a check made before any exists.
     with _launch_lock(store):
-        ownership.check_start(store, owner, len(corpus_bytes), policy, estimated_s=estimated_s,
-                              disk_bytes=ownership.peak_disk_bytes(config.to_dict(), 0))
+        ownership.check_start(store, owner, corpus_size, policy, estimated_s=estimated_s,
+                              disk_bytes=ownership.peak_disk_bytes(config.to_dict(), 0) + blocks_disk)
         # The corpus is in the folder before the run exists: a racing launcher never starts it without one.
         stored_config = config.to_dict() | ({"world_size": world_size} if world_size > 1 else {})
         record, created = store.create(stored_config, request_id, files={CORPUS_FILE: corpus_bytes}, owner=owner)
         if created:
-            ownership.note_disk_use(store.root, len(corpus_bytes))
+            ownership.note_disk_use(store.root, corpus_size)
     if launch:
         launch_pending(store)
     return store.get(record.id), created
@@ -268,9 +290,10 @@ def resume(store: RunStore, run_id: str, launch: bool = True, by: str | None = N
     return store.get(run_id)
 
 
-def load_corpus(store: RunStore, run_id: str, config: TrainConfig) -> Corpus:
-    data = (store.folder(run_id) / CORPUS_FILE).read_bytes()
-    return read_corpus(data, config.corpus_name, config.corpus_column, config.text_unit)
+def load_corpus(store: RunStore, run_id: str, config: TrainConfig) -> Corpus | StreamedCorpus:
+    """The run's corpus: read whole, or streamed when over the corpus size limit (``open_corpus_file``)."""
+    return open_corpus_file(store.folder(run_id) / CORPUS_FILE, config.corpus_name, config.corpus_column,
+                            config.text_unit)
 
 
 def execute(store: RunStore, run_id: str, printer: Callable[[str, dict], None] | None = None) -> RunRecord:

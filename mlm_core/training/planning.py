@@ -39,6 +39,7 @@ from mlm_core.masking import (
     strategy_steps,
     with_rate,
 )
+from mlm_core.masking.language import text_language
 from mlm_core.model.default_model import DEFAULT_MODEL_NAME, base_encoder_dir
 from mlm_core.model.families import usable_positions
 from mlm_core.settings import shown_value
@@ -57,14 +58,48 @@ HIDDEN_MODEL = "a model not offered on this server"  # a run's base that browser
 
 
 def is_lstm_folder(folder: Path) -> bool:
-    """A scratch-LSTM run's model folder: not a Hugging Face model (no explorer, no probes)."""
-    return (Path(folder) / "lstm_config.json").is_file()
+    """An LSTM model folder an earlier MaskLab saved (lstm.safetensors + lstm_config.json) that could not be
+    converted (``run_model_folder``): not a model folder (no explorer, no probes)."""
+    return (Path(folder) / "lstm_config.json").is_file() and not (Path(folder) / "config.json").is_file()
 
 
 def run_model_folder(store: RunStore, record: RunRecord) -> Path | None:
-    """The finished model of ``record`` (``<run>/model``), or None when it has none."""
+    """The finished model of ``record`` (``<run>/model``), or None when it has none.
+
+    An LSTM an earlier MaskLab saved as lstm.safetensors is converted here, once, into a normal model
+    folder (``model.recurrent.convert_legacy_lstm``: config.json and model.safetensors added, its own files
+    kept); one that cannot be converted stays as it is (``is_lstm_folder``).
+    """
     folder = store.folder(record.id) / "model"
-    return folder if record.status == FINISHED and folder.is_dir() else None
+    if record.status != FINISHED or not folder.is_dir():
+        return None
+    if is_lstm_folder(folder):
+        _convert_legacy_lstm(folder)
+    return folder
+
+
+def _convert_legacy_lstm(folder: Path) -> None:
+    """Add config.json and model.safetensors to a legacy LSTM folder; config.json last, by rename, so a
+    reader meanwhile sees the legacy folder or the whole converted one. Failure leaves the folder as it was."""
+    import shutil
+    import tempfile
+
+    from safetensors import SafetensorError
+
+    from mlm_core.model.loading import serialized_loading
+
+    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    try:
+        with serialized_loading():  # transformers' imports and model building: one at a time
+            from mlm_core.model.recurrent import convert_legacy_lstm
+
+            convert_legacy_lstm(folder, work)
+        (work / "model.safetensors").replace(folder / "model.safetensors")
+        (work / "config.json").replace(folder / "config.json")
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+        return
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -96,8 +131,8 @@ def resolve_run_model(model: str, store: RunStore | None = None) -> Path:
     if folder is None:
         raise ModelLoadError(f"Run {run_id} is {record.status}: its model exists once the run has finished.")
     if is_lstm_folder(folder):
-        raise ModelLoadError(f"Run {run_id} trained an LSTM: it has no attention to show, is not a Hugging Face "
-                             "model and cannot be fine-tuned further (choose scratch-lstm for a new one).")
+        raise ModelLoadError(f"Run {run_id} holds an LSTM saved by an earlier MaskLab that cannot be converted to a "
+                             "model folder (its files are incomplete or damaged): train a new one with scratch-lstm.")
     return folder
 
 
@@ -162,8 +197,8 @@ def _tokenizer_source(model: str | None) -> tuple[str, bool]:
     folder = Path(model).expanduser()
     if folder.exists() or model.startswith((".", "/", "~")):
         if is_lstm_folder(folder):
-            raise ModelLoadError(f"'{model}' is an LSTM run's model: it cannot be fine-tuned further here. "
-                                 "Choose scratch-lstm to train a new LSTM.")
+            raise ModelLoadError(f"'{model}' is an LSTM saved by an earlier MaskLab (lstm.safetensors), not a model "
+                                 "folder; open it as its run (run:ID) to convert it, or train a new one with scratch-lstm.")
         check_local_folder(folder)  # refuses pickle-only folders and remote code before any loading
         return str(folder), True
     import os
@@ -198,9 +233,7 @@ def load_tokenizer(model: str | None):
 
 def model_limits(model: str | None) -> tuple[int | None, int]:
     """(encoder layers or None when unknown, longest block in tokens) of ``model``."""
-    if model == "scratch-transformer":
-        return 2, 512
-    if model == "scratch-lstm":
+    if model in SCRATCH_MODELS:  # layer.N freezing names BERT's layers; a scratch model's are layers.N
         return None, 512
     source, _ = _tokenizer_source(model)
     config = Path(source) / "config.json"
@@ -263,7 +296,7 @@ def _first_blocks(tokenizer, texts, config: TrainConfig, strategy, wanted: int):
         prefix = training_texts(tuple(texts[:size]), strategy, tokenizer)
         train, _ = split_texts(prefix, config.heldout_fraction)
         with tokenizer_lock(tokenizer):
-            data = pack(train, tokenizer, config.seq_len, needs_word_texts(strategy))
+            data = pack(train, tokenizer, config.seq_len, needs_word_texts(strategy), text_language(strategy))
         if len(data) > wanted or size >= len(texts):  # one more than shown: the last is never padded
             return data
         size *= 4

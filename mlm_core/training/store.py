@@ -374,7 +374,7 @@ class RunStore:
         return self.root / run_id
 
     def create(
-        self, config: dict, request_id: str | None = None, files: dict[str, bytes] | None = None,
+        self, config: dict, request_id: str | None = None, files: dict[str, bytes | Path] | None = None,
         owner: str | None = None,
     ) -> tuple[RunRecord, bool]:
         """A new queued run, or the existing one for the same ``request_id`` (created=False).
@@ -394,7 +394,10 @@ class RunStore:
         if owner is not None:
             (folder / OWNER_FILE).write_text(json.dumps({"owner": owner}))
         for name, data in (files or {}).items():
-            (folder / name).write_bytes(data)
+            if isinstance(data, Path):  # a corpus too big to hold: copied, never read whole
+                shutil.copyfile(data, folder / name)
+            else:
+                (folder / name).write_bytes(data)
         now = time.time()
         try:
             with self._connect() as db:
