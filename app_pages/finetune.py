@@ -70,7 +70,8 @@ with controls:
             st.info(notice)
 
 st.header("4 · Training")
-settings = training_settings("ft", layers, max_len)
+scratch = option.model if option is not None and option.kind == "scratch" else None  # its sizes are settings too
+settings = training_settings("ft", layers, max_len, scratch)
 if choice is not None and option is not None and tokenizer is not None and name is not None:
     try:
         config = TrainConfig(corpus_name=choice.name, corpus_column=choice.column, text_unit=choice.text_unit,

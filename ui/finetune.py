@@ -5,6 +5,8 @@ Every widget's default, range and help text is ``TrainConfig``'s declaration of 
 (``TrainConfig.spec``), and its link field is the same spec under the link's name, so a link is read
 back with the checks the widget makes (ui.common.restore_from_url) and keeps only what differs
 from the defaults. How often a run is evaluated and checkpointed is ``TrainConfig.cadence``'s rule.
+A model trained from scratch gets its kind's learning rate (``OPTIMIZER_DEFAULTS``) and its sizes
+(``SCRATCH_SIZES``), each widget keyed by the model so that switching models shows that model's defaults.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ import streamlit as st
 from mlm_core.errors import MaskLabError
 from mlm_core.settings import ParamSpec
 from mlm_core.training import CHECKPOINT_EVALS, EVALUATIONS_PER_RUN, TrainConfig
-from mlm_core.training.config import DEFAULT_EPOCHS
+from mlm_core.training.config import (
+    DEFAULT_EPOCHS,
+    OPTIMIZER_DEFAULTS,
+    RECURRENT_SCRATCH_MODELS,
+    SCRATCH_SIZES,
+)
 from mlm_core.training.tracking import TENSORBOARD_FOLDER, missing_package_message, tensorboard_command
 from ui.common import UrlField, restore_from_url, save_to_url
 
@@ -56,7 +63,8 @@ def schedule_controls(rate: float | None, key: str) -> dict:
     left, right = st.columns(2)
     mode = left.radio("Masks", masking.choices, index=masking.choices.index(masking.default), horizontal=True,
                       key=f"{key}-masking", help="dynamic: a fresh mask every time a block is seen (RoBERTa). "
-                      "static: one mask per block, drawn once and reused every epoch (original BERT).")
+                      "static: one mask per block, drawn once and reused every epoch (original BERT); it takes "
+                      "a constant rate and no adaptive masking, which would change the mask.")
     kind = right.radio("Rate schedule", schedule.choices, index=schedule.choices.index(schedule.default),
                        horizontal=True, key=f"{key}-schedule", disabled=rate is None,
                        help="Move the masking rate from a start to an end value over the run (e.g. "
@@ -79,33 +87,56 @@ def schedule_controls(rate: float | None, key: str) -> dict:
 # ----------------------------------------------------------------------------- training sizes
 
 
-def training_fields(layers: int | None, max_len: int, key: str = "ft") -> dict[str, UrlField]:
-    """The link fields of ``training_settings``, by widget key (``max_len``: the model's longest block)."""
+SIZE_LABELS = {"hidden": "Width (hidden)", "layers": "Layers", "heads": "Attention heads",
+               "embedding": "Embedding width"}
+
+
+def scratch_size_fields(model: str | None, key: str = "ft") -> tuple[UrlField, ...]:
+    """The link fields of a scratch model's sizes (none for another model), each at that model's default."""
+    if model not in SCRATCH_SIZES:
+        return ()
+    sizes = SCRATCH_SIZES[model]
+    return tuple(UrlField(f"{key}-scratch-{size}-{model}",
+                          _spec(f"scratch_{size}", default=sizes[size] or sizes["hidden"]))  # embedding: as wide
+                 for size in sizes)
+
+
+def training_fields(layers: int | None, max_len: int, key: str = "ft", scratch: str | None = None
+                    ) -> dict[str, UrlField]:
+    """The link fields of ``training_settings``, by widget key (``max_len``: the model's longest block;
+    ``scratch``: the scratch model chosen, if one is)."""
     parts = ("embeddings", "all-but-head", *(f"layer.{i}" for i in range(layers or 0)))
     seq_len = TrainConfig.spec("seq_len")
+    kind = "scratch" if scratch in SCRATCH_SIZES else "pretrained"
     fields = (
         UrlField(f"{key}-unit", ParamSpec("length_in", "choice", LENGTH_UNITS[0], "", choices=LENGTH_UNITS)),
         UrlField(f"{key}-steps", _spec("steps")),
         UrlField(f"{key}-epochs", _spec("epochs", default=DEFAULT_EPOCHS)),
         UrlField(f"{key}-batch", _spec("batch_size", "batch")),
         UrlField(f"{key}-seq", _spec("seq_len", default=min(seq_len.default, max_len), max=max_len)),
-        UrlField(f"{key}-lr", _spec("lr")),
+        UrlField(f"{key}-lr" + ("-scratch" if kind == "scratch" else ""),
+                 _spec("lr", default=OPTIMIZER_DEFAULTS[kind]["lr"])),
         UrlField(f"{key}-freeze", ParamSpec("freeze", "multi_choice", (), "", choices=parts), read=list),
+        UrlField(f"{key}-prune", _spec("prune_sparsity", "prune")),
+        UrlField(f"{key}-prune-mask", _spec("prune_mask")),
         UrlField(f"{key}-eval", _spec("eval_every", default=0, min=0)),  # 0: TrainConfig.cadence decides
         UrlField(f"{key}-ckpt", CHECKPOINT_EVALS),
         # A checkbox for TensorBoard; the link keeps TrainConfig's list of trackers (the CLI's --log-with).
         UrlField(f"{key}-tensorboard", _spec("log_with"), read=lambda names: "tensorboard" in names,
                  write=lambda on: ("tensorboard",) if on else ()),
+        *scratch_size_fields(scratch, key),
     )
     return {field.key: field for field in fields}
 
 
-def training_settings(key: str, layers: int | None, max_len: int) -> dict:
-    """Length, batch, block length, learning rate, freezing, evaluation → TrainConfig fields."""
-    fields = training_fields(layers, max_len, key)
+def training_settings(key: str, layers: int | None, max_len: int, scratch: str | None = None) -> dict:
+    """Length, batch, block length, learning rate, freezing, evaluation and, for a model trained from scratch
+    (``scratch``: its name), its sizes → TrainConfig fields."""
+    fields = training_fields(layers, max_len, key, scratch)
     restore_from_url(fields.values())
+    lr_key = next(k for k in fields if k.startswith(f"{key}-lr"))
     spec = {name: fields[f"{key}-{name}"].spec for name in
-            ("unit", "steps", "epochs", "batch", "seq", "lr", "freeze", "eval", "ckpt")}
+            ("unit", "steps", "epochs", "batch", "seq", "freeze", "prune", "prune-mask", "eval", "ckpt")}
     left, middle, right = st.columns(3)
     unit = left.radio("Length in", spec["unit"].choices, horizontal=True, key=f"{key}-unit")
     if unit == "steps":
@@ -114,9 +145,13 @@ def training_settings(key: str, layers: int | None, max_len: int) -> dict:
         steps, epochs = None, _number(left, "Epochs", spec["epochs"], f"{key}-epochs", step=0.5)
     batch = _number(middle, "Batch (blocks per step)", spec["batch"], f"{key}-batch")
     seq_len = _number(middle, "Block length (tokens)", spec["seq"], f"{key}-seq")
-    lr = _number(right, "Learning rate", spec["lr"], f"{key}-lr", step=1e-5, format="%.1e")
+    lr = _number(right, "Learning rate", fields[lr_key].spec, lr_key, step=1e-5, format="%.1e")
     freeze = right.multiselect("Freeze", spec["freeze"].choices, key=f"{key}-freeze",
                                help="Frozen parameters are not trained (parameter masking).")
+    with st.expander("Parameter mask (W⊙M)"):
+        prune = _number(st, "Share of encoder weights masked (0: none)", spec["prune"], f"{key}-prune", step=0.05)
+        prune_mask = st.radio("Which weights", spec["prune-mask"].choices, horizontal=True, key=f"{key}-prune-mask",
+                              help=spec["prune-mask"].help, disabled=not prune)
     with st.expander("Evaluation and checkpoints"):
         every = _number(st, f"Evaluate every N steps (0: about {EVALUATIONS_PER_RUN} evaluations per run)",
                         spec["eval"], f"{key}-eval")
@@ -127,9 +162,25 @@ def training_settings(key: str, layers: int | None, max_len: int) -> dict:
     log_with = ("tensorboard",) if tensorboard else ()
     if missing := missing_package_message(log_with):  # Start would refuse it: say so next to the box
         st.warning(missing)
+    sizes = scratch_sizes(fields, key, scratch)
     save_to_url(fields.values())
-    return dict(steps=steps, epochs=epochs, batch_size=batch, seq_len=seq_len, lr=lr, freeze=freeze,
+    return dict(steps=steps, epochs=epochs, batch_size=batch, seq_len=seq_len, lr=lr, freeze=freeze, **sizes,
+                prune_sparsity=prune, prune_mask=prune_mask,
                 log_with=log_with, **TrainConfig.cadence(steps, every or None, keep))
+
+
+def scratch_sizes(fields: dict[str, UrlField], key: str, scratch: str | None) -> dict:
+    """A scratch model's size widgets (nothing for another model) → its scratch_* TrainConfig fields."""
+    if scratch not in SCRATCH_SIZES:
+        return {}
+    kind = "recurrent model" if scratch in RECURRENT_SCRATCH_MODELS else "Transformer"
+    values = {}
+    with st.expander(f"Model size ({scratch}: a {kind} trained from random weights)"):
+        columns = st.columns(len(SCRATCH_SIZES[scratch]))
+        for column, size in zip(columns, SCRATCH_SIZES[scratch], strict=True):
+            field_key = f"{key}-scratch-{size}-{scratch}"
+            values[f"scratch_{size}"] = _number(column, SIZE_LABELS[size], fields[field_key].spec, field_key)
+    return values
 
 
 def tensorboard_note(store, run_id: str) -> None:

@@ -104,7 +104,8 @@ class Comparison:
         if view not in ATTENTION_VIEWS:
             raise InputError(f"Attention view must be one of {', '.join(ATTENTION_VIEWS)}; got {view!r}.")
         if self.a.attentions is None or self.b.attentions is None:
-            raise InputError("Attention is shown only for texts that fit in one window.")
+            raise InputError("Attention is shown only for texts that fit in one window, and only when both models "
+                             "have attention weights (a recurrent LSTM or GRU model has none).")
         if self.a.attentions.shape[:2] != self.b.attentions.shape[:2]:
             raise InputError("A and B have different numbers of layers or heads; their attention cannot be subtracted.")
         pick = head_mean if view == "mean" else rollout

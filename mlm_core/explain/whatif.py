@@ -96,6 +96,8 @@ def count_hooks(model: nn.Module) -> int:
 def parse_heads(loaded: LoadedModel, heads: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Validated (layer, head) pairs, 0-based."""
     result = sorted({(int(layer), int(head)) for layer, head in heads})
+    if result:
+        loaded.require_attention("Switching attention heads off")
     bad = [(la, h) for la, h in result if not (0 <= la < loaded.num_layers and 0 <= h < loaded.num_heads)]
     if bad:
         raise InputError(
@@ -264,6 +266,7 @@ def head_importance(
     means the head helped. The reference defaults to the model's first choice. The L×H
     variants run as batches of ``IMPORTANCE_BATCH`` copies, one head off in each copy.
     """
+    loaded.require_attention("Head importance")
     _check_positions(loaded, ids, [position])
     exclude = _check_exclude(ids, attention_exclude)
     n_layers, n_heads = loaded.num_layers, loaded.num_heads

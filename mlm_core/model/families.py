@@ -8,7 +8,9 @@
 * ``layer_modules``: the encoder's per-layer modules (attention, whole block) as transformers
   records them, for head gating and pruning;
 * ``ATTENTION_OUTPUT_NAMES``: the attention module's own output projection, where a family has
-  one (``attention_output_projection``).
+  one (``attention_output_projection``);
+* ``ATTENTION_FREE_TYPES``: families without attention weights (the recurrent LSTM/GRU models,
+  ``model.recurrent``): ``has_attention`` is what every attention view asks first.
 
 Example: ``usable_positions("roberta", 514) == 512``; ``head_entry(bert_for_masked_lm) is model.cls``.
 """
@@ -17,17 +19,19 @@ from __future__ import annotations
 
 from torch import nn
 
+RECURRENT_MODEL_TYPE = "masklab-recurrent"  # model.recurrent's bidirectional LSTM/GRU masked LM
 ROBERTA_FAMILY = ("roberta", "xlm-roberta", "camembert")  # positions offset by padding_idx + 1
 HEAD_ENTRIES = {
     "bert": "cls",
     **dict.fromkeys(ROBERTA_FAMILY, "lm_head"),
     "distilbert": "vocab_transform",  # then activation, vocab_layer_norm, vocab_projector
     "albert": "predictions",
-    "lstm": "decoder",  # the trainer's LSTMForMaskedLM
+    RECURRENT_MODEL_TYPE: "decoder",
 }
 # The transformers model types MaskLab loads (config.json's model_type); any other is refused before it is
 # built, since its config keys (layer counts, sizes) are not the ones the load checks know.
-SUPPORTED_MODEL_TYPES = ("albert", "bert", *ROBERTA_FAMILY, "distilbert", "modernbert")
+SUPPORTED_MODEL_TYPES = ("albert", "bert", *ROBERTA_FAMILY, "distilbert", "modernbert", RECURRENT_MODEL_TYPE)
+ATTENTION_FREE_TYPES = (RECURRENT_MODEL_TYPE,)
 ATTENTION_OUTPUT_NAMES = ("out_lin", "dense", "o_proj", "out_proj", "Wo")  # DistilBERT out_lin, ModernBERT Wo
 
 
@@ -37,6 +41,18 @@ def model_type(model) -> str:
     if isinstance(config, dict):
         return str(config.get("model_type", ""))
     return str(getattr(config, "model_type", "") or "")
+
+
+def has_attention(model) -> bool:
+    """Whether ``model`` computes attention weights (a recurrent model does not)."""
+    return model_type(model) not in ATTENTION_FREE_TYPES
+
+
+def attention_free_message(what: str, model) -> str:
+    """The one message for a view of attention asked of a model without it (``what``: the view)."""
+    cell = str(getattr(getattr(model, "config", None), "cell", "recurrent")).upper()
+    return (f"{what}: this model is a recurrent ({cell}) masked LM, without attention weights. Its predictions, "
+            "masking and the attribution (\"why\") work; choose a Transformer model for attention.")
 
 
 def usable_positions(kind: str, max_position_embeddings: int) -> int:

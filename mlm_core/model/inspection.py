@@ -14,6 +14,8 @@ all of it and allocate what the config says. Here:
 * ``check_layer_counts`` compares every layer count in the config, and every other whole number whose
   key names a repeat count (``REPEAT_WORDS``), with ``server_policy().max_model_layers`` (first: even an
   empty model of 100,000 layers is slow to build);
+* ``check_sizes`` refuses a family's size keys (``SIZE_KEYS``: the recurrent model's vocabulary, widths and
+  layers) that are not positive whole numbers, before its config class sees them;
 * ``read_weights`` reads each safetensors header (8-byte length, then JSON) and checks that its
   tensors tile the file exactly, as the safetensors library itself requires; a shard index
   (``*.safetensors.index.json``) may name only safetensors files of the folder itself;
@@ -36,6 +38,7 @@ from pathlib import Path
 import torch
 
 from mlm_core.errors import ModelLoadError
+from mlm_core.model.families import RECURRENT_MODEL_TYPE
 
 MAX_CONFIG_BYTES = 1_000_000  # real configs are a few kB; a bigger one is not a config
 # Headers of real checkpoints (thousands of tensors) stay under a few MB; the safetensors library's own
@@ -64,6 +67,12 @@ LAYER_KEYS = frozenset({
     "num_hidden_layers", "num_layers", "n_layers", "n_layer", "encoder_layers", "decoder_layers",
     "num_encoder_layers", "num_decoder_layers", "num_hidden_groups", "inner_group_num", "block_sizes",
 })
+# Keys that size a model of a family whose config class MaskLab declares itself (model.recurrent): each must be
+# a positive whole number. How large they may be is the memory check's (check_model_size) and, for layers,
+# check_layer_counts'.
+SIZE_KEYS = {
+    RECURRENT_MODEL_TYPE: ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers"),
+}
 # Words in a key that make its whole-number value a count of repeated modules (num_self_attends_per_block,
 # depth, ...): each is bounded like a layer count, since each repeat is built even on the meta device.
 REPEAT_WORDS = ("layer", "block", "attend", "depth", "repeat", "group")
@@ -237,6 +246,16 @@ def check_layer_counts(config: dict, name: str, max_layers: int) -> None:
             raise ModelLoadError(
                 f"'{name}' declares {total:,} repeats ({key[:60]}); this server loads models of at most "
                 f"{max_layers:,} layers (the operator's max_model_layers)."
+            )
+
+
+def check_sizes(config: dict, name: str) -> None:
+    """Refuse a config whose size keys (``SIZE_KEYS`` of its model type) are not positive whole numbers."""
+    for key in SIZE_KEYS.get(config.get("model_type"), ()):
+        value = config.get(key)
+        if key in config and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ModelLoadError(
+                f"config.json in '{name}' gives {key} as {json.dumps(value)[:40]}, not a positive whole number."
             )
 
 

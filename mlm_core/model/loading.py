@@ -38,15 +38,22 @@ from pathlib import Path
 
 import torch
 
-from mlm_core.errors import ModelLoadError
+from mlm_core.errors import InputError, ModelLoadError
 from mlm_core.model.default_model import ADAPTER_DIR, ADAPTER_FILE, DEFAULT_MODEL_NAME, base_encoder_dir
-from mlm_core.model.families import SUPPORTED_MODEL_TYPES, model_type, usable_positions
+from mlm_core.model.families import (
+    SUPPORTED_MODEL_TYPES,
+    attention_free_message,
+    has_attention,
+    model_type,
+    usable_positions,
+)
 from mlm_core.model.inspection import (
     WeightsSummary,
     check_finite,
     check_layer_counts,
     check_links,
     check_model_size,
+    check_sizes,
     check_tokenizer_files,
     first_line,
     read_config_file,
@@ -153,6 +160,16 @@ class LoadedModel:
         return self.model.config.num_attention_heads
 
     @property
+    def has_attention(self) -> bool:
+        """False for a recurrent model (LSTM/GRU): no attention weights, no heads to switch off."""
+        return has_attention(self.model)
+
+    def require_attention(self, what: str) -> None:
+        """Raise InputError naming ``what`` (an attention view) when the model has no attention."""
+        if not self.has_attention:
+            raise InputError(attention_free_message(what, self.model))
+
+    @property
     def vocab_size(self) -> int:
         return self.model.get_output_embeddings().weight.shape[0]
 
@@ -175,6 +192,12 @@ _cache: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()  # held only to look up or store: never while loading
 _loading_lock = threading.RLock()  # every load in the process, one at a time (module docstring)
 _transformers_ready = False
+_unload_listeners: list = []  # called with each model object the cache drops (on_unload)
+
+
+def on_unload(listener) -> None:
+    """Call ``listener(model)`` whenever the shared cache drops a model (results computed with it go stale)."""
+    _unload_listeners.append(listener)
 
 
 @contextlib.contextmanager
@@ -196,6 +219,9 @@ def serialized_loading():
                 BertForMaskedLM,
             )
 
+            from mlm_core.model import recurrent
+
+            recurrent.register()  # the recurrent masked LM loads like a built-in family (no remote code)
             _transformers_ready = True
         yield
 
@@ -244,8 +270,10 @@ def load_model(name: str | None = None, device: str | None = None) -> LoadedMode
         loaded = _load_uncached(name, target)
         with _cache_lock:
             _cache[key] = loaded
-            while len(_cache) > MAX_LOADED_MODELS:
-                _cache.popitem(last=False)
+            dropped = [_cache.popitem(last=False)[1] for _ in range(len(_cache) - MAX_LOADED_MODELS)]
+        for gone in dropped:
+            for listener in _unload_listeners:
+                listener(gone.model)
         return loaded
 
 
@@ -359,6 +387,7 @@ def check_local_folder(folder: Path, name: str | None = None) -> CheckedFolder:
     config = read_config_file(folder, name)
     check_config(config, name)  # the model type first: the layer checks know only the supported families' keys
     check_layer_counts(config, name, server_policy().max_model_layers)
+    check_sizes(config, name)
     return CheckedFolder(config=config, weights=read_weights(folder, name))
 
 
@@ -534,6 +563,7 @@ def _hub_config(name: str, local_only: bool):
     check_finite(settings, name)
     check_config(settings, name)
     check_layer_counts(settings, name, server_policy().max_model_layers)
+    check_sizes(settings, name)
     return config
 
 

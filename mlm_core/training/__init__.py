@@ -17,7 +17,7 @@ Modules, in the order data flows through them:
 
 from mlm_core.training.config import CHECKPOINT_EVALS, EVALUATIONS_PER_RUN, TrainConfig, rate_schedule
 from mlm_core.training.data import PackedData, pack, prepare_data, split_texts, training_texts
-from mlm_core.training.scratch import SCRATCH_MODELS, LSTMForMaskedLM, build_model
+from mlm_core.training.scratch import SCRATCH_MODELS, build_model
 from mlm_core.training.store import FINAL_STATES, STATES, RunRecord, RunStore
 from mlm_core.training.trainer import Trainer, TrainingCallbacks, apply_freezing, pruning_masks
 
@@ -27,7 +27,6 @@ __all__ = [
     "FINAL_STATES",
     "SCRATCH_MODELS",
     "STATES",
-    "LSTMForMaskedLM",
     "PackedData",
     "RunRecord",
     "RunStore",

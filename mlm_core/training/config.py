@@ -4,6 +4,12 @@ Every tunable field carries ``mlm_core.settings.param`` metadata (help, limits, 
 declaration drives the validation here, the ``train`` command's flags, the Fine-tune page's widgets
 and link fields, and the limits quoted in messages. ``TrainConfig.spec("lr")`` reads one back.
 
+``SCRATCH_MODELS`` names the models trained from random weights (``TrainConfig.model``), with their
+default sizes (``SCRATCH_SIZES``; the ``scratch_*`` settings change them) and the optimizer settings a
+model from scratch needs (``OPTIMIZER_DEFAULTS``: a pre-trained model is fine-tuned gently, one from
+random weights needs a learning rate about 20 times higher to learn in a short run). ``lr`` and
+``warmup_ratio`` left at None take their kind's default, and are stored resolved.
+
 ``TrainConfig.cadence`` is the one rule for how often a run is evaluated and checkpointed when
 the user leaves it to us: about ``EVALUATIONS_PER_RUN`` evaluations, a checkpoint every
 ``CHECKPOINT_EVALS.default`` of them. ``rate_schedule`` is the masking rate over a run of a config.
@@ -23,6 +29,8 @@ from typing import ClassVar
 
 from mlm_core.errors import InputError
 from mlm_core.masking import DrawPolicy, RateSchedule, base_rate, strategy_from_params
+from mlm_core.masking.draws import check_static
+from mlm_core.masking.parameters import MAX_PARAM_SPARSITY, PARAM_MASK_KINDS
 from mlm_core.settings import ParamSpec, Validated, param, param_specs
 from mlm_core.text.corpus import TEXT_UNITS
 from mlm_core.training.tracking import TRACKERS
@@ -40,6 +48,49 @@ CHECKPOINT_EVALS = ParamSpec(
     "checkpoint_evals", "int", 5,
     "Checkpoint every N evaluations (a checkpoint is what an interrupted run resumes from).", 1, 1000,
 )
+
+
+# Models trained from random weights, by the name TrainConfig.model takes, and the sizes each gets where its
+# scratch_* setting is None (embedding None: as wide as hidden; a Transformer's embeddings are always as wide
+# as its layers, and a recurrent model has no heads). Their tokenizer is the default model's.
+SCRATCH_SIZES = {
+    "scratch-transformer": {"hidden": 128, "layers": 2, "heads": 4},
+    "scratch-lstm": {"hidden": 256, "layers": 2, "embedding": None},
+    "scratch-gru": {"hidden": 256, "layers": 2, "embedding": None},
+}
+RECURRENT_SCRATCH_MODELS = {"scratch-lstm": "lstm", "scratch-gru": "gru"}  # model name → recurrent cell
+_SCRATCH_KINDS = {"scratch-transformer": "a small Transformer (ModernBERT)", "scratch-lstm": "a bidirectional LSTM, no attention",
+                  "scratch-gru": "a bidirectional GRU, no attention"}
+SCRATCH_MODELS = {  # name → what it is, as the model pickers, ``train --help`` and the README list them
+    name: f"{kind}, from random weights; {SCRATCH_SIZES[name]['layers']} layers × {SCRATCH_SIZES[name]['hidden']} "
+          "wide by default"
+    for name, kind in _SCRATCH_KINDS.items()
+}
+# Peak learning rate and warm-up share by kind of model, where lr / warmup_ratio are None. Measured on the
+# demo corpus (README, "Command line"): from random weights 5e-5 stays near the unigram baseline, 1e-3 learns
+# within the default 200 steps (each scratch model), 3e-3 sent a scratch BERT back to the baseline. The longer
+# warm-up eases the larger first steps from random weights (not tuned separately).
+OPTIMIZER_DEFAULTS = {
+    "pretrained": {"lr": 5e-5, "warmup_ratio": 0.06},
+    "scratch": {"lr": 1e-3, "warmup_ratio": 0.1},
+}
+
+
+def is_scratch(model: str | None) -> bool:
+    """Whether ``model`` (TrainConfig.model) is one of ``SCRATCH_MODELS``."""
+    return isinstance(model, str) and model in SCRATCH_MODELS
+
+
+def _by_kind(name: str) -> str:
+    """How a setting's default depends on the kind of model, as its help says it."""
+    pretrained, scratch = OPTIMIZER_DEFAULTS["pretrained"][name], OPTIMIZER_DEFAULTS["scratch"][name]
+    return f"default: {pretrained:g} for a pre-trained model, {scratch:g} for one trained from scratch"
+
+
+def _scratch_default(size: str) -> str:
+    """The default of the scratch_``size`` setting per scratch model, as its help says it."""
+    shown = [f"{sizes[size]} ({name.removeprefix('scratch-')})" for name, sizes in SCRATCH_SIZES.items() if size in sizes]
+    return "default: " + ", ".join(shown)
 
 
 def _choices(cls: type, name: str) -> tuple[str, ...]:
@@ -65,8 +116,9 @@ class TrainConfig(Validated):
     strategy: str = "random"
     strategy_params: dict = field(default_factory=dict)
     masking: str = field(default="dynamic", metadata=param(
-        "static: one mask per block for the whole run; dynamic: a fresh mask each epoch.",
-        choices=_choices(DrawPolicy, "mode")))
+        "static: one mask per block, drawn once and reused every epoch, so a static run refuses a rate "
+        "schedule that changes the rate and adaptive masking (both would change the mask); dynamic: a fresh "
+        "mask each epoch.", choices=_choices(DrawPolicy, "mode")))
     rate_schedule: str = field(default="constant", metadata=param(
         "How the masking rate moves from rate_start to rate_end over the run.",
         choices=_choices(RateSchedule, "kind")))
@@ -81,15 +133,19 @@ class TrainConfig(Validated):
     batch_size: int = field(default=16, metadata=param("Blocks per optimizer step.", min=1, max=4096))
     seq_len: int = field(default=128, metadata=param(
         "Block length in tokens, special tokens included.", min=8, max=4096))
-    lr: float = field(default=5e-5, metadata=param(  # above 0.5 AdamW only diverges
-        "Peak learning rate (warm-up, then linear decay to 0).", min=1e-7, max=0.5))
-    warmup_ratio: float = field(default=0.06, metadata=param(
-        "Share of the steps spent warming the learning rate up.", min=0.0, max=0.99))
+    lr: float | None = field(default=None, metadata=param(  # above 0.5 AdamW only diverges
+        f"Peak learning rate (warm-up, then linear decay to 0; {_by_kind('lr')}).", min=1e-7, max=0.5))
+    warmup_ratio: float | None = field(default=None, metadata=param(
+        f"Share of the steps spent warming the learning rate up ({_by_kind('warmup_ratio')}).", min=0.0, max=0.99))
     weight_decay: float = field(default=0.01, metadata=param("AdamW weight decay.", min=0.0, max=1.0))
     grad_clip: float = field(default=1.0, metadata=param("Gradient norm clipping (0: off).", min=0.0))
     freeze: list[str] = field(default_factory=list)  # "embeddings", "layer.N", "all-but-head"
     prune_sparsity: float = field(default=0.0, metadata=param(
-        "Share of encoder weights pruned by magnitude before training (masks kept fixed).", min=0.0, max=0.99))
+        "Share of encoder weights masked to zero before training and kept at zero (parameter masking W⊙M; "
+        "which ones: prune_mask).", min=0.0, max=MAX_PARAM_SPARSITY))
+    prune_mask: str = field(default="magnitude", metadata=param(
+        "Which weights prune_sparsity masks: magnitude, the smallest over all encoder matrices together; "
+        "random, the same share of each matrix drawn at random (from the seed).", choices=PARAM_MASK_KINDS))
     heldout_fraction: float = field(default=0.05, metadata=param(
         "Share of the texts held out for evaluation.", min=0.001, max=0.5))
     eval_every: int | None = field(default=None, metadata=param(
@@ -106,6 +162,15 @@ class TrainConfig(Validated):
         min=1, max=1_000_000))
     seed: int = field(default=0, metadata=param("Seed of the data order, the masks and the dropout.", min=0,
                                                 max=MAX_SEED))
+    scratch_hidden: int | None = field(default=None, metadata=param(
+        f"Models trained from scratch: width of each layer ({_scratch_default('hidden')}).", min=8, max=4096))
+    scratch_layers: int | None = field(default=None, metadata=param(
+        f"Models trained from scratch: number of layers ({_scratch_default('layers')}).", min=1, max=48))
+    scratch_heads: int | None = field(default=None, metadata=param(
+        f"scratch-transformer: attention heads, dividing the width ({_scratch_default('heads')}).", min=1, max=64))
+    scratch_embedding: int | None = field(default=None, metadata=param(
+        "scratch-lstm and scratch-gru: width of the token embeddings (default: scratch_hidden).",
+        min=8, max=4096))
     device: str | None = None  # None: GPU when present
     log_with: tuple[str, ...] = field(default=(), metadata=param(
         "Experiment trackers that log each evaluation, inside the run folder and offline "
@@ -120,7 +185,35 @@ class TrainConfig(Validated):
             self.eval_every = derived["eval_every"]
         if self.checkpoint_every is None:
             self.checkpoint_every = derived["checkpoint_every"]
-        strategy_from_params(self.strategy, self.strategy_params)  # validates (raises InputError)
+        self._resolve_model_settings()
+        strategy = strategy_from_params(self.strategy, self.strategy_params)  # validates (raises InputError)
+        check_static(self.masking, strategy, rate_schedule(strategy, self, 1))  # static must stay static
+
+    def _resolve_model_settings(self) -> None:
+        """Fill lr, warm-up and a scratch model's sizes from their kind's defaults; refuse sizes that do not fit."""
+        kind = "scratch" if is_scratch(self.model) else "pretrained"
+        for name, value in OPTIMIZER_DEFAULTS[kind].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        given = {size: getattr(self, f"scratch_{size}") for size in ("hidden", "layers", "heads", "embedding")}
+        if kind == "pretrained":
+            if any(value is not None for value in given.values()):
+                raise InputError(f"{self.label}: the scratch_* sizes apply to models trained from scratch "
+                                 f"({', '.join(SCRATCH_MODELS)}); a pre-trained model keeps its own sizes.")
+            return
+        defaults = SCRATCH_SIZES[self.model]
+        for size, value in given.items():
+            if value is not None and size not in defaults:
+                other = "scratch-transformer" if size == "heads" else "scratch-lstm and scratch-gru"
+                raise InputError(f"{self.label}: scratch_{size} applies to {other} only, not {self.model}.")
+            if value is None and size in defaults:  # stored resolved: the run's config says what was built
+                setattr(self, f"scratch_{size}", defaults[size] or self.scratch_hidden)
+        if self.scratch_heads is not None and self.scratch_hidden % self.scratch_heads:
+            raise InputError(f"{self.label}: scratch_hidden ({self.scratch_hidden}) must be divisible by "
+                             f"scratch_heads ({self.scratch_heads}): each head takes an equal share of the width.")
+        if self.model in RECURRENT_SCRATCH_MODELS and self.scratch_hidden % 2:
+            raise InputError(f"{self.label}: scratch_hidden ({self.scratch_hidden}) must be even for {self.model}: "
+                             "its two directions take half the width each.")
 
     @classmethod
     def cadence(cls, steps: int | None, eval_every: int | None = None,

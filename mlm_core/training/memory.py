@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlm_core.errors import MaskLabError
+from mlm_core.model.families import RECURRENT_MODEL_TYPE
 from mlm_core.training.config import TrainConfig
-from mlm_core.training.costs import REFERENCE_SHAPE, format_bytes, local_model_config, parameter_count
+from mlm_core.training.costs import format_bytes, local_model_config, parameter_count, scratch_sizes
 from mlm_core.training.store import run_ref_id
 
 # Calibrated against the peak resident memory of three training steps and an evaluation on a CPU
@@ -35,7 +36,6 @@ ACTIVATION_SCALE = {"cpu": 1.0, "cuda": 0.5}  # bf16 autocast on a GPU halves mo
 # allocator's free blocks. Fitted to the measurements in ``estimate_memory`` (1.0 left peaks 20% too low).
 ALLOCATOR_OVERHEAD = 1.3
 USABLE_FRACTION = 0.9  # of the memory available: the rest stays with the app and the system
-LSTM_SHAPE = {"layers": 2, "hidden": 256, "intermediate": 0, "heads": 0}  # as scratch.LSTMForMaskedLM builds it
 
 
 @dataclass(frozen=True)
@@ -66,15 +66,13 @@ def training_device_type(config: TrainConfig) -> str:
     return "cuda" if not wants_cpu and torch.cuda.is_available() else "cpu"
 
 
-def _memory_shape(model: str | None) -> dict | None:
+def _memory_shape(model: str | None, sizes: tuple = ()) -> dict | None:
     """Layers, width, feed-forward width, heads and vocabulary of ``model`` from its config; None: unknown.
 
     Besides what ``local_model_config`` finds (the default and scratch models, a finished run, a local
     folder), a hub model already in the local cache; nothing is downloaded.
     """
-    if model == "scratch-lstm":
-        return {**LSTM_SHAPE, "vocab": REFERENCE_SHAPE[3]}
-    data = local_model_config(model)  # the default and scratch models, a finished run, a local folder
+    data = local_model_config(model, sizes)  # the default and scratch models, a finished run, a local folder
     if data is None and model and run_ref_id(model) is None:
         from mlm_core.model.loading import serialized_loading
 
@@ -87,17 +85,19 @@ def _memory_shape(model: str | None) -> dict | None:
             return None
     try:
         hidden = int(data.get("hidden_size") or data["dim"])  # BERT-like, else DistilBERT's names
+        recurrent = data.get("model_type") == RECURRENT_MODEL_TYPE  # no feed-forward layer, no attention
         return {"layers": int(data.get("num_hidden_layers") or data["n_layers"]), "hidden": hidden,
-                "intermediate": int(data.get("intermediate_size") or data.get("hidden_dim") or 4 * hidden),
-                "heads": int(data.get("num_attention_heads") or data.get("n_heads") or 1),
+                "intermediate": 0 if recurrent else int(data.get("intermediate_size") or data.get("hidden_dim")
+                                                        or 4 * hidden),
+                "heads": 0 if recurrent else int(data.get("num_attention_heads") or data.get("n_heads") or 1),
                 "vocab": int(data["vocab_size"])}
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
 
 
-def _weights_of(model: str | None, shape: dict) -> int:
+def _weights_of(model: str | None, shape: dict, sizes: tuple = ()) -> int:
     """Parameter count: exact where ``parameter_count`` can build the model, else from the shape."""
-    counted = parameter_count(model) if model is None or not model.startswith("run:") else None
+    counted = parameter_count(model, sizes) if model is None or not model.startswith("run:") else None
     if counted:
         return counted
     h, i, layers = shape["hidden"], shape["intermediate"], shape["layers"]
@@ -151,12 +151,12 @@ def estimate_memory(config: TrainConfig, device_type: str = "cpu") -> MemoryEsti
 
     Example: ``estimate_memory(TrainConfig(batch_size=4096, seq_len=512)).peak_bytes`` is about 1.5 TB.
     """
-    shape = _memory_shape(config.model)
+    shape = _memory_shape(config.model, scratch_sizes(config))
     if shape is None:
         return None
     layers, h, i, heads, vocab = (shape[k] for k in ("layers", "hidden", "intermediate", "heads", "vocab"))
     s, b = config.seq_len, config.batch_size
-    weights = _weights_of(config.model, shape)
+    weights = _weights_of(config.model, shape, scratch_sizes(config))
     runtime = CUDA_CONTEXT_BYTES if device_type == "cuda" else PROCESS_BYTES
     training_state = weights * TRAINING_BYTES_PER_WEIGHT
     scale = ACTIVATION_SCALE.get(device_type, 1.0)

@@ -196,11 +196,11 @@ def test_one_run_shows_its_curves_and_an_editable_name(store):
     assert store.get(run_id).name is None
 
 
-def test_lstm_runs_say_why_they_cannot_open_in_the_explorer(store):
+def test_lstm_runs_open_in_the_explorer_like_any_model(store):
     app = choose(open_page(), runs_by_strategy(store)["lstm"])
-    assert any(LSTM_NOTE in c.value for c in app.caption)
-    assert not [b for b in app.button if b.key == "act-explore"]
-    assert app.get("download_button"), "the model can still be downloaded"
+    assert not any(LSTM_NOTE in c.value for c in app.caption)
+    assert [b for b in app.button if b.key == "act-explore"]
+    assert app.get("download_button"), "the model can be downloaded"
 
 
 def test_download_offers_the_model_zip(store):

@@ -212,8 +212,9 @@ def test_preview_is_what_the_trainer_draws(tiny_model_dir, tiny_tokenizer, tmp_p
     data = corpus_bytes(lines=600)  # more texts than the preview's first prefix
     corpus = read_corpus(data, "c.txt")
     config = TrainConfig(model=str(tiny_model_dir), device="cpu", steps=20, batch_size=4, seq_len=32,
-                         strategy="whole-word", masking=masking, rate_schedule="linear", rate_start=0.4,
-                         rate_end=0.1, seed=7, eval_blocks=4)
+                         strategy="whole-word", masking=masking, rate_start=0.4, seed=7, eval_blocks=4,
+                         # static takes no moving rate (test_static_masking); dynamic follows the schedule
+                         **({"rate_schedule": "linear", "rate_end": 0.1} if masking == "dynamic" else {}))
     examples = finetune.preview_examples(tiny_tokenizer, corpus.texts, config)
     trainer = Trainer(config, corpus, tmp_path / "run")
     masked, rate = trainer.mask([0, 1, 2], epoch=0, step=0)
@@ -243,9 +244,9 @@ def test_model_options_list_finished_transformer_runs_only(tmp_path, tiny_model_
     bert = make_finished(store, str(tiny_model_dir), "cpu", [1.0])
     lstm = make_finished(store, "scratch-lstm", "cpu", [1.0], lstm=True)
     options = finetune.model_options(store)
-    assert [o.model for o in options[:3]] == [None, "scratch-transformer", "scratch-lstm"]
-    assert [o.model for o in options[3:]] == [f"run:{bert.id}"]  # by id: no server path in a link or config
-    assert options[3].label.startswith("run: random 15% · ")  # by its name
+    assert [o.model for o in options[:4]] == [None, "scratch-transformer", "scratch-lstm", "scratch-gru"]
+    assert [o.model for o in options[4:]] == [f"run:{bert.id}"]  # by id: no server path in a link or config
+    assert options[4].label.startswith("run: random 15% · ")  # by its name
     with pytest.raises(ModelLoadError, match="LSTM"):
         finetune.load_tokenizer(str(store.folder(lstm.id) / "model"))
     with pytest.raises(ModelLoadError, match="LSTM"):
@@ -264,7 +265,7 @@ def test_tokenizer_loading_refuses_pickle_only_folders(tmp_path):
 
 def test_model_limits(tiny_model_dir):
     assert finetune.model_limits(str(tiny_model_dir)) == (2, 64)
-    assert finetune.model_limits("scratch-transformer") == (2, 512)
+    assert finetune.model_limits("scratch-transformer") == (None, 512)  # its layers are not BERT's layer.N
     layers, longest = finetune.model_limits(None)
     assert layers == 6 and longest == 512
     assert Path(finetune._tokenizer_source(None)[0]).is_dir()

@@ -11,7 +11,7 @@ from support.corpora import corpus_bytes
 from mlm_core.model.forward import masked_logits
 from mlm_core.text.corpus import read_corpus
 from mlm_core.training import checkpoints
-from mlm_core.training.config import CHECKPOINTS_RESUME_NEEDS
+from mlm_core.training.config import CHECKPOINTS_RESUME_NEEDS, OPTIMIZER_DEFAULTS
 from mlm_core.training.trainer import (
     MAX_OOM_RETRIES,
     Cancelled,
@@ -128,10 +128,10 @@ def test_the_same_seed_gives_the_same_run_in_one_process(tiny_model_dir, corpus,
     "settings",
     [
         dict(eval_every=2, checkpoint_every=3),  # resume falls between two evaluations
-        dict(strategy="adaptive", strategy_params={"uniform_mix": 0.2}, masking="static",
+        dict(strategy="adaptive", strategy_params={"uniform_mix": 0.2}, masking="dynamic",
              rate_schedule="linear", rate_start=0.4, rate_end=0.15, steps=18, batch_size=8),  # epochs > 1
     ],
-    ids=["random-dynamic", "adaptive-static-schedule"],
+    ids=["random-dynamic", "adaptive-dynamic-schedule"],
 )
 def test_resuming_from_a_checkpoint_gives_the_uninterrupted_losses(tiny_model_dir, corpus, tmp_path, settings):
     reference = Recorder()
@@ -261,7 +261,8 @@ def test_config_validation_names_every_problem():
 
 def test_each_setting_is_declared_once_and_the_cadence_follows_one_rule():
     lr = TrainConfig.spec("lr")
-    assert (lr.default, lr.min, lr.max) == (TrainConfig().lr, 1e-7, 0.5)  # the UI's bounds: they protect users
+    assert (lr.default, lr.min, lr.max) == (None, 1e-7, 0.5)  # the UI's bounds: they protect users
+    assert TrainConfig().lr == OPTIMIZER_DEFAULTS["pretrained"]["lr"]  # None: the kind of model's default
     with pytest.raises(ValueError, match="lr must be a number from 1e-07 to 0.5"):
         TrainConfig(lr=0.6)
     assert TrainConfig.spec("steps").default == TrainConfig().steps == 200
