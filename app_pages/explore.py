@@ -19,6 +19,7 @@ from ui.common import (
     share_panel,
     show_error,
 )
+from ui.concepts import concepts_entry
 from ui.explain import (
     attention_panel,
     attribution_panel,
@@ -136,6 +137,9 @@ with whatif_tab, st.spinner("Running the what-if …"):
     interference_panel(loaded, result)
 with attribution_tab:
     attribution_numbers = attribution_panel(loaded, result)  # has its own spinner, with what it computes
+
+st.subheader("The masking formulas")
+concepts_entry(loaded, text, seed)
 
 settings = {"text": text, "model": loaded.name, **strategy_settings(strategy), "seed": seed, "top-k": top_k,
             "several masks": fill}

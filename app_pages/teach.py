@@ -32,6 +32,14 @@ def use_preset(key: str) -> None:
         state["teach-text"] = state[key]
 
 
+def jump() -> None:
+    chosen = state.get("teach-jump")
+    if chosen is not None:  # one click to any step (the masking formulas too); the row then clears
+        state["teach-step"] = chosen
+        state["teach-text"] = steps[chosen]["presets"][0]
+        state["teach-jump"] = None
+
+
 def draw_again() -> None:
     state["teach-seed"] = (state["teach-seed"] + 1) % (SEED.max + 1)
 
@@ -48,6 +56,8 @@ st.title(step["title"])
 step_counter(index, len(steps), presenter)
 
 if not presenter:
+    st.pills("Go to a step", range(len(steps)), format_func=lambda i: steps[i]["title"], key="teach-jump",
+             on_change=jump)
     cols = st.columns([2, 3])
     preset_key = f"teach-preset-{index}"
     cols[0].selectbox("Preset sentences", step["presets"], index=None, key=preset_key,

@@ -26,10 +26,11 @@ from mlm_core.views import html as render
 from mlm_core.views.lines import attention_lines
 from mlm_core.views.presenter import presenter_style
 from ui.common import show_error, url_get, url_int, url_set
+from ui.concepts import attention_mask_panel, input_mask_panel, parameter_mask_panel
 from ui.models import run_models
 
 LESSON = asset("teach", "lesson.json")
-VIEWS = ("mask", "strategies", "predict", "attention", "why", "finetune")
+VIEWS = ("mask", "strategies", "predict", "attention", "why", "finetune", "input-mask", "param-mask", "attention-mask")
 EPOCHS = 3
 SHAPES = ("grid", "lines")  # the attention step's two pictures
 # Fixed CSS (no user text): large type and high contrast for a projector; the sidebar and header go.
@@ -128,6 +129,7 @@ def _predict_view(loaded, step, text, seed, presenter):
 
 
 def _attention_view(loaded, step, text, seed, presenter):
+    loaded.require_attention("This step shows attention weights")  # a recurrent model has none
     result = _masked(loaded, text, seed, step, output_attentions=True)
     att = result.prediction.attentions
     if att is None:
@@ -190,8 +192,22 @@ def _finetune_view(loaded, step, text, seed, presenter):
         _plot(column, charts.topk_bars(guess, name, height=420 if presenter else 300), f"teach-ft-{name}", presenter)
 
 
+def _input_mask_view(loaded, step, text, seed, presenter):
+    input_mask_panel(loaded, text, seed, "teach-x", presenter)
+
+
+def _param_mask_view(loaded, step, text, seed, presenter):
+    parameter_mask_panel(loaded, text, seed, "teach-w", presenter)
+
+
+def _attention_mask_view(loaded, step, text, seed, presenter):
+    attention_mask_panel(loaded, text, "teach-a", presenter)
+
+
 VIEW_FUNCTIONS = {"mask": _mask_view, "strategies": _strategies_view, "predict": _predict_view,
-                  "attention": _attention_view, "why": _why_view, "finetune": _finetune_view}
+                  "attention": _attention_view, "why": _why_view, "finetune": _finetune_view,
+                  "input-mask": _input_mask_view, "param-mask": _param_mask_view,
+                  "attention-mask": _attention_mask_view}
 
 
 def handout(loaded: LoadedModel, lesson: dict, text: str, seed: int) -> str:

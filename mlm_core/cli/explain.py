@@ -2,6 +2,7 @@
 
     python -m mlm_core attend "The cat sat on the [MASK]." --layer 5 --head 3 --json
     python -m mlm_core attend "The cat sat on the [MASK]." --rollout
+    python -m mlm_core attend "The cat sat on the [MASK]." --exclude the,3 --exclude-mode keys-and-queries
     python -m mlm_core attribute "Paris is the capital of [MASK]." --method ig --steps 32
     python -m mlm_core attribute "Paris is the capital of France." --position 6 --target france
 
@@ -30,6 +31,14 @@ def add_attend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", type=int, default=None, help="head, 0-based (default: mean of the layer's heads)")
     parser.add_argument("--rollout", action="store_true", help="attention rollout through layers 0..LAYER instead")
     parser.add_argument("--words", action="store_true", help="merge word pieces into words")
+    from mlm_core.explain.attention import EXCLUDE_MODES
+
+    parser.add_argument("--exclude", default=None, metavar="WORDS_OR_POSITIONS",
+                        help="remove tokens from the context (a_ij = 0): a comma list of words (every token of "
+                        "each) and token positions (0 is the first special token), e.g. the,3")
+    parser.add_argument("--exclude-mode", choices=EXCLUDE_MODES, default=EXCLUDE_MODES[0],
+                        help="keys (default): no token attends to them, each row renormalised over the tokens left "
+                        "(the standard key-padding mask); keys-and-queries: their own rows are zero too")
 
 
 def add_attribute_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,15 +73,29 @@ def run_attend(args: argparse.Namespace) -> dict:
     head = args.head
     if head is not None and not 0 <= head < loaded.num_heads:
         raise InputError(f"--head must be between 0 and {loaded.num_heads - 1}; got {head}.")
-    att = attention.attention_maps(loaded, tokens.ids)  # (L, H, T, T)
-    if args.rollout:
-        matrix, view = attention.rollout(att)[layer], "rollout"
-    elif head is None:
-        matrix, view = att[layer].mean(axis=0), "mean of heads"
-    else:
-        matrix, view = att[layer, head], "head"
+    excluded, mode = [], getattr(args, "exclude_mode", "keys")
+    if getattr(args, "exclude", None) is not None:
+        from mlm_core.explain.concepts import exclusion_positions
+
+        excluded = exclusion_positions(tokens, args.exclude.split(","))
+    removed = [i in excluded for i in range(len(tokens))] if excluded else None
+    att = attention.attention_maps(loaded, tokens.ids, removed, mode)  # (L, H, T, T)
+    before = attention.attention_maps(loaded, tokens.ids) if excluded else None
+
+    def view_of(maps):
+        if args.rollout:
+            return attention.rollout(maps)[layer], "rollout"
+        if head is None:
+            return maps[layer].mean(axis=0), "mean of heads"
+        return maps[layer, head], "head"
+
+    matrix, view = view_of(att)
     words = word_view(tokens.tokens, tokens.word_ids, loaded.tokenizer, merge=getattr(args, "words", False))
     matrix, labels, masked = words.matrix(matrix), list(words.labels), words.positions(tokens.mask_positions)
+    extra = {}
+    if excluded:
+        extra = {"excluded_positions": words.positions(excluded), "exclude_mode": mode,
+                 "attention_before": np.asarray(words.matrix(view_of(before)[0]), dtype=float).round(6).tolist()}
     return {
         "model": loaded.name,
         "view": view,
@@ -82,17 +105,28 @@ def run_attend(args: argparse.Namespace) -> dict:
         "masked_positions": masked,
         "tokens": labels,
         "attention": np.asarray(matrix, dtype=float).round(6).tolist(),
+        **extra,
     }
+
+
+EXCLUDE_NOTES = {
+    "keys": "x: removed from the context (a_ij = 0 for these j); every row is renormalised over the tokens left",
+    "keys-and-queries": "x: removed from the context (a_ij = 0 if i or j is removed); their own rows are all 0, "
+                        "the other rows are renormalised over the tokens left",
+}
 
 
 def format_attend(record: dict) -> str:
     which = record["view"] if record["head"] is None else f"head {record['head']}"
     lines = [f"model: {record['model']}  layer {record['layer']}, {which}  (row: from; top {TOP_PER_ROW} attended)"]
+    excluded = record.get("excluded_positions", [])
+    if excluded:
+        lines.append(f"{record['exclude_mode']}: {EXCLUDE_NOTES[record['exclude_mode']]}")
     tokens = record["tokens"]
     for i, row in enumerate(record["attention"]):
         best = np.argsort(row)[::-1][:TOP_PER_ROW]
-        marker = "*" if i in record["masked_positions"] else " "
-        targets = ", ".join(f"{j} {tokens[j]} {row[j]:.2f}" for j in best)
+        marker = "x" if i in excluded else "*" if i in record["masked_positions"] else " "
+        targets = ", ".join(f"{j} {tokens[j]} {row[j]:.2f}" for j in best if row[j] > 0) or "(nothing: row is 0)"
         lines.append(f"{marker}{i:>3} {tokens[i]:<14} -> {targets}")
     return "\n".join(lines)
 

@@ -12,9 +12,11 @@ import numpy as np
 import torch
 
 from mlm_core.errors import InputError
+from mlm_core.masking.assembly import is_adaptive
 from mlm_core.masking.batch import TokenBatch, Vocab
 from mlm_core.masking.engine import apply_strategy, mask_batch
 from mlm_core.masking.results import BatchMaskResult, MaskResult
+from mlm_core.masking.schedules import RateSchedule
 from mlm_core.settings import Validated, param
 from mlm_core.text.tokens import Tokens
 
@@ -27,7 +29,12 @@ class DrawPolicy(Validated):
 
     ``static``: one mask per example, the same every epoch (seeded by the example's key);
     ``dynamic``: a fresh mask each epoch (RoBERTa). Both are reproducible: the seed depends only
-    on (seed, key, epoch), never on batch order, so a resumed run masks exactly as before.
+    on (seed, key, epoch), never on batch order, so a resumed run masks exactly as before, and
+    a row's draw never depends on which process masks it.
+
+    The seed alone makes a mask static only when nothing else that decides it changes over the
+    run, so ``check_static`` refuses the two things that do: a rate schedule whose rate moves,
+    and adaptive masking (its choice follows the model's losses as they fall).
     Example: ``DrawPolicy("static").generator_for(example_index, epoch)``.
     """
 
@@ -36,7 +43,8 @@ class DrawPolicy(Validated):
     mode: str = field(
         default="dynamic",
         metadata=param(
-            "Static: one mask per example, reused every epoch; dynamic: a fresh mask each epoch, as RoBERTa "
+            "Static: one mask per example, drawn once and reused every epoch (so the masking rate must stay "
+            "constant and the strategy cannot be adaptive); dynamic: a fresh mask each epoch, as RoBERTa "
             "(static or dynamic masking).", label="When masks are drawn", choices=("static", "dynamic"),
             choice_labels={"static": "once per example (static)", "dynamic": "anew each epoch (dynamic)"},
         ),
@@ -54,6 +62,31 @@ class DrawPolicy(Validated):
 
     def generator_for(self, example_key: int | str, epoch: int = 0, device: str | torch.device = "cpu"):
         return torch.Generator(device=device).manual_seed(self.seed_for(example_key, epoch))
+
+
+def check_static(mode: str, strategy, schedule: RateSchedule) -> None:
+    """Refuse, with what to change, a static run whose masks could not stay the same each epoch.
+
+    A static mask is one draw per example, so everything that decides it must be fixed for the whole
+    run. Two things are not: a rate schedule that moves the rate (a mask drawn once cannot follow it,
+    and freezing it at the first rate would make "static" a different rate from the dynamic run it is
+    compared with), and adaptive masking (it chooses the tokens the model currently finds hard, which
+    change as it learns; frozen at the first draw it is plain random masking under another name).
+    """
+    if mode != "static":
+        return
+    if schedule.changes:
+        raise InputError(
+            f"Static masking draws each block's mask once, so the masking rate cannot change from "
+            f"{schedule.start:g} to {schedule.end:g} ({schedule.kind} schedule): use dynamic masking with a "
+            "rate schedule, or a constant rate with static masking."
+        )
+    if is_adaptive(strategy):
+        raise InputError(
+            "Static masking draws each block's mask once, but adaptive masking chooses the tokens the model "
+            "finds hard at the moment, which change as it learns: use dynamic masking with adaptive masking, "
+            "or another strategy with static masking."
+        )
 
 
 def mask_examples(

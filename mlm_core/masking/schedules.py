@@ -33,6 +33,11 @@ class RateSchedule(Validated):
     total_steps: int = field(default=1000, metadata=param("Training steps the change takes (total_steps).",
                                                           label="Steps from start to end", min=1))
 
+    @property
+    def changes(self) -> bool:
+        """True when the rate is not the same at every step (a constant kind ignores ``end``)."""
+        return self.kind != "constant" and self.start != self.end
+
     def rate(self, step: int) -> float:
         if self.kind == "constant":
             return self.start

@@ -29,7 +29,6 @@ resumed run computes the same losses as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import time
@@ -37,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from mlm_core.errors import Cancelled, Diverged, InputError, MemoryLimitError
@@ -51,12 +49,13 @@ from mlm_core.masking import (
     strategy_from_params,
     with_rate,
 )
+from mlm_core.masking.parameters import parameter_mask
 from mlm_core.model.forward import masked_logits
-from mlm_core.text.corpus import Corpus
+from mlm_core.text.corpus import Corpus, StreamedCorpus
 from mlm_core.training import checkpoints, memory, tracking
 from mlm_core.training.config import TrainConfig, rate_schedule
 from mlm_core.training.data import prepare_data
-from mlm_core.training.scratch import LSTMForMaskedLM, build_model
+from mlm_core.training.scratch import build_model
 
 EVAL_MASK_SEED = 1234  # every run is evaluated on the same masks, so runs compare
 EVAL_MLM_PROBABILITY = 0.15
@@ -67,6 +66,8 @@ CATEGORY_NAMES = {code: name for name, code in CATEGORY_CODES.items()}
 class TrainingCallbacks:
     """Hooks the trainer calls; override what you need (the run store binds all of them)."""
 
+    def on_preparing(self, progress: dict) -> None:
+        """A corpus too big to hold is being tokenized: ``{"done_bytes", "total_bytes", "eta_s"}``, every few s."""
     def on_start(self, info: dict) -> None: ...
     def on_step(self, step: int, total: int, loss: float) -> None: ...
     def on_eval(self, record: dict) -> None: ...
@@ -90,14 +91,21 @@ def apply_freezing(model, freeze: list[str]) -> None:
         raise InputError("Every parameter is frozen: unfreeze something to train.")
 
 
-def pruning_masks(model, sparsity: float) -> dict[str, torch.Tensor]:
-    """Global magnitude pruning over the encoder's weight matrices; masks stay fixed."""
+def pruning_masks(model, sparsity: float, kind: str = "magnitude", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Fixed parameter masks (W⊙M) over the encoder's weight matrices, by parameter name.
+
+    ``magnitude``: one global threshold over all of them (the smallest weights go); ``random``: each matrix
+    loses exactly ``sparsity`` of its weights, drawn from (seed, name), so every process draws the same.
+    """
     if sparsity <= 0:
         return {}
     weights = {n: p for n, p in model.named_parameters() if p.dim() == 2 and "embeddings" not in n
                and p.requires_grad}
     if not weights:
         return {}
+    if kind == "random":
+        return {n: parameter_mask(p, sparsity, "random", DrawPolicy("static", seed).seed_for(n))
+                for n, p in weights.items()}
     magnitudes = torch.cat([p.detach().abs().flatten() for p in weights.values()])
     threshold = torch.quantile(magnitudes.float()[:: max(1, magnitudes.numel() // 1_000_000)], sparsity)
     return {n: (p.detach().abs() > threshold) for n, p in weights.items()}
@@ -110,7 +118,7 @@ def pruning_masks(model, sparsity: float) -> dict[str, torch.Tensor]:
 class Trainer:
     """Runs one training run; ``run()`` returns the final record (see ``TrainingCallbacks``)."""
 
-    def __init__(self, config: TrainConfig, corpus: Corpus, out_dir: Path,
+    def __init__(self, config: TrainConfig, corpus: Corpus | StreamedCorpus, out_dir: Path,
                  callbacks: TrainingCallbacks | None = None, cache_dir: Path | None = None):
         from accelerate import Accelerator
 
@@ -122,12 +130,22 @@ class Trainer:
                                        **tracking.accelerator_options(config.log_with, self.out_dir))
         self.model, self.tokenizer = build_model(config)
         self.vocab = Vocab.from_tokenizer(self.tokenizer)
-        self.train_data, self.heldout = prepare_data(corpus, self.tokenizer, config, cache_dir)
+        prepare_started = time.perf_counter()
+        # Its progress and a stop between chunks: a GB takes about half an hour. (A streamed corpus trains in one
+        # process, so no other process waits on this one's stop.)
+        self.train_data, self.heldout = prepare_data(corpus, self.tokenizer, config, cache_dir,
+                                                     self.callbacks.on_preparing, self.callbacks.should_stop)
+        # A corpus too big to hold is tokenized as it is read (minutes a GB): not part of the next run's start-up.
+        streamed_s = time.perf_counter() - prepare_started if isinstance(corpus, StreamedCorpus) else 0.0
         self.strategy = strategy_from_params(config.strategy, config.strategy_params)
         self.policy = DrawPolicy(config.masking, config.seed)
         self.schedule = rate_schedule(self.strategy, config, self.total_steps)
         apply_freezing(self.model, config.freeze)
-        self.prune = pruning_masks(self.model, config.prune_sparsity)
+        self.prune = pruning_masks(self.model, config.prune_sparsity, config.prune_mask, config.seed)
+        with torch.no_grad():  # W⊙M from the first step on (after each step the masks are applied again)
+            for name, parameter in self.model.named_parameters():
+                if name in self.prune:
+                    parameter.mul_(self.prune[name])
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.processes = self.accelerator.num_processes
         # True once training has ended at the same point on every process (finished, or a stop they all
@@ -149,7 +167,8 @@ class Trainer:
         # them (planning.estimate_time), so it is measured on this machine with this model.
         self.timing = {"steps": 0, "step_s": 0.0, "evals": 0, "eval_s": 0.0, "checkpoints": 0,
                        "checkpoint_s": 0.0, "final_s": 0.0, "first_step_s": 0.0, "batch_size": self.batch_size,
-                       "seq_len": config.seq_len, "eval_blocks": len(self.eval_batch[0].ids)}
+                       "seq_len": config.seq_len, "eval_blocks": len(self.eval_batch[0].ids),
+                       "streamed_data_s": streamed_s}
 
     # -- sizes and schedules
 
@@ -501,15 +520,10 @@ class Trainer:
         tmp = self.out_dir / "model.tmp"
         model = self.accelerator.unwrap_model(self.model)
         try:
-            if isinstance(model, LSTMForMaskedLM):
-                tmp.mkdir(parents=True, exist_ok=True)
-                save_file(self._unique_tensors(), str(tmp / "lstm.safetensors"))
-                (tmp / "lstm_config.json").write_text(json.dumps(model.config))
-            else:
-                from mlm_core.model.loading import quiet_transformers
+            from mlm_core.model.loading import quiet_transformers
 
-                with quiet_transformers():
-                    model.save_pretrained(tmp, safe_serialization=True)
+            with quiet_transformers():  # every model, the recurrent ones too, is a transformers model class
+                model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
         except Exception:
             # A disk that fills up here leaves a half-written copy: it only takes space, and the run's
