@@ -1,5 +1,13 @@
 """Classroom load: N concurrent sessions of the real app, each running P predictions with attention.
 
+Two scenarios run one after the other on the same server (the free one first, so neither finds the
+other's sentences among the shared results):
+
+* free: every session types its own sentences (demo-corpus sentences, last word masked): no two
+  requests are alike, so only batching the forward passes of simultaneous requests helps;
+* teacher-led: every session types the same five sentences (the teacher's, from the cloze set): the
+  shared results answer all but the first request for each.
+
 The real app (``app.py``; its default page is Explore, on the default model) runs in its own
 process, started the way ``streamlit run app.py`` starts it, with the project's
 ``.streamlit/config.toml``. N lightweight Streamlit websocket clients then use it at once: each
@@ -27,8 +35,8 @@ live transformers model object the garbage collector can find.
     python benchmarks/classroom.py [--sessions 30] [--predictions 5] [--port 0] [--think 0] [--settle 10]
                                    [--server-threads N]   # a what-if: torch threads in the server
 
-Goal: no errors, one model copy, p95 latency under 3 s on a 2-core CPU. Lower is better: the
-last line is ``ratio: p95 latency / 3 s``.
+Goals: no errors, one model copy, p95 latency under 3 s in the free scenario and under 1 s in the
+teacher-led one, on a 2-core CPU. Lower is better: the last line is ``ratio: free p95 latency / 3 s``.
 """
 
 from __future__ import annotations
@@ -58,7 +66,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._results import Printer, machine, write_result  # noqa: E402
 
-GOAL_P95_S = 3.0  # the issue's goal for a class of 30 on a 2-core machine
+GOAL_P95_S = 3.0  # the issue's goal for a class of 30 on a 2-core machine, every session typing its own sentences
+TEACHER_GOAL_P95_S = 1.0  # the goal when the whole class types the teacher's sentences (shared results)
 VIEWS = ("One head", "Mean over heads", "Rollout", "From the mask", "All heads of a layer")
 PROBE_PREFIX = "classroom-probe: "
 MB = 2**20
@@ -373,6 +382,60 @@ def cloze_sentences() -> list[str]:
     return [json.loads(line)["text"] for line in lines if line.strip()]
 
 
+def own_sentences(count: int, mask: str = "[MASK]") -> list[str]:
+    """``count`` different sentences of the demo corpus, each with its last word masked (the free scenario)."""
+    from mlm_core.resources import asset
+
+    found = []
+    for line in asset("demo_corpus.txt").read_text().splitlines():
+        words = line.strip().split(" ")
+        last = re.fullmatch(r"([A-Za-z]+)([.!?]?)", words[-1]) if len(words) > 3 else None
+        if last:
+            found.append(" ".join([*words[:-1], mask + last.group(2)]))
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"the demo corpus has fewer than {count} usable sentences")
+
+
+def plans(sessions: int, predictions: int) -> dict[str, list[list[str]]]:
+    """Each scenario's sentences per session: free (every session its own) and teacher-led (everyone the same)."""
+    teacher = cloze_sentences()[:predictions]
+    free = own_sentences(sessions * predictions)
+    return {
+        "free": [free[s * predictions:(s + 1) * predictions] for s in range(sessions)],
+        "teacher-led": [list(teacher) for _ in range(sessions)],
+    }
+
+
+GOALS = {"free": GOAL_P95_S, "teacher-led": TEACHER_GOAL_P95_S}
+SCENARIO_NOTES = {"free": "every session its own sentences", "teacher-led": "every session the same sentences"}
+
+
+def summary(name: str, plan: list[list[str]], outcome, say: Printer) -> dict:
+    """Print one scenario's figures; return them for the results file."""
+    runs, connect_times, peak_rss, wall, cpu = outcome
+    flat = [run for session_runs in runs for run in session_runs]
+    seconds = sorted(run.seconds for run in flat if run.seconds is not None)
+    failed = [run for run in flat if run.problems]
+    if not seconds:  # no latency to report, so no ratio: `python -m benchmarks` marks it FAILED
+        problems = sorted({p for run in failed for p in run.problems})
+        sys.exit(f"error: {name}: none of the {len(flat)} predictions finished, e.g. {problems[:3]}")
+    p50, p95 = percentile(seconds, 50), percentile(seconds, 95)
+    connected = [t for t in connect_times if t is not None]
+    say(f"[{name}] {SCENARIO_NOTES[name]}: {len(connected)} of {len(plan)} sessions connected "
+        f"(slowest {max(connected, default=0):.2f} s); example {plan[0][-1]!r} -> filled in {runs[0][-1].filled!r}")
+    say(f"[{name}] latency per prediction, {len(seconds)} finished: p50 {p50:.2f} s, p95 {p95:.2f} s, "
+        f"max {seconds[-1]:.2f} s (goal: p95 under {GOALS[name]:g} s); errors: {len(failed)} of {len(flat)}")
+    for problem in sorted({p for run in failed for p in run.problems})[:5]:
+        say(f"[{name}]   e.g. {problem}")
+    say(f"[{name}] throughput {len(seconds) / wall:.1f} predictions/s; server CPU {cpu:.1f} s in {wall:.1f} s "
+        f"({cpu / wall:.2f} cores busy), {cpu / max(1, len(seconds)):.2f} CPU s per prediction; "
+        f"peak RSS {peak_rss / MB:.0f} MB")
+    return {"p50_s": p50, "p95_s": p95, "max_s": seconds[-1], "errors": len(failed), "finished": len(seconds),
+            "server_cpu_s": cpu, "wall_s": wall, "cores_busy": cpu / wall, "rss_peak_mb": peak_rss / MB,
+            "latencies_s": [round(x, 4) for x in seconds]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=30, help="concurrent sessions (default 30)")
@@ -397,10 +460,10 @@ def main() -> None:
     say = Printer()
     load_at_start = os.getloadavg()
     port = args.port or free_port()
-    sentences = cloze_sentences()
-    plan = [[sentences[(s * args.predictions + p) % len(sentences)] for p in range(args.predictions)]
-            for s in range(args.sessions)]
+    scenarios = plans(args.sessions, args.predictions)
+    warm_sentence = cloze_sentences()[-1]  # in neither scenario: the shared results start empty for both
     server = Server(port, args.server_threads)
+    outcomes = {}
     try:
         try:
             started = server.wait_ready()
@@ -413,7 +476,7 @@ def main() -> None:
             session = Session(port, args.timeout)
             await session.connect()
             try:
-                return await session.open_link(sentences[-1], VIEWS[0])
+                return await session.open_link(warm_sentence, VIEWS[0])
             finally:
                 await session.close()
 
@@ -423,8 +486,9 @@ def main() -> None:
         time.sleep(1.0)  # let the server finish closing the warm-up session before measuring
         before_rss = server.rss()
         before = server.probe()
-        load = classroom(server, plan, args.think, args.timeout)
-        runs, connect_times, peak_rss, wall, cpu = asyncio.run(load)
+        for name, plan in scenarios.items():  # free first: the teacher's sentences are not in the cache yet either
+            outcomes[name] = asyncio.run(classroom(server, plan, args.think, args.timeout))
+            time.sleep(1.0)  # the sessions close before the next class starts
         during = server.probe()  # sessions closed just now; models still loaded
         closed_rss = server.rss()
         time.sleep(args.settle)
@@ -433,13 +497,6 @@ def main() -> None:
     finally:
         server.stop()
 
-    flat = [run for session_runs in runs for run in session_runs]
-    seconds = sorted(run.seconds for run in flat if run.seconds is not None)
-    failed = [run for run in flat if run.problems]
-    if not seconds:  # no latency to report, so no ratio: `python -m benchmarks` marks it FAILED
-        problems = sorted({p for run in failed for p in run.problems})
-        sys.exit(f"error: none of the {len(flat)} predictions finished, e.g. {problems[:3]}")
-    p50, p95 = percentile(seconds, 50), percentile(seconds, 95)
     copies = max(before["cache_models"], during["cache_models"], after["cache_models"])
     live = max(before["live_models"], during["live_models"], after["live_models"])
     info = machine()
@@ -451,20 +508,10 @@ def main() -> None:
         f"load average at start {', '.join(f'{x:.2f}' for x in load_at_start)}")
     say(f"app: app.py (Explore page, default model), {args.sessions} concurrent sessions x "
         f"{args.predictions} predictions with attention, views {', '.join(VIEWS)}; "
-        f"think time {args.think:g} s; "
-        f"server torch threads {before.get('torch_threads')}")
-    connected = [t for t in connect_times if t is not None]
-    say(f"server start {started:.1f} s; warm-up session (loads the model) {warm.seconds:.1f} s; "
-        f"{len(connected)} of {len(plan)} sessions connected, slowest in {max(connected, default=0):.2f} s")
-    example = runs[0][-1]
-    say(f"example (session 1, prediction {len(runs[0])}): {plan[0][-1]!r} -> filled in {example.filled!r}")
-    say(f"latency per prediction (request -> script finished), {len(seconds)} finished: p50 {p50:.2f} s, "
-        f"p95 {p95:.2f} s, max {seconds[-1]:.2f} s")
-    say(f"errors: {len(failed)} of {len(flat)} predictions")
-    for problem in sorted({p for run in failed for p in run.problems})[:5]:
-        say(f"  e.g. {problem}")
-    say(f"throughput: {len(seconds) / wall:.1f} predictions/s; server CPU {cpu:.1f} s in {wall:.1f} s "
-        f"of wall time ({cpu / wall:.2f} cores busy), {cpu / max(1, len(seconds)):.2f} CPU s per prediction")
+        f"think time {args.think:g} s; server torch threads {before.get('torch_threads')}")
+    say(f"server start {started:.1f} s; warm-up session (loads the model) {warm.seconds:.1f} s")
+    figures = {name: summary(name, scenarios[name], outcomes[name], say) for name in scenarios}
+    peak_rss = max(outcome[2] for outcome in outcomes.values())
     say(f"server RSS: idle {idle_rss / MB:.0f} MB; before the sessions (model loaded, warmed up) "
         f"{before_rss / MB:.0f} MB; peak {peak_rss / MB:.0f} MB; just after they closed "
         f"{closed_rss / MB:.0f} MB; {args.settle:g} s later {after_rss / MB:.0f} MB "
@@ -477,28 +524,29 @@ def main() -> None:
         f"after the load / {after['cache_models']} settled; live model objects {before['live_models']} / "
         f"{during['live_models']} / {after['live_models']} (idle server: {idle['cache_models']})")
     say(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    ratio = p95 / GOAL_P95_S
-    verdict = "meets" if ratio <= 1 and not failed and live == 1 else "misses"
-    say(f"lower is better: p95 latency / {GOAL_P95_S:g} s goal = {ratio:.2f} ({verdict} the goal: "
-        f"no errors, one model copy, p95 under {GOAL_P95_S:g} s)")
+    free, teacher = figures["free"], figures["teacher-led"]
+    ratio = free["p95_s"] / GOAL_P95_S
+    errors = free["errors"] + teacher["errors"]
+    met = ratio <= 1 and teacher["p95_s"] <= TEACHER_GOAL_P95_S and not errors and live == 1
+    say(f"lower is better: free scenario p95 latency / {GOAL_P95_S:g} s goal = {ratio:.2f} "
+        f"({'meets' if met else 'misses'} the goals: no errors, one model copy, free p95 under {GOAL_P95_S:g} s, "
+        f"teacher-led p95 under {TEACHER_GOAL_P95_S:g} s)")
     write_result(
         "classroom",
         title=f"{args.sessions} concurrent Explore sessions x {args.predictions} predictions with attention, "
-        "real app over websockets (p95 latency; lower is better)",
-        ours=f"p95 {p95:.2f} s (p50 {p50:.2f} s), {len(failed)} errors, {live} model "
-        f"cop{'y' if live == 1 else 'ies'}, RSS {before_rss / MB:.0f} → peak {peak_rss / MB:.0f} → "
-        f"{after_rss / MB:.0f} MB after",
-        baseline=f"goal: p95 {GOAL_P95_S:g} s, no errors, one model copy",
+        "real app over websockets, free and teacher-led (free p95 latency; lower is better)",
+        ours=f"free: p95 {free['p95_s']:.2f} s (p50 {free['p50_s']:.2f} s); teacher-led: p95 {teacher['p95_s']:.2f} s "
+        f"(p50 {teacher['p50_s']:.2f} s); {errors} errors, {live} model cop{'y' if live == 1 else 'ies'}, "
+        f"RSS {before_rss / MB:.0f} → peak {peak_rss / MB:.0f} → {after_rss / MB:.0f} MB after",
+        baseline=f"goal: free p95 {GOAL_P95_S:g} s, teacher-led p95 {TEACHER_GOAL_P95_S:g} s, no errors, one model copy",
         ratio=ratio, goal="≤ 1", better="lower", printed=say.lines, machine_info=info,
         figures={
             "sessions": args.sessions, "predictions": args.predictions, "think_s": args.think,
-            "server_torch_threads": before.get("torch_threads"),
-            "p50_s": p50, "p95_s": p95, "max_s": seconds[-1], "errors": len(failed),
-            "finished": len(seconds), "model_copies_cache": copies, "model_copies_live": live,
+            "server_torch_threads": before.get("torch_threads"), "scenarios": figures,
+            "errors": errors, "model_copies_cache": copies, "model_copies_live": live,
             "rss_idle_mb": idle_rss / MB, "rss_before_mb": before_rss / MB, "rss_peak_mb": peak_rss / MB,
             "rss_closed_mb": closed_rss / MB, "rss_after_mb": after_rss / MB, "settle_s": args.settle,
-            "server_cpu_s": cpu, "wall_s": wall, "warm_up_s": warm.seconds, "server_start_s": started,
-            "latencies_s": [round(s, 4) for s in seconds],
+            "warm_up_s": warm.seconds, "server_start_s": started,
         },
     )
     print(f"ratio: {ratio:.2f}")

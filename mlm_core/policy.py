@@ -83,6 +83,9 @@ class ServerPolicy(Validated):
         "any weight is allocated); a bigger model is refused.", min=0.01, max=1.0))
     max_model_layers: int = field(default=96, metadata=param(
         "Most layers a model's config may declare; more is refused before loading.", min=1, max=10_000))
+    shared_results_mb: int = field(default=64, metadata=param(
+        "Memory, in MB, for the predictions every session shares: a sentence the whole class types runs the "
+        "model once; the least recently used are dropped first. 0 turns the sharing off.", min=0, max=100_000))
 
     def allows_any_model(self) -> bool:
         return ANY_SOURCE in self.model_sources

@@ -20,6 +20,7 @@ from mlm_core.errors import MaskLabError
 from mlm_core.explain import attention, attribution
 from mlm_core.explain import whatif as interference
 from mlm_core.explain.exploration import Exploration
+from mlm_core.explain.result_cache import model_token
 from mlm_core.model.loading import LoadedModel
 from mlm_core.policy import server_policy
 from mlm_core.text.tokens import CATEGORIES, Tokens
@@ -29,7 +30,7 @@ from mlm_core.views.lines import attention_lines
 from mlm_core.views.spreadsheet import spreadsheet_csv
 from mlm_core.views.words import word_view
 from ui import why_link
-from ui.common import show_error
+from ui.common import latest_result, show_error
 
 IMAGE_FORMATS = ("png", "svg")
 ATTENTION_VIEWS = tuple(why_link.VIEWS.values())  # the one list of views (with their short names for links)
@@ -286,7 +287,9 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
         residual = cols[1].slider("Residual weight", 0.0, 1.0, step=0.05, key=_default("xa-residual", 0.5),
                                   help="Weight of the skip connection in each layer: Â = r·I + (1−r)·A.")
         settings.update(layer=layer, residual=residual)
-        matrix = words.matrix(attention.rollout(att, residual)[layer])
+        flow = latest_result("rollout", (model_token(loaded), view_of.sig, residual),
+                             lambda: attention.rollout(att, residual))  # every layer: a new layer reuses it
+        matrix = words.matrix(flow[layer])
         figure = charts.attention_heatmap(matrix, labels, highlight, f"Rollout through layers 0–{layer}")
         frame, record = _matrix_record(matrix, labels, **settings)
     elif view == "From the mask":
@@ -327,7 +330,11 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
         if view_of.typed:
             st.caption("Typed masks have no original word: the unmasked sentence uses the model's first guess.")
         try:
-            with_mask, without = attention.masked_vs_unmasked(loaded, tokens.ids, plain_ids, view_of.exclude)
+            # The masked side is the prediction's own pass (``att``); only the unmasked sentence needs a pass,
+            # kept for the session so that changing the layer, head or mode does not run it again.
+            with_mask = att
+            without = latest_result("unmasked-attention", (model_token(loaded), tuple(plain_ids), view_of.sig),
+                                    lambda: attention.attention_maps(loaded, plain_ids, view_of.exclude))
         except MaskLabError as exc:
             show_error(exc)
             return

@@ -246,12 +246,15 @@ class _Engine:
         device = logits.device
         targets = torch.from_numpy(targets).to(device)
         with torch.inference_mode():  # the logits are inference tensors: changed in place below
-            log_p = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
-            own = logits.gather(1, targets[:, None])
+            own = logits.gather(1, targets[:, None])  # (M, 1)
+            log_p = (own - torch.logsumexp(logits, dim=-1, keepdim=True))[:, 0]  # no (M, V) log-softmax kept
             logits[:, self.special_tensor] = -math.inf  # never a guess ...
             logits.scatter_(1, targets[:, None], own)  # ... except the original itself (e.g. [UNK])
-            earlier = torch.arange(logits.shape[1], device=device)[None, :] < targets[:, None]
-            rank = (logits > own).sum(1) + ((logits == own) & earlier).sum(1) + 1  # ties: argmax order
+            rank = (logits > own).sum(1) + 1
+            tied = torch.nonzero((logits == own).sum(1) > 1)[:, 0]  # rare: another token scores exactly the same
+            if len(tied):  # ties rank in argmax order: the tied tokens with a smaller id come first
+                earlier = torch.arange(logits.shape[1], device=device)[None, :] < targets[tied, None]
+                rank[tied] += ((logits[tied] == own[tied]) & earlier).sum(1)
             guess = logits.argmax(1)
         return rank.cpu().numpy(), log_p.cpu().numpy(), guess.cpu().numpy()
 

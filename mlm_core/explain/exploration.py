@@ -16,6 +16,7 @@ Order of operations (the same as the trainer's):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from mlm_core.errors import InputError
 from mlm_core.explain.predict import Prediction, predict, pseudo_log_likelihood
+from mlm_core.explain.result_cache import model_token, shared_results
 from mlm_core.masking import (
     MASKED,
     MaskResult,
@@ -32,6 +34,7 @@ from mlm_core.masking import (
     prepare_text,
     selection_frequency,
 )
+from mlm_core.masking.language import text_language
 from mlm_core.model.loading import LoadedModel
 from mlm_core.policy import server_policy
 from mlm_core.text.privacy import PrivacyResult
@@ -65,7 +68,8 @@ class Exploration:
 def reading_tokens(loaded: LoadedModel, text: str, strategy=None) -> tuple[Tokens, PrivacyResult | None]:
     """The tokens the model will read: after the strategy's privacy step, before masking."""
     privacy = None if strategy is None else prepare_text(text, strategy, mask_token=loaded.mask_token)
-    return tokenize(loaded.tokenizer, text if privacy is None else privacy.text), privacy
+    language = text_language(strategy)  # its stopwords and, in Chinese, its words
+    return tokenize(loaded.tokenizer, text if privacy is None else privacy.text, language=language), privacy
 
 
 def with_masks(tokens: Tokens, positions: Sequence[int], loaded: LoadedModel) -> Tokens:
@@ -115,7 +119,26 @@ def explore(
 
     More masks than the server allows are refused (``check_mask_count``); ``fill="joint"`` with more
     than ``max_joint_fill_masks`` fills independently and says so in ``notices`` (``predict``).
+    The result is shared by every session that asks the same of the same model object
+    (``result_cache``): it is frozen, its arrays read-only.
     """
+    manual_positions = tuple(int(p) for p in manual_positions)
+    key = _request_key(loaded, text, strategy, seed, manual_positions, top_k, fill, output_attentions)
+    compute = lambda: _explore(loaded, text, strategy, seed, manual_positions, top_k, fill, output_attentions)  # noqa: E731
+    return compute() if key is None else shared_results().get(key, compute)
+
+
+def _request_key(loaded: LoadedModel, text: str, strategy, *settings) -> tuple | None:
+    """Everything an exploration depends on, or None when that cannot be told (a strategy that is not a
+    dataclass has no repr that lists its settings: its result is computed, never shared)."""
+    if strategy is not None and not dataclasses.is_dataclass(strategy):
+        return None
+    # The operator's limits decide refusals and notices (max_masks_per_text, max_joint_fill_masks).
+    return (model_token(loaded), "explore", text, repr(strategy), *settings, server_policy())
+
+
+def _explore(loaded: LoadedModel, text: str, strategy, seed: int, manual_positions: tuple[int, ...], top_k: int,
+             fill: str, output_attentions: bool) -> Exploration:
     tokens, privacy = reading_tokens(loaded, text, strategy)
     clicked = with_masks(tokens, manual_positions, loaded)
     kinds: list[str | None] = [MASKED if i == loaded.mask_token_id else None for i in clicked.ids]

@@ -226,7 +226,7 @@ def predict(
                 filled[best] = results[best].top[0].token_id
                 log_prob += math.log(max(results[best].top[0].prob, 1e-45))
                 remaining.remove(best)
-    if output_attentions and attentions is None:
+    if output_attentions and attentions is None and loaded.has_attention:  # a recurrent model has none to show
         notices.append("Attention is shown only for inputs that fit in one window.")
     return Prediction(
         input_ids=tuple(ids),

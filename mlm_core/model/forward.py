@@ -6,7 +6,8 @@ trainer all get their logits here, so one position scores the same wherever it i
   hidden states: the vocabulary projection is most of a small model's compute. Works with
   gradients (the trainer), pruned weights (``torch.func.functional_call``) and attentions.
 * ``run``: the shared model's pass, under ``loaded.lock`` and ``inference_mode``, with head
-  gates when asked; ``forward``: one sentence, logits and attentions (L, H, T, T).
+  gates when asked; ``forward``: one sentence, logits and attentions (L, H, T, T), batched with the
+  sentences other sessions send at the same moment (``model.batching``).
 * ``in_turn_logits``: mask each token in turn (pseudo-log-likelihood, probes, batch PLL).
 * ``head_gates``/``heads_gated``: switch attention heads off. transformers 5 has no
   ``head_mask``: forward hooks multiply each head's output by its gate, as ``head_mask`` did.
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from mlm_core.errors import InputError
+from mlm_core.model.batching import Request, gatherer_for, run_requests
 from mlm_core.model.families import attention_output_projection, head_entry, layer_modules
 from mlm_core.model.loading import LoadedModel
 
@@ -116,19 +118,18 @@ def forward(
     asked, attentions (L, H, T, T) as numpy.
 
     ``attention_exclude`` (T,) removes tokens from the context: no position attends to them.
+    Sentences that other threads send at the same moment run in one padded batch with this one
+    (``model.batching``); the result is this sentence's alone. A thread that already holds the
+    model's lock (its own hooks installed: head gates, captum) runs its pass itself, unbatched.
     Example: ``forward(m, [101, 103, 102], positions=[1])[0].shape == (1, m.vocab_size)``.
     """
-    input_ids = torch.tensor([list(ids)], device=loaded.device)
-    chosen = None
-    if positions is not None:
-        rows = torch.tensor(list(positions), dtype=torch.long, device=loaded.device)
-        chosen = (torch.zeros_like(rows), rows)
-    logits, recorded = run(loaded, input_ids, exclusion_mask(input_ids, attention_exclude), chosen,
-                           output_attentions=output_attentions)
-    attentions = None
-    if output_attentions:
-        attentions = torch.stack([a[0] for a in recorded]).float().cpu().numpy()  # (L, H, T, T)
-    return (logits if chosen is not None else logits[0]), attentions
+    attended = None if attention_exclude is None else tuple(0 if excluded else 1 for excluded in attention_exclude)
+    request = Request(tuple(int(i) for i in ids), None if positions is None else tuple(int(p) for p in positions),
+                      attended, bool(output_attentions) and loaded.has_attention)  # a recurrent model: None
+    owns = getattr(loaded.lock, "_is_owned", None)  # RLock's own test of "held by this thread"
+    if owns is not None and owns():
+        return run_requests(loaded, [request], None)[0]
+    return gatherer_for(loaded).submit(loaded, request)
 
 
 # ----------------------------------------------------------------------------- each token masked in turn
@@ -178,6 +179,7 @@ def in_turn_logits(
 
 def attention_modules(loaded: LoadedModel) -> list[nn.Module]:
     """One self-attention module per layer, bottom to top (refuses shared-layer models)."""
+    loaded.require_attention("Switching attention heads off")
     modules = layer_modules(loaded.model, "attentions")
     if len(modules) != loaded.num_layers:
         raise InputError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 
 from mlm_core.explain.predict import PositionPrediction
@@ -41,30 +42,19 @@ def topk_bars(prediction: PositionPrediction, title: str = "", height: int = 260
         else (HIT_COLOUR if c.token_id == prediction.original_id else "#9ecae1")
         for c in candidates
     ]
-    figure = go.Figure(
-        go.Bar(
-            x=[c.prob for c in candidates],
-            y=list(range(len(candidates))),
-            orientation="h",
-            marker_color=colours,
-            text=[f"{c.prob:.1%}" for c in candidates],
-            textposition="auto",
-            hovertemplate="%{customdata}: %{x:.2%}<extra></extra>",
-            customdata=[literal(c.token) for c in candidates],
-        )
-    )
-    figure.update_layout(
+    names = [literal(c.token) for c in candidates]
+    # One constructor call with plain dicts: plotly validates the whole figure once, where a trace object
+    # plus update_layout validated it piece by piece (5 ms a chart, one chart per mask on every rerun).
+    bar = dict(type="bar", x=[c.prob for c in candidates], y=list(range(len(candidates))), orientation="h",
+               marker=dict(color=colours), text=[f"{c.prob:.1%}" for c in candidates], textposition="auto",
+               hovertemplate="%{customdata}: %{x:.2%}<extra></extra>", customdata=names)
+    return go.Figure(data=[bar], layout=dict(
         title=dict(text="<br>".join(literal(line) for line in title.split("\n")), font=dict(size=14)),
         height=height,
         margin=dict(l=10, r=10, t=60 if "\n" in title else 40 if title else 10, b=10),
-        xaxis=dict(title="probability", range=[0, 1], tickformat=".0%"),
-        yaxis=dict(
-            tickmode="array",
-            tickvals=list(range(len(candidates))),
-            ticktext=[literal(c.token) for c in candidates],
-        ),
-    )
-    return figure
+        xaxis=dict(title=dict(text="probability"), range=[0, 1], tickformat=".0%"),
+        yaxis=dict(tickmode="array", tickvals=list(range(len(candidates))), ticktext=names),
+    ))
 
 
 def token_axis(tokens: Sequence[str]) -> dict:
@@ -91,12 +81,31 @@ def _labelled_axis(labels: Sequence[str], title: str = "") -> dict:
     return dict(token_axis(labels), title=title, tickangle=0 if len(labels) < 12 else -60)
 
 
-def _outline(figure: go.Figure, highlight: Sequence[int], n: int, width: int = 2, **cell) -> None:
-    """Red outlines around the row (from) and column (to) of each highlighted position of an n×n map."""
+def outline_shapes(highlight: Sequence[int], n: int, width: int = 2, **cell) -> list[dict]:
+    """Red outlines around the row (from) and column (to) of each highlighted position of an n×n map, as
+    layout shapes (one list given to the figure at once: ``add_shape`` validated the layout each time)."""
     line = dict(color=HIGHLIGHT_COLOUR, width=width)
+    shapes = []
     for p in highlight:
-        figure.add_shape(type="rect", x0=p - 0.5, x1=p + 0.5, y0=-0.5, y1=n - 0.5, line=line, **cell)
-        figure.add_shape(type="rect", x0=-0.5, x1=n - 0.5, y0=p - 0.5, y1=p + 0.5, line=line, **cell)
+        shapes.append(dict(type="rect", x0=p - 0.5, x1=p + 0.5, y0=-0.5, y1=n - 0.5, line=line, **cell))
+        shapes.append(dict(type="rect", x0=-0.5, x1=n - 0.5, y0=p - 0.5, y1=p + 0.5, line=line, **cell))
+    return shapes
+
+
+def _outline(figure: go.Figure, highlight: Sequence[int], n: int, width: int = 2, **cell) -> None:
+    """``outline_shapes`` added to a figure of subplots (``cell``: its row and col)."""
+    for shape in outline_shapes(highlight, n, width):
+        figure.add_shape(**shape, **cell)
+
+
+def hover_pairs(shown: Sequence[str]) -> np.ndarray:
+    """(n, n, 2) of (from, to) labels for a T×T map's hover text. An array, not nested lists: plotly
+    validates a list element by element (a grid of 12 heads spent most of its 140 ms there)."""
+    n = len(shown)
+    pairs = np.empty((n, n, 2), dtype=object)
+    pairs[:, :, 0] = np.asarray(shown, dtype=object)[:, None]
+    pairs[:, :, 1] = np.asarray(shown, dtype=object)[None, :]
+    return pairs
 
 
 def _square_height(n: int, base: int = 220, per_token: int = 22, cap: int = 760) -> int:
@@ -119,10 +128,11 @@ def attention_heatmap(
     n = len(labels)
     shown = safe_labels(labels)
     heat = dict(
+        type="heatmap",
         z=matrix,
         x=list(range(n)),
         y=list(range(n)),
-        customdata=[[[row, col] for col in shown] for row in shown],
+        customdata=hover_pairs(shown),
         hovertemplate="from %{customdata[0]} to %{customdata[1]}: %{z:.3f}<extra></extra>",
     )
     if diverging:
@@ -130,16 +140,14 @@ def attention_heatmap(
         heat.update(colorscale=DIVERGING_SCALE, zmid=0, zmin=-bound, zmax=bound)
     else:
         heat.update(colorscale=ATTENTION_SCALE, zmin=0, zmax=zmax)
-    figure = go.Figure(go.Heatmap(**heat))
-    _outline(figure, highlight, n)
-    figure.update_layout(
-        title=literal(title),
+    return go.Figure(data=[heat], layout=dict(  # built in one call, as topk_bars is
+        title=dict(text=literal(title)),
         height=_square_height(n),
         margin=dict(l=10, r=10, t=60 if "<br>" in title else 40 if title else 10, b=10),
         xaxis=_labelled_axis(labels, "to"),
         yaxis=dict(_labelled_axis(labels, "from"), autorange="reversed", tickangle=0),
-    )
-    return figure
+        shapes=outline_shapes(highlight, n),
+    ))
 
 
 def attention_grid(
@@ -164,7 +172,7 @@ def attention_grid(
     gap_x, gap_y = 0.02, min(0.12, 0.18 / rows)
     width, height_share = (1 - gap_x * (columns - 1)) / columns, (1 - gap_y * (rows - 1)) / rows
     shown = safe_labels(labels)
-    pairs = [[[r, c] for c in shown] for r in shown]
+    pairs = hover_pairs(shown)  # one array for every head: plotly copies an array, but walks a list item by item
     axis = dict(token_axis(labels), tickfont=dict(size=8))
     traces, layout, shapes, annotations = [], {}, [], []
     line = dict(color=HIGHLIGHT_COLOUR, width=1)
@@ -215,41 +223,31 @@ def layer_head_heatmap(
         heat.update(colorscale=DIVERGING_SCALE, zmid=0, zmin=-bound, zmax=bound)
     else:
         heat.update(colorscale=ATTENTION_SCALE)
-    figure = go.Figure(go.Heatmap(**heat))
-    figure.update_layout(
-        title=literal(title),
+    return go.Figure(data=[dict(heat, type="heatmap")], layout=dict(  # built in one call, as topk_bars is
+        title=dict(text=literal(title)),
         height=min(700, 140 + 34 * n_layers),
         margin=dict(l=10, r=10, t=60 if "<br>" in title else 40 if title else 10, b=10),
-        xaxis=dict(tickmode="array", tickvals=list(range(n_heads)), title="head"),
-        yaxis=dict(tickmode="array", tickvals=list(range(n_layers)), title="layer", autorange="reversed"),
-    )
-    return figure
+        xaxis=dict(tickmode="array", tickvals=list(range(n_heads)), title=dict(text="head")),
+        yaxis=dict(tickmode="array", tickvals=list(range(n_layers)), title=dict(text="layer"), autorange="reversed"),
+    ))
 
 
 def from_position_heatmap(values, labels: Sequence[str], position: int, title: str = "") -> go.Figure:
     """Where one masked position looks in every layer: (L, T), layers as rows, tokens as columns."""
     n_layers = len(values)
-    figure = go.Figure(
-        go.Heatmap(
-            z=values,
-            x=list(range(len(labels))),
-            y=list(range(n_layers)),
-            colorscale=ATTENTION_SCALE,
-            zmin=0,
-            customdata=[safe_labels(labels)] * n_layers,
-            hovertemplate="layer %{y} → %{customdata}: %{z:.3f}<extra></extra>",
-        )
-    )
+    heat = dict(type="heatmap", z=values, x=list(range(len(labels))), y=list(range(n_layers)),
+                colorscale=ATTENTION_SCALE, zmin=0,
+                customdata=np.asarray([safe_labels(labels)] * n_layers, dtype=object),
+                hovertemplate="layer %{y} → %{customdata}: %{z:.3f}<extra></extra>")
     line = dict(color=HIGHLIGHT_COLOUR, width=2)
-    figure.add_shape(type="rect", x0=position - 0.5, x1=position + 0.5, y0=-0.5, y1=n_layers - 0.5, line=line)
-    figure.update_layout(
-        title=literal(title),
+    return go.Figure(data=[heat], layout=dict(  # built in one call, as topk_bars is
+        title=dict(text=literal(title)),
         height=min(600, 160 + 32 * n_layers),
         margin=dict(l=10, r=10, t=60 if "<br>" in title else 40 if title else 10, b=10),
         xaxis=_labelled_axis(labels, "attends to"),
-        yaxis=dict(tickmode="array", tickvals=list(range(n_layers)), title="layer", autorange="reversed"),
-    )
-    return figure
+        yaxis=dict(tickmode="array", tickvals=list(range(n_layers)), title=dict(text="layer"), autorange="reversed"),
+        shapes=[dict(type="rect", x0=position - 0.5, x1=position + 0.5, y0=-0.5, y1=n_layers - 0.5, line=line)],
+    ))
 
 
 def side_by_side_heatmaps(
