@@ -28,6 +28,7 @@ pages = [
     st.Page("app_pages/batch.py", title="Batch analysis", icon=":material/bar_chart:"),
     st.Page("app_pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
     st.Page("app_pages/runs.py", title="Runs", icon=":material/monitoring:"),
+    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
     st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("app_pages/teach.py", title="Teach", icon=":material/school:"),
 ]

@@ -24,13 +24,15 @@ from mlm_core.cli.common import (
     one_line_message,
 )
 from mlm_core.cli.evaluate import EVALUATE
+from mlm_core.cli.experiment import EXPERIMENT
 from mlm_core.cli.explain import ATTEND, ATTRIBUTE
 from mlm_core.cli.masking import MASK, PREDICT
 from mlm_core.cli.runs import RUNS, TRAIN
 from mlm_core.cli.settings import SETTINGS
 from mlm_core.errors import MaskLabError
 
-COMMANDS: tuple[Command, ...] = (PREDICT, MASK, TRAIN, RUNS, EVALUATE, ATTEND, ATTRIBUTE, APP, SETTINGS)
+COMMANDS: tuple[Command, ...] = (PREDICT, MASK, TRAIN, EXPERIMENT, RUNS, EVALUATE, ATTEND, ATTRIBUTE, APP,
+                                  SETTINGS)
 BY_NAME: dict[str, Command] = {command.name: command for command in COMMANDS}
 
 

@@ -9,7 +9,10 @@
 With ``--json``, training streams one JSON object per line, each with the ``run_id`` (the first,
 ``{"event": "created", "run_id": ...}``, comes before any work, so a script can cancel or resume
 the run it started); the last is the run's final record, which names both evaluations:
-``best_eval`` (lowest held-out loss) and ``final_eval`` (the last step's: the saved model's).
+``best_eval`` (lowest held-out loss) and ``final_eval`` (the last step's: the saved model's), and
+``model_path``, the finished model's folder (``predict --model`` takes it; None before the run finishes).
+While a corpus over the corpus size limit is tokenized, ``{"event": "preparing", "done_bytes", "total_bytes",
+"eta_s"}`` comes every few seconds (without --json, a "Preparing the corpus: 35%" line on stderr).
 ``run_train`` then returns ``Printed`` so that nothing more is printed.
 
 A run that ends in any state but finished prints its record as usual, then one ``error:`` line on
@@ -28,136 +31,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from mlm_core.cli.common import (
     EXIT_BAD_INPUT,
-    EXIT_INTERRUPTED,
     EXIT_RUN_CANCELLED,
     EXIT_RUN_FAILED,
     EXIT_RUN_INTERRUPTED,
     Command,
     Printed,
-    add_model_argument,
-    add_strategy_arguments,
-    add_text_file_arguments,
     emit,
-    folder_argument,
     read_user_file,
-    strategy_from_args,
+)
+from mlm_core.cli.training import (
+    RUN_EXIT_HELP,
+    ProgressPrinter,
+    add_train_arguments,
+    open_store,
+    storage_errors,
+    train_config_from_args,
 )
 from mlm_core.errors import InputError, MaskLabError
-from mlm_core.settings import ParamSpec
 
 RUN_ACTIONS = ["list", "show", "rename", "resume", "cancel", "delete"]
 # How `train` and `runs resume` exit when the run ends other than finished (see the module's docstring).
 EXIT_FOR_STATUS = {"failed": EXIT_RUN_FAILED, "diverged": EXIT_RUN_FAILED, "interrupted": EXIT_RUN_INTERRUPTED,
                    "cancelled": EXIT_RUN_CANCELLED}
-# TrainConfig settings whose flag keeps an older, shorter name:
-TRAIN_FLAG_NAMES = {"batch_size": "batch", "prune_sparsity": "prune"}
-# ...and those set by other flags: --text-unit (how any text file is read), --static/--dynamic, the masking
-# --seed, and checkpoint_every (--checkpoint-evals: counted in evaluations, as on the Fine-tune page).
-SET_BY_OTHER_FLAGS = ("text_unit", "masking", "seed", "checkpoint_every")
-RUN_EXIT_HELP = (
-    f"Exit status of train and runs resume: 0 the run finished; {EXIT_BAD_INPUT} bad input (settings refused "
-    f"before the run starts, a run store that cannot be written); {EXIT_RUN_FAILED} the run failed or diverged; "
-    f"{EXIT_RUN_INTERRUPTED} it was interrupted and can be resumed (a full disk, a folder it cannot write: "
-    "`runs resume RUN_ID` once fixed); "
-    f"{EXIT_RUN_CANCELLED} it was cancelled; {EXIT_INTERRUPTED} Ctrl-C. Each but 0 prints one error: line "
-    "with the reason; the run's log.txt keeps any traceback."
-)
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every ``train`` flag: the corpus, the model, the masking scheme and the training settings."""
-    parser.add_argument("--corpus", default=None, help="txt (one text per line), CSV/TSV or JSONL file")
-    add_text_file_arguments(parser, "corpus")
-    from mlm_core.text.datasets import add_dataset_arguments
-
-    add_dataset_arguments(parser)  # read into a txt corpus, within the corpus size limit
-    from mlm_core.training.scratch import SCRATCH_MODELS
-
-    add_model_argument(parser, "".join(f", or {name} ({about})" for name, about in SCRATCH_MODELS.items()))
-    add_strategy_arguments(parser, required=False)
-    when = parser.add_mutually_exclusive_group()
-    when.add_argument("--static", dest="masking", action="store_const", const="static",
-                      help="one mask per example, reused every epoch")
-    when.add_argument("--dynamic", dest="masking", action="store_const", const="dynamic",
-                      help="a fresh mask each epoch (default)")
-    parser.set_defaults(masking="dynamic")
-    settings = parser.add_argument_group("training settings (limits and defaults: TrainConfig)")
-    length = settings.add_mutually_exclusive_group()
-    for spec in train_setting_specs():
-        add_setting_flag(length if spec.name in ("steps", "epochs") else settings, spec,
-                         TRAIN_FLAG_NAMES.get(spec.name, spec.name))
-    parser.add_argument("--freeze", nargs="*", default=[], metavar="PART",
-                        help="freeze parts: embeddings, layer.N, all-but-head")
-    parser.add_argument("--out", default=None,
-                        help="run store folder (default ~/.masklab/runs or $MASKLAB_HOME/runs)")
-    parser.epilog = RUN_EXIT_HELP
-
-
-def train_setting_specs() -> tuple[ParamSpec, ...]:
-    """The training settings that have a ``train`` flag of their own: TrainConfig's, and CHECKPOINT_EVALS."""
-    from mlm_core.settings import param_specs
-    from mlm_core.training import CHECKPOINT_EVALS, TrainConfig
-
-    own = tuple(spec for spec in param_specs(TrainConfig) if spec.name not in SET_BY_OTHER_FLAGS)
-    return (*own, CHECKPOINT_EVALS)
-
-
-def add_setting_flag(parser, spec: ParamSpec, name: str) -> None:
-    """``--name`` for a declared setting: its help, default and limits; a bad value is a usage error."""
-
-    def parse(text: str):
-        try:
-            return spec.parse(text)
-        except InputError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    default = "" if spec.default is None else f" (default {spec.format(spec.default)})"
-    metavar = "{" + ",".join(spec.choices) + "}" if spec.choices else spec.kind.upper()
-    # Several choices (--log-with): the flag repeated, or a comma list, or both; each use adds its items.
-    several = {"action": "extend"} if spec.kind == "multi_choice" else {}
-    if several:
-        default = "; repeat the flag or give a comma list" + (default if spec.default else "")
-    parser.add_argument(f"--{name.replace('_', '-')}", dest=spec.name, type=parse, default=None, metavar=metavar,
-                        help=(spec.help.rstrip(".") + default).replace("%", "%%"), **several)  # argparse %-formats
-
-
-def train_config_from_args(args: argparse.Namespace, corpus_name: str):
-    """The TrainConfig that ``add_train_arguments``' flags describe; an unset flag keeps TrainConfig's default."""
-    from mlm_core.masking import params_of
-    from mlm_core.training import TrainConfig
-
-    strategy = strategy_from_args(args)
-    given = {spec.name: getattr(args, spec.name) for spec in train_setting_specs()}
-    settings = {name: value for name, value in given.items() if value is not None}
-    if args.epochs is not None:
-        settings["steps"] = None  # the flags exclude each other; in TrainConfig steps would win
-    steps = settings.get("steps", TrainConfig.spec("steps").default)
-    settings.update(TrainConfig.cadence(steps, settings.pop("eval_every", None), settings.pop("checkpoint_evals", None)))
-    return TrainConfig(
-        corpus_name=corpus_name, corpus_column=args.column, text_unit=args.text_unit,
-        model=args.model, strategy=strategy.name if strategy else "random",
-        strategy_params=params_of(strategy) if strategy else {},
-        masking=args.masking, freeze=args.freeze, seed=args.seed, device=args.device, **settings,
-    )
-
-
-def _store(args: argparse.Namespace):
-    from mlm_core.training.jobs import default_store
-    from mlm_core.training.store import RunStore
-
-    store = RunStore(folder_argument(args.out, "--out")) if args.out else default_store()
-    notice = store.take_rebuilt_notice()  # the index was empty or damaged: rebuilt from the run folders
-    if notice:
-        print(f"note: {notice}", file=sys.stderr)
-    return store
-
-
 def _final_record(store, record) -> dict:
     """The run as JSON: its row, its shown name and both evaluations, each named.
 
@@ -170,44 +69,14 @@ def _final_record(store, record) -> dict:
     data["name"] = run_name(record)
     metrics = store.metrics(record.id)
     data["best_eval"], data["final_eval"] = best_and_final(metrics)
+    from mlm_core.training.planning import run_model_folder
+
+    folder = run_model_folder(store, record)  # a model folder `predict --model` takes, once the run has finished
+    data["model_path"] = str(folder) if folder is not None else None
     # Processes that trained it (torchrun / accelerate launch): the last evaluation's, else the launch's.
     data["world_size"] = next((m["world_size"] for m in reversed(metrics) if "world_size" in m),
                               record.config.get("world_size", 1))
     return data
-
-
-class ProgressPrinter:
-    """Training progress: JSON lines with --json, else a progress bar on a terminal."""
-
-    def __init__(self, as_json: bool, run_id: str):
-        self.as_json = as_json
-        self.run_id = run_id
-        self.bar = None
-
-    def __call__(self, event: str, data: dict) -> None:
-        if self.as_json:
-            if event != "step":
-                print(json.dumps({"event": event, "run_id": self.run_id, **data}, default=str), flush=True)
-            return
-        if event == "start":
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=data["total_steps"], initial=data["resumed_from"], unit="step",
-                            disable=not sys.stderr.isatty(), file=sys.stderr)
-            print(f"training on {data['device']}: {data['train_blocks']} blocks, {data['total_steps']} steps",
-                  file=sys.stderr)
-        elif event == "step" and self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{data['loss']:.3f}")
-        elif event == "eval":
-            line = (f"step {data['step']}: train loss {data['train_loss']:.3f}, held-out loss "
-                    f"{data.get('heldout_loss', float('nan')):.3f}, accuracy {data.get('masked_accuracy', 0):.3f}, "
-                    f"{data['tokens_per_s']:.0f} tokens/s")
-            (self.bar.write if self.bar is not None else print)(line)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _run_foreground(store, run_id: str, as_json: bool, first_event: str) -> dict | Printed:
@@ -236,30 +105,6 @@ def _run_foreground(store, run_id: str, as_json: bool, first_event: str) -> dict
     return Printed(final) if as_json else final
 
 
-@contextmanager
-def storage_errors(args: argparse.Namespace) -> Iterator[None]:
-    """A full or read-only run store met outside a run (creating it, resuming, cancelling): one clear line.
-
-    Inside a run, ``jobs.execute`` turns the same faults into an interrupted run.
-    """
-    import sqlite3
-
-    try:
-        yield
-    except (OSError, sqlite3.Error) as exc:
-        from mlm_core.policy import masklab_home
-        from mlm_core.training import checkpoints
-
-        root = Path(args.out) if args.out else masklab_home() / "runs"  # as jobs.default_store names it
-        fault = checkpoints.storage_fault(exc, root)
-        if fault is None:
-            raise
-        if fault.kind == checkpoints.FULL:
-            raise MaskLabError(f"The disk holding {root} is full ({fault.strerror}); free space and try again."
-                               ) from None
-        raise MaskLabError(f"Cannot write to {root} ({fault.strerror}); make it writable and try again.") from None
-
-
 def run_train(args: argparse.Namespace) -> dict | Printed:
     with storage_errors(args):
         return _train(args)
@@ -271,21 +116,33 @@ def _train(args: argparse.Namespace) -> dict | Printed:
     def create():
         if (args.corpus is None) == (args.dataset is None):
             raise InputError("Give --corpus FILE or --dataset PATH (one of them).")
+        from mlm_core.text.corpus import MAX_CORPUS_BYTES
+
         if args.dataset is not None:
-            from mlm_core.text.corpus import MAX_CORPUS_BYTES
-            from mlm_core.text.datasets import materialize_txt, open_dataset
+            import tempfile
+
+            from mlm_core.text.datasets import open_dataset, write_txt
 
             source = open_dataset(args.dataset, args.split, args.column)
-            corpus_bytes = materialize_txt(source, MAX_CORPUS_BYTES)
             as_txt = argparse.Namespace(**{**vars(args), "column": None, "text_unit": "line"})
             config = train_config_from_args(as_txt, f"{source.name}.txt")
-        else:
-            if args.split is not None:
-                raise InputError("--split goes with --dataset.")
-            corpus_bytes = read_user_file(args.corpus, "corpus file")
-            config = train_config_from_args(args, Path(args.corpus).name)
-        store = _store(args)
-        record, _ = submit(store, config, corpus_bytes, launch=False, world_size=launched_processes())
+            store = open_store(args)
+            (store.root / "cache").mkdir(exist_ok=True)
+            # written as a txt corpus batch by batch (a big one is then streamed), next to the run store
+            with tempfile.TemporaryDirectory(dir=store.root / "cache", prefix="dataset-") as scratch:
+                write_txt(source, Path(scratch) / "corpus.txt")
+                record, _ = submit(store, config, Path(scratch) / "corpus.txt", launch=False,
+                                   world_size=launched_processes())
+            return store, record.id
+        if args.split is not None:
+            raise InputError("--split goes with --dataset.")
+        path = Path(args.corpus)
+        # over the size limit: streamed (copied into the run, never read whole), else read and checked here
+        corpus = path if path.is_file() and path.stat().st_size > MAX_CORPUS_BYTES else read_user_file(
+            args.corpus, "corpus file")
+        config = train_config_from_args(args, path.name)
+        store = open_store(args)
+        record, _ = submit(store, config, corpus, launch=False, world_size=launched_processes())
         return store, record.id
 
     if launched_processes() > 1:
@@ -355,14 +212,14 @@ def _runs(args: argparse.Namespace) -> dict | Printed:
 
     if args.action == "resume" and launched_processes() > 1:  # every process trains it, the main one resumes it
         def start():
-            store = _store(args)
+            store = open_store(args)
             jobs.resume(store, args.run_id, launch=False)
             return store, args.run_id
 
         if not args.run_id:
             raise MaskLabError("runs resume needs a run id (see `python -m mlm_core runs list`).")
         return _train_together(args, start, "resumed")
-    store = _store(args)
+    store = open_store(args)
     if args.action == "list":
         return {"runs": [_final_record(store, r) for r in store.list()]}
     if not args.run_id:

@@ -12,7 +12,7 @@ from support.apptest import clear_streamlit_caches, kill_running_jobs, open_app_
 from support.corpora import corpus_bytes
 
 from mlm_core.cli import main
-from mlm_core.cli.runs import add_train_arguments, train_config_from_args
+from mlm_core.cli.training import add_train_arguments, train_config_from_args
 from mlm_core.errors import InputError
 from mlm_core.training import TrainConfig, jobs, tracking
 from mlm_core.training.store import FINISHED
