@@ -22,6 +22,7 @@ PAGES = [
     ("Batch analysis", "batch", "Batch analysis", "configuration(s) × 1 seed(s)"),
     ("Fine-tune", "finetune", "Fine-tune", "estimated time"),
     ("Runs", "runs", "Runs", "No runs yet"),  # the test server's run store is empty
+    ("Experiments", "experiments", "Experiments", "configurations × 3 seeds"),
     ("Compare", "compare", "Compare", "Attention difference (B − A)"),
     ("Teach", "teach", FIRST_STEP, "Step 1 of"),
 ]
