@@ -114,10 +114,9 @@ def model_sidebar() -> LoadedModel | None:
         return None
     with st.sidebar:
         info = loaded.describe()
-        st.caption(
-            f"{info['type']} · {info['layers']} layers × {info['heads']} heads · "
-            f"{info['parameters'] / 1e6:.1f} M parameters · {info['device']}"
-        )
+        shape = f"{info['layers']} layers × {info['heads']} heads" if loaded.has_attention else (
+            f"{info['layers']} recurrent layers, no attention")
+        st.caption(f"{info['type']} · {shape} · {info['parameters'] / 1e6:.1f} M parameters · {info['device']}")
         st.markdown(f"Mask token: `{loaded.mask_token}`")
     return loaded
 
