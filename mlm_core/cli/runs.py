@@ -57,6 +57,8 @@ RUN_ACTIONS = ["list", "show", "rename", "resume", "cancel", "delete"]
 # How `train` and `runs resume` exit when the run ends other than finished (see the module's docstring).
 EXIT_FOR_STATUS = {"failed": EXIT_RUN_FAILED, "diverged": EXIT_RUN_FAILED, "interrupted": EXIT_RUN_INTERRUPTED,
                    "cancelled": EXIT_RUN_CANCELLED}
+
+
 def _final_record(store, record) -> dict:
     """The run as JSON: its row, its shown name and both evaluations, each named.
 
@@ -207,18 +209,29 @@ def run_runs(args: argparse.Namespace) -> dict | Printed:
         return _runs(args)
 
 
+def _resume_together(args: argparse.Namespace):
+    """The main process's part of ``runs resume`` under torchrun: refuse a streamed run, then resume it."""
+
+    def start():
+        from mlm_core.text.corpus import MAX_CORPUS_BYTES
+        from mlm_core.training import jobs
+
+        store = open_store(args)
+        corpus = store.folder(args.run_id) / jobs.CORPUS_FILE
+        jobs.check_shareable(corpus.stat().st_size > MAX_CORPUS_BYTES, launched_processes())
+        jobs.resume(store, args.run_id, launch=False)
+        return store, args.run_id
+
+    return start
+
+
 def _runs(args: argparse.Namespace) -> dict | Printed:
     from mlm_core.training import jobs
 
     if args.action == "resume" and launched_processes() > 1:  # every process trains it, the main one resumes it
-        def start():
-            store = open_store(args)
-            jobs.resume(store, args.run_id, launch=False)
-            return store, args.run_id
-
         if not args.run_id:
             raise MaskLabError("runs resume needs a run id (see `python -m mlm_core runs list`).")
-        return _train_together(args, start, "resumed")
+        return _train_together(args, _resume_together(args), "resumed")
     store = open_store(args)
     if args.action == "list":
         return {"runs": [_final_record(store, r) for r in store.list()]}

@@ -212,9 +212,7 @@ def submit(
     if isinstance(corpus, StreamedCorpus):
         from mlm_core.training.streaming import streamed_disk_bytes
 
-        if world_size > 1:  # the other processes are sent the corpus itself (they may be on other machines)
-            raise MaskLabError("A corpus over the corpus size limit trains in one process; launch it without "
-                               "torchrun / accelerate launch, or split the corpus.")
+        check_shareable(streamed=True, world_size=world_size)
         blocks_disk = streamed_disk_bytes(corpus, config, store.root)  # a strategy that cannot stream; a full disk
     else:
         split_texts(corpus.texts, config.heldout_fraction)  # too small to hold a text out: say so now, not in the job
@@ -288,6 +286,14 @@ def resume(store: RunStore, run_id: str, launch: bool = True, by: str | None = N
     if launch:
         launch_pending(store)
     return store.get(run_id)
+
+
+def check_shareable(streamed: bool, world_size: int) -> None:
+    """A streamed corpus (over the corpus size limit) trains in one process: the main process sends the
+    others the corpus itself (they may be on other machines), which a corpus larger than memory cannot be."""
+    if streamed and world_size > 1:
+        raise MaskLabError("A corpus over the corpus size limit trains in one process; launch it without "
+                           "torchrun / accelerate launch, or split the corpus.")
 
 
 def load_corpus(store: RunStore, run_id: str, config: TrainConfig) -> Corpus | StreamedCorpus:

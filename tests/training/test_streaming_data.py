@@ -295,6 +295,23 @@ def test_train_streams_a_corpus_over_the_limit_from_a_file_or_a_dataset(source, 
     assert not list((tmp_path / "runs" / "cache").glob("dataset-*"))  # the dataset's txt copy is gone
 
 
+def test_a_streamed_run_is_not_resumed_by_several_processes(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """runs resume under torchrun would send the corpus itself to the other processes: refused first."""
+    from mlm_core.cli import build_parser
+    from mlm_core.cli.runs import _resume_together
+    from mlm_core.errors import MaskLabError
+
+    monkeypatch.setattr(corpus_module, "MAX_CORPUS_BYTES", 2000)
+    (tmp_path / "big.txt").write_bytes(corpus_bytes(300))
+    status, lines = train_json(capsys, "--corpus", str(tmp_path / "big.txt"), "--model", str(tiny_model_dir),
+                               "--out", str(tmp_path / "runs"))
+    assert status == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = build_parser().parse_args(["runs", "resume", lines[-1]["run_id"], "--out", str(tmp_path / "runs")])
+    with pytest.raises(MaskLabError, match="trains in one process"):
+        _resume_together(args)()
+
+
 def test_train_refuses_a_rule_that_cannot_stream_before_the_run_exists(tiny_model_dir, tmp_path, capsys,
                                                                        monkeypatch):
     monkeypatch.setattr(corpus_module, "MAX_CORPUS_BYTES", 2000)
