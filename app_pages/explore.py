@@ -20,6 +20,7 @@ from ui.common import (
     show_error,
 )
 from ui.concepts import concepts_entry
+from ui.drawn import drawn
 from ui.explain import (
     attention_panel,
     attribution_panel,
@@ -116,7 +117,10 @@ with output:
             verdict = "✓ hit" if guess.hit else f"✗ rank {guess.original_rank}"
             title += f"\noriginal '{guess.original_token}' {verdict}"
         with columns[n % len(columns)]:
-            st.plotly_chart(charts.topk_bars(guess, title, height=300), key=f"topk-{n}")
+            # The same result in every session that typed this sentence: its charts are drawn once (ui.drawn).
+            figure = drawn(result, ("topk", n, title),
+                           lambda guess=guess, title=title: charts.topk_bars(guess, title, height=300))
+            st.plotly_chart(figure, key=f"topk-{n}")
     if rest:
         st.caption(f"Charts for the first {len(charted)} masks (this server draws at most {len(charted)} per "
                    f"page); the other {len(rest)} are in this table.")

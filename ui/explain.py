@@ -9,7 +9,6 @@ signature of them, so a new sentence or model starts from fresh choices.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +26,10 @@ from mlm_core.text.tokens import CATEGORIES, Tokens
 from mlm_core.views import charts
 from mlm_core.views import html as render
 from mlm_core.views.lines import attention_lines
-from mlm_core.views.spreadsheet import spreadsheet_csv
 from mlm_core.views.words import word_view
 from ui import why_link
 from ui.common import latest_result, show_error
+from ui.drawn import Drawing, download_buttons, draw, drawing_size, drawn
 
 IMAGE_FORMATS = ("png", "svg")
 ATTENTION_VIEWS = tuple(why_link.VIEWS.values())  # the one list of views (with their short names for links)
@@ -127,21 +126,17 @@ def _chart(figure, key: str, name: str, image_format: str, on_select=None) -> No
 
 
 def _downloads(frame: pd.DataFrame, record: dict, name: str, key: str) -> None:
-    """The numbers behind a chart as CSV (the table) and JSON (the table plus its settings)."""
-    left, right = st.columns(2)
-    left.download_button("Numbers (CSV)", spreadsheet_csv(frame).encode(), f"{name}.csv", "text/csv",
-                         key=f"{key}-csv", on_click="ignore")
-    right.download_button("Numbers (JSON)", json.dumps(record, ensure_ascii=False, indent=1).encode(),
-                          f"{name}.json", "application/json", key=f"{key}-json", on_click="ignore")
+    """The numbers behind a table without a chart of its own (the what-ifs), as CSV and JSON."""
+    download_buttons(draw(None, frame, record, name), key)
 
 
-def _shown(figure, frame: pd.DataFrame, record: dict, name: str, prefix: str, image_format: str,
-           caption: str = "", on_select=None) -> tuple[str, pd.DataFrame]:
-    """A panel's tail: the chart (key ``{prefix}-chart``), the downloads of its numbers (``{prefix}-data``,
-    files ``name``.csv/.json) and (caption, table) for the page's report."""
-    _chart(figure, f"{prefix}-chart", name, image_format, on_select)
-    _downloads(frame, record, name, f"{prefix}-data")
-    return caption, frame
+def _shown(drawing: Drawing, prefix: str, image_format: str, caption: str = "",
+           on_select=None) -> tuple[str, pd.DataFrame]:
+    """A panel's tail: the chart (key ``{prefix}-chart``), the downloads of its numbers (``{prefix}-data``)
+    and (caption, table) for the page's report."""
+    _chart(drawing.figure, f"{prefix}-chart", drawing.name, image_format, on_select)
+    download_buttons(drawing, f"{prefix}-data")
+    return caption, drawing.frame
 
 
 def _matrix_record(matrix: np.ndarray, labels, **settings) -> tuple[pd.DataFrame, dict]:
@@ -238,7 +233,7 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
         return st.selectbox("Masked position", positions, format_func=lambda p: _position_label(exploration, p),
                             key=f"xa-position-{view_of.sig}")
 
-    settings: dict = {"view": view, "merged_words": merge}
+    settings: dict = {"view": view, "merged_words": merge}  # the widgets' choices: with the result, all a view draws from
     slug = view.lower().replace(" × ", "x").replace(" ", "-")
     name = f"attention-{slug}"  # the downloads' file name
     layer_rows = [f"layer {i}" for i in range(n_layers)]
@@ -251,23 +246,26 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
             with cols[1]:
                 head = head_select()
             settings["head"] = head
-            matrix = words.matrix(att[layer, head])
-            figure = charts.attention_heatmap(matrix, labels, highlight, f"Layer {layer}, head {head}")
-        elif view == "Mean over heads":
-            matrix = words.matrix(attention.head_mean(att)[layer])
-            figure = charts.attention_heatmap(matrix, labels, highlight, f"Layer {layer}, mean of {n_heads} heads")
-        else:
-            grid = words.matrix(att[layer])  # (H, W, W)
-            figure = charts.attention_grid(grid, labels, highlight, title=f"Layer {layer}: every head")
-            matrix = grid.mean(axis=0)
-            settings.update(note="matrix: mean of the heads", heads=grid.round(6).tolist())
-        frame, record = _matrix_record(matrix, labels, **settings)
+
+        def build() -> Drawing:
+            extra = {}
+            if view == "One head":
+                matrix = words.matrix(att[layer, head])
+                figure = charts.attention_heatmap(matrix, labels, highlight, f"Layer {layer}, head {head}")
+            elif view == "Mean over heads":
+                matrix = words.matrix(attention.head_mean(att)[layer])
+                figure = charts.attention_heatmap(matrix, labels, highlight, f"Layer {layer}, mean of {n_heads} heads")
+            else:
+                grid = words.matrix(att[layer])  # (H, W, W)
+                figure = charts.attention_grid(grid, labels, highlight, title=f"Layer {layer}: every head")
+                matrix = grid.mean(axis=0)
+                extra = {"note": "matrix: mean of the heads", "heads": grid.round(6).tolist()}
+            return draw(figure, *_matrix_record(matrix, labels, **settings, **extra), name)
     elif view == why_link.LINES:
         with cols[0]:
             layer = layer_select()
         with cols[1]:
             head = head_select(with_mean=True)
-        matrix = words.matrix(attention.head_mean(att)[layer] if head is None else att[layer, head])
         focus_key = f"xa-focus-{view_of.sig}"
         if st.session_state.get(focus_key, EVERY) not in range(EVERY, len(labels)):  # fewer rows once merged
             st.session_state[focus_key] = EVERY
@@ -275,11 +273,17 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
                                   format_func=lambda i: "every token" if i == EVERY else f"{i} {labels[i]}",
                                   help="Draw this token's lines in red. Clicking a token in the chart "
                                   "does the same; hovering one names its strongest lines.")
-        which = "mean of heads" if head is None else f"head {head}"
         settings.update(layer=layer, head=head, focus=focus)
-        figure = attention_lines(matrix, labels, highlight, f"Layer {layer}, {which}", None if focus == EVERY else focus)
-        frame, record = _matrix_record(matrix, labels, **settings)
-        return _shown(figure, frame, record, name, "xa", image_format, _numbers_caption("Attention", settings),
+
+        def build() -> Drawing:
+            matrix = words.matrix(attention.head_mean(att)[layer] if head is None else att[layer, head])
+            which = "mean of heads" if head is None else f"head {head}"
+            figure = attention_lines(matrix, labels, highlight, f"Layer {layer}, {which}",
+                                     None if focus == EVERY else focus)
+            return draw(figure, *_matrix_record(matrix, labels, **settings), name)
+
+        return _shown(drawn(exploration, ("attention", *settings.items()), build, drawing_size), "xa", image_format,
+                      _numbers_caption("Attention", settings),
                       on_select=lambda: _focus_from_click(focus_key, len(labels)))
     elif view == "Rollout":
         with cols[0]:
@@ -287,23 +291,28 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
         residual = cols[1].slider("Residual weight", 0.0, 1.0, step=0.05, key=_default("xa-residual", 0.5),
                                   help="Weight of the skip connection in each layer: Â = r·I + (1−r)·A.")
         settings.update(layer=layer, residual=residual)
-        flow = latest_result("rollout", (model_token(loaded), view_of.sig, residual),
-                             lambda: attention.rollout(att, residual))  # every layer: a new layer reuses it
-        matrix = words.matrix(flow[layer])
-        figure = charts.attention_heatmap(matrix, labels, highlight, f"Rollout through layers 0–{layer}")
-        frame, record = _matrix_record(matrix, labels, **settings)
+
+        def build() -> Drawing:
+            flow = latest_result("rollout", (model_token(loaded), view_of.sig, residual),
+                                 lambda: attention.rollout(att, residual))  # every layer: a new layer reuses it
+            matrix = words.matrix(flow[layer])
+            figure = charts.attention_heatmap(matrix, labels, highlight, f"Rollout through layers 0–{layer}")
+            return draw(figure, *_matrix_record(matrix, labels, **settings), name)
     elif view == "From the mask":
         with cols[0]:
             position = position_select()
         with cols[1]:
             head = head_select(with_mean=True)
-        rows = attention.from_position(words.matrix(att), words.group_of(position))  # (L, H, W)
-        values = rows.mean(axis=1) if head is None else rows[:, head]  # (L, W)
         settings.update(position=position, head=head)
-        figure = charts.from_position_heatmap(values, labels, words.group_of(position),
-                                              f"Where position {position} looks, layer by layer")
-        frame = pd.DataFrame(values, index=layer_rows, columns=_numbered(labels))
-        record, name = {"tokens": labels, "layers": values.round(6).tolist(), **settings}, f"attention-from-{position}"
+
+        def build() -> Drawing:
+            rows = attention.from_position(words.matrix(att), words.group_of(position))  # (L, H, W)
+            values = rows.mean(axis=1) if head is None else rows[:, head]  # (L, W)
+            figure = charts.from_position_heatmap(values, labels, words.group_of(position),
+                                                  f"Where position {position} looks, layer by layer")
+            frame = pd.DataFrame(values, index=layer_rows, columns=_numbered(labels))
+            return draw(figure, frame, {"tokens": labels, "layers": values.round(6).tolist(), **settings},
+                        f"attention-from-{position}")
     elif view == "Layer × head overview":
         metric = cols[0].selectbox("Measure", attention.OVERVIEW_METRICS, key="xa-metric",
                                    help="entropy: how spread out (bits); max: the largest weight; "
@@ -314,11 +323,13 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
         if metric == "to token":
             target = cols[2].selectbox("To token", range(len(labels)), format_func=lambda i: f"{i} {labels[i]}",
                                        key=f"xa-target-{view_of.sig}-{merge}")
-        values = attention.head_overview(words.matrix(att), words.group_of(position), metric, target)
         settings.update(position=position, metric=metric, target=target)
-        figure = charts.layer_head_heatmap(values, f"{metric} from position {position}", metric)
-        frame = pd.DataFrame(values, index=layer_rows, columns=[f"head {h}" for h in range(n_heads)])
-        record, name = {"values": values.round(6).tolist(), **settings}, "attention-overview"
+
+        def build() -> Drawing:
+            values = attention.head_overview(words.matrix(att), words.group_of(position), metric, target)
+            figure = charts.layer_head_heatmap(values, f"{metric} from position {position}", metric)
+            frame = pd.DataFrame(values, index=layer_rows, columns=[f"head {h}" for h in range(n_heads)])
+            return draw(figure, frame, {"values": values.round(6).tolist(), **settings}, "attention-overview")
     else:  # masked vs unmasked
         with cols[0]:
             layer = layer_select()
@@ -355,8 +366,11 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
         else:
             matrix = a
             figure = charts.side_by_side_heatmaps(a, b, labels, plain_labels, ["masked", "unmasked"], highlight)
-        frame, record = _matrix_record(matrix, labels, **settings)
-    return _shown(figure, frame, record, name, "xa", image_format, _numbers_caption("Attention", settings))
+        unkept = draw(figure, *_matrix_record(matrix, labels, **settings), name)  # a pass of its own: not kept
+        return _shown(unkept, "xa", image_format, _numbers_caption("Attention", settings))
+    # Every session that shows this result with these settings gets the same drawing (ui.drawn).
+    return _shown(drawn(exploration, ("attention", *settings.items()), build, drawing_size), "xa", image_format,
+                  _numbers_caption("Attention", settings))
 
 
 # --------------------------------------------------------------------------- interference
@@ -487,9 +501,9 @@ def _head_importance(loaded: LoadedModel, exploration: Exploration, view_of: See
     title = f"Drop in p('{token}') (now {p_base:.1%}) with one head off"
     frame = pd.DataFrame(drops, index=[f"layer {i}" for i in range(len(drops))],
                          columns=[f"head {h}" for h in range(drops.shape[1])])
-    _shown(charts.layer_head_heatmap(drops, title, "drop", diverging=True, percent=True), frame,
-           {"position": position, "token": token, "p_all_heads": p_base, "drops": drops.round(6).tolist()},
-           "head-importance", "xi-importance", image_format)
+    _shown(draw(charts.layer_head_heatmap(drops, title, "drop", diverging=True, percent=True), frame,
+                {"position": position, "token": token, "p_all_heads": p_base, "drops": drops.round(6).tolist()},
+                "head-importance"), "xi-importance", image_format)
 
 
 # --------------------------------------------------------------------------- attribution
@@ -571,6 +585,6 @@ def _attribution(loaded: LoadedModel, exploration: Exploration, view_of: Seen) -
     frame = pd.DataFrame({"token": labels, "score": scores})
     record = dict(result.as_dict(), tokens=labels, scores=[float(s) for s in scores], merged_words=merge)
     caption = f"{attribution.METHOD_LABELS[result.method]} of p('{result.target_token}') at position {result.position}"
-    return _shown(charts.attribution_bars(scores, labels, highlight, title), frame, record,
-                  f"attribution-{result.method}", "xt", image_format,
+    return _shown(draw(charts.attribution_bars(scores, labels, highlight, title), frame, record,
+                       f"attribution-{result.method}"), "xt", image_format,
                   _numbers_caption("Attribution", {"view": caption, "merged_words": merge}))

@@ -28,6 +28,7 @@ from mlm_core.model.sources import (
 from mlm_core.policy import server_policy
 from mlm_core.settings import shown_value
 from ui.common import show_error, url_set
+from ui.drawn import drawn
 
 OTHER_MODEL = "Other: hub id or local folder"
 OTHER_LABEL = "Hub id or model folder"
@@ -113,12 +114,17 @@ def model_sidebar() -> LoadedModel | None:
                 f"{DEFAULT_MODEL_NAME} (the built-in model) there to go on.")
         return None
     with st.sidebar:
-        info = loaded.describe()
-        shape = f"{info['layers']} layers × {info['heads']} heads" if loaded.has_attention else (
-            f"{info['layers']} recurrent layers, no attention")
-        st.caption(f"{info['type']} · {shape} · {info['parameters'] / 1e6:.1f} M parameters · {info['device']}")
+        # Counting the parameters walks the whole model: once per loaded model, not on every rerun.
+        st.caption(drawn(loaded.model, "sidebar-caption", lambda: _description(loaded)))
         st.markdown(f"Mask token: `{loaded.mask_token}`")
     return loaded
+
+
+def _description(loaded: LoadedModel) -> str:
+    info = loaded.describe()
+    shape = f"{info['layers']} layers × {info['heads']} heads" if loaded.has_attention else (
+        f"{info['layers']} recurrent layers, no attention")
+    return f"{info['type']} · {shape} · {info['parameters'] / 1e6:.1f} M parameters · {info['device']}"
 
 
 def _older_run_link(name: str) -> str | None:

@@ -1,0 +1,108 @@
+"""Charts and downloads drawn once per shared result, for every session that shows it.
+
+When a class types the teacher's sentence, every session gets the same result object from the shared
+results (mlm_core.explain.result_cache), and about a third of a rerun's CPU went into drawing the same figures
+and writing the same CSV/JSON again, under the one interpreter lock of the server
+(benchmarks/classroom.py). What is drawn depends only on the result and the view's settings, so it is
+kept beside the result, for as long as the result lives, under a key of those settings.
+
+Kept values are shared between sessions and threads: nothing may change them after ``build`` returns
+(Streamlit copies a figure before serialising it; the page only reads the tables).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+import pandas as pd
+import streamlit as st
+
+from mlm_core.views.spreadsheet import spreadsheet_csv
+
+MAX_DRAWN_PER_RESULT = 32  # views × settings a class typically flips through for one sentence
+# A sentence's drawings take tens of kB; a 512-token text's attention drawing takes megabytes and is
+# drawn for each session again rather than kept beside every live result.
+MAX_DRAWN_BYTES_PER_RESULT = 2_000_000
+
+_lock = threading.RLock()  # re-entrant: a result's weak-reference callback may run while it is held
+_drawn: dict[int, tuple[weakref.ref, OrderedDict]] = {}  # id(result) -> (the result, its drawings by key)
+
+
+def _forget(result_id: int, ref: weakref.ref) -> None:
+    with _lock:
+        entry = _drawn.get(result_id)
+        if entry is not None and entry[0] is ref:  # not a newer result that reuses the id
+            del _drawn[result_id]
+
+
+def drawn(result: Any, key: Hashable, build: Callable[[], Any], size: Callable[[Any], int] = lambda value: 0) -> Any:
+    """``build()``, kept for ``result`` (any object that accepts weak references) under ``key``.
+
+    ``key`` must name everything ``build`` draws from besides ``result`` itself; ``size(value)``: about
+    how many bytes the value holds (kept drawings of one result stay under MAX_DRAWN_BYTES_PER_RESULT).
+    Two sessions that miss at once both build (the same thing); the later one is kept.
+    """
+    result_id = id(result)
+    with _lock:
+        entry = _drawn.get(result_id)
+        if entry is not None and entry[0]() is result:
+            drawings = entry[1]
+            if key in drawings:
+                drawings.move_to_end(key)
+                return drawings[key][0]
+    value = build()
+    nbytes = size(value)
+    if nbytes > MAX_DRAWN_BYTES_PER_RESULT:
+        return value
+    with _lock:
+        entry = _drawn.get(result_id)
+        if entry is None or entry[0]() is not result:  # first drawing, or a dead result's id reused
+            entry = (weakref.ref(result, lambda ref, rid=result_id: _forget(rid, ref)), OrderedDict())
+            _drawn[result_id] = entry
+        drawings = entry[1]
+        drawings[key] = (value, nbytes)
+        drawings.move_to_end(key)
+        while (len(drawings) > MAX_DRAWN_PER_RESULT
+               or sum(kept for _, kept in drawings.values()) > MAX_DRAWN_BYTES_PER_RESULT):
+            drawings.popitem(last=False)
+    return value
+
+
+def drawn_count() -> int:
+    """How many results have drawings kept (for tests)."""
+    with _lock:
+        return len(_drawn)
+
+
+class Drawing(NamedTuple):
+    """A chart and its numbers, ready to show: the table, and its CSV and JSON files (``name``.csv/.json)."""
+
+    figure: object
+    frame: pd.DataFrame
+    csv: bytes
+    json: bytes
+    name: str
+
+
+def drawing_size(drawing: Drawing) -> int:
+    """About the bytes a drawing holds: its files, and a figure about as large as the JSON."""
+    return len(drawing.csv) + 2 * len(drawing.json)
+
+
+def draw(figure, frame: pd.DataFrame, record: dict, name: str) -> Drawing:
+    """The numbers behind a chart as CSV (the table) and JSON (the table plus its settings)."""
+    return Drawing(figure, frame, spreadsheet_csv(frame).encode(),
+                   json.dumps(record, ensure_ascii=False, indent=1).encode(), name)
+
+
+def download_buttons(drawing: Drawing, key: str) -> None:
+    left, right = st.columns(2)
+    left.download_button("Numbers (CSV)", drawing.csv, f"{drawing.name}.csv", "text/csv",
+                         key=f"{key}-csv", on_click="ignore")
+    right.download_button("Numbers (JSON)", drawing.json, f"{drawing.name}.json", "application/json",
+                          key=f"{key}-json", on_click="ignore")
