@@ -56,6 +56,7 @@ from mlm_core.training import ownership
 from mlm_core.training.config import TrainConfig
 from mlm_core.training.store import (
     CANCELLED,
+    CORPUS_FILE,
     DIVERGED,
     FAILED,
     FINISHED,
@@ -67,7 +68,7 @@ from mlm_core.training.store import (
 )
 
 FOLDER = "experiments"
-PLAN_FILE, STATE_FILE, CORPUS_FILE, LOG_FILE, LOCK_FILE = "plan.json", "state.json", "corpus.data", "log.txt", "lock"
+PLAN_FILE, STATE_FILE, LOG_FILE, LOCK_FILE = "plan.json", "state.json", "log.txt", "lock"
 # Settings every run of an experiment shares: the token budget (steps × batch_size × seq_len; epochs would
 # make it depend on the corpus) and what evaluation and bookkeeping see. The seed comes from ``seeds``.
 BUDGET_KEYS = ("steps", "epochs", "batch_size", "seq_len")
@@ -415,7 +416,7 @@ def _run_cell(store, plan, experiment_id, c, s, index, total, report, run_printe
     elif record is not None and record.status in (QUEUED, RUNNING):
         action = "continued"
     else:  # never started, cancelled or deleted: a fresh run
-        corpus = (folder(store, experiment_id) / CORPUS_FILE).read_bytes()
+        corpus = folder(store, experiment_id) / CORPUS_FILE  # a path: submit copies it, streaming a big one
         config = TrainConfig.from_dict({**configuration["config"], "seed": seed})
         # One request per cell and attempt: a driver that died between creating the run and recording it
         # finds the same run again when resumed, rather than leaving it queued for nobody.

@@ -38,6 +38,7 @@ from mlm_core.training.memory import check_memory
 from mlm_core.training.run_table import format_duration
 from mlm_core.training.store import (
     CANCELLED,
+    CORPUS_FILE,
     DIVERGED,
     FAILED,
     FINAL_STATES,
@@ -52,7 +53,6 @@ from mlm_core.training.store import (
 )
 from mlm_core.training.trainer import Trainer, TrainingCallbacks
 
-CORPUS_FILE = "corpus.data"  # the uploaded bytes; the user's file name is kept only in the config
 STATUS_EVERY_S = 1.0  # how often a job writes its step to SQLite (cheap, but not every step)
 CANCEL_POLL_S = 0.5  # how often a job reads its cancel flag
 STATUS_WRITE_TRIES = 4  # a final state that SQLite refuses (a full disk) is tried again this many times...

@@ -78,6 +78,7 @@ TRANSITIONS = {
 BUSY_TIMEOUT_MS = 10_000
 INDEX_FILE = "runs.sqlite"
 INDEX_LOCK = "runs.sqlite.lock"  # held while the index is checked, set aside and rebuilt
+CORPUS_FILE = "corpus.data"  # in each run's (and experiment's) folder: the uploaded bytes; the name is in the config
 STATUS_FILE = "status.json"  # in each run's folder: its state, for refresh() and a rebuild of the index
 # Without these the index cannot answer a query; later columns (name, owner) are added when missing.
 REQUIRED_COLUMNS = frozenset({"id", "request_id", "created", "updated", "status", "cancel_requested", "pid",
