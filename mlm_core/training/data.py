@@ -75,12 +75,16 @@ class PackedData:
         )
 
 
+def is_held_out(text: str, heldout_fraction: float) -> bool:
+    """Whether ``text`` is held out: a hash of the text alone, so the split is stable when the file grows."""
+    return int(hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) / 0xFFFFFFFF < heldout_fraction
+
+
 def split_texts(texts: tuple[str, ...], heldout_fraction: float) -> tuple[list[str], list[str]]:
-    """Deterministic split by a hash of each text (stable when the file grows)."""
+    """Deterministic split by ``is_held_out`` (stable when the file grows)."""
     train, heldout = [], []
     for text in texts:
-        bucket = int(hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) / 0xFFFFFFFF
-        (heldout if bucket < heldout_fraction else train).append(text)
+        (heldout if is_held_out(text, heldout_fraction) else train).append(text)
     if len(texts) < 2:
         raise InputError("The corpus is too small: it needs at least two texts (one is held out).")
     if not heldout:

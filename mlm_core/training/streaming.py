@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -43,7 +42,15 @@ from mlm_core.masking.language import text_language
 from mlm_core.text.corpus import StreamedCorpus
 from mlm_core.text.tokens import tokenizer_lock
 from mlm_core.training.config import TrainConfig
-from mlm_core.training.data import BLOCK_ARRAYS, CHUNK_TEXTS, Blocks, Categories, PackedData, cache_key
+from mlm_core.training.data import (
+    BLOCK_ARRAYS,
+    CHUNK_TEXTS,
+    Blocks,
+    Categories,
+    PackedData,
+    cache_key,
+    is_held_out,
+)
 
 ARRAYS = BLOCK_ARRAYS  # one raw file per array and split
 CACHE_BYTES_PER_TOKEN = sum(np.dtype(t).itemsize for t in ARRAYS.values())  # 18
@@ -62,11 +69,6 @@ def check_streamable(config: TrainConfig) -> None:
         raise InputError(f"A word-list or regex rule keeps the words of every block in memory, so it trains on "
                          f"corpora up to {limit} (the most read whole); this corpus is bigger. Use a smaller "
                          "corpus, or another strategy.")
-
-
-def _bucket(text: str) -> float:
-    """``split_texts``' hash of one text: below the held-out fraction, the text is held out."""
-    return int(hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
 class Preparing:
@@ -156,7 +158,7 @@ def _pack_streamed(corpus: StreamedCorpus, tokenizer, config: TrainConfig, folde
             for text in batch:
                 if privacy is not None:
                     text = privacy.apply(text, mask_token=tokenizer.mask_token).text
-                split = "heldout" if _bucket(text) < config.heldout_fraction else "train"
+                split = "heldout" if is_held_out(text, config.heldout_fraction) else "train"
                 counts[split] += 1
                 if last[split] is not None:
                     chunks[split].append(last[split])
