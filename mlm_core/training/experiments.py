@@ -365,8 +365,6 @@ def drive(store: RunStore, experiment_id: str, report: Report | None = None,
     ``run_printer(run_id)`` gives the printer of one run's own progress (``jobs.execute``). Ctrl-C leaves
     the current run and the experiment interrupted, and goes on.
     """
-    from mlm_core.training import jobs
-
     report = report or (lambda event, data: None)
     plan = plan_of(store, experiment_id)
     state = state_of(store, experiment_id)
@@ -379,7 +377,7 @@ def drive(store: RunStore, experiment_id: str, report: Report | None = None,
         for index, (c, s) in enumerate(cells, 1):
             if state_of(store, experiment_id)["cancel_requested"]:
                 return _update(store, experiment_id, status=EXP_CANCELLED, reason="cancelled by the user")
-            record = _run_cell(store, plan, experiment_id, c, s, index, len(cells), report, run_printer, jobs)
+            record = _run_cell(store, plan, experiment_id, c, s, index, len(cells), report, run_printer)
             if record is None:
                 continue
             report("run_end", {"run_id": record.id, "status": record.status})
@@ -397,8 +395,9 @@ def drive(store: RunStore, experiment_id: str, report: Report | None = None,
     return _update(store, experiment_id, status=EXP_FINISHED, reason=None)
 
 
-def _run_cell(store, plan, experiment_id, c, s, index, total, report, run_printer, jobs):
+def _run_cell(store, plan, experiment_id, c, s, index, total, report, run_printer):
     """Train (or skip) one cell; its run's final record, None when it was already done."""
+    from mlm_core.training import jobs  # the trainer and torch: loaded when a run trains, not with the page
     key = cell_key(c, s)
     configuration, seed = plan["configurations"][c], plan["seeds"][s]
     about = {"configuration": configuration["label"], "seed": seed, "index": index, "of": total}
