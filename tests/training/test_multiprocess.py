@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -78,11 +79,20 @@ def losses(events: list[dict]) -> list[tuple[int, float, float]]:
     return [(e["step"], e["train_loss"], e["heldout_loss"]) for e in events if e["event"] == "eval"]
 
 
+def gloo_aborted(code: int, err: str) -> bool:
+    """A rank aborted (SIGABRT inside gloo) while the process group formed: seen about once in ten launches on a
+    loaded 2-core machine, before any training step. Launching again is what a user does; a second abort fails."""
+    return code != 0 and ("SIGABRT" in err or "exitcode: -6" in err)
+
+
 def test_two_processes_train_one_run_with_the_one_process_losses(corpus_bert, tmp_path):
     model = ["--model", str(corpus_bert)]
     code_one, events_one, err_one = run_cli([sys.executable, "-m", "mlm_core", "train", *model, *TRAIN_FLAGS],
                                             tmp_path / "one")
     code_two, events_two, err_two = run_cli(torchrun("train", *model, *TRAIN_FLAGS), tmp_path / "two")
+    if gloo_aborted(code_two, err_two):  # launched again with a fresh store, so it still holds exactly one run
+        shutil.rmtree(tmp_path / "two", ignore_errors=True)
+        code_two, events_two, err_two = run_cli(torchrun("train", *model, *TRAIN_FLAGS), tmp_path / "two")
     assert code_one == 0, err_one[-2000:]
     assert code_two == 0, err_two[-2000:]
 
@@ -132,13 +142,9 @@ def test_a_killed_two_process_run_resumes_under_torchrun(corpus_bert, tmp_path):
         launcher.stdout.close()
     time.sleep(0.5)
     assert run_id is not None
-    # Seen once in about ten runs on a loaded 2-core machine: a rank aborts (SIGABRT inside gloo) while the
-    # resumed process group forms. The run is then interrupted again, and resuming it again is what a user
-    # does; a second failure is a real failure.
-    for _attempt in range(2):
+    code, events, err = run_cli(torchrun("runs", "resume", run_id, "--json"), home)
+    if gloo_aborted(code, err):  # the run is interrupted again: resuming it again is what a user does
         code, events, err = run_cli(torchrun("runs", "resume", run_id, "--json"), home)
-        if code == 0 or "SIGABRT" not in err:
-            break
     assert code == 0, err[-2000:]
     start = next(e for e in events if e["event"] == "start")
     assert start["resumed_from"] >= 2 and start["world_size"] == 2
