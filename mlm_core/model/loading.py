@@ -59,6 +59,7 @@ from mlm_core.model.inspection import (
     read_config_file,
     read_weights,
 )
+from mlm_core.model.layout import column_major_linears
 from mlm_core.policy import server_policy
 from mlm_core.settings import shown_value
 
@@ -256,9 +257,7 @@ def load_model(name: str | None = None, device: str | None = None) -> LoadedMode
     A folder spelled another way ('F//', './F') gives the same model, tokenizer and lock under the
     caller's spelling. Raises ModelLoadError with a message that says what to do.
     """
-    name = (name or "").strip() or DEFAULT_MODEL_NAME
-    target = pick_device(device)
-    key = (model_identity(name), str(target))
+    name, target, key = _cache_key(name, device)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -268,6 +267,8 @@ def load_model(name: str | None = None, device: str | None = None) -> LoadedMode
             if key in _cache:
                 return _as_named(_cache[key], name)
         loaded = _load_uncached(name, target)
+        if target.type == "cpu":  # the shared copy serves inference only: a faster layout (model.layout)
+            column_major_linears(loaded.model)
         with _cache_lock:
             _cache[key] = loaded
             dropped = [_cache.popitem(last=False)[1] for _ in range(len(_cache) - MAX_LOADED_MODELS)]
@@ -275,6 +276,20 @@ def load_model(name: str | None = None, device: str | None = None) -> LoadedMode
             for listener in _unload_listeners:
                 listener(gone.model)
         return loaded
+
+
+def is_loaded(name: str | None = None, device: str | None = None) -> bool:
+    """Whether ``load_model(name, device)`` would answer at once (the page then shows no spinner)."""
+    key = _cache_key(name, device)[2]
+    with _cache_lock:
+        return key in _cache
+
+
+def _cache_key(name: str | None, device: str | None) -> tuple[str, torch.device, tuple[str, str]]:
+    """(the name, default model when None; the device; the shared cache's key)."""
+    name = (name or "").strip() or DEFAULT_MODEL_NAME
+    target = pick_device(device)
+    return name, target, (model_identity(name), str(target))
 
 
 def _as_named(loaded: LoadedModel, name: str) -> LoadedModel:

@@ -15,6 +15,7 @@ from mlm_core.explain import whatif as xi
 from mlm_core.explain.predict import predict
 from mlm_core.model import forward as fw
 from mlm_core.model.forward import forward
+from mlm_core.model.layout import as_it_comes
 from mlm_core.text.tokens import tokenize
 
 TEXT = "the cat sat on the [MASK] , the dog ran ."
@@ -188,7 +189,7 @@ def test_pruning_matches_pruned_copy(tiny_loaded, tokens, mask):
     from torch.nn.utils import prune as torch_prune
 
     report = xi.prune(tiny_loaded, tokens.ids, [mask], 0.5, "layer", layers=[1])
-    reference = copy.deepcopy(tiny_loaded.model)
+    reference = as_it_comes(tiny_loaded.model)  # torch's prune needs torch's own layout (model.layout)
     for module in reference.bert.encoder.layer[1].modules():
         if isinstance(module, torch.nn.Linear):
             torch_prune.l1_unstructured(module, "weight", amount=0.5)
