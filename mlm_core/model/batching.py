@@ -92,18 +92,19 @@ class _Batch:
 
 
 def pack(lengths: Sequence[int], max_tokens: int = MAX_BATCH_TOKENS, waste: float = PADDING_WASTE,
-         max_square: int | None = None) -> list[list[int]]:
+         max_square: int | None = None, max_rows: int | None = None) -> list[list[int]]:
     """Indexes grouped into passes: sorted by length, a new pass where the padded size would pass
-    ``max_tokens`` (or rows x longest² ``max_square``) or padding would exceed ``waste`` of it.
-    Example: ``pack([5, 40, 6])`` -> ``[[0, 2], [1]]``."""
+    ``max_tokens`` (or rows x longest² ``max_square``, or ``max_rows`` rows) or padding would exceed
+    ``waste`` of it. Example: ``pack([5, 40, 6])`` -> ``[[0, 2], [1]]``."""
     passes: list[list[int]] = []
     real = 0
     for i in sorted(range(len(lengths)), key=lambda k: lengths[k]):
         if passes:
             rows = len(passes[-1]) + 1
             padded = rows * lengths[i]  # sorted: this row is the longest so far
-            square_ok = max_square is None or padded * lengths[i] <= max_square
-            if padded <= max_tokens and square_ok and real + lengths[i] >= (1 - waste) * padded:
+            fits = (padded <= max_tokens and (max_square is None or padded * lengths[i] <= max_square)
+                    and (max_rows is None or rows <= max_rows))
+            if fits and real + lengths[i] >= (1 - waste) * padded:
                 passes[-1].append(i)
                 real += lengths[i]
                 continue

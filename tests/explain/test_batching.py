@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlm_core.model import batching
 from mlm_core.model.batching import Gatherer, Request, gatherer_for, pack
@@ -193,3 +195,16 @@ def test_pack_respects_the_token_budget():
     passes = pack([100] * 10, max_tokens=300)
     assert [len(p) for p in passes] == [3, 3, 3, 1]
     assert [len(p) for p in pack([500] * 5, max_square=600_000)] == [2, 2, 1]  # attentions of long texts
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 300), max_size=60), max_tokens=st.integers(300, 5000),
+       waste=st.sampled_from([0.05, 0.1, 0.5, 1.0]), max_rows=st.one_of(st.none(), st.integers(1, 20)))
+def test_pack_keeps_every_index_once_within_every_bound(lengths, max_tokens, waste, max_rows):
+    passes = pack(lengths, max_tokens=max_tokens, waste=waste, max_rows=max_rows)
+    assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
+    for rows in passes:
+        padded = len(rows) * max(lengths[i] for i in rows)
+        if len(rows) > 1:  # a row alone may exceed any budget: it has to run somewhere
+            assert padded <= max_tokens and (max_rows is None or len(rows) <= max_rows)
+            assert sum(lengths[i] for i in rows) >= (1 - waste) * padded - 1e-9
