@@ -4,7 +4,13 @@ import streamlit as st
 
 from mlm_core import links
 from mlm_core.errors import MaskLabError
-from mlm_core.explain.exploration import FREQUENCY_DRAWS, chosen_frequency, explore, reading_tokens
+from mlm_core.explain.exploration import (
+    FREQUENCY_DRAWS,
+    chosen_frequency,
+    explore,
+    is_explored,
+    reading_tokens,
+)
 from mlm_core.explain.predict import fill_text
 from mlm_core.links import MAX_LINK_TEXT
 from mlm_core.settings import ParamSpec
@@ -13,11 +19,13 @@ from mlm_core.views import html as render
 from mlm_core.views.reports import exploration_report, ratio_note, strategy_settings
 from ui.common import (
     UrlField,
+    is_latest,
     latest_result,
     restore_from_url,
     save_to_url,
     share_panel,
     show_error,
+    working,
 )
 from ui.concepts import concepts_entry
 from ui.drawn import drawn
@@ -31,7 +39,7 @@ from ui.explain import (
 )
 from ui.models import model_sidebar
 from ui.strategy import added_note, masking_controls
-from ui.why_link import why_tabs
+from ui.why_link import is_open, why_tabs
 
 FILLS = ("independent", "joint")
 URL_FIELDS = (UrlField("top_k", ParamSpec("top_k", "int", 5, "Guesses per mask.", 1, 20)),
@@ -85,10 +93,12 @@ with output:
         # The spinner shows only past half a second; until the new result arrives Streamlit keeps the old
         # one on screen, dimmed, because every element below keeps its place from run to run.
         request = (loaded.name, id(loaded.model), text, repr(strategy), seed, tuple(sorted(clicked or [])), top_k, fill)
-        with st.spinner(f"Predicting the masked words with {loaded.name} …"):
-            result = latest_result("exploration", request, lambda: explore(
-                loaded, text, strategy, seed, sorted(clicked or []), top_k=top_k, fill=fill,
-                output_attentions=True), keep_if=worth_keeping)
+        asked = {"strategy": strategy, "seed": seed, "manual_positions": sorted(clicked or []), "top_k": top_k,
+                 "fill": fill, "output_attentions": True}
+        ready = is_latest("exploration", request) or is_explored(loaded, text, **asked)
+        with working(f"Predicting the masked words with {loaded.name} …", not ready):
+            result = latest_result("exploration", request, lambda: explore(loaded, text, **asked),
+                                   keep_if=worth_keeping)
     except MaskLabError as exc:
         show_error(exc)
         st.stop()
@@ -135,12 +145,17 @@ with output:
 
 st.subheader("Why?")
 attention_tab, whatif_tab, attribution_tab = why_tabs()  # the open tab travels in the link
-with attention_tab, st.spinner("Drawing the attention view …"):
-    attention_numbers = attention_panel(loaded, result)
-with whatif_tab, st.spinner("Running the what-if …"):
-    interference_panel(loaded, result)
-with attribution_tab:
-    attribution_numbers = attribution_panel(loaded, result)  # has its own spinner, with what it computes
+attention_numbers = attribution_numbers = None  # the report has the numbers of the panel on screen
+# Only the open tab's panel is drawn; each shows a spinner only while it computes (a class shares what is drawn).
+if is_open(attention_tab, "attention"):
+    with attention_tab:
+        attention_numbers = attention_panel(loaded, result)
+if is_open(whatif_tab, "whatif"):
+    with whatif_tab:
+        interference_panel(loaded, result)
+if is_open(attribution_tab, "words"):
+    with attribution_tab:
+        attribution_numbers = attribution_panel(loaded, result)
 
 st.subheader("The masking formulas")
 concepts_entry(loaded, text, seed)

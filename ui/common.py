@@ -10,6 +10,7 @@ link cannot use falls back to the default with a short warning (``url_ignored``)
 
 from __future__ import annotations
 
+import contextlib
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +28,21 @@ UPLOAD_NOTE = ("An uploaded file cannot travel in a link: the link keeps every s
                "uploads the file again.")
 
 
+def working(message: str, needed: bool = True):
+    """``st.spinner(message)`` when the block may take a while; nothing when its answer is at hand.
+
+    Each spinner starts a timer thread and sends a message even when it never shows: with a class
+    rerunning a page whose results are shared, spinners were about a tenth of the server's time.
+    """
+    return st.spinner(message) if needed else contextlib.nullcontext()
+
+
+def is_latest(name: str, key: tuple) -> bool:
+    """Whether ``latest_result(name, key, ...)`` would answer from this session's entry."""
+    cached = st.session_state.get(f"latest-{name}")
+    return cached is not None and cached[0] == key
+
+
 def latest_result(name: str, key: tuple, compute: Callable[[], Any],
                   keep_if: Callable[[Any], bool] = lambda result: True) -> Any:
     """``compute()``, reused while ``key`` stays the same: one entry per ``name`` and session.
@@ -35,9 +51,8 @@ def latest_result(name: str, key: tuple, compute: Callable[[], Any],
     the model again. Only the latest result is kept, and only if ``keep_if(result)``, so memory
     does not grow with use (a class of 30 keeps 30 entries).
     """
-    cached = st.session_state.get(f"latest-{name}")
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    if is_latest(name, key):
+        return st.session_state[f"latest-{name}"][1]
     result = compute()
     st.session_state[f"latest-{name}"] = (key, result) if keep_if(result) else None
     return result

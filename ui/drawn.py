@@ -23,6 +23,7 @@ import pandas as pd
 import streamlit as st
 
 from mlm_core.views.spreadsheet import spreadsheet_csv
+from ui.common import working
 
 MAX_DRAWN_PER_RESULT = 32  # views × settings a class typically flips through for one sentence
 # A sentence's drawings take tens of kB; a 512-token text's attention drawing takes megabytes and is
@@ -40,9 +41,11 @@ def _forget(result_id: int, ref: weakref.ref) -> None:
             del _drawn[result_id]
 
 
-def drawn(result: Any, key: Hashable, build: Callable[[], Any], size: Callable[[Any], int] = lambda value: 0) -> Any:
+def drawn(result: Any, key: Hashable, build: Callable[[], Any], size: Callable[[Any], int] = lambda value: 0,
+          message: str | None = None) -> Any:
     """``build()``, kept for ``result`` (any object that accepts weak references) under ``key``.
 
+    ``message``: a spinner's text while ``build`` runs (none when the drawing is already kept).
     ``key`` must name everything ``build`` draws from besides ``result`` itself; ``size(value)``: about
     how many bytes the value holds (kept drawings of one result stay under MAX_DRAWN_BYTES_PER_RESULT).
     Two sessions that miss at once both build (the same thing); the later one is kept.
@@ -55,7 +58,8 @@ def drawn(result: Any, key: Hashable, build: Callable[[], Any], size: Callable[[
             if key in drawings:
                 drawings.move_to_end(key)
                 return drawings[key][0]
-    value = build()
+    with working(message or "", message is not None):
+        value = build()
     nbytes = size(value)
     if nbytes > MAX_DRAWN_BYTES_PER_RESULT:
         return value

@@ -28,13 +28,14 @@ from mlm_core.views import html as render
 from mlm_core.views.lines import attention_lines
 from mlm_core.views.words import word_view
 from ui import why_link
-from ui.common import latest_result, show_error
+from ui.common import is_latest, latest_result, show_error, working
 from ui.drawn import Drawing, download_buttons, draw, drawing_size, drawn
 
 IMAGE_FORMATS = ("png", "svg")
 ATTENTION_VIEWS = tuple(why_link.VIEWS.values())  # the one list of views (with their short names for links)
 WHATIFS = tuple(why_link.WHATIF_KINDS.values())
 EVERY = -1  # the line view's "every token": no line stands out
+WHATIF_RUNNING = "Running the what-if …"
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -67,6 +68,11 @@ def worth_keeping(exploration: Exploration) -> bool:
 
 
 def seen(loaded: LoadedModel, exploration: Exploration) -> Seen:
+    """What the panels read from one result: computed once per result (every panel, every rerun asks)."""
+    return drawn(exploration, "seen", lambda: _seen(loaded, exploration))
+
+
+def _seen(loaded: LoadedModel, exploration: Exploration) -> Seen:
     tokens = exploration.tokens.with_ids(exploration.input_ids, loaded.tokenizer)
     prediction = exploration.prediction
     excluded = [kind == "excluded" for kind in exploration.kinds]
@@ -344,8 +350,10 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
             # The masked side is the prediction's own pass (``att``); only the unmasked sentence needs a pass,
             # kept for the session so that changing the layer, head or mode does not run it again.
             with_mask = att
-            without = latest_result("unmasked-attention", (model_token(loaded), tuple(plain_ids), view_of.sig),
-                                    lambda: attention.attention_maps(loaded, plain_ids, view_of.exclude))
+            unmasked_key = (model_token(loaded), tuple(plain_ids), view_of.sig)
+            with working("Running the unmasked sentence …", not is_latest("unmasked-attention", unmasked_key)):
+                without = latest_result("unmasked-attention", unmasked_key,
+                                        lambda: attention.attention_maps(loaded, plain_ids, view_of.exclude))
         except MaskLabError as exc:
             show_error(exc)
             return
@@ -369,8 +377,8 @@ def _attention_view(loaded: LoadedModel, exploration: Exploration, att: np.ndarr
         unkept = draw(figure, *_matrix_record(matrix, labels, **settings), name)  # a pass of its own: not kept
         return _shown(unkept, "xa", image_format, _numbers_caption("Attention", settings))
     # Every session that shows this result with these settings gets the same drawing (ui.drawn).
-    return _shown(drawn(exploration, ("attention", *settings.items()), build, drawing_size), "xa", image_format,
-                  _numbers_caption("Attention", settings))
+    return _shown(drawn(exploration, ("attention", *settings.items()), build, drawing_size,
+                        "Drawing the attention view …"), "xa", image_format, _numbers_caption("Attention", settings))
 
 
 # --------------------------------------------------------------------------- interference
@@ -443,7 +451,8 @@ def _interference(loaded: LoadedModel, exploration: Exploration) -> None:
             if not any(exclude):
                 st.info("Pick tokens or a rule: they are removed from the context (no position attends to them).")
                 return
-            whatifs = interference.exclude_tokens(loaded, ids, positions, exclude, originals, top_k, base)
+            with working(WHATIF_RUNNING):
+                whatifs = interference.exclude_tokens(loaded, ids, positions, exclude, originals, top_k, base)
             removed = [tokens.tokens[i] for i, e in enumerate(exclude) if e]
             _show_whatifs(whatifs, "exclude", image_format, {"excluded": removed, "rules": rules}, charts_left)
         elif kind == "Switch heads off":
@@ -455,7 +464,8 @@ def _interference(loaded: LoadedModel, exploration: Exploration) -> None:
                                          key=f"xi-heads-off-{sig}")
             off = sorted(set(single) | {(la, h) for la in whole for h in range(loaded.num_heads)})
             if off:
-                whatifs = interference.mask_heads(loaded, ids, positions, off, originals, top_k, base)
+                with working(WHATIF_RUNNING):
+                    whatifs = interference.mask_heads(loaded, ids, positions, off, originals, top_k, base)
                 _show_whatifs(whatifs, "heads-off", image_format, {"heads_off": off}, charts_left)
             else:
                 st.info("Choose heads (or whole layers) to switch off.")
@@ -471,7 +481,8 @@ def _interference(loaded: LoadedModel, exploration: Exploration) -> None:
             if not layers:
                 st.info("Choose at least one layer to prune.")
                 return
-            report = interference.prune(loaded, ids, positions, sparsity, scope, layers, originals, top_k, base)
+            with working(WHATIF_RUNNING):
+                report = interference.prune(loaded, ids, positions, sparsity, scope, layers, originals, top_k, base)
             st.caption(f"{report.pruned:,} of {report.total:,} weights set to zero ({report.achieved:.1%}); "
                        "the shared model is unchanged.")
             _show_whatifs(report.whatifs, "prune", image_format,

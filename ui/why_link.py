@@ -93,6 +93,16 @@ def mark_read(panel: str) -> None:
     st.session_state[f"why-link-read-{panel}"] = True
 
 
+def is_open(tab, panel: str) -> bool:
+    """Whether ``tab``'s ``panel`` is drawn in this run: only the open tab's is (the hidden ones' widgets and
+    charts cost a class's server a sixth of every rerun). A hidden panel's inputs stay in the link, and are
+    read back from it when its tab opens again (Streamlit forgets the state of widgets it did not draw)."""
+    if tab.open is False:
+        st.session_state.pop(f"why-link-read-{panel}", None)
+        return False
+    return True
+
+
 def save(shown: Sequence[UrlField], every: Sequence[UrlField]) -> None:
     """The inputs on screen into the link; the panel's other inputs out of it."""
     save_to_url(shown)

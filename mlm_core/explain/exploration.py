@@ -128,6 +128,14 @@ def explore(
     return compute() if key is None else shared_results().get(key, compute)
 
 
+def is_explored(loaded: LoadedModel, text: str, strategy=None, seed: int = 0, manual_positions: Sequence[int] = (),
+                top_k: int = 5, fill: str = "independent", output_attentions: bool = False) -> bool:
+    """Whether ``explore`` with these arguments would answer from the shared results at once."""
+    manual_positions = tuple(int(p) for p in manual_positions)
+    key = _request_key(loaded, text, strategy, seed, manual_positions, top_k, fill, output_attentions)
+    return key is not None and key in shared_results()
+
+
 def _request_key(loaded: LoadedModel, text: str, strategy, *settings) -> tuple | None:
     """Everything an exploration depends on, or None when that cannot be told (a strategy that is not a
     dataclass has no repr that lists its settings: its result is computed, never shared)."""

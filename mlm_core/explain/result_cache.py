@@ -84,6 +84,11 @@ class ResultCache:
         with self._lock:
             return len(self._entries)
 
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key``'s result is kept (a look that counts as neither hit nor miss)."""
+        with self._lock:
+            return key in self._entries
+
     def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """The cached result for ``key``, else ``compute()`` (frozen, kept if it fits)."""
         limit = self._max_bytes()

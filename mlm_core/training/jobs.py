@@ -64,8 +64,12 @@ RUN_FOLDER_PHRASE = "the folder of run {run_id}"
 STORE_FOLDER_PHRASE = "the run store's folder"
 
 
+def default_store_root() -> Path:
+    return masklab_home() / "runs"
+
+
 def default_store() -> RunStore:
-    return RunStore(masklab_home() / "runs")
+    return RunStore(default_store_root())
 
 
 def max_parallel() -> int:

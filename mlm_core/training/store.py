@@ -201,6 +201,19 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
     return code in (SQLITE_CORRUPT, SQLITE_NOTADB) or "malformed" in str(exc) or "not a database" in str(exc)
 
 
+def index_state(root: Path) -> tuple:
+    """A cheap fingerprint of a store's index (its files' inode, size and modification time): it changes
+    whenever a run is added, changes state or goes, so a listing can be reused until it does."""
+    state = []
+    for name in (INDEX_FILE, f"{INDEX_FILE}-wal"):  # SQLite writes to the WAL first, to the file at checkpoints
+        try:
+            info = (Path(root) / name).stat()
+            state.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        except OSError:
+            state.append(None)
+    return tuple(state)
+
+
 def read_folder_status(folder: Path) -> dict:
     """The run folder's ``status.json`` (see the module's docstring); {} when absent or unreadable."""
     try:

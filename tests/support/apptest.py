@@ -30,6 +30,17 @@ def open_app_page(page: str | None, query: dict | None = None, session: dict | N
     return app
 
 
+def open_why_tab(app: AppTest, panel: str) -> AppTest:
+    """Open the Explore page's Why? tab of ``panel`` ("attention", "whatif", "words") as a click would, and
+    rerun: only the open tab's panel is drawn."""
+    from ui.why_link import TAB_KEY, TABS
+
+    app.session_state[TAB_KEY] = TABS[panel]
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
 def clear_streamlit_caches() -> None:
     """Caches leak between AppTests in one process; tests clear them before and after."""
     st.cache_data.clear()

@@ -26,6 +26,7 @@ from mlm_core.training.store import (
     TRANSITIONS,
     RunError,
     RunStore,
+    index_state,
     process_alive,
 )
 
@@ -395,3 +396,17 @@ def test_the_best_and_the_final_evaluation_are_both_named():
     best, final = best_and_final(metrics)
     assert (best["step"], best["heldout_loss"], final["step"], final["heldout_loss"]) == (2, 2.0, 4, 2.5)
     assert best_and_final([]) == (None, None)
+
+
+def test_the_index_state_moves_with_every_change_and_only_then(store):
+    """The sidebar reuses its list of run models until this changes (ui.models.run_models)."""
+    quiet = index_state(store.root)
+    store.list()
+    assert index_state(store.root) == quiet  # reading changes nothing
+    record, _ = store.create({"lr": 0.1})
+    added = index_state(store.root)
+    assert added != quiet
+    store.transition(record.id, RUNNING, pid=ALIVE_PID)
+    store.transition(record.id, FINISHED)
+    assert index_state(store.root) != added
+    assert index_state(store.root / "missing") == (None, None)
