@@ -426,6 +426,11 @@ def summary(name: str, plan: list[list[str]], outcome, say: Printer) -> dict:
         f"(slowest {max(connected, default=0):.2f} s); example {plan[0][-1]!r} -> filled in {runs[0][-1].filled!r}")
     say(f"[{name}] latency per prediction, {len(seconds)} finished: p50 {p50:.2f} s, p95 {p95:.2f} s, "
         f"max {seconds[-1]:.2f} s (goal: p95 under {GOALS[name]:g} s); errors: {len(failed)} of {len(flat)}")
+    opened = [run.seconds for session_runs in runs for run in session_runs[:1] if run.seconds is not None]
+    typed = [run.seconds for session_runs in runs for run in session_runs[1:] if run.seconds is not None]
+    if opened and typed:  # a session's first run is its page's first: every widget is new
+        say(f"[{name}]   opening the link: p50 {percentile(opened, 50):.2f} s, p95 {percentile(opened, 95):.2f} s; "
+            f"typing a sentence: p50 {percentile(typed, 50):.2f} s, p95 {percentile(typed, 95):.2f} s")
     for problem in sorted({p for run in failed for p in run.problems})[:5]:
         say(f"[{name}]   e.g. {problem}")
     say(f"[{name}] throughput {len(seconds) / wall:.1f} predictions/s; server CPU {cpu:.1f} s in {wall:.1f} s "
