@@ -32,6 +32,7 @@ MAX_DRAWN_BYTES_PER_RESULT = 2_000_000
 
 _lock = threading.RLock()  # re-entrant: a result's weak-reference callback may run while it is held
 _drawn: dict[int, tuple[weakref.ref, OrderedDict]] = {}  # id(result) -> (the result, its drawings by key)
+_building: dict[tuple[int, Hashable], threading.Event] = {}  # (id(result), key) -> set when its build ends
 
 
 def _forget(result_id: int, ref: weakref.ref) -> None:
@@ -48,21 +49,42 @@ def drawn(result: Any, key: Hashable, build: Callable[[], Any], size: Callable[[
     ``message``: a spinner's text while ``build`` runs (none when the drawing is already kept).
     ``key`` must name everything ``build`` draws from besides ``result`` itself; ``size(value)``: about
     how many bytes the value holds (kept drawings of one result stay under MAX_DRAWN_BYTES_PER_RESULT).
-    Two sessions that miss at once both build (the same thing); the later one is kept.
+    Sessions that miss at once build it once: the others wait for that drawing (a class opening the
+    teacher's link drew each view 30 times otherwise). A drawing too large to keep, or a build that
+    failed, leaves each waiting session to build its own.
     """
     result_id = id(result)
-    with _lock:
-        entry = _drawn.get(result_id)
-        if entry is not None and entry[0]() is result:
-            drawings = entry[1]
-            if key in drawings:
-                drawings.move_to_end(key)
-                return drawings[key][0]
-    with working(message or "", message is not None):
-        value = build()
-    nbytes = size(value)
-    if nbytes > MAX_DRAWN_BYTES_PER_RESULT:
+    flight_key = (result_id, key)
+    waited = False
+    while True:
+        with _lock:
+            entry = _drawn.get(result_id)
+            if entry is not None and entry[0]() is result and key in entry[1]:
+                entry[1].move_to_end(key)
+                return entry[1][key][0]
+            flight = None if waited else _building.get(flight_key)
+            if flight is None:
+                leading = not waited
+                if leading:
+                    _building[flight_key] = own = threading.Event()
+                break
+        flight.wait()
+        waited = True
+    try:
+        with working(message or "", message is not None):
+            value = build()
+        _keep(result, result_id, key, value, size(value))
         return value
+    finally:
+        if leading:
+            with _lock:
+                _building.pop(flight_key, None)
+            own.set()
+
+
+def _keep(result: Any, result_id: int, key: Hashable, value: Any, nbytes: int) -> None:
+    if nbytes > MAX_DRAWN_BYTES_PER_RESULT:
+        return
     with _lock:
         entry = _drawn.get(result_id)
         if entry is None or entry[0]() is not result:  # first drawing, or a dead result's id reused
@@ -74,7 +96,6 @@ def drawn(result: Any, key: Hashable, build: Callable[[], Any], size: Callable[[
         while (len(drawings) > MAX_DRAWN_PER_RESULT
                or sum(kept for _, kept in drawings.values()) > MAX_DRAWN_BYTES_PER_RESULT):
             drawings.popitem(last=False)
-    return value
 
 
 def drawn_count() -> int:

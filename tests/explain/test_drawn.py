@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
+import time
 
 import pandas as pd
 
@@ -81,3 +83,54 @@ def test_large_drawings_are_not_kept_and_kept_ones_stay_under_the_byte_budget():
         drawn(result, n, lambda n=n: n, size=lambda value: third)
     kept = module._drawn[id(result)][1]
     assert list(kept) == [1, 2, 3]  # the oldest went to make room
+
+
+def test_sessions_that_miss_at_once_build_once():
+    result, started, calls = Result(), threading.Event(), []
+
+    def slow_build():
+        calls.append(1)
+        started.set()
+        time.sleep(0.2)  # the other sessions arrive while this one draws
+        return "figure"
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(drawn(result, "view", slow_build))) for _ in range(8)]
+    threads[0].start()
+    started.wait(5)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert got == ["figure"] * 8 and len(calls) == 1
+
+
+def test_a_failed_or_unkept_build_leaves_the_waiting_sessions_to_build_their_own():
+    result, started, calls = Result(), threading.Event(), []
+
+    def failing_then_working():
+        calls.append(1)
+        if len(calls) == 1:
+            started.set()
+            time.sleep(0.2)
+            raise RuntimeError("the first build fails")
+        return "figure"
+
+    outcomes = []
+
+    def session():
+        try:
+            outcomes.append(drawn(result, "view", failing_then_working))
+        except RuntimeError:
+            outcomes.append("failed")
+
+    first = threading.Thread(target=session)
+    first.start()
+    started.wait(5)
+    others = [threading.Thread(target=session) for _ in range(3)]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert sorted(outcomes) == ["failed", "figure", "figure", "figure"]
+    assert 2 <= len(calls) <= 4  # the waiting sessions built again; none waited forever

@@ -41,8 +41,7 @@ def test_a_nan_stays_in_its_own_word():
 def test_grid_hover_names_each_cell_by_its_tokens():
     labels = ["[CLS]", "the", "<b>cat</b>", "the"]
     figure = charts.attention_grid(np.full((2, 4, 4), 0.25), labels, highlight=[2])
-    for trace in figure.data:
-        cells = np.asarray(trace.customdata)
-        assert cells.shape == (4, 4, 2)
-        assert list(cells[1, 3]) == ["the", "the"]  # (from, to)
-        assert all("<b>" not in str(cell) for cell in cells.ravel())  # user text stays literal
+    cells = np.asarray(figure.data[0].text)
+    assert cells.shape == (4, 9)  # two 4×4 heads side by side, one empty column between them
+    assert cells[1, 3] == "head 0: from the to the" and cells[1, 5 + 3] == "head 1: from the to the"
+    assert all("<b>" not in str(cell) for cell in cells.ravel())  # user text stays literal
