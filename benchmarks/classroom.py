@@ -85,7 +85,15 @@ def probe() -> dict:
     answer: dict = {"cache_models": loaded_model_count(), "live_models": None, "sessions": None}
     transformers = sys.modules.get("transformers")
     if transformers is not None:  # not imported yet: no model can exist
+        # The app freezes its long-lived heap (ui.models), and gc.get_objects() does not list frozen objects:
+        # thaw it, collect, count, and freeze what is alive again, as the app had it.
+        frozen = gc.get_freeze_count() > 0
+        if frozen:
+            gc.unfreeze()
+            gc.collect()
         models = [o for o in gc.get_objects() if isinstance(o, transformers.PreTrainedModel)]
+        if frozen:
+            gc.freeze()
         # BertForMaskedLM holds a BertModel, itself a PreTrainedModel: count only the outermost.
         inner = {id(m) for model in models for m in model.modules() if m is not model}
         answer["live_models"] = sum(id(m) not in inner for m in models)

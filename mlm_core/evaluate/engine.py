@@ -76,11 +76,11 @@ CHUNK_SENTENCES = 1024  # sentences tokenized, masked and written together (the 
 MAX_TOKENS = {"cpu": 2048, "cuda": 65536}  # rows x padded length per pass (the CPU gains little beyond; the
 # shared model's lock is held for one pass, so other sessions wait at most that long)
 MAX_BATCH_ROWS = 512
-# Padding is compute thrown away; each pass also costs a fixed ~3 ms of a small model's Python on the CPU.
-# A tenth of padding per pass costs the least there: 400 demo sentences in blocks of 100 took 8,005
-# padded tokens in 8 passes without this bound (41% padding), 4,994 in 28 passes with it (5%).
-# A GPU pays little for padding and much per pass: there a pass may be half padding.
-PADDING_WASTE = {"cpu": 0.1, "cuda": 0.5}
+# Padding is compute thrown away; each pass also costs a fixed few ms of a small model's Python on the CPU.
+# 400 demo sentences in blocks of 100 (benchmarks/evaluate.py, 2 threads): without this bound 8,005 padded
+# tokens in 8 passes (41% padding), 1.80 s; at a fifth 5,639 in 14 passes (16%), 1.45 s; at a tenth
+# 4,994 in 28 passes, 1.58 s. A GPU pays little for padding and much per pass: there a pass may be half padding.
+PADDING_WASTE = {"cpu": 0.2, "cuda": 0.5}
 ProgressFn = Callable[[int, int | None, str], None]  # (done, total or None, what is running); see evaluate
 
 
