@@ -24,8 +24,11 @@ OUT = ROOT / "assets" / "default_model"
 CLOZE = ROOT / "assets" / "cloze_en.jsonl"
 CONFIRM = ROOT / "assets" / "cloze_en_confirm.jsonl"
 FRESH = ROOT / "assets" / "cloze_en_fresh.jsonl"
+EVERYDAY = ROOT / "assets" / "cloze_en_everyday.jsonl"
+# evaluate.py's report key and the file of each cloze set, oldest first; the last is the newest fresh set.
+CLOZE_SETS = (("cloze", CLOZE), ("cloze_confirm", CONFIRM), ("cloze_fresh", FRESH), ("cloze_everyday", EVERYDAY))
 GOAL_TOP5 = 0.70
-# The bar set for the default model, checked on the set no decision used (cloze_en_fresh.jsonl).
+# The bar set for the default model, checked on the newest set, which no decision used (cloze_en_everyday.jsonl).
 BAR_TOP5, BAR_TOP1, BAR_PROBE_PROB, BAR_PERPLEXITY = 0.80, 0.40, 0.30, 25.0
 
 
@@ -80,7 +83,7 @@ def main() -> None:
     report = json.loads(args.eval.read_text())
     (OUT / "evaluation.json").write_text(json.dumps(report, indent=1) + "\n")
     held, cloze, confirm = report["heldout"], report["cloze"], report["cloze_confirm"]
-    fresh, probe = report["cloze_fresh"], report["probe"]
+    fresh, probe = report[CLOZE_SETS[-1][0]], report["probe"]  # the bar's set: the newest
     size_mb = (OUT / "adapter.safetensors").stat().st_size / 1e6
     corpus = args.corpus_stats.read_text().rstrip() if args.corpus_stats else ""
 
@@ -111,6 +114,25 @@ def main() -> None:
         return "\n".join(
             f"| {r['text']} | {', '.join(r['top5'])} | {'yes' if r['hit_top5'] else 'no'} |" for r in result["rows"]
         )
+
+    sets = [(path.name, report[key]) for key, path in CLOZE_SETS]
+
+    def set_row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(name, result) for name, result in sets) + " |"
+
+    set_table = "\n".join([
+        set_row("everyday cloze sentences", lambda name, _: f"`{name}`"),
+        "|---|" + "---|" * len(sets),
+        set_row("sentences", lambda _, r: str(r["sentences"])),
+        set_row("an acceptable answer first", lambda _, r: f"{r['top1']:.1%}"),
+        set_row("an acceptable answer in the top 5", lambda _, r: f"{r['top5']:.1%}"),
+        set_row("mean probability of the first guess, when right / when wrong", lambda _, r: calibration(r)),
+        set_row("training text holding a sentence filled with an answer",
+                lambda name, _: seen_text(ROOT / "assets" / name)),
+    ])
+    every_sentence = "\n\n".join(
+        f"### Every sentence of `{name}`\n| sentence | model's top 5 | acceptable answer in top 5 |\n|---|---|---|\n"
+        f"{sentence_rows(result)}" for name, result in sets)
 
     curve = "\n".join(
         f"| {row['phase']} | {row['step']} | {row['tokens']:,} | {row['heldout_accuracy']:.3f} | "
@@ -167,22 +189,18 @@ every linear layer of the encoder (float16). Word and position embeddings stay f
 | masked-token accuracy, top-5 | {held['top5']:.1%} |
 | perplexity of masked tokens | {held['perplexity']:.1f} |
 
-| everyday cloze sentences | `cloze_en.jsonl` | `cloze_en_confirm.jsonl` | `cloze_en_fresh.jsonl` |
-|---|---|---|---|
-| sentences | {cloze['sentences']} | {confirm['sentences']} | {fresh['sentences']} |
-| an acceptable answer first | {cloze['top1']:.1%} | {confirm['top1']:.1%} | {fresh['top1']:.1%} |
-| an acceptable answer in the top 5 | {cloze['top5']:.1%} | {confirm['top5']:.1%} | {fresh['top5']:.1%} |
-| mean probability of the first guess, when right / when wrong | {calibration(cloze)} | {calibration(confirm)} | {calibration(fresh)} |
-| training text holding a sentence filled with an answer | {seen_text(CLOZE)} | {seen_text(CONFIRM)} | {seen_text(FRESH)} |
+{set_table}
 
 The cloze sets were written for this card: simple everyday sentences with one blank, each with
 the answers a person would accept (only an answer that is one word piece can count: the model
 fills a blank with one piece).
 `cloze_en.jsonl` is reported by every training evaluation, and phases were judged by it, so its
-figure is biased upward. `cloze_en_confirm.jsonl` was written before phase 5 was evaluated and
+figure is biased upward. `cloze_en_confirm.jsonl` was written before phase 5 was evaluated,
 `cloze_en_fresh.jsonl` (other topics: home, food, weather, school, travel, body, animals,
-time, shopping, feelings, work, sports) before phase 6 was trained; neither was used for any
-decision, so they are the fairer figures. The search of the training text (words only, case
+time, shopping, feelings, work, sports) before phase 6 was trained and `cloze_en_everyday.jsonl`
+(66 more: the kitchen, phones, clothes, nature, family, music, health, transport, shops, numbers,
+colours, geography) before phase 7 was evaluated; none was used for any decision, so they are the
+fairer figures, the newest the fairest. The search of the training text (words only, case
 folded) is for verbatim leaks. The calibration row shows how much the model's confidence
 tells: a first guess that is right should be given a clearly higher probability than a wrong one.
 
@@ -195,8 +213,8 @@ for a sharper model:
 
 | bar | target | measured | |
 |---|---|---|---|
-| fresh set: an acceptable answer in the top 5 | {BAR_TOP5:.0%} | {fresh['top5']:.1%} | {bar_text(fresh['top5'], BAR_TOP5)} |
-| fresh set: an acceptable answer first | {BAR_TOP1:.0%} | {fresh['top1']:.1%} | {bar_text(fresh['top1'], BAR_TOP1)} |
+| newest set: an acceptable answer in the top 5 | {BAR_TOP5:.0%} | {fresh['top5']:.1%} | {bar_text(fresh['top5'], BAR_TOP5)} |
+| newest set: an acceptable answer first | {BAR_TOP1:.0%} | {fresh['top1']:.1%} | {bar_text(fresh['top1'], BAR_TOP1)} |
 | “paris” first for the sentence above, with probability | {BAR_PROBE_PROB:.0%} | {probe['prob']:.1%} | {bar_text(probe['prob'] if probe['rank'] == 1 else 0.0, BAR_PROBE_PROB)} |
 | held-out perplexity under | {BAR_PERPLEXITY:.0f} | {held['perplexity']:.1f} | {bar_text(held['perplexity'], BAR_PERPLEXITY, higher_is_better=False)} |
 
@@ -206,20 +224,7 @@ Steps restart at 0 in each phase. Phase 1 was stopped after step 1,500, before i
 |---|---|---|---|---|---|
 {curve}
 
-### Every cloze sentence (`cloze_en.jsonl`)
-| sentence | model's top 5 | acceptable answer in top 5 |
-|---|---|---|
-{sentence_rows(cloze)}
-
-### Every confirmation sentence (`cloze_en_confirm.jsonl`)
-| sentence | model's top 5 | acceptable answer in top 5 |
-|---|---|---|
-{sentence_rows(confirm)}
-
-### Every fresh confirmation sentence (`cloze_en_fresh.jsonl`)
-| sentence | model's top 5 | acceptable answer in top 5 |
-|---|---|---|
-{sentence_rows(fresh)}
+{every_sentence}
 
 ## Limits
 Small (22.7 M parameters) and trained briefly, on a shared two-core CPU, on text that is
