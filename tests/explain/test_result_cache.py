@@ -11,7 +11,7 @@ import pytest
 from conftest import build_tiny_bert
 
 from mlm_core.errors import InputError
-from mlm_core.explain.exploration import explore
+from mlm_core.explain.exploration import explore, is_explored
 from mlm_core.explain.result_cache import ENTRY_OVERHEAD, ResultCache, freeze, model_token, shared_results
 from mlm_core.masking import build_strategy
 from mlm_core.model import loading
@@ -70,6 +70,16 @@ def test_a_shared_result_equals_a_fresh_one(tiny_loaded, sharing, monkeypatch):
     assert fresh is not first
     assert same_guesses(fresh, first)
     np.testing.assert_allclose(fresh.prediction.attentions, first.prediction.attentions, atol=1e-6)
+
+
+def test_is_explored_tells_a_shared_answer_without_counting_or_computing(tiny_loaded, sharing):
+    strategy = build_strategy("random", {"mlm_probability": 0.3})
+    assert not is_explored(tiny_loaded, TEXT, strategy, seed=1, output_attentions=True)
+    assert (sharing.hits, sharing.misses, len(sharing)) == (0, 0, 0)  # a look computes nothing
+    explore(tiny_loaded, TEXT, strategy, seed=1, output_attentions=True)
+    assert is_explored(tiny_loaded, TEXT, strategy, seed=1, output_attentions=True)
+    assert not is_explored(tiny_loaded, TEXT, strategy, seed=2, output_attentions=True)  # the same key as explore's
+    assert (sharing.hits, sharing.misses) == (0, 1)
 
 
 def test_every_setting_is_part_of_the_key(tiny_loaded, sharing):

@@ -40,3 +40,11 @@ def test_the_layout_changes_no_answer_and_keeps_tied_weights(tiny_model_dir):
         assert abs(new.prob - old.prob) < 1e-6
     assert abs(after.attentions - before.attentions).max() < 1e-6
     assert column_major_linears(loaded.model) == 0  # already laid out: nothing moves twice
+
+
+def test_is_loaded_knows_the_shared_cache_under_any_spelling(tiny_model_dir):
+    from mlm_core.model.loading import is_loaded
+
+    load_model(str(tiny_model_dir), "cpu")
+    assert is_loaded(str(tiny_model_dir), "cpu") and is_loaded(f"{tiny_model_dir}//", "cpu")
+    assert not is_loaded(str(tiny_model_dir / "elsewhere"), "cpu")
