@@ -46,3 +46,16 @@ def test_sources_read_from_r_packages_are_skipped_when_not_unpacked(tmp_path, mo
     assert list(austen_novels()) == []
     said = capsys.readouterr().out
     assert said.count("skipping") == 2 and "stringr" in said and "janeaustenr" in said
+
+
+def test_chat_conversations_are_read_from_the_wheel_and_skipped_without_it(tmp_path, monkeypatch, capsys):
+    import zipfile
+
+    monkeypatch.setattr(build_corpus, "WHEELS_DIR", tmp_path)
+    assert list(build_corpus.chat_segments()) == []
+    assert "skipping" in capsys.readouterr().out
+    conversations = "conversations:\n- - How are you?\n  - I am fine, thank you\n- - Do you like tea?\n  - Yes!\n"
+    with zipfile.ZipFile(tmp_path / build_corpus.CHATTERBOT_WHEEL, "w") as wheel:
+        wheel.writestr("chatterbot_corpus/data/english/greetings.yml", conversations)
+        wheel.writestr("chatterbot_corpus/data/french/greetings.yml", "conversations:\n- - Bonjour\n  - Salut\n")
+    assert list(build_corpus.chat_segments()) == ["How are you? I am fine, thank you.", "Do you like tea? Yes!"]
