@@ -54,6 +54,7 @@ SENTENCES = [
     "The library closes at six [MASK] on Sundays.",
 ]
 TOP_K = 5
+GOAL_RATIO = 0.6  # about one forward pass: little of ours may lie outside the model
 
 
 def main() -> None:
@@ -106,12 +107,12 @@ def main() -> None:
     )
     say(f"ours (tokenize + predict, top-{TOP_K}, with attentions): median {ours_ms:.2f} ms")
     say(f"pipeline (transformers fill-mask, top-{TOP_K}): median {pipeline_ms:.2f} ms")
-    verdict = "ours is faster" if ratio < 1 else "the pipeline is faster"
+    verdict = f"meets the goal of {GOAL_RATIO:g}" if ratio <= GOAL_RATIO else f"misses the goal of {GOAL_RATIO:g}"
     say(f"lower is better: ours / pipeline = {ratio:.3f} ({verdict})")
     write_result(
         "predict", title=f"one prediction with attentions, top-{TOP_K} (median latency; lower is better)",
         ours=f"{ours_ms:.1f} ms", baseline=f'`pipeline("fill-mask")` {pipeline_ms:.1f} ms',
-        ratio=ratio, goal="≤ 1.0", better="lower", printed=say.lines,
+        ratio=ratio, goal=f"≤ {GOAL_RATIO:g}", better="lower", printed=say.lines,
         figures={"ours_ms": ours_ms, "pipeline_ms": pipeline_ms, "sentences": len(SENTENCES),
                  "rounds": args.rounds, "torch_threads": torch.get_num_threads(), "model": loaded.name},
     )
