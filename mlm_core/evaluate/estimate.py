@@ -133,7 +133,7 @@ def measure_throughput(loaded: LoadedModel, texts: Sequence[str], *, refresh: bo
             return _MEASURED[key]
         candidates = list(texts[:: max(1, len(texts) // CALIBRATION_TEXTS)][:CALIBRATION_TEXTS]) or ["The cat sat."]
         started = time.perf_counter()
-        model_fingerprint(loaded)  # every run computes it: part of the fixed cost
+        model_fingerprint(loaded)  # part of a run's fixed cost (the first in a process reads every weight)
         overhead = time.perf_counter() - started
         config = EvalConfig()
         with tempfile.TemporaryDirectory() as folder:

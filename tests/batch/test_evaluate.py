@@ -417,3 +417,20 @@ def test_accelerate_launch_splits_the_file_and_gathers_the_same_result(tiny_mode
     for mine, theirs in zip(gathered["configurations"], alone["configurations"]):
         assert mine["overall"]["n"] == theirs["overall"]["n"] and mine["overall"]["top1"] == theirs["overall"]["top1"]
         assert math.isclose(mine["overall"]["mean_log_prob"], theirs["overall"]["mean_log_prob"], rel_tol=1e-5)
+
+
+def test_the_model_fingerprint_is_kept_until_a_weight_changes(tiny_loaded):
+    from mlm_core.evaluate.cache import model_fingerprint
+
+    first = model_fingerprint(tiny_loaded)
+    assert model_fingerprint(tiny_loaded) == first
+    weight = next(tiny_loaded.model.parameters())
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)  # changed in place: the version counter moves
+    try:
+        assert model_fingerprint(tiny_loaded) != first
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert model_fingerprint(tiny_loaded) == first  # read again: the same weights, the same fingerprint
