@@ -142,6 +142,12 @@ def test_explore_flow_by_clicking(page, app_url, default_loaded, artifacts):
     assert ticks == [token for token, _ in chips]  # one column per token the model read
     page.screenshot(path=str(artifacts / "explore-attention.png"), full_page=True)
 
+    page.get_by_role("tab", name="What if…").click()  # only the open tab's panel is drawn...
+    page.get_by_text("Pick tokens or a rule").first.wait_for()
+    assert "view=rollout" in page.url  # ...the hidden one's inputs wait in the link
+    page.get_by_role("tab", name="Attention").click()
+    rollout.first.wait_for()  # and come back from it
+
     page.get_by_role("tab", name="Which words mattered").click()
     first = expected.prediction.predictions[0]
     page.get_by_role("button", name="Explain", exact=True).click()
