@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 CLOZE_TOP5_GOAL = 0.70  # the product's goal for the default model (see MODEL_CARD.md)
 # What the shipped adapter measures on each set: falling below it is a regression. The
 # confirmation sets were used for no training decision (see MODEL_CARD.md).
-CLOZE_TOP5_SHIPPED = {"cloze_en.jsonl": 0.73, "cloze_en_confirm.jsonl": 0.70, "cloze_en_fresh.jsonl": 0.58}
+CLOZE_TOP5_SHIPPED = {"cloze_en.jsonl": 0.73, "cloze_en_confirm.jsonl": 0.70, "cloze_en_fresh.jsonl": 0.58,
+                      "cloze_en_everyday.jsonl": 0.56}
 # The sets the first goal was set on; the fresh set is held to the next, higher bar, which
 # the card reports (it is not met yet, so no test can demand it).
 CLOZE_GOAL_SETS = ("cloze_en.jsonl", "cloze_en_confirm.jsonl")
