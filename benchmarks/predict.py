@@ -4,7 +4,9 @@ Both sides get the same weights and tokenizer (the pipeline a copy of the model 
 it, ``layout.as_it_comes``: ours has its linear weights laid out column-major), the same
 ~20 everyday sentences, the same torch thread count, and run interleaved in one process after a
 warm-up, so background load hits both alike. Ours does more: it also returns every layer's attention weights (L, H, T, T), the
-original-token bookkeeping and special-token filtering. The pipeline returns top-5 tokens.
+original-token bookkeeping and special-token filtering. The pipeline returns top-5 tokens. A third
+timing, one forward pass of the pipeline's model called directly, shows what the pipeline's own
+processing adds and how ours compares with the model's cost.
 
     python benchmarks/predict.py [--rounds N]
 
