@@ -21,9 +21,8 @@ from mlm_core.evaluate.tally import GROUPS, Tally, group_metrics
 from mlm_core.views.spreadsheet import spreadsheet_csv
 
 POS_NOTE = (
-    "Part of speech is unavailable: spaCy is installed but no spaCy pipeline (such as en_core_web_sm) "
-    "is, and MaskLab downloads nothing at run time. Categories come from spaCy's stopword lists and "
-    "Unicode character classes."
+    "Categories come from spaCy's stopword lists and Unicode character classes; part of speech is not "
+    "offered (the English spaCy pipeline MaskLab installs finds names and places for privacy masking only)."
 )
 PER_CONFIG = "log p · "  # hardest_sentences: the column of each configuration's mean log p
 CI_NOTE = (
