@@ -320,7 +320,7 @@ def test_json_shape_and_intervals(tiny_loaded, cache):
         assert set(metrics) >= {"top1", "top5", "n"}
     low, high = record["overall"]["top5_ci"]
     assert 0 <= low <= record["overall"]["top5"] <= high <= 1
-    assert "unavailable" in data["pos"] and len(record["per_seed"]) == 3
+    assert "not offered" in data["pos"] and len(record["per_seed"]) == 3
 
 
 def test_exports_and_charts_keep_user_text_literal(tiny_loaded, cache):
