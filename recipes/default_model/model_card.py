@@ -53,7 +53,8 @@ def cloze_phrases_in_corpus(corpus_train: Path, cloze: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--phase", type=Path, action="append", required=True)
+    parser.add_argument("--phase", type=Path, action="append", default=[],
+                        help="a phase's metrics.jsonl (none: the card of the logged phases, with --keep-logged-phases)")
     parser.add_argument("--eval", type=Path, required=True)
     parser.add_argument("--hardware", required=True)
     parser.add_argument("--corpus-stats", type=Path, help="build_corpus.py output (segments and words per source)")
@@ -62,6 +63,8 @@ def main() -> None:
     parser.add_argument("--note", action="append", default=[],
                         help="a line on how a phase differed (its corpus, say); shown under Training")
     args = parser.parse_args()
+    if not args.phase and not args.keep_logged_phases:
+        parser.error("give --phase, or --keep-logged-phases to write the card of the phases already logged")
 
     def read_rows(path: Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
