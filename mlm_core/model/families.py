@@ -1,6 +1,6 @@
 """What differs between masked-LM families, declared once.
 
-* ``SUPPORTED_MODEL_TYPES``: the model types a folder or hub id may name (``check_config`` in loading);
+* ``SUPPORTED_MODEL_TYPES``: the model types a folder or hub id may name (``checks.check_config``);
 * ``ROBERTA_FAMILY``: models whose position ids start after the padding index, so two
   positions of ``max_position_embeddings`` are never usable (``usable_positions``);
 * ``HEAD_ENTRIES``: the module that turns final hidden states (B, T, D) into logits, by

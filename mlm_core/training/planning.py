@@ -188,7 +188,8 @@ def model_name(model: str | None, reveal: Callable[[str], bool] | None = None) -
 
 def _tokenizer_source(model: str | None) -> tuple[str, bool]:
     """(where to load the tokenizer from, local files only) — checked like the model loader does."""
-    from mlm_core.model.loading import check_local_folder, hub_reachable
+    from mlm_core.model.checks import check_local_folder
+    from mlm_core.model.loading import hub_reachable
 
     if model is None or model == DEFAULT_MODEL_NAME or model in SCRATCH_MODELS:
         return str(base_encoder_dir()), True
@@ -217,7 +218,7 @@ def load_tokenizer(model: str | None):
     source, local_only = _tokenizer_source(model)
     try:
         if model not in (None, DEFAULT_MODEL_NAME, *SCRATCH_MODELS):
-            from mlm_core.model.loading import check_config
+            from mlm_core.model.checks import check_config
 
             check_config(AutoConfig.from_pretrained(source, local_files_only=local_only).to_dict(), model)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
