@@ -59,6 +59,15 @@ def temporary_folders_are_model_sources(tmp_path_factory):
     server_policy.cache_clear()  # read again on first use (an invalid setting then fails only its own test)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: bit-identical sums, and no spinning threads on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from support import REPO
 from support.corpora import corpus_bytes
 
@@ -33,12 +32,8 @@ from mlm_core.training.store import FINISHED, INDEX_FILE, INTERRUPTED, RunStore
 
 
 @pytest.fixture(autouse=True)
-def one_thread(tmp_path, monkeypatch):
+def home_on_one_thread(tmp_path, monkeypatch, one_torch_thread):
     monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

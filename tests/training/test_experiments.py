@@ -10,7 +10,6 @@ import json
 import math
 
 import pytest
-import torch
 from support.cli import run_cli
 from support.corpora import corpus_bytes
 
@@ -26,12 +25,8 @@ T_975 = {1: 12.706204736174707, 2: 4.302652729911275}
 
 
 @pytest.fixture(autouse=True)
-def one_thread(tmp_path, monkeypatch):
+def home_on_one_thread(tmp_path, monkeypatch, one_torch_thread):
     monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -44,14 +44,10 @@ OWNER = "browser:0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)
-def environment(tmp_path, monkeypatch):
+def environment(tmp_path, monkeypatch, one_torch_thread):
     monkeypatch.setenv("MASKLAB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(jobs, "STATUS_RETRY_S", 0.0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

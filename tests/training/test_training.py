@@ -21,14 +21,7 @@ from mlm_core.training.trainer import (
     TrainingCallbacks,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: bit-identical sums, and no spinning threads on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
