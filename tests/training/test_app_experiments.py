@@ -97,14 +97,20 @@ def test_a_finished_experiment_reads_as_a_chart_a_table_and_a_report(template_ho
     assert not {"exp-cancel", "exp-resume"} & {b.key for b in app.button}  # finished: nothing to act on
 
 
-def test_a_bad_grid_value_is_one_message_and_nothing_starts(tiny_model_dir, store):
+def own_grid(model_dir, key: str, values: str):
+    """The page with "Your own grid" on ``model_dir``, varying ``key`` over the typed ``values``."""
     app = open_app_page(PAGE)
     app.radio(key="exp-how").set_value("Your own grid").run()
     app.selectbox(key="exp-model").set_value("Other: hub id or local folder").run()
-    app.text_input(key="exp-model-other").set_value(str(tiny_model_dir)).run()
-    app.selectbox(key="exp-vary-key-0").set_value("masking").run()
-    app.text_input(key="exp-vary-values-0").set_value("static,sometimes").run()
+    app.text_input(key="exp-model-other").set_value(str(model_dir)).run()
+    app.selectbox(key="exp-vary-key-0").set_value(key).run()
+    app.text_input(key="exp-vary-values-0").set_value(values).run()
     assert not app.exception, app.exception
+    return app
+
+
+def test_a_bad_grid_value_is_one_message_and_nothing_starts(tiny_model_dir, store):
+    app = own_grid(tiny_model_dir, "masking", "static,sometimes")
     assert any("masking must be one of" in e for e in shown_errors(app))
     assert app.button(key="exp-start").disabled
 
@@ -143,12 +149,6 @@ def test_start_a_grid_follow_it_and_cancel_it(tiny_model_dir, store):
 
 
 def test_a_varied_model_meets_the_servers_model_sources(tiny_model_dir):
-    app = open_app_page(PAGE)
-    app.radio(key="exp-how").set_value("Your own grid").run()
-    app.selectbox(key="exp-model").set_value("Other: hub id or local folder").run()
-    app.text_input(key="exp-model-other").set_value(str(tiny_model_dir)).run()
-    app.selectbox(key="exp-vary-key-0").set_value("model").run()
-    app.text_input(key="exp-vary-values-0").set_value("scratch-lstm,/etc").run()
-    assert not app.exception, app.exception
+    app = own_grid(tiny_model_dir, "model", "scratch-lstm,/etc")
     assert any("This server does not offer '/etc'" in e for e in shown_errors(app)), shown_errors(app)
     assert app.button(key="exp-start").disabled
