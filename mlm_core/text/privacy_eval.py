@@ -26,6 +26,11 @@ TYPE_OF_KIND = {PERSON: "PERSON", STREET_ADDRESS: "STREET_ADDRESS", PLACE: "PLAC
 TYPES = tuple(TYPE_OF_KIND.values())
 
 
+def _share(part: int, whole: int) -> float:
+    """part / whole; NaN when there is no whole to take a share of."""
+    return part / whole if whole else float("nan")
+
+
 @dataclass(frozen=True)
 class TypeScore:
     """Counts and rates for one entity type, under the overlap rule and the exact rule."""
@@ -39,19 +44,19 @@ class TypeScore:
 
     @property
     def recall(self) -> float:
-        return self.recalled / self.labelled if self.labelled else float("nan")
+        return _share(self.recalled, self.labelled)
 
     @property
     def precision(self) -> float:
-        return self.correct / self.found if self.found else float("nan")
+        return _share(self.correct, self.found)
 
     @property
     def exact_recall(self) -> float:
-        return self.exact / self.labelled if self.labelled else float("nan")
+        return _share(self.exact, self.labelled)
 
     @property
     def exact_precision(self) -> float:
-        return self.exact / self.found if self.found else float("nan")
+        return _share(self.exact, self.found)
 
 
 def read_labelled(path: str | Path) -> list[dict]:
