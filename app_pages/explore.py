@@ -92,9 +92,9 @@ with output:
         # Attentions come from the prediction's own forward pass, so the attention tab needs no second one.
         # The spinner shows only past half a second; until the new result arrives Streamlit keeps the old
         # one on screen, dimmed, because every element below keeps its place from run to run.
-        request = (loaded.name, id(loaded.model), text, repr(strategy), seed, tuple(sorted(clicked or [])), top_k, fill)
         asked = {"strategy": strategy, "seed": seed, "manual_positions": sorted(clicked or []), "top_k": top_k,
                  "fill": fill, "output_attentions": True}
+        request = (loaded.name, id(loaded.model), text, repr(asked))  # this session's latest: what was asked of whom
         ready = is_latest("exploration", request) or is_explored(loaded, text, **asked)
         with working(f"Predicting the masked words with {loaded.name} …", not ready):
             result = latest_result("exploration", request, lambda: explore(loaded, text, **asked),
