@@ -4,7 +4,9 @@ trainer all get their logits here, so one position scores the same wherever it i
 * ``model_output``/``masked_logits``: logits only at the chosen positions. A pre-hook on the
   family's prediction head (``families.head_entry``) hands it only the chosen rows of the final
   hidden states: the vocabulary projection is most of a small model's compute. Works with
-  gradients (the trainer), pruned weights (``torch.func.functional_call``) and attentions.
+  gradients (the trainer), pruned weights (``torch.func.functional_call``) and attentions. A BERT
+  model at inference with no hook of ours installed runs as plain tensor operations instead
+  (``model.bert_pass``: the same numbers without transformers' per-module overhead).
 * ``run``: the shared model's pass, under ``loaded.lock`` and ``inference_mode``, with head
   gates when asked; ``forward``: one sentence, logits and attentions (L, H, T, T), batched with the
   sentences other sessions send at the same moment (``model.batching``).
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from mlm_core.errors import InputError
+from mlm_core.model import bert_pass
 from mlm_core.model.batching import Request, gatherer_for, run_requests
 from mlm_core.model.families import attention_output_projection, head_entry, layer_modules
 from mlm_core.model.loading import LoadedModel
@@ -53,6 +56,8 @@ def model_output(
     replaces parameters by name for this call only (``torch.func.functional_call``).
     Attentions, when asked: one (B, H, T, T) tensor per layer. Logits keep the model's dtype.
     """
+    if params is None and bert_pass.applies(model):  # the same arithmetic without transformers' module calls
+        return bert_pass.bert_pass(model, input_ids, attention_mask, chosen, output_attentions)
     head = head_entry(getattr(model, "module", model)) if chosen is not None else None  # DDP keeps it in .module
     handle = None
     if head is not None:

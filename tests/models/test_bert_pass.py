@@ -1,0 +1,121 @@
+"""BERT's inference pass as plain tensor operations (mlm_core/model/bert_pass.py): transformers' numbers,
+and transformers itself wherever a hook, gradients or another family are in play."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlm_core.model import bert_pass
+from mlm_core.model.forward import head_gates, heads_gated, model_output, run
+from mlm_core.model.loading import load_fresh
+from mlm_core.text.tokens import tokenize
+
+
+def reference(model, input_ids, attention_mask=None):
+    """transformers' own forward pass (logits (B, T, V), attentions per layer)."""
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
+    return out.logits, out.attentions
+
+
+def assert_same(ours, theirs, atol=1e-5):
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=atol, rtol=1e-5), float((ours - theirs).abs().max())
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    loaded = load_fresh(str(tiny_model_dir))
+    loaded.model.eval()
+    return loaded.model
+
+
+def test_padded_batch_with_excluded_tokens_matches_transformers(tiny):
+    ids = torch.tensor([[2, 10, 4, 20, 3, 0, 0], [2, 11, 12, 4, 13, 14, 3]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1, 1]])  # padding; a token left out of the context
+    logits, attentions = reference(tiny, ids, mask)
+    with torch.inference_mode():
+        assert bert_pass.applies(tiny)
+        every, ours = bert_pass.bert_pass(tiny, ids, mask, None, output_attentions=True)
+        rows, positions = torch.tensor([1, 0, 1]), torch.tensor([3, 2, 0])
+        picked, none = bert_pass.bert_pass(tiny, ids, mask, (rows, positions))
+        by_mask, _ = bert_pass.bert_pass(tiny, ids, mask, ids == 4)
+    assert_same(every, logits)
+    assert none is None and len(ours) == len(attentions)
+    for mine, theirs in zip(ours, attentions):
+        assert_same(mine, theirs)
+    assert_same(picked, logits[rows, positions])
+    assert_same(by_mask, logits[ids == 4])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_batch_of_sentences_matches_transformers(tiny, data):
+    vocab = tiny.config.vocab_size
+    lengths = data.draw(st.lists(st.integers(2, 12), min_size=1, max_size=4))
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = torch.tensor(data.draw(st.lists(st.integers(0, vocab - 1), min_size=length,
+                                                            max_size=length)))
+        mask[row, :length] = 1
+    logits, attentions = reference(tiny, ids, mask)
+    with torch.inference_mode():
+        ours, weights = bert_pass.bert_pass(tiny, ids, mask, mask.bool(), output_attentions=True)
+    assert_same(ours, logits[mask.bool()])
+    for mine, theirs in zip(weights, attentions):
+        keep = mask.bool()[:, None, :, None].expand_as(theirs)  # rows of padding queries are never read
+        assert_same(mine[keep], theirs[keep])
+
+
+def test_the_default_model_gives_transformers_answer(default_loaded):
+    ids = torch.tensor([tokenize(default_loaded.tokenizer, "The capital of France is [MASK].").ids])
+    logits, attentions = reference(default_loaded.model, ids)
+    masked = ids == default_loaded.mask_token_id
+    ours, weights = run(default_loaded, ids, None, masked, output_attentions=True)
+    assert bert_pass.applies(default_loaded.model) is False  # outside inference mode: gradients are on
+    with torch.inference_mode():
+        assert bert_pass.applies(default_loaded.model)  # transformers' own recorder hooks do not count
+    assert_same(ours, logits[masked], atol=1e-4)
+    assert torch.softmax(ours, -1).sub(torch.softmax(logits[masked], -1)).abs().max() < 1e-6
+    for mine, theirs in zip(weights, attentions):
+        assert_same(mine, theirs, atol=1e-6)
+
+
+def test_hooks_gradients_and_training_fall_back_to_transformers(tiny, tiny_loaded):
+    with torch.inference_mode():
+        assert bert_pass.applies(tiny)
+        handle = tiny.bert.embeddings.register_forward_hook(lambda _m, _a, output: output * 0)
+        try:
+            assert not bert_pass.applies(tiny)
+            zeroed, _ = model_output(tiny, torch.tensor([[2, 10, 4, 3]]))  # the hook took effect
+        finally:
+            handle.remove()
+        plain, _ = model_output(tiny, torch.tensor([[2, 10, 4, 3]]))
+        assert not torch.allclose(zeroed, plain)
+        tiny.train()
+        try:
+            assert not bert_pass.applies(tiny)
+        finally:
+            tiny.eval()
+    assert not bert_pass.applies(tiny)  # gradients on: the trainer's pass is transformers'
+    ids = torch.tensor([[2, 10, 4, 20, 3]])
+    gates = head_gates(tiny_loaded, [(0, 0), (1, 1)])
+    with heads_gated(tiny_loaded, gates), torch.inference_mode():
+        assert not bert_pass.applies(tiny_loaded.model)
+    gated, _ = run(tiny_loaded, ids, gates=gates)
+    ungated, _ = run(tiny_loaded, ids)
+    assert not torch.allclose(gated, ungated)  # switching heads off still changes the answer
+
+
+def test_another_family_is_left_to_transformers():
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    config = RobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=40)
+    with torch.inference_mode():
+        assert not bert_pass.applies(RobertaForMaskedLM(config).eval())
