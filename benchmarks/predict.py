@@ -1,13 +1,13 @@
 """Latency of one fill-mask prediction: mlm_core (with attentions) against transformers' pipeline.
 
 Both sides get the same weights and tokenizer (the pipeline a copy of the model as transformers runs
-it, ``layout.as_it_comes``: ours has its linear weights laid out column-major and runs BERT as plain
-tensor operations, ``model.bert_pass``), the same
-~20 everyday sentences, the same torch thread count, and run in one process after a warm-up, taking
-turns over the sentences so that background load hits both alike. Ours does more: it also returns every layer's attention weights (L, H, T, T), the
-original-token bookkeeping and special-token filtering. The pipeline returns top-5 tokens. A third
-timing, one forward pass of the pipeline's model called directly, shows what the pipeline's own
-processing adds and how ours compares with the model's cost.
+it, ``layout.as_it_comes``; ours has its linear weights laid out column-major and runs BERT as plain
+tensor operations, ``model.bert_pass``), the same ~20 everyday sentences, the same torch thread
+count, and run in one process after a warm-up, taking turns over the sentences so that background
+load hits both alike. Ours does more: it also returns every layer's attention weights (L, H, T, T),
+the original-token bookkeeping and special-token filtering. The pipeline returns top-5 tokens. A
+third timing, one forward pass of the pipeline's model called directly, shows what the pipeline's
+own processing adds and how ours compares with the model's cost.
 
     python benchmarks/predict.py [--rounds N]
 
