@@ -28,7 +28,7 @@ from ui.common import (
     working,
 )
 from ui.concepts import concepts_entry
-from ui.drawn import drawn
+from ui.drawn import drawn, for_chart
 from ui.explain import (
     attention_panel,
     attribution_panel,
@@ -130,7 +130,7 @@ with output:
             # The same result in every session that typed this sentence: its charts are drawn once (ui.drawn).
             figure = drawn(result, ("topk", n, title),
                            lambda guess=guess, title=title: charts.topk_bars(guess, title, height=300))
-            st.plotly_chart(figure, key=f"topk-{n}")
+            st.plotly_chart(for_chart(figure), key=f"topk-{n}")
     if rest:
         st.caption(f"Charts for the first {len(charted)} masks (this server draws at most {len(charted)} per "
                    f"page); the other {len(rest)} are in this table.")

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 import streamlit as st
+from plotly.basedatatypes import BaseFigure
 
 from mlm_core.views.spreadsheet import spreadsheet_csv
 from ui.common import working
@@ -105,24 +106,64 @@ def drawn_count() -> int:
 
 
 class Drawing(NamedTuple):
-    """A chart and its numbers, ready to show: the table, and its CSV and JSON files (``name``.csv/.json)."""
+    """A chart and its numbers, ready to show: the table, and the record its JSON file holds.
+
+    The files (``name``.csv/.json) are written only when someone downloads them: writing both for
+    every view of every prediction took about a tenth of a classroom rerun's CPU, for buttons
+    that are rarely pressed.
+    """
 
     figure: object
     frame: pd.DataFrame
-    csv: bytes
-    json: bytes
+    record: dict
     name: str
+
+    def csv(self) -> bytes:
+        return spreadsheet_csv(self.frame).encode()
+
+    def json(self) -> bytes:
+        return json.dumps(self.record, ensure_ascii=False, indent=1).encode()
+
+
+BYTES_PER_CELL = 48  # a number in the table, its figure and its record (CSV and JSON take about 35 between them)
 
 
 def drawing_size(drawing: Drawing) -> int:
-    """About the bytes a drawing holds: its files, and a figure about as large as the JSON."""
-    return len(drawing.csv) + 2 * len(drawing.json)
+    """About the bytes a drawing holds, from the size of its table (counting them took a rerun's time)."""
+    return BYTES_PER_CELL * int(drawing.frame.size)
+
+
+class _Serialised(BaseFigure):
+    """A figure as ``st.plotly_chart`` reads it: ``to_dict()`` only, answered from a dict made once.
+
+    Streamlit asks a figure for ``to_dict()`` on every call, a deep copy of the whole figure (1.4 ms for a
+    12-token attention heatmap, 65 ms at 512 tokens), and a kept drawing is shown by every session of a
+    class on every rerun. Not a figure to draw or change: it skips plotly's own set-up on purpose.
+    """
+
+    def __init__(self, spec: dict) -> None:  # noqa: D107 - no BaseFigure.__init__: see the class docstring
+        self._spec = spec
+
+    def to_dict(self) -> dict:
+        return self._spec
+
+
+def for_chart(figure: BaseFigure) -> BaseFigure:
+    """What to give ``st.plotly_chart`` for ``figure``: its dict, made once for as long as the figure lives.
+
+    Figures passed here are never changed afterwards (drawings are shared and read only), and Streamlit
+    only serialises the dict. It is kept on the figure itself (plotly figures are not hashable); two
+    sessions that show a new figure at the same moment may each make it, harmlessly.
+    """
+    form = getattr(figure, "_serialised_form", None)
+    if form is None:
+        form = figure._serialised_form = _Serialised(figure.to_dict())
+    return form
 
 
 def draw(figure, frame: pd.DataFrame, record: dict, name: str) -> Drawing:
-    """The numbers behind a chart as CSV (the table) and JSON (the table plus its settings)."""
-    return Drawing(figure, frame, spreadsheet_csv(frame).encode(),
-                   json.dumps(record, ensure_ascii=False, indent=1).encode(), name)
+    """A chart with the numbers behind it: the table (CSV) and the table plus its settings (JSON)."""
+    return Drawing(figure, frame, record, name)
 
 
 def download_buttons(drawing: Drawing, key: str) -> None:

@@ -29,7 +29,7 @@ from mlm_core.views.lines import attention_lines
 from mlm_core.views.words import word_view
 from ui import why_link
 from ui.common import is_latest, latest_result, show_error, working
-from ui.drawn import Drawing, download_buttons, draw, drawing_size, drawn
+from ui.drawn import Drawing, download_buttons, draw, drawing_size, drawn, for_chart
 
 IMAGE_FORMATS = ("png", "svg")
 ATTENTION_VIEWS = tuple(why_link.VIEWS.values())  # the one list of views (with their short names for links)
@@ -126,9 +126,9 @@ def _chart(figure, key: str, name: str, image_format: str, on_select=None) -> No
     """``on_select``: a callback for a click on a point (the chart then keeps its selection in ``key``)."""
     config = {"toImageButtonOptions": {"format": image_format, "filename": name, "scale": 2}, "displaylogo": False}
     if on_select is None:
-        st.plotly_chart(figure, key=key, config=config)
+        st.plotly_chart(for_chart(figure), key=key, config=config)
     else:
-        st.plotly_chart(figure, key=key, config=config, on_select=on_select, selection_mode="points")
+        st.plotly_chart(for_chart(figure), key=key, config=config, on_select=on_select, selection_mode="points")
 
 
 def _downloads(frame: pd.DataFrame, record: dict, name: str, key: str) -> None:

@@ -67,8 +67,8 @@ def test_draw_writes_the_numbers_as_before():
     frame = pd.DataFrame({"token": ["=1+1", "cat"], "score": [0.5, -0.25]})
     record = {"tokens": ["=1+1", "cat"], "note": "é"}
     drawing = draw("figure", frame, record, "attribution-ig")
-    assert drawing.csv == spreadsheet_csv(frame).encode()  # formula-like cells neutralised
-    assert drawing.json == json.dumps(record, ensure_ascii=False, indent=1).encode()
+    assert drawing.csv() == spreadsheet_csv(frame).encode()  # formula-like cells neutralised
+    assert drawing.json() == json.dumps(record, ensure_ascii=False, indent=1).encode()
     assert (drawing.figure, drawing.frame, drawing.name) == ("figure", frame, "attribution-ig")
 
 
@@ -134,3 +134,23 @@ def test_a_failed_or_unkept_build_leaves_the_waiting_sessions_to_build_their_own
         thread.join(10)
     assert sorted(outcomes) == ["failed", "figure", "figure", "figure"]
     assert 2 <= len(calls) <= 4  # the waiting sessions built again; none waited forever
+
+
+def test_a_shown_figure_serialises_as_the_figure_itself_once():
+    import plotly.graph_objects as go
+    import plotly.io
+    import plotly.tools
+
+    figure = go.Figure(go.Heatmap(z=[[0.25, 0.75], [1.0, 0.0]], x=["a", "b"], y=["a", "b"]))
+    form = module.for_chart(figure)
+    assert module.for_chart(figure) is form  # made once, then kept on the figure
+    # What st.plotly_chart does with it: the dict it asks for, then JSON without validating again.
+    spec = plotly.tools.return_figure_from_figure_or_data(form, validate_figure=True)
+    assert plotly.io.to_json(spec, validate=False) == plotly.io.to_json(figure, validate=False)
+    assert "_serialised_form" not in figure.to_json()  # the kept form is not part of the figure
+
+
+def test_a_drawing_size_grows_with_its_table():
+    small = draw(None, pd.DataFrame([[0.5] * 4] * 4), {}, "small")
+    large = draw(None, pd.DataFrame([[0.5] * 40] * 40), {}, "large")
+    assert module.drawing_size(large) == 100 * module.drawing_size(small) > 0
