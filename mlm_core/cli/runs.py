@@ -174,14 +174,16 @@ def _train_together(args: argparse.Namespace, start, first_event: str) -> dict |
     from accelerate import PartialState
 
     from mlm_core.cli.common import EXIT_BUG
-    from mlm_core.training.jobs import CORPUS_FILE, follow, share_from_main
+    from mlm_core.training.jobs import CORPUS_FILE, follow, leave_group, share_from_main
 
     state = PartialState(cpu=getattr(args, "device", None) == "cpu" or not torch.cuda.is_available())  # CPU: a gloo group
     if not state.is_main_process:
         shared = share_from_main(None)
         if "exit_code" in shared:
+            leave_group(state)
             return Printed(exit_code=shared["exit_code"])
         status = follow(shared["run_id"], shared["config"], shared["corpus"], shared["folder"])
+        leave_group(state)
         return Printed(exit_code=EXIT_FOR_STATUS.get(status, 0))
     try:
         store, run_id = start()
@@ -192,7 +194,9 @@ def _train_together(args: argparse.Namespace, start, first_event: str) -> dict |
     record, folder = store.get(run_id), store.folder(run_id)
     share_from_main({"run_id": run_id, "config": record.config, "corpus": (folder / CORPUS_FILE).read_bytes(),
                      "folder": str(folder)})
-    return _run_foreground(store, run_id, args.json, first_event)
+    printed = _run_foreground(store, run_id, args.json, first_event)
+    leave_group(state)
+    return printed
 
 
 def add_runs_arguments(parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,7 @@ def evaluate_distributed(model: str | None, texts: Sequence[str], configs: Seque
     from accelerate.utils import gather_object
 
     from mlm_core.model.loading import load_model
+    from mlm_core.training.jobs import leave_group
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())  # CPU processes: a gloo group
     loaded = load_model(model, str(state.device))
@@ -54,6 +55,7 @@ def evaluate_distributed(model: str | None, texts: Sequence[str], configs: Seque
                 (e.folder / "tokens.csv").read_text("utf-8")) for e in part.entries]
     gathered = gather_object([payload])  # one payload per process, in rank (= text) order
     state.wait_for_everyone()
+    leave_group(state)  # the last exchange: what follows is the main process's alone
     if not state.is_main_process:
         return None
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()

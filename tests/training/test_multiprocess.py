@@ -80,8 +80,10 @@ def losses(events: list[dict]) -> list[tuple[int, float, float]]:
 
 
 def gloo_aborted(code: int, err: str) -> bool:
-    """A rank aborted (SIGABRT inside gloo) while the process group formed: seen about once in ten launches on a
-    loaded 2-core machine, before any training step. Launching again is what a user does; a second abort fails."""
+    """A rank aborted (SIGABRT inside gloo). Most such aborts came at exit, after the run had finished, from a gloo
+    group left to the interpreter's teardown (1 of 12 launches with the cores busy; 0 of 24 since every process
+    leaves its group first, ``jobs.leave_group``); an abort while the group forms is rarer still. Launching again
+    is what a user does; a second abort fails."""
     return code != 0 and ("SIGABRT" in err or "exitcode: -6" in err)
 
 
