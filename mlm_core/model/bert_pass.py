@@ -1,20 +1,21 @@
 """BERT's inference pass as plain tensor operations, for the shared model's predictions.
 
 Why: on a sentence of a dozen tokens, transformers' module machinery (a call per module, output
-recorders, mask builders, signature checks) costs about as much as the matrix products. The same
+recorders, mask builders, signature checks) costs nearly as much as the matrix products. The same
 arithmetic written out, on the same parameter tensors, took one prediction with attentions from
-7.1 to 4.7 ms (the default model, a 12-token sentence, a 2-core Xeon) (``benchmarks/predict.py`` measures it against the pipeline).
+7.1 to 4.7 ms (the default model, a 12-token sentence, a 2-core Xeon; ``benchmarks/predict.py``
+measures it against the pipeline).
 
 It computes exactly what ``BertForMaskedLM`` computes in eval mode (eager attention: scaled dot
 products, additive padding mask, softmax; post-LayerNorm residual blocks; the model's own
 activation functions and prediction head), in the same order of operations, so logits and
-attention weights agree with transformers' to float rounding (``tests/test_bert_pass.py``).
+attention weights agree with transformers' to float rounding (``tests/models/test_bert_pass.py``).
 
 ``applies`` says when it may stand in for the model's own forward; anything it cannot honour
 falls back to transformers: another family or a subclass, training mode, gradients (the trainer,
 captum), and any hook installed on the model other than transformers' own output recorders
-(head gates, attention probes, embedding scalers): a hook is a promise to change or watch a
-module's output, which this pass never calls.
+(head gates, attention probes, embedding scalers): a hook changes or watches a module's output,
+and this pass calls none of the encoder's modules.
 """
 
 from __future__ import annotations
