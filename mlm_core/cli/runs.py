@@ -180,11 +180,12 @@ def _train_together(args: argparse.Namespace, start, first_event: str) -> dict |
     if not state.is_main_process:
         shared = share_from_main(None)
         if "exit_code" in shared:
-            leave_group(state)
-            return Printed(exit_code=shared["exit_code"])
-        status = follow(shared["run_id"], shared["config"], shared["corpus"], shared["folder"])
+            printed = Printed(exit_code=shared["exit_code"])
+        else:
+            status = follow(shared["run_id"], shared["config"], shared["corpus"], shared["folder"])
+            printed = Printed(exit_code=EXIT_FOR_STATUS.get(status, 0))
         leave_group(state)
-        return Printed(exit_code=EXIT_FOR_STATUS.get(status, 0))
+        return printed
     try:
         store, run_id = start()
     except BaseException as exc:

@@ -164,8 +164,7 @@ def predict(
     """
     ids = [int(i) for i in ids]
     if positions is None:
-        mask_id = loaded.mask_token_id  # a tokenizer lookup: once, not once per token
-        positions = [i for i, t in enumerate(ids) if t == mask_id]
+        positions = [i for i, t in enumerate(ids) if t == loaded.mask_token_id]
     positions = sorted(set(int(p) for p in positions))
     _check(loaded, ids, positions, top_k, fill)
     originals = originals or {}
