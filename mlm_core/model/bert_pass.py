@@ -76,32 +76,84 @@ def bert_pass(
 
     ``chosen`` indexes (B, T) as in ``forward.model_output``: logits (M, V) at those positions only;
     None: (B, T, V). Attentions, when asked: one (B, H, T, T) tensor per layer.
+
+    With ``chosen``, two kinds of rows are never computed, since nothing that is returned depends on
+    them (``rows_to_compute``): padding and excluded tokens that are not chosen (no query attends to
+    them), unless attentions are asked for; and, in the last layer, every row but the chosen ones
+    past the attention weights (its output projection and feed-forward block are two thirds of a
+    layer). Rows are kept packed, (N, D), for the linear layers and laid out padded only for the
+    attention products, so a batch of uneven sentences pays for its padding only there.
     """
     embeddings = model.bert.embeddings
     batch, length = input_ids.shape
     hidden = F.embedding(input_ids, embeddings.word_embeddings.weight) + embeddings.token_type_embeddings.weight[0]
     hidden = _norm(hidden + embeddings.position_embeddings.weight[:length], embeddings.LayerNorm)
+    hidden = hidden.reshape(batch * length, -1)  # (B·T, D): one row per token
     additive = None
     if attention_mask is not None:  # padding and excluded tokens: no query attends to them
         keep = attention_mask[:, None, None, :].bool()
         additive = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
         additive = additive.masked_fill(~keep, torch.finfo(hidden.dtype).min)
+    computed, selected = rows_to_compute(input_ids, attention_mask, chosen, output_attentions)
+    if computed is not None:
+        hidden = hidden[computed]
     attentions = []
-    for layer in model.bert.encoder.layer:
+    layers = model.bert.encoder.layer
+    for number, layer in enumerate(layers):
         own = layer.attention.self
         split = (batch, length, -1, own.attention_head_size)  # pruned layers keep fewer heads
-        query = _linear(hidden, own.query).view(split).transpose(1, 2)
-        key = _linear(hidden, own.key).view(split).transpose(1, 2)
-        value = _linear(hidden, own.value).view(split).transpose(1, 2)
+
+        def heads(rows: torch.Tensor, split=split) -> torch.Tensor:  # (N, D) -> (B, H, T, d)
+            if computed is not None:
+                rows = rows.new_zeros(batch * length, rows.shape[-1]).index_copy_(0, computed, rows)
+            return rows.view(split).transpose(1, 2)
+
+        query, key, value = (heads(_linear(hidden, part)) for part in (own.query, own.key, own.value))
         scores = torch.matmul(query, key.transpose(2, 3)) * own.scaling
         if additive is not None:
             scores = scores + additive
         weights = F.softmax(scores, dim=-1)
         if output_attentions:
             attentions.append(weights)
-        context = torch.matmul(weights, value).transpose(1, 2).reshape(batch, length, -1)
+        context = torch.matmul(weights, value).transpose(1, 2).reshape(batch * length, -1)
+        if computed is not None:
+            context = context[computed]
+        if number == len(layers) - 1 and selected is not None:  # only the chosen rows go on to the head
+            context, hidden = context[selected], hidden[selected]
         hidden = _norm(_linear(context, layer.attention.output.dense) + hidden, layer.attention.output.LayerNorm)
         inner = layer.intermediate.intermediate_act_fn(_linear(hidden, layer.intermediate.dense))
         hidden = _norm(_linear(inner, layer.output.dense) + hidden, layer.output.LayerNorm)
-    logits = model.cls(hidden if chosen is None else hidden[chosen])
-    return logits, (tuple(attentions) if output_attentions else None)
+    if chosen is None:
+        hidden = hidden.view(batch, length, -1)
+    return model.cls(hidden), (tuple(attentions) if output_attentions else None)
+
+
+def rows_to_compute(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, chosen, output_attentions: bool
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(computed, selected): which of the B·T token rows to compute, and where the chosen ones are among them.
+
+    ``computed`` (N,) flat indexes, or None for every row; ``selected`` (M,) indexes into the computed
+    rows, in ``chosen``'s order (None when ``chosen`` is None). A row may be left out when no query
+    attends to it and it is not chosen, and its attention weights are not asked for. Not when a
+    sentence attends to none of its tokens: softmax then spreads evenly over every column, padding
+    included, so every row counts.
+    """
+    if chosen is None:
+        return None, None
+    batch, length = input_ids.shape
+    if isinstance(chosen, tuple | list):  # (rows, positions), in the caller's order
+        rows, positions = chosen
+        wanted = torch.as_tensor(rows, device=input_ids.device) * length + torch.as_tensor(positions,
+                                                                                            device=input_ids.device)
+    else:  # a (B, T) mask: row-major order, as ``tensor[mask]`` gives
+        wanted = torch.nonzero(chosen.reshape(-1))[:, 0]
+    if output_attentions or attention_mask is None or not attention_mask.any(1).all():
+        return None, wanted
+    needed = attention_mask.reshape(-1) != 0  # a new tensor: the caller's mask stays as it is
+    needed[wanted] = True
+    if bool(needed.all()):
+        return None, wanted
+    computed = torch.nonzero(needed)[:, 0]
+    position = torch.empty(batch * length, dtype=torch.long, device=input_ids.device)
+    position[computed] = torch.arange(len(computed), device=input_ids.device)
+    return computed, position[wanted]

@@ -72,6 +72,57 @@ def test_any_batch_of_sentences_matches_transformers(tiny, data):
         assert_same(mine[keep], theirs[keep])
 
 
+def test_rows_nobody_reads_are_skipped_with_the_same_answer(tiny):
+    ids = torch.tensor([[2, 10, 4, 20, 3, 0, 0], [2, 11, 12, 4, 13, 14, 3]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1, 1]])
+    logits, _ = reference(tiny, ids, mask)
+    rows, positions = torch.tensor([1, 0, 1, 1]), torch.tensor([1, 2, 1, 6])  # an excluded token, chosen twice
+    computed, selected = bert_pass.rows_to_compute(ids, mask, (rows, positions), output_attentions=False)
+    assert computed.tolist() == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13]  # padding left out; the chosen excluded kept
+    assert computed[selected].tolist() == (rows * 7 + positions).tolist()
+    with torch.inference_mode():
+        picked, _ = bert_pass.bert_pass(tiny, ids, mask, (rows, positions))
+        by_mask, _ = bert_pass.bert_pass(tiny, ids, mask, ids == 4)
+    assert_same(picked, logits[rows, positions])
+    assert_same(by_mask, logits[ids == 4])
+    assert mask[1, 1] == 0  # the caller's mask is left as it was
+
+
+def test_a_sentence_that_attends_to_nothing_keeps_every_row(tiny):
+    ids = torch.tensor([[2, 10, 4, 3], [2, 11, 3, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]])  # every token of the second left out of the context
+    chosen = ids == 4
+    assert bert_pass.rows_to_compute(ids, mask, chosen, output_attentions=False)[0] is None
+    assert bert_pass.rows_to_compute(ids, torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]), chosen, True)[0] is None
+    logits, _ = reference(tiny, ids, mask)
+    with torch.inference_mode():
+        ours, _ = bert_pass.bert_pass(tiny, ids, mask, torch.tensor([[0, 0, 1, 0], [0, 1, 0, 0]]).bool())
+    assert_same(ours, logits[torch.tensor([0, 1]), torch.tensor([2, 1])])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_padded_batch_with_exclusions_gives_the_chosen_logits(tiny, data):
+    vocab = tiny.config.vocab_size
+    lengths = data.draw(st.lists(st.integers(2, 12), min_size=1, max_size=4))
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    real = torch.zeros(len(lengths), width, dtype=torch.bool)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = torch.tensor(data.draw(st.lists(st.integers(0, vocab - 1), min_size=length,
+                                                            max_size=length)))
+        mask[row, :length] = torch.tensor(data.draw(st.lists(st.sampled_from([0, 1, 1, 1]), min_size=length,
+                                                             max_size=length)))
+        real[row, :length] = True
+    chosen = real & torch.tensor(data.draw(st.lists(st.booleans(), min_size=real.numel(),
+                                                    max_size=real.numel()))).view(real.shape)
+    logits, _ = reference(tiny, ids, mask)
+    with torch.inference_mode():
+        ours, _ = bert_pass.bert_pass(tiny, ids, mask, chosen)
+    assert_same(ours, logits[chosen])
+
+
 def test_the_default_model_gives_transformers_answer(default_loaded):
     ids = torch.tensor([tokenize(default_loaded.tokenizer, "The capital of France is [MASK].").ids])
     logits, attentions = reference(default_loaded.model, ids)
