@@ -55,6 +55,7 @@ from mlm_core.evaluate.config import (
 from mlm_core.evaluate.estimate import PLL, PREDICT, STAGES, record_run
 from mlm_core.evaluate.report import EvalReport
 from mlm_core.evaluate.tally import GROUPS, Tally
+from mlm_core.explain.predict import count_true
 from mlm_core.explain.whatif import parse_heads
 from mlm_core.masking import (
     IGNORE_INDEX,
@@ -64,6 +65,7 @@ from mlm_core.masking import (
     apply_strategy,
     compose,
     is_adaptive,
+    mask_each,
     prepare_text,
 )
 from mlm_core.model.batching import pack
@@ -250,11 +252,11 @@ class _Engine:
             log_p = (own - torch.logsumexp(logits, dim=-1, keepdim=True))[:, 0]  # no (M, V) log-softmax kept
             logits[:, self.special_tensor] = -math.inf  # never a guess ...
             logits.scatter_(1, targets[:, None], own)  # ... except the original itself (e.g. [UNK])
-            rank = (logits > own).sum(1) + 1
-            tied = torch.nonzero((logits == own).sum(1) > 1)[:, 0]  # rare: another token scores exactly the same
+            rank = count_true(logits > own, 1) + 1
+            tied = torch.nonzero(count_true(logits == own, 1) > 1)[:, 0]  # rare: another token scores exactly the same
             if len(tied):  # ties rank in argmax order: the tied tokens with a smaller id come first
                 earlier = torch.arange(logits.shape[1], device=device)[None, :] < targets[tied, None]
-                rank[tied] += ((logits[tied] == own[tied]) & earlier).sum(1)
+                rank[tied] += count_true((logits[tied] == own[tied]) & earlier, 1)
             guess = logits.argmax(1)
         return rank.cpu().numpy(), log_p.cpu().numpy(), guess.cpu().numpy()
 
@@ -302,18 +304,20 @@ class _Engine:
         label = pair.config.label
         what = f"{STAGES[PREDICT]} · {label}"
         planned = sum(len(r.tokens) if r.tokens else 1 for r in records)
+        tally.sentences += len(records)
         for record in records:
-            tally.sentences += 1
             if record.tokens is None:
                 tally.skipped += 1
                 sentence_rows.append([label, pair.seed, record.index, "", 0, 0, "", "", "", "", "", record.note])
-                continue
-            tally.truncated += bool(record.note)
-            scores = None
-            if plain is not None:
-                scores = np.nan_to_num(-plain[record.index], nan=0.0).clip(min=0.0)
-            result = apply_strategy(record.tokens, pair.strategy, self.vocab, rng=sentence_seed(pair.seed, record.index),
-                                    scores=scores, protected=record.protected, require_eligible=False)
+        kept = [record for record in records if record.tokens is not None]
+        tally.truncated += sum(bool(record.note) for record in kept)
+        scores = None
+        if plain is not None:
+            scores = [np.nan_to_num(-plain[record.index], nan=0.0).clip(min=0.0) for record in kept]
+        results = mask_each([r.tokens for r in kept], pair.strategy, self.vocab,
+                            [sentence_seed(pair.seed, r.index) for r in kept], scores=scores,
+                            protected=[r.protected for r in kept])
+        for record, result in zip(kept, results, strict=True):
             masked.append((record, result, np.flatnonzero(result.labels != IGNORE_INDEX)))
         predictions: dict[int, tuple] = {}
         lengths = [len(r.tokens) if len(c) else 0 for r, _, c in masked]

@@ -118,6 +118,13 @@ def special_id_tensor(loaded: LoadedModel) -> torch.Tensor:
     return torch.tensor(sorted(set(loaded.tokenizer.all_special_ids)), device=loaded.device)
 
 
+def count_true(mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """How many entries of the bool ``mask`` are True along ``dim`` (int32). Why not ``mask.sum``: it
+    widens every entry to int64 first, which made it the slowest step of ranking a (M, V) batch of
+    guesses (10.5 of 37 ms for 165 masks of the default model, against 1.2 ms summed as bytes)."""
+    return mask.view(torch.uint8).sum(dim, dtype=torch.int32)
+
+
 def position_prediction(  # also used by the what-ifs, probes and comparisons: one way to rank guesses
     loaded: LoadedModel, logits: torch.Tensor, position: int, top_k: int, original_id: int | None, step=None
 ) -> PositionPrediction:
@@ -134,7 +141,7 @@ def position_prediction(  # also used by the what-ifs, probes and comparisons: o
             "original_id": int(original_id),
             "original_token": loaded.tokenizer.convert_ids_to_tokens(int(original_id)),
             "original_prob": original_prob,
-            "original_rank": int((ranked > original_prob).sum()) + 1,
+            "original_rank": int(count_true(ranked > original_prob)) + 1,
         }
     return PositionPrediction(position=position, top=top, fill_step=step, **original)
 

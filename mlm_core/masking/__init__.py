@@ -56,6 +56,7 @@ from mlm_core.masking.engine import (
     MaskedText,
     apply_strategy,
     mask_batch,
+    mask_each,
     mask_text,
     prepare_text,
     privacy_step,
@@ -132,6 +133,7 @@ __all__ = [
     "make_generator",
     "mask_batch",
     "apply_strategy",
+    "mask_each",
     "prepare_text",
     "mask_text",
     # draws and schedules

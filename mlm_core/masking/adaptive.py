@@ -9,7 +9,7 @@ import torch
 
 from mlm_core.errors import InputError
 from mlm_core.masking.batch import TokenBatch
-from mlm_core.masking.corruption import PROB, CorruptingStep
+from mlm_core.masking.corruption import PROB, CorruptingStep, bernoulli
 from mlm_core.settings import param
 
 
@@ -59,4 +59,4 @@ class AdaptiveMasking(CorruptingStep):
 
     def select(self, batch, eligible, gen):
         probability = self.probabilities(batch, eligible).to(torch.float32)
-        return torch.bernoulli(probability, generator=gen).bool() & eligible
+        return bernoulli(probability, gen) & eligible

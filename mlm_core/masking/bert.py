@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from mlm_core.masking.corruption import PROB, CorruptingStep, token_budget, uniforms
+from mlm_core.masking.corruption import PROB, CorruptingStep, bernoulli, token_budget, uniforms
 from mlm_core.settings import param
 
 
@@ -37,4 +37,4 @@ class RandomMasking(CorruptingStep):
         # Same tensors and calls as DataCollatorForLanguageModeling.torch_mask_tokens: draw-for-draw equal.
         probability = torch.full(batch.shape, self.mlm_probability, device=batch.ids.device)
         probability.masked_fill_(~eligible, 0.0)
-        return torch.bernoulli(probability, generator=gen).bool()
+        return bernoulli(probability, gen)

@@ -8,6 +8,7 @@ corruption settings; ``corrupt`` applies them draw for draw as transformers does
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -99,19 +100,86 @@ def token_budget(n: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where((n > 0) & (p > 0), k.clamp_min(1), torch.zeros_like(k))
 
 
-def uniforms(batch: TokenBatch, gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(batch.shape, generator=gen, device=batch.ids.device)
+class RowGenerators:
+    """One generator per row of a batch: row ``b`` draws exactly the numbers it would draw masked
+    alone, a batch of one row ``widths[b]`` wide, whatever else is in the batch.
+
+    Why: a text's mask must depend on its own seed only (the batch analysis, static and dynamic
+    masking), which used to mean one ``mask_batch`` call per text; with one generator per row, one
+    call masks them all, and only the draws themselves loop over rows. Every random draw of a
+    step goes through the helpers below (``uniforms``, ``bernoulli``, ``randint``, ``numpy_rngs``),
+    which take either a plain generator or this. Beyond a row's width the helpers fill a value no
+    step reads there (padding is never eligible); ``uniforms`` fills 2.0, above every draw, so
+    ranks taken over a whole row are those of the row alone.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], widths: Sequence[int]) -> None:
+        if not generators or len(generators) != len(widths):
+            raise InputError(f"Give one generator per row: {len(widths)} rows, {len(generators)} generators.")
+        self.generators = tuple(generators)
+        self.widths = tuple(int(w) for w in widths)
+        self.device = self.generators[0].device
+
+    def fill(self, shape, value, dtype, device, draw: Callable[[torch.Generator, int, int], torch.Tensor]):
+        """(B, T) of ``value`` with row ``b``'s first ``widths[b]`` entries from ``draw(generator, b, width)``."""
+        if len(shape) != 2 or shape[0] != len(self.generators) or max(self.widths) > shape[1]:
+            raise InputError(f"A batch of shape {tuple(shape)} does not match {len(self.generators)} rows "
+                             f"of widths up to {max(self.widths)}.")
+        out = torch.full(shape, value, dtype=dtype, device=device)
+        for b, (generator, width) in enumerate(zip(self.generators, self.widths)):
+            out[b, :width] = draw(generator, b, width)[0]
+        return out
 
 
-def word_uniforms(batch: TokenBatch, gen: torch.Generator) -> torch.Tensor:
+Draws = torch.Generator | RowGenerators  # what every step's ``gen`` is
+
+
+def uniforms(batch: TokenBatch, gen: Draws) -> torch.Tensor:
+    """(B, T) uniforms on [0, 1)."""
+    device = batch.ids.device
+    if isinstance(gen, RowGenerators):
+        return gen.fill(batch.shape, 2.0, torch.float32, device,
+                        lambda g, _b, width: torch.rand((1, width), generator=g, device=device))
+    return torch.rand(batch.shape, generator=gen, device=device)
+
+
+def bernoulli(probability: torch.Tensor, gen: Draws) -> torch.Tensor:
+    """(B, T) bool: each entry True with its ``probability``."""
+    if isinstance(gen, RowGenerators):
+        return gen.fill(probability.shape, False, torch.bool, probability.device, lambda g, b, width: torch.bernoulli(
+            probability[b : b + 1, :width].contiguous(), generator=g).bool())
+    return torch.bernoulli(probability, generator=gen).bool()
+
+
+def randint(high: int, shape, gen: Draws, device) -> torch.Tensor:
+    """(B, T) int64 uniform on [0, high)."""
+    if isinstance(gen, RowGenerators):
+        return gen.fill(shape, 0, torch.long, device,
+                        lambda g, _b, width: torch.randint(high, (1, width), generator=g, device=device))
+    return torch.randint(high, shape, generator=gen, device=device)
+
+
+def numpy_rngs(gen: Draws, rows: int) -> list[np.random.Generator]:
+    """A numpy generator for each row, seeded from ``gen``: with one torch generator, one numpy
+    generator shared by the rows in turn; with ``RowGenerators``, each row its own."""
+    def seeded(generator: torch.Generator) -> np.random.Generator:
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
+
+    if isinstance(gen, RowGenerators):
+        return [seeded(g) for g in gen.generators]
+    return [seeded(gen)] * rows
+
+
+def word_uniforms(batch: TokenBatch, gen: Draws) -> torch.Tensor:
     """(B, T) uniforms shared by all positions of a word run."""
     return uniforms(batch, gen).gather(1, batch.run_ids)
 
 
-def make_generator(rng: int | torch.Generator = 0, device: torch.device | str = "cpu") -> torch.Generator:
-    """A ``torch.Generator`` from an int seed (or the generator itself, checked against ``device``)."""
+def make_generator(rng: int | Draws = 0, device: torch.device | str = "cpu") -> Draws:
+    """A ``torch.Generator`` from an int seed (or the generator, or ``RowGenerators``, itself, checked against
+    ``device``)."""
     device = torch.device(device)
-    if isinstance(rng, torch.Generator):
+    if isinstance(rng, torch.Generator | RowGenerators):
         if rng.device.type != device.type:
             raise InputError(
                 f"The generator is on {rng.device.type} but the tokens are on {device.type}: pass a seed."
@@ -129,22 +197,18 @@ def corrupt(
     out = ids.clone()
     codes = torch.zeros(ids.shape, dtype=torch.int8, device=ids.device)
     mask_p, random_p = corruption.mask_replace_prob, corruption.random_replace_prob
-    replaced = (
-        torch.bernoulli(torch.full(ids.shape, mask_p, device=ids.device), generator=gen).bool() & chosen
-    )
+    replaced = bernoulli(torch.full(ids.shape, mask_p, device=ids.device), gen) & chosen
     out[replaced] = vocab.mask_token_id
     random = torch.zeros_like(chosen)
     if mask_p < 1 and random_p > 0:
         scaled = min(1.0, random_p / (1 - mask_p))  # share of the not-[MASK] remainder
-        random = torch.bernoulli(torch.full(ids.shape, scaled, device=ids.device), generator=gen).bool()
+        random = bernoulli(torch.full(ids.shape, scaled, device=ids.device), gen)
         random &= chosen & ~replaced
         if corruption.random_excludes_special:
             pool = vocab.non_special_ids.to(ids.device)
-            words = pool[torch.randint(len(pool), ids.shape, generator=gen, device=ids.device)]
+            words = pool[randint(len(pool), ids.shape, gen, ids.device)]
         else:
-            words = torch.randint(
-                vocab.vocab_size, ids.shape, dtype=torch.long, generator=gen, device=ids.device
-            )
+            words = randint(vocab.vocab_size, ids.shape, gen, ids.device)
         out[random] = words[random]
     codes[replaced] = KIND_CODE[MASKED]
     codes[random] = KIND_CODE[RANDOM]

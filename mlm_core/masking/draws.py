@@ -14,7 +14,8 @@ import torch
 from mlm_core.errors import InputError
 from mlm_core.masking.assembly import is_adaptive
 from mlm_core.masking.batch import TokenBatch, Vocab
-from mlm_core.masking.engine import apply_strategy, mask_batch
+from mlm_core.masking.corruption import RowGenerators
+from mlm_core.masking.engine import mask_batch, mask_each, row_independent
 from mlm_core.masking.results import BatchMaskResult, MaskResult
 from mlm_core.masking.schedules import RateSchedule
 from mlm_core.settings import Validated, param
@@ -95,16 +96,17 @@ def mask_examples(
     """Mask each row with its own generator from ``policy`` (static or dynamic masking).
 
     Row ``b`` gets exactly what ``mask_batch(batch.select_rows([b]), ..., rng=policy.generator_for(keys[b],
-    epoch))`` gives, whatever else is in the batch. A loop over rows, not tokens.
+    epoch))`` gives, whatever else is in the batch: one call with a generator per row
+    (``RowGenerators``); a loop over rows only where a step names positions (``row_independent``).
     """
     if len(keys) != batch.shape[0]:
         raise InputError(f"Give one key per row: {batch.shape[0]} rows, {len(keys)} keys.")
     device = batch.ids.device
+    generators = [policy.generator_for(key, epoch, device) for key in keys]
+    if row_independent(strategy):
+        return mask_batch(batch, strategy, vocab, RowGenerators(generators, [batch.shape[1]] * len(keys)))
     return BatchMaskResult.concat(
-        [
-            mask_batch(batch.select_rows([b]), strategy, vocab, policy.generator_for(key, epoch, device))
-            for b, key in enumerate(keys)
-        ]
+        [mask_batch(batch.select_rows([b]), strategy, vocab, generator) for b, generator in enumerate(generators)]
     )
 
 
@@ -114,10 +116,7 @@ def mask_many(records: Sequence[Tokens], strategy, vocab: Vocab, *, seed: int = 
     Records with nothing eligible get an empty result instead of an error.
     """
     policy = DrawPolicy("static", seed)
-    return [
-        apply_strategy(record, strategy, vocab, rng=policy.generator_for(i), require_eligible=False)
-        for i, record in enumerate(records)
-    ]
+    return mask_each(records, strategy, vocab, [policy.generator_for(i) for i in range(len(records))])
 
 
 def selection_frequency(

@@ -16,7 +16,7 @@ import torch
 
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.masking.batch import TokenBatch, Vocab
-from mlm_core.masking.corruption import Corruption, MaskingStep, corrupt, make_generator
+from mlm_core.masking.corruption import Corruption, MaskingStep, RowGenerators, corrupt, make_generator
 from mlm_core.masking.results import (
     EXCLUDED,
     IGNORE_INDEX,
@@ -164,6 +164,56 @@ def apply_strategy(
     if require_chosen and result.is_empty:
         raise NothingToMaskError(f"Nothing to mask: {strategy.describe()} chose no token in this text.")
     return result
+
+
+MASK_ROWS = 128  # texts masked in one call by ``mask_each``: sorted by length, so little padding
+
+
+def row_independent(strategy) -> bool:
+    """Whether masking texts together with one generator each (``RowGenerators``) gives each text what
+    it gets alone. Not when a step names positions: those are checked against the shortest text of
+    a batch, so one short text would refuse them for all."""
+    return not any(getattr(step, "positions", ()) for step in token_steps(strategy))
+
+
+def mask_each(
+    records: Sequence[Tokens],
+    strategy,
+    vocab: Vocab,
+    seeds: Sequence[int | torch.Generator],
+    *,
+    scores: Sequence[Sequence[float] | np.ndarray | None] | None = None,
+    protected: Sequence[Iterable[int]] | None = None,
+) -> list[MaskResult]:
+    """``apply_strategy(records[i], strategy, vocab, rng=seeds[i], scores=scores[i], protected=protected[i],
+    require_eligible=False)`` for every ``i``, draw for draw, in one ``mask_batch`` call per ``MASK_ROWS``
+    texts of similar length (about 0.1 ms a text instead of 0.4 on a 2-core CPU).
+
+    Example: ``mask_each([tokens_a, tokens_b], WholeWordMasking(), vocab, seeds=[7, 8])[1]`` is
+    ``apply_strategy(tokens_b, WholeWordMasking(), vocab, rng=8, require_eligible=False)``.
+    """
+    count = len(records)
+    scores = [None] * count if scores is None else list(scores)
+    protected = [()] * count if protected is None else [list(p) for p in protected]
+    if not len(seeds) == len(scores) == len(protected) == count:
+        raise InputError(f"Give one seed (and score list, and protected positions) per text: {count} texts, "
+                         f"{len(seeds)} seeds.")
+    scored = {s is not None for s in scores}  # all or none: one text without scores would fail alone
+    if not row_independent(strategy) or len(scored) > 1:
+        return [apply_strategy(r, strategy, vocab, rng=seed, scores=score, protected=keep, require_eligible=False)
+                for r, seed, score, keep in zip(records, seeds, scores, protected)]
+    results: list[MaskResult | None] = [None] * count
+    order = sorted(range(count), key=lambda i: len(records[i]))
+    for start in range(0, count, MASK_ROWS):
+        group = order[start : start + MASK_ROWS]
+        batch = TokenBatch.from_tokens([records[i] for i in group], pad_id=vocab.pad_token_id or 0,
+                                       scores=[scores[i] for i in group] if scored == {True} else None,
+                                       protected=[protected[i] for i in group])
+        device = batch.ids.device
+        draws = RowGenerators([make_generator(seeds[i], device) for i in group], batch.lengths)
+        for i, result in zip(group, mask_batch(batch, strategy, vocab, draws).rows(), strict=True):
+            results[i] = result
+    return results
 
 
 def prepare_text(text: str, strategy, mask_token: str = "[MASK]") -> PrivacyResult | None:

@@ -116,22 +116,34 @@ class BatchMaskResult:
 
     def row(self, b: int) -> MaskResult:
         """Row ``b`` as a ``MaskResult`` (padding cut off when the batch came from ``from_tokens``)."""
-        n = self.input_ids.shape[1] if self.lengths is None else self.lengths[b]
+        return self.rows([b])[0]
 
-        def array(t):
-            out = t[b, :n].cpu().numpy().copy()
-            out.flags.writeable = False
-            return out
+    def rows(self, which: Sequence[int] | None = None) -> list[MaskResult]:
+        """Rows ``which`` (default all) as ``MaskResult``s; each tensor crosses to numpy once for all of them."""
+        which = range(self.input_ids.shape[0]) if which is None else which
+        width = self.input_ids.shape[1]
+        tables = {name: getattr(self, name).cpu().numpy() for name in
+                  ("input_ids", "labels", "attention_exclude", "original_ids", "kind_codes")}
+        n_eligible, ratio = self.n_eligible.tolist(), self.ratio.tolist()
+        out = []
+        for b in which:
+            n = width if self.lengths is None else self.lengths[b]
 
-        return MaskResult(
-            input_ids=array(self.input_ids),
-            labels=array(self.labels),
-            kinds=tuple(KIND_BY_CODE[c] for c in self.kind_codes[b, :n].tolist()),
-            attention_exclude=array(self.attention_exclude),
-            original_ids=array(self.original_ids),
-            n_eligible=int(self.n_eligible[b]),
-            ratio=float(self.ratio[b]),
-        )
+            def array(name, b=b, n=n):
+                part = tables[name][b, :n].copy()
+                part.flags.writeable = False
+                return part
+
+            out.append(MaskResult(
+                input_ids=array("input_ids"),
+                labels=array("labels"),
+                kinds=tuple(KIND_BY_CODE[c] for c in tables["kind_codes"][b, :n].tolist()),
+                attention_exclude=array("attention_exclude"),
+                original_ids=array("original_ids"),
+                n_eligible=int(n_eligible[b]),
+                ratio=float(ratio[b]),
+            ))
+        return out
 
     @staticmethod
     def concat(parts: Sequence[BatchMaskResult]) -> BatchMaskResult:

@@ -8,7 +8,14 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from mlm_core.masking.corruption import PROB, CorruptingStep, token_budget, uniforms, word_uniforms
+from mlm_core.masking.corruption import (
+    PROB,
+    CorruptingStep,
+    numpy_rngs,
+    token_budget,
+    uniforms,
+    word_uniforms,
+)
 from mlm_core.settings import param
 from mlm_core.text.languages import language_field
 
@@ -86,13 +93,13 @@ class SpanMasking(CorruptingStep):
         return lengths, weights / weights.sum()
 
     def select(self, batch, eligible, gen):
-        seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
-        rng = np.random.default_rng(seed)
+        rngs = numpy_rngs(gen, batch.shape[0])
         lengths, probs = self.length_distribution
         chosen = np.zeros(batch.shape, dtype=bool)
         eligible_np, runs_np = eligible.cpu().numpy(), batch.run_ids.cpu().numpy()
         budgets = token_budget(eligible.sum(1), self.mlm_probability).tolist()
         for b, budget in enumerate(budgets):
+            rng = rngs[b]
             positions = np.flatnonzero(eligible_np[b])
             if budget == 0:
                 continue

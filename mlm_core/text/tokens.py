@@ -148,6 +148,20 @@ def stopwords(language: str = DEFAULT_LANGUAGE) -> frozenset[str]:
 
 def word_category(word: str, language: str = DEFAULT_LANGUAGE) -> str:
     """stopword / punctuation / number / content for one word of the original text."""
+    if len(word) <= CACHED_WORD_CHARS:  # a corpus repeats its words: the batch analysis asks about each again
+        return _cached_category(word, language)
+    return _category(word, language)
+
+
+CACHED_WORD_CHARS = 32  # longer words are rare and would let hostile text fill the cache with big keys
+
+
+@lru_cache(maxsize=65536)
+def _cached_category(word: str, language: str) -> str:
+    return _category(word, language)
+
+
+def _category(word: str, language: str) -> str:
     stripped = word.strip()
     if not stripped:
         return PUNCTUATION

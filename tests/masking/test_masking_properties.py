@@ -27,8 +27,10 @@ from mlm_core.masking import (
     TokenBatch,
     Vocab,
     WholeWordMasking,
+    apply_strategy,
     is_adaptive,
     mask_batch,
+    mask_each,
     mask_text,
     params_of,
     prepare_text,
@@ -299,3 +301,48 @@ def test_every_registered_strategy_keeps_the_invariants(default_tokenizer, vocab
         # Positions were drawn on the text before privacy replaced parts of it: they may now fall outside.
         assert privacy is not None and "position" in str(exc)
         return
+
+
+def same_result(ours, alone) -> bool:
+    return all(np.array_equal(getattr(ours, name), getattr(alone, name))
+               for name in ("input_ids", "labels", "attention_exclude", "original_ids")) and \
+        (ours.kinds, ours.n_eligible, ours.ratio) == (alone.kinds, alone.n_eligible, alone.ratio)
+
+
+@pytest.mark.parametrize("name", sorted(set(REGISTRY) - {"privacy"}))
+@PROPERTY_SETTINGS
+@given(texts=st.lists(TEXT, min_size=1, max_size=6), seeds=st.lists(st.integers(0, 2**32), min_size=6, max_size=6),
+       data=st.data())
+def test_masking_texts_together_gives_each_its_own_draw(default_tokenizer, vocab, name, texts, seeds, data):
+    """``mask_each`` (one call, a generator per row) gives every text what ``apply_strategy`` gives it alone."""
+    records = [t for t in (tokenize_or_skip(default_tokenizer, text) for text in texts) if t is not None]
+    if not records:
+        return
+    shortest = min(records, key=len)
+    positions = shortest.eligible_positions or [1]  # positions, where a strategy has them, fit every text
+    strategy = strategy_from_params(name, draw_params(data, name, positions))
+    scores = [data.draw(st.lists(st.floats(0, 1e6), min_size=len(r), max_size=len(r))) for r in records] \
+        if is_adaptive(strategy) else None
+    seeds = seeds[: len(records)]
+    try:
+        alone = [apply_strategy(r, strategy, vocab, rng=seed, scores=None if scores is None else scores[i],
+                                require_eligible=False) for i, (r, seed) in enumerate(zip(records, seeds))]
+    except InputError:
+        with pytest.raises(InputError):
+            mask_each(records, strategy, vocab, seeds, scores=scores)
+        return
+    together = mask_each(records, strategy, vocab, seeds, scores=scores)
+    assert len(together) == len(alone)
+    assert all(same_result(ours, mine) for ours, mine in zip(together, alone))
+
+
+def test_masking_texts_together_covers_the_batch_analysis_strategies(default_tokenizer, vocab):
+    records = [tokenize(default_tokenizer, s) for s in ("The cat sat on the mat.", "Paris is big.",
+                                                        "An unbelievable, extraordinarily long sentence, 3.14!")]
+    for strategy in STRATEGIES + [AdaptiveMasking(0.4)]:
+        scores = [np.linspace(0, 3, len(r)) for r in records] if is_adaptive(strategy) else None
+        together = mask_each(records, strategy, vocab, [5, 6, 7], scores=scores)
+        for i, record in enumerate(records):
+            alone = apply_strategy(record, strategy, vocab, rng=[5, 6, 7][i], require_eligible=False,
+                                   scores=None if scores is None else scores[i])
+            assert same_result(together[i], alone), strategy.describe()
