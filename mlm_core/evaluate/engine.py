@@ -54,7 +54,7 @@ from mlm_core.evaluate.config import (
 )
 from mlm_core.evaluate.estimate import PLL, PREDICT, STAGES, record_run
 from mlm_core.evaluate.report import EvalReport
-from mlm_core.evaluate.tally import GROUPS, Tally
+from mlm_core.evaluate.tally import GROUP_OF, Tally
 from mlm_core.explain.predict import count_true
 from mlm_core.explain.whatif import parse_heads
 from mlm_core.masking import (
@@ -72,7 +72,7 @@ from mlm_core.model.batching import pack
 from mlm_core.model.forward import head_gates, in_turn_logits, run
 from mlm_core.model.loading import LoadedModel
 from mlm_core.text.privacy import PrivacyMasking
-from mlm_core.text.tokens import CATEGORIES, Tokens, tokenize
+from mlm_core.text.tokens import Tokens, tokenize
 
 CHUNK_SENTENCES = 1024  # sentences tokenized, masked and written together (the memory bound)
 MAX_TOKENS = {"cpu": 2048, "cuda": 65536}  # rows x padded length per pass (the CPU gains little beyond; the
@@ -344,9 +344,13 @@ class _Engine:
             planned -= sum(lengths[i] for i in batch)
         self._tick(planned, what)  # skipped texts and those with nothing chosen
         tokenizer = self.loaded.tokenizer
+        predicted_tokens = []  # (groups, rank, log p) of each sentence's: counted in one go below
         for i, (record, result, positions) in enumerate(masked):
             self._sentence(pair, tally, record, result, positions, predictions.get(i),
-                           None if pll is None else pll.get(record.index), sentence_rows, token_rows, tokenizer)
+                           None if pll is None else pll.get(record.index), sentence_rows, token_rows, tokenizer,
+                           predicted_tokens)
+        if predicted_tokens:
+            tally.add_predictions(*(np.concatenate(parts) for parts in zip(*predicted_tokens)))
         sentence_rows.sort(key=lambda row: row[2])
         token_rows.sort(key=lambda row: (row[2], row[3]))
         for name, rows in (("sentences", sentence_rows), ("tokens", token_rows)):
@@ -354,7 +358,8 @@ class _Engine:
                 csv.writer(handle, lineterminator="\n").writerows(rows)
         pair.tally.add(tally)
 
-    def _sentence(self, pair, tally, record, result, positions, predicted, pll, sentence_rows, token_rows, tokenizer):
+    def _sentence(self, pair, tally, record, result, positions, predicted, pll, sentence_rows, token_rows, tokenizer,
+                  predicted_tokens):
         tokens = record.tokens
         label = pair.config.label
         pll_total = pll_per_token = ""
@@ -375,16 +380,11 @@ class _Engine:
             return
         rank, log_p, guess = predicted
         hit1, hit5 = rank == 1, rank <= 5
-        groups = np.array([1 + CATEGORIES.index(tokens.categories[p]) if tokens.categories[p] in CATEGORIES else -1
-                           for p in positions])
-        for g in (0, *range(1, len(GROUPS))):
-            take = np.ones(len(groups), dtype=bool) if g == 0 else groups == g
-            if take.any():
-                tally.counts[g] += (take.sum(), hit1[take].sum(), hit5[take].sum(), log_p[take].sum(),
-                                    np.square(log_p[take], dtype=np.float64).sum())
-        sentence_rows.append([label, pair.seed, record.index, tokens.text, len(tokens), len(positions),
-                              float(hit1.mean()), float(hit5.mean()), float(log_p.mean()), pll_total,
-                              pll_per_token, note])
+        predicted_tokens.append((np.array([GROUP_OF.get(tokens.categories[p], -1) for p in positions]), rank, log_p))
+        count = len(positions)
+        sentence_rows.append([label, pair.seed, record.index, tokens.text, len(tokens), count,
+                              np.count_nonzero(hit1) / count, np.count_nonzero(hit5) / count, float(log_p.mean()),
+                              pll_total, pll_per_token, note])
         guesses = tokenizer.convert_ids_to_tokens(guess.tolist())
         for k, p in enumerate(positions):
             token_rows.append([label, pair.seed, record.index, int(p), tokens.tokens[p], tokens.word_text(p),

@@ -16,6 +16,7 @@ import numpy as np
 from mlm_core.text.tokens import CATEGORIES
 
 GROUPS = ("all", *CATEGORIES)  # rows of the summary: every predicted token, then by category
+GROUP_OF = {category: row for row, category in enumerate(GROUPS) if row}  # a token's category -> its row
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
          2.145, 2.131, 2.120, 2.110, 2.101, 2.093)  # t(0.975, df) for df = 1 .. 19 (MAX_SEEDS - 1)
 
@@ -40,6 +41,15 @@ class Tally:
     pll_tokens: int = 0
     pll_sum: float = 0.0
     pll_sq: float = 0.0  # Σ over sentences of (PLL per token)²
+
+    def add_predictions(self, groups: np.ndarray, rank: np.ndarray, log_p: np.ndarray) -> None:
+        """Count predicted tokens, all at once: ``groups`` (N,) each token's row of ``GROUPS`` (-1: in
+        "all" only), ``rank`` of the original among the guesses (1 = first), ``log_p`` its log-probability."""
+        log_p = np.asarray(log_p, dtype=np.float64)
+        values = np.stack([np.ones_like(log_p), rank == 1, rank <= 5, log_p, np.square(log_p)], axis=1)  # (N, 5)
+        self.counts[0] += values.sum(0)
+        known = groups > 0
+        np.add.at(self.counts, groups[known], values[known])
 
     def add(self, other: Tally) -> None:
         self.counts += other.counts

@@ -102,14 +102,15 @@ class Tokens:
         )
 
 
-def visible_text(text: str) -> str:
-    """The text without format/control characters: what decides 'nothing to mask'."""
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] not in "CZ").strip()
+def has_visible(text: str) -> bool:
+    """Whether the text has a character other than spaces, format and control characters: what decides
+    'nothing to mask'."""
+    return any(unicodedata.category(ch)[0] not in "CZ" for ch in text)
 
 
 def check_text(text: str) -> None:
     """Raise InputError for text that cannot be tokenized meaningfully."""
-    if not isinstance(text, str) or not visible_text(text):
+    if not isinstance(text, str) or not has_visible(text):
         raise NothingToMaskError("Nothing to mask: the text is empty or contains only spaces or invisible characters.")
     if len(text) > MAX_TEXT_CHARS:
         raise InputError(f"The text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}. Shorten it.")

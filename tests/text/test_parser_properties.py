@@ -29,7 +29,7 @@ from mlm_core.masking import (
 )
 from mlm_core.settings import param_specs
 from mlm_core.text.corpus import read_corpus, table_columns
-from mlm_core.text.tokens import visible_text
+from mlm_core.text.tokens import has_visible
 from mlm_core.training.probes import parse_sentences
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -52,7 +52,7 @@ ALL_SPECS = list(
 
 def expected_texts(cells: list[str]) -> list[str]:
     """What the reader keeps of written cells: stripped, and only those with a visible character."""
-    return [c.strip() for c in cells if visible_text(c)]
+    return [c.strip() for c in cells if has_visible(c)]
 
 
 # ----------------------------------------------------------------------------- corpus files
@@ -127,7 +127,7 @@ def test_any_text_file_and_name_give_a_corpus_or_a_one_line_corpus_error(text, n
     except CorpusError as exc:
         assert str(exc).strip() and "\n" not in str(exc) and "\r" not in str(exc)
         return
-    assert corpus.texts and all(t == t.strip() and visible_text(t) for t in corpus.texts)
+    assert corpus.texts and all(t == t.strip() and has_visible(t) for t in corpus.texts)
     assert "/" not in corpus.name
 
 
