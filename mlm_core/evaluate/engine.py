@@ -72,7 +72,7 @@ from mlm_core.model.batching import pack
 from mlm_core.model.forward import head_gates, in_turn_logits, run
 from mlm_core.model.loading import LoadedModel
 from mlm_core.text.privacy import PrivacyMasking
-from mlm_core.text.tokens import Tokens, tokenize
+from mlm_core.text.tokens import Tokens, tokenize_many
 
 CHUNK_SENTENCES = 1024  # sentences tokenized, masked and written together (the memory bound)
 MAX_TOKENS = {"cpu": 2048, "cuda": 65536}  # rows x padded length per pass (the CPU gains little beyond; the
@@ -211,14 +211,20 @@ class _Engine:
 
     def _prepare(self, chunk: list[str], first: int, privacy: bool) -> list[_Record]:
         step = PrivacyMasking() if privacy else None
-        records = []
-        for offset, text in enumerate(chunk):
-            index = first + offset
+        replacements: list = []  # per text: its privacy result, None, or the InputError it raised
+        for text in chunk:
             try:
-                replaced = prepare_text(text, step, mask_token=self.vocab.mask_token) if step else None
-                tokens = tokenize(self.loaded.tokenizer, replaced.text if replaced else text)
+                replacements.append(prepare_text(text, step, mask_token=self.vocab.mask_token) if step else None)
             except InputError as exc:
-                records.append(_Record(index, None, note=str(exc)))
+                replacements.append(exc)
+        tokenized = iter(tokenize_many(self.loaded.tokenizer, [
+            text if r is None else r.text for text, r in zip(chunk, replacements) if not isinstance(r, InputError)]))
+        records = []
+        for offset, replaced in enumerate(replacements):
+            index = first + offset
+            tokens = replaced if isinstance(replaced, InputError) else next(tokenized)
+            if isinstance(tokens, InputError):
+                records.append(_Record(index, None, note=str(tokens)))
                 continue
             note = ""
             if len(tokens) > self.max_length:

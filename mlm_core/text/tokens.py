@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -236,14 +237,58 @@ def tokenize(tokenizer, text: str, language: str = DEFAULT_LANGUAGE) -> Tokens:
 
     Raises InputError for empty/invisible text or text over ``MAX_TEXT_CHARS``.
     """
-    check_text(text)
-    mask_token, mask_id = tokenizer.mask_token, tokenizer.mask_token_id
-    prefix, suffix = _special_frame(tokenizer)
-    ids, offsets, word_ids = [], [], []
-    word_base = 0
-    cursor = 0
-    pieces: list[tuple[int, int, bool]] = []  # (start, end, is_mask)
+    result = tokenize_many(tokenizer, [text], language)[0]
+    if isinstance(result, InputError):
+        raise result
+    return result
+
+
+def tokenize_many(tokenizer, texts: Sequence[str], language: str = DEFAULT_LANGUAGE) -> list[Tokens | InputError]:
+    """``tokenize`` of each text, with one call of the tokenizer for all of them; a text that
+    ``tokenize`` refuses gets its InputError (not raised) in its place.
+
+    Why: on a short sentence the tokenizer call's own overhead was most of tokenizing, and the batch
+    analysis tokenizes a thousand at a time.
+    """
+    mask_token = tokenizer.mask_token
     pattern = _mask_pattern(mask_token)
+    plans: list[list[tuple[int, int, bool]] | InputError] = []
+    pieces_to_encode = []
+    for text in texts:
+        try:
+            check_text(text)
+        except InputError as exc:
+            plans.append(exc)
+            continue
+        pieces = _pieces(text, pattern)
+        plans.append(pieces)
+        pieces_to_encode.extend(encodable(text[start:end]) for start, end, is_mask in pieces
+                                if not is_mask and start != end)
+    with tokenizer_lock(tokenizer):
+        encoded = tokenizer(
+            pieces_to_encode,
+            add_special_tokens=False,
+            split_special_tokens=True,  # typed [CLS] or </s> stays text
+            return_offsets_mapping=True,
+        ) if pieces_to_encode else None
+        results: list[Tokens | InputError] = []
+        next_piece = 0
+        for text, plan in zip(texts, plans):
+            if isinstance(plan, InputError):
+                results.append(plan)
+                continue
+            try:
+                results.append(_assemble(tokenizer, text, plan, encoded, next_piece, language))
+            except InputError as exc:
+                results.append(exc)
+            next_piece += sum(1 for start, end, is_mask in plan if not is_mask and start != end)
+    return results
+
+
+def _pieces(text: str, pattern: re.Pattern | None) -> list[tuple[int, int, bool]]:
+    """(start, end, is_mask) spans of ``text``: the typed mask strings and the text between them."""
+    cursor = 0
+    pieces: list[tuple[int, int, bool]] = []
     for match in pattern.finditer(text) if pattern else ():
         # The space before a mask belongs to the mask (RoBERTa's <mask> is lstrip): tokenized on
         # its own it would become a stray "Ġ"/"▁" token the model never saw before a mask.
@@ -254,34 +299,37 @@ def tokenize(tokenizer, text: str, language: str = DEFAULT_LANGUAGE) -> Tokens:
         pieces.append((match.start(), match.end(), True))
         cursor = match.end()
     pieces.append((cursor, len(text), False))
+    return pieces
 
-    with tokenizer_lock(tokenizer):
-        for start, end, is_mask in pieces:
-            if is_mask:
-                ids.append(mask_id)
-                offsets.append((start, end))
-                word_ids.append(word_base)
-                word_base += 1
-                continue
-            if start == end:
-                continue
-            encoded = tokenizer(
-                encodable(text[start:end]),
-                add_special_tokens=False,
-                split_special_tokens=True,  # typed [CLS] or </s> stays text
-                return_offsets_mapping=True,
-            )
-            piece_words = encoded.word_ids()
-            piece_offsets = _with_marks(text, start, end, encoded["offset_mapping"])
-            for token_id, span, word in zip(encoded["input_ids"], piece_offsets, piece_words):
-                ids.append(token_id)
-                offsets.append(span)
-                word_ids.append(None if word is None else word_base + word)
-            used = [w for w in piece_words if w is not None]
-            word_base += (max(used) + 1) if used else 0
-        tokens = tokenizer.convert_ids_to_tokens(list(prefix) + ids + list(suffix))
+
+def _assemble(tokenizer, text: str, pieces, encoded, next_piece: int, language: str) -> Tokens:
+    """The ``Tokens`` of ``text`` from its pieces, the encoded ones read from ``encoded`` from index
+    ``next_piece`` on. Called under the tokenizer's lock."""
+    mask_id = tokenizer.mask_token_id
+    prefix, suffix = _special_frame(tokenizer)
+    ids, offsets, word_ids = [], [], []
+    word_base = 0
+    for start, end, is_mask in pieces:
+        if is_mask:
+            ids.append(mask_id)
+            offsets.append((start, end))
+            word_ids.append(word_base)
+            word_base += 1
+            continue
+        if start == end:
+            continue
+        piece_words = encoded.word_ids(next_piece)
+        piece_offsets = _with_marks(text, start, end, encoded["offset_mapping"][next_piece])
+        for token_id, span, word in zip(encoded["input_ids"][next_piece], piece_offsets, piece_words):
+            ids.append(token_id)
+            offsets.append(span)
+            word_ids.append(None if word is None else word_base + word)
+        used = [w for w in piece_words if w is not None]
+        word_base += (max(used) + 1) if used else 0
+        next_piece += 1
     if not ids:
         raise NothingToMaskError("Nothing to mask: the text produced no tokens for this model.")
+    tokens = tokenizer.convert_ids_to_tokens(list(prefix) + ids + list(suffix))
     word_ids = segmented_word_ids(text, language, ids, offsets, word_ids, mask_id)
 
     word_spans: dict[int, list[int]] = {}

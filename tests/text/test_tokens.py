@@ -17,6 +17,7 @@ from mlm_core.text.tokens import (
     SPECIAL,
     STOPWORD,
     tokenize,
+    tokenize_many,
     word_category,
 )
 
@@ -240,3 +241,21 @@ def test_any_text_tokenizes_or_says_nothing_to_mask(tiny_tokenizer, text):
     assert len(tokens.mask_positions) == text.count("[MASK]")
     for position in tokens.mask_positions:
         assert tokens.text[slice(*tokens.offsets[position])] == "[MASK]"
+
+
+TEXTS = st.text(max_size=40) | st.text(alphabet="the cat[MASK]<>/s 👩‍🇫é\u0301\x00\u200b <mask>", max_size=30)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(TEXTS | st.just("") | st.just("[MASK]"), max_size=8))
+def test_tokenizing_many_at_once_gives_each_what_it_gets_alone(tiny_tokenizer, roberta_tokenizer, texts):
+    for tokenizer in (tiny_tokenizer, roberta_tokenizer):
+        together = tokenize_many(tokenizer, texts)
+        assert len(together) == len(texts)
+        for text, ours in zip(texts, together):
+            try:
+                alone = tokenize(tokenizer, text)
+            except InputError as exc:
+                assert type(ours) is type(exc) and str(ours) == str(exc)
+                continue
+            assert ours == alone
