@@ -21,6 +21,8 @@ and this pass calls none of the encoder's modules.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own spelling
@@ -55,6 +57,39 @@ def applies(model: nn.Module) -> bool:
             if not str(getattr(hook, "__module__", "")).startswith(_RECORDER_MODULE):
                 return False
     return True
+
+
+class _Layer(NamedTuple):
+    """One encoder layer's parameters and settings, looked up once per model: reaching them through
+    the module tree (``nn.Module.__getattr__``, some 240 lookups) cost about a tenth of a millisecond
+    a pass. The Parameter objects themselves are kept, so data laid out anew (``model.layout``) is seen."""
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    head_size: int
+    scaling: float
+    output: nn.Linear
+    output_norm: nn.LayerNorm
+    intermediate: nn.Linear
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    out: nn.Linear
+    out_norm: nn.LayerNorm
+
+
+def _layers(model: BertForMaskedLM) -> tuple[_Layer, ...]:
+    layers = _layer_plans.get(model)
+    if layers is None:
+        layers = _layer_plans[model] = tuple(
+            _Layer(layer.attention.self.query, layer.attention.self.key, layer.attention.self.value,
+                   layer.attention.self.attention_head_size, layer.attention.self.scaling,
+                   layer.attention.output.dense, layer.attention.output.LayerNorm, layer.intermediate.dense,
+                   layer.intermediate.intermediate_act_fn, layer.output.dense, layer.output.LayerNorm)
+            for layer in model.bert.encoder.layer)
+    return layers
+
+
+_layer_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -98,18 +133,17 @@ def bert_pass(
     if computed is not None:
         hidden = hidden[computed]
     attentions = []
-    layers = model.bert.encoder.layer
+    layers = _layers(model)
     for number, layer in enumerate(layers):
-        own = layer.attention.self
-        split = (batch, length, -1, own.attention_head_size)  # pruned layers keep fewer heads
+        split = (batch, length, -1, layer.head_size)  # pruned layers keep fewer heads
 
         def heads(rows: torch.Tensor, split=split) -> torch.Tensor:  # (N, D) -> (B, H, T, d)
             if computed is not None:
                 rows = rows.new_zeros(batch * length, rows.shape[-1]).index_copy_(0, computed, rows)
             return rows.view(split).transpose(1, 2)
 
-        query, key, value = (heads(_linear(hidden, part)) for part in (own.query, own.key, own.value))
-        scores = torch.matmul(query, key.transpose(2, 3)) * own.scaling
+        query, key, value = (heads(_linear(hidden, part)) for part in (layer.query, layer.key, layer.value))
+        scores = torch.matmul(query, key.transpose(2, 3)) * layer.scaling
         if additive is not None:
             scores = scores + additive
         weights = F.softmax(scores, dim=-1)
@@ -120,12 +154,15 @@ def bert_pass(
             context = context[computed]
         if number == len(layers) - 1 and selected is not None:  # only the chosen rows go on to the head
             context, hidden = context[selected], hidden[selected]
-        hidden = _norm(_linear(context, layer.attention.output.dense) + hidden, layer.attention.output.LayerNorm)
-        inner = layer.intermediate.intermediate_act_fn(_linear(hidden, layer.intermediate.dense))
-        hidden = _norm(_linear(inner, layer.output.dense) + hidden, layer.output.LayerNorm)
+        hidden = _norm(_linear(context, layer.output) + hidden, layer.output_norm)
+        inner = layer.activation(_linear(hidden, layer.intermediate))
+        hidden = _norm(_linear(inner, layer.out) + hidden, layer.out_norm)
     if chosen is None:
         hidden = hidden.view(batch, length, -1)
-    return model.cls(hidden), (tuple(attentions) if output_attentions else None)
+    head = model.cls.predictions  # BertLMPredictionHead: transform (dense, activation, LayerNorm), decoder
+    transform = head.transform
+    hidden = _norm(transform.transform_act_fn(_linear(hidden, transform.dense)), transform.LayerNorm)
+    return _linear(hidden, head.decoder), (tuple(attentions) if output_attentions else None)
 
 
 def rows_to_compute(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, chosen, output_attentions: bool
