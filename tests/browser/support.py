@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
 import urllib.parse
+import urllib.request
+
+import pytest
+from support import REPO
 
 EXCEPTION = "[data-testid='stException']"
 RUNNING = "[data-testid='stStatusWidgetRunningIcon'], [data-testid='stStatusWidgetRunningManIcon']"
 TOKEN_STRIP = "div:has(> span[title])"  # render.token_chips' container (the page's first strip)
+ROOT = REPO  # the checkout: app.py is started from here
+SERVER_START_TIMEOUT_S = 180
 
 
 def page_url(app_url: str, path: str = "", **query) -> str:
@@ -88,3 +100,61 @@ def select_option(page, label: str, option: str) -> None:
 def texts(locator) -> list[str]:
     """textContent of every match (SVG text, as in Plotly's axes, has no innerText)."""
     return locator.evaluate_all("els => els.map(e => e.textContent)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(tmp_path_factory, home=None, **extra_env: str):
+    """``streamlit run app.py`` on a free port, a process of its own; yields its URL once /_stcore/health answers.
+
+    Its MASKLAB_HOME (run store, batch result cache) is ``home``, else an empty temporary folder: the
+    tests never see or touch the user's runs, and every batch analysis is computed, not read from a
+    cache. ``extra_env`` adds to its environment.
+    """
+    port = free_port()
+    log = (tmp_path_factory.mktemp("streamlit") / "server.log").open("w")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "MASKLAB_HOME": str(home or tmp_path_factory.mktemp("masklab-home-app")), **extra_env}
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "streamlit", "run", "app.py",
+            "--server.headless", "true",
+            "--server.port", str(port),
+            "--server.address", "127.0.0.1",
+            "--browser.gatherUsageStats", "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    try:
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"streamlit exited with {server.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer /_stcore/health within {SERVER_START_TIMEOUT_S} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()

@@ -12,32 +12,19 @@ import contextlib
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import zipfile
 
 import pytest
-from support import REPO
 from support.corpora import corpus_bytes
 from support.waiting import wait_for
 
 from mlm_core.training.store import RUNNING, RunStore
 
+from .support import streamlit_server
+
 pytestmark = pytest.mark.browser
 
-ROOT = REPO
-
-SERVER_START_TIMEOUT_S = 180
 BAD_CSV = b"id,text\n1,the cat sat\n2,the dog ran,extra\n3,the mat\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,36 +41,8 @@ def masklab_home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finetune_url(chromium_path, masklab_home, tmp_path_factory):
     """A Streamlit server whose run store is ``masklab_home``; yields the Fine-tune page's URL."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("streamlit-ft") / "server.log").open("w")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-           "MASKLAB_HOME": str(masklab_home), "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"streamlit exited with {server.returncode}; see {log.name}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer within {SERVER_START_TIMEOUT_S} s")
-            time.sleep(0.5)
+    with streamlit_server(tmp_path_factory, home=masklab_home, OMP_NUM_THREADS="1") as url:
         yield f"{url}/finetune"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 def settle(page, ms: int = 600) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from ui.teach import LESSON
 
-from .support import EXCEPTION, Watch, settle
+from .support import EXCEPTION, Watch, settle, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -60,3 +60,18 @@ def test_every_page_opens_from_its_own_link(page, app_url, path, heading, marker
     check_page(page, watch, heading, marker, None)
     nav = page.locator("[data-testid='stSidebarNav']").inner_text()
     assert "Batch analysis" in nav and "batch" not in nav.split()
+
+
+def test_a_fresh_servers_first_visitor_sees_it_starting(page, chromium_path, tmp_path_factory, artifacts):
+    """A server's first run imports torch and transformers for seconds before any page can draw: the
+    visitor sees a spinner that says so (ui/startup.py), then the page, never a long blank screen."""
+    with streamlit_server(tmp_path_factory) as url:
+        page.goto(url)
+        spinner = page.locator("[data-testid='stSpinner']", has_text="Starting MaskLab")
+        spinner.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "fresh-server-starting.png"))
+        check_page(page, Watch(page), "Explore", "Filled in:", None)
+        assert spinner.count() == 0
+        page.reload()  # a later visit imports nothing: no starting spinner
+        check_page(page, Watch(page), "Explore", "Filled in:", None)
+        assert spinner.count() == 0
