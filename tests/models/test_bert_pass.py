@@ -51,18 +51,23 @@ def test_padded_batch_with_excluded_tokens_matches_transformers(tiny):
     assert_same(by_mask, logits[ids == 4])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_any_batch_of_sentences_matches_transformers(tiny, data):
-    vocab = tiny.config.vocab_size
+def drawn_batch(data, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, real): 1 to 4 sentences of 2 to 12 random ids, padded with 0; ``real`` marks the non-padding."""
     lengths = data.draw(st.lists(st.integers(2, 12), min_size=1, max_size=4))
-    width = max(lengths)
-    ids = torch.zeros(len(lengths), width, dtype=torch.long)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    real = torch.zeros(ids.shape, dtype=torch.bool)
     for row, length in enumerate(lengths):
         ids[row, :length] = torch.tensor(data.draw(st.lists(st.integers(0, vocab - 1), min_size=length,
                                                             max_size=length)))
-        mask[row, :length] = 1
+        real[row, :length] = True
+    return ids, real
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_batch_of_sentences_matches_transformers(tiny, data):
+    ids, real = drawn_batch(data, tiny.config.vocab_size)
+    mask = real.long()
     logits, attentions = reference(tiny, ids, mask)
     with torch.inference_mode():
         ours, weights = bert_pass.bert_pass(tiny, ids, mask, mask.bool(), output_attentions=True)
@@ -103,18 +108,9 @@ def test_a_sentence_that_attends_to_nothing_keeps_every_row(tiny):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_padded_batch_with_exclusions_gives_the_chosen_logits(tiny, data):
-    vocab = tiny.config.vocab_size
-    lengths = data.draw(st.lists(st.integers(2, 12), min_size=1, max_size=4))
-    width = max(lengths)
-    ids = torch.zeros(len(lengths), width, dtype=torch.long)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    real = torch.zeros(len(lengths), width, dtype=torch.bool)
-    for row, length in enumerate(lengths):
-        ids[row, :length] = torch.tensor(data.draw(st.lists(st.integers(0, vocab - 1), min_size=length,
-                                                            max_size=length)))
-        mask[row, :length] = torch.tensor(data.draw(st.lists(st.sampled_from([0, 1, 1, 1]), min_size=length,
-                                                             max_size=length)))
-        real[row, :length] = True
+    ids, real = drawn_batch(data, tiny.config.vocab_size)
+    kept = data.draw(st.lists(st.sampled_from([0, 1, 1, 1]), min_size=real.numel(), max_size=real.numel()))
+    mask = real.long() * torch.tensor(kept).view(real.shape)  # padding, and some tokens left out of the context
     chosen = real & torch.tensor(data.draw(st.lists(st.booleans(), min_size=real.numel(),
                                                     max_size=real.numel()))).view(real.shape)
     logits, _ = reference(tiny, ids, mask)
