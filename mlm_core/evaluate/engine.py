@@ -4,7 +4,8 @@ Masks: sentence ``i`` (its index in the file) is masked with the seed ``sentence
 so a sentence's mask depends only on (seed, index), never on the batch, the order or the process.
 
 How it runs: texts are read in chunks of ``CHUNK_SENTENCES`` (a list or any iterable, so a large
-file streams), tokenized once per chunk, sorted by length and packed into batches of at most
+file streams), tokenized once per chunk (one tokenizer call, ``tokenize_many``), masked together with
+each sentence's own seed (``mask_each``), sorted by length and packed into batches of at most
 ``max_tokens`` (rows x longest row) to limit padding; logits are computed only at the predicted
 positions (``model.forward``, the explorer's and the trainer's pass); PLL masks each token in turn
 (``model.forward.in_turn_logits``). Aggregates live in memory (a few numbers per configuration and
@@ -81,7 +82,9 @@ MAX_BATCH_ROWS = 512
 # Padding is compute thrown away; each pass also costs a fixed few ms of a small model's Python on the CPU.
 # 400 demo sentences in blocks of 100 (benchmarks/evaluate.py, 2 threads): without this bound 8,005 padded
 # tokens in 8 passes (41% padding), 1.80 s; at a fifth 5,639 in 14 passes (16%), 1.45 s; at a tenth
-# 4,994 in 28 passes, 1.58 s. A GPU pays little for padding and much per pass: there a pass may be half padding.
+# 4,994 in 28 passes, 1.58 s. Since BERT's pass keeps padding out of its linear layers (model.bert_pass)
+# a bound of a half ran within the noise of a fifth, so it stays. A GPU pays little for padding and much
+# per pass: there a pass may be half padding.
 PADDING_WASTE = {"cpu": 0.2, "cuda": 0.5}
 ProgressFn = Callable[[int, int | None, str], None]  # (done, total or None, what is running); see evaluate
 

@@ -1,9 +1,10 @@
 """The masking engine: which positions a strategy chooses, and what happens to them.
 
 One engine serves the explorer (one ``Tokens`` record, ``apply_strategy``), batch analysis
-(``mask_many``) and the trainer (``(B, T)`` blocks of ids, ``mask_batch``/``mask_examples``):
-the strategy objects are the same everywhere, so what a user sees on one sentence is exactly
-what the trainer does to the corpus.
+(many records, each with its own seed: ``mask_each``, ``mask_many``) and the trainer (``(B, T)``
+blocks of ids, ``mask_batch``/``mask_examples``): the strategy objects are the same everywhere,
+so what a user sees on one sentence is exactly what the trainer does to the corpus. Masking many
+texts at once gives each exactly the draw it gets alone (``RowGenerators``: one generator per row).
 
 Composition (``Compose(steps)``; a single strategy is a one-step composition), in this order:
 
@@ -21,7 +22,7 @@ Composition (``Compose(steps)``; a single strategy is a one-step composition), i
    semantics, draw for draw: same generator, same result).
 
 ``ratio`` (α) = chosen positions (typed masks included) / eligible positions (after protection).
-Randomness comes only from the ``rng`` argument (an int seed or a ``torch.Generator``).
+Randomness comes only from the ``rng`` argument (an int seed, a ``torch.Generator`` or ``RowGenerators``).
 
 Example::
 
@@ -49,7 +50,7 @@ from mlm_core.masking.assembly import (
 )
 from mlm_core.masking.batch import CATEGORY_CODES, TokenBatch, Vocab
 from mlm_core.masking.bert import RandomMasking
-from mlm_core.masking.corruption import Corruption, MaskingStep, make_generator
+from mlm_core.masking.corruption import Corruption, MaskingStep, RowGenerators, make_generator
 from mlm_core.masking.draws import MAX_DRAWS, DrawPolicy, mask_examples, mask_many, selection_frequency
 from mlm_core.masking.engine import (
     Compose,
@@ -131,6 +132,7 @@ __all__ = [
     "strategy_steps",
     "privacy_step",
     "make_generator",
+    "RowGenerators",
     "mask_batch",
     "apply_strategy",
     "mask_each",
