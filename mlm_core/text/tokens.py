@@ -14,12 +14,14 @@ whole word, so all pieces of a word share one category.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.text.languages import DEFAULT_LANGUAGE, LANGUAGES, segment_words
@@ -136,15 +138,18 @@ def stopwords(language: str = DEFAULT_LANGUAGE) -> frozenset[str]:
     spaCy's lists hold function words ("the", "of", "would"); broader lists such as
     stopwords-iso also count "hello" or "world", which would surprise a class.
     """
-    import importlib
-
     if language not in LANGUAGES:
         raise InputError(
             f"No stopword list for language {str(language)[:20]!r}. Use an ISO 639-1 code such as en, de, fr or zh."
         )
-    # The stop_words module alone: spacy.util.get_lang_class(code).Defaults.stop_words is the same set
-    # but imports the language's whole tokenizer setup.
-    module = importlib.import_module(f"spacy.lang.{language}.stop_words")
+    # spaCy's stop_words file alone, run as a module of its own (each is a plain word list): importing
+    # spacy.lang.<code>.stop_words runs spacy/__init__ first (261 modules, 2.3 s on a 2-core CPU), which
+    # a class's first sentences on a fresh server waited for; get_lang_class would import even more.
+    folder = Path(importlib.util.find_spec("spacy").submodule_search_locations[0])
+    spec = importlib.util.spec_from_file_location(f"masklab_stop_words_{language}",
+                                                  folder / "lang" / language / "stop_words.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return frozenset(word.lower() for word in module.STOP_WORDS)
 
 

@@ -259,3 +259,21 @@ def test_tokenizing_many_at_once_gives_each_what_it_gets_alone(tiny_tokenizer, r
                 assert type(ours) is type(exc) and str(ours) == str(exc)
                 continue
             assert ours == alone
+
+
+def test_stopwords_are_spacys_lists_read_without_importing_spacy():
+    import importlib
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    from mlm_core.text.tokens import stopwords
+
+    for code in ("en", "de", "zh"):
+        assert stopwords(code) == {w.lower() for w in importlib.import_module(f"spacy.lang.{code}.stop_words").STOP_WORDS}
+    check = ("import sys; from mlm_core.text.tokens import stopwords; assert 'the' in stopwords('en'); "
+             "print('spacy' in sys.modules)")
+    # importing spaCy for its word lists cost a fresh server 2.3 s (261 modules) on its first sentences
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout.strip() == "False"
