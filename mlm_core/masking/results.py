@@ -125,21 +125,21 @@ class BatchMaskResult:
         tables = {name: getattr(self, name).cpu().numpy() for name in
                   ("input_ids", "labels", "attention_exclude", "original_ids", "kind_codes")}
         n_eligible, ratio = self.n_eligible.tolist(), self.ratio.tolist()
+
+        def array(name: str, b: int, n: int) -> np.ndarray:
+            part = tables[name][b, :n].copy()
+            part.flags.writeable = False
+            return part
+
         out = []
         for b in which:
             n = width if self.lengths is None else self.lengths[b]
-
-            def array(name, b=b, n=n):
-                part = tables[name][b, :n].copy()
-                part.flags.writeable = False
-                return part
-
             out.append(MaskResult(
-                input_ids=array("input_ids"),
-                labels=array("labels"),
+                input_ids=array("input_ids", b, n),
+                labels=array("labels", b, n),
                 kinds=tuple(KIND_BY_CODE[c] for c in tables["kind_codes"][b, :n].tolist()),
-                attention_exclude=array("attention_exclude"),
-                original_ids=array("original_ids"),
+                attention_exclude=array("attention_exclude", b, n),
+                original_ids=array("original_ids", b, n),
                 n_eligible=int(n_eligible[b]),
                 ratio=float(ratio[b]),
             ))

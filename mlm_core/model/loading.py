@@ -146,7 +146,7 @@ class LoadedModel:
         return self.tokenizer.mask_token
 
     @functools.cached_property
-    def mask_token_id(self) -> int:  # a tokenizer lookup (about 5 µs), which loops over the tokens ask for
+    def mask_token_id(self) -> int:  # a tokenizer lookup (about 5 µs): asked for inside loops over tokens
         return self.tokenizer.mask_token_id
 
     @property
