@@ -144,8 +144,6 @@ class _Engine:
         self.progress = progress
         self.cancel = cancel
         self.vocab = Vocab.from_tokenizer(loaded.tokenizer)
-        self.special_ids = sorted(set(loaded.tokenizer.all_special_ids))
-        self.special_tensor = torch.tensor(self.special_ids, device=loaded.device)
         self.max_length = loaded.max_length
         self.pll_keys = {pll_key(p.config) for p in pairs} if with_pll else set()
         self.adaptive = {id(p): is_adaptive(p.strategy) for p in pairs}
@@ -259,7 +257,7 @@ class _Engine:
         with torch.inference_mode():  # the logits are inference tensors: changed in place below
             own = logits.gather(1, targets[:, None])  # (M, 1)
             log_p = (own - torch.logsumexp(logits, dim=-1, keepdim=True))[:, 0]  # no (M, V) log-softmax kept
-            logits[:, self.special_tensor] = -math.inf  # never a guess ...
+            logits[:, self.loaded.special_id_tensor] = -math.inf  # never a guess ...
             logits.scatter_(1, targets[:, None], own)  # ... except the original itself (e.g. [UNK])
             rank = count_true(logits > own, 1) + 1
             tied = torch.nonzero(count_true(logits == own, 1) > 1)[:, 0]  # rare: another token scores exactly the same
@@ -275,7 +273,7 @@ class _Engine:
         context = compose(*(RuleBased(rule=r, mode="protect") for r in protect),
                           AttentionExclusion(rule=exclude) if exclude else None)
         gates = head_gates(self.loaded, heads)
-        special = set(self.special_ids)
+        special = set(self.loaded.special_ids)
         items = []  # (record, excluded (T,), scored positions)
         for record in records:
             if record.tokens is None:

@@ -227,7 +227,7 @@ def _attribute(
     from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
 
     model, device = loaded.model, loaded.device
-    special = set(loaded.tokenizer.all_special_ids)
+    special = set(loaded.special_ids)
     input_ids = torch.tensor([ids], device=device)
     context = torch.ones_like(input_ids)  # (1, T) attention mask: 0 = excluded from the context
     if attention_exclude is not None:

@@ -27,7 +27,7 @@ import torch
 from mlm_core.errors import InputError, NothingToMaskError
 from mlm_core.explain.attention import head_mean, rollout
 from mlm_core.explain.exploration import Exploration, check_mask_count, explore
-from mlm_core.explain.predict import PositionPrediction, Prediction, predict, special_id_tensor
+from mlm_core.explain.predict import PositionPrediction, Prediction, predict
 from mlm_core.explain.whatif import parse_heads
 from mlm_core.model.forward import forward, head_gates, heads_gated
 from mlm_core.model.loading import LoadedModel
@@ -285,7 +285,7 @@ def word_swap(loaded: LoadedModel, text: str, old: str, new: str, top: int = SWA
     check_mask_count(len(masks_o))  # two forward passes per mask follow
     if len(masks_o) != len(masks_v):
         raise InputError("The edit changed the number of masks; replace a word that is not the mask.")
-    special = special_id_tensor(loaded)
+    special = loaded.special_id_tensor
     rows = []
     for k, (po, pv) in enumerate(zip(masks_o, masks_v)):
         probs = []

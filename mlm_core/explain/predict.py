@@ -113,11 +113,6 @@ def _check(loaded: LoadedModel, ids: Sequence[int], positions: Sequence[int], to
         raise InputError(f"Positions {bad} are outside the text (special tokens cannot be masked).")
 
 
-def special_id_tensor(loaded: LoadedModel) -> torch.Tensor:
-    """The tokenizer's special ids on the model's device (never offered as predictions)."""
-    return torch.tensor(sorted(set(loaded.tokenizer.all_special_ids)), device=loaded.device)
-
-
 def count_true(mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """How many entries of the bool ``mask`` are True along ``dim`` (int32). Why not ``mask.sum``: it
     widens every entry to int64 first, which made it the slowest step of ranking a (M, V) batch of
@@ -130,7 +125,7 @@ def position_prediction(  # also used by the what-ifs, probes and comparisons: o
 ) -> PositionPrediction:
     probs = torch.softmax(logits, dim=-1)  # (V,)
     ranked = probs.clone()
-    ranked[special_id_tensor(loaded)] = -1.0  # never offer [CLS], [SEP], [MASK] ... as a word
+    ranked[loaded.special_id_tensor] = -1.0  # never offer [CLS], [SEP], [MASK] ... as a word
     values, indices = ranked.topk(top_k)
     names = loaded.tokenizer.convert_ids_to_tokens(indices.tolist())
     top = tuple(Candidate(n, int(i), float(v)) for n, i, v in zip(names, indices.tolist(), values.tolist()))
@@ -223,7 +218,7 @@ def predict(
                 if step == 0 and want_attention:
                     attentions = step_attentions
                 probs = torch.softmax(logits, dim=-1)  # (P, V)
-                probs[:, special_id_tensor(loaded)] = 0.0
+                probs[:, loaded.special_id_tensor] = 0.0
                 row = int(probs.max(dim=-1).values.argmax())
                 best = remaining[row]
                 step += 1
@@ -255,7 +250,7 @@ def pseudo_log_likelihood(loaded: LoadedModel, ids: Sequence[int]) -> tuple[floa
     ids = [int(i) for i in ids]
     if len(ids) > loaded.max_length:
         raise InputError(f"Pseudo-log-likelihood needs at most {loaded.max_length} tokens; got {len(ids)}.")
-    special = set(loaded.tokenizer.all_special_ids)
+    special = set(loaded.special_ids)
     positions = [i for i, t in enumerate(ids) if t not in special]
     scores = np.full(len(ids), np.nan)
     for rows, logits in in_turn_logits(loaded, [(ids, p, None) for p in positions]):

@@ -149,6 +149,17 @@ class LoadedModel:
     def mask_token_id(self) -> int:  # a tokenizer lookup (about 5 µs): asked for inside loops over tokens
         return self.tokenizer.mask_token_id
 
+    @functools.cached_property
+    def special_ids(self) -> tuple[int, ...]:
+        """The tokenizer's special ids, sorted: never offered as a prediction, never masked. Cached: the
+        tokenizer builds the list anew on every call (about 45 µs, a hundredth of a prediction)."""
+        return tuple(sorted(set(self.tokenizer.all_special_ids)))
+
+    @functools.cached_property
+    def special_id_tensor(self) -> torch.Tensor:
+        """``special_ids`` on the model's device, for indexing a row of vocabulary scores."""
+        return torch.tensor(self.special_ids, device=self.device)
+
     @property
     def max_length(self) -> int:
         """Longest input of one forward pass, special tokens included (never above ``MAX_TOKENS_PER_PASS``)."""

@@ -142,6 +142,12 @@ def test_hooks_gradients_and_training_fall_back_to_transformers(tiny, tiny_loade
             zeroed, _ = model_output(tiny, torch.tensor([[2, 10, 4, 3]]))  # the hook took effect
         finally:
             handle.remove()
+        assert bert_pass.applies(tiny)  # found clean again, and remembered as clean ...
+        pre = tiny.cls.predictions.decoder.register_forward_pre_hook(lambda _m, args: None)
+        try:
+            assert not bert_pass.applies(tiny)  # ... until a hook is added anywhere, however deep
+        finally:
+            pre.remove()
         plain, _ = model_output(tiny, torch.tensor([[2, 10, 4, 3]]))
         assert not torch.allclose(zeroed, plain)
         tiny.train()
