@@ -25,6 +25,7 @@ from ui.common import (
     save_to_url,
     share_panel,
     show_error,
+    url_put,
     working,
 )
 from ui.concepts import concepts_entry
@@ -58,7 +59,7 @@ text = st.text_area(
     height=90,
 )
 if len(text) <= MAX_LINK_TEXT:  # long texts would make unusable links; they stay in the session
-    params["text"] = text
+    url_put("text", text)
 elif "text" in params:
     del params["text"]
 
@@ -118,7 +119,8 @@ with output:
 
     guesses = result.prediction.predictions
     charted, rest = guesses[:charted_count(result)], guesses[charted_count(result):]
-    columns = st.columns(min(3, len(charted)))
+    # One chart (one mask, the usual case) needs no columns: each column is a block sent on every rerun.
+    columns = st.columns(min(3, len(charted))) if len(charted) > 1 else [st.container()]
     for n, guess in enumerate(charted):
         title = f"position {guess.position} · {result.kinds[guess.position]}"
         if guess.fill_step:

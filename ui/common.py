@@ -93,9 +93,16 @@ def url_set(name: str, value, default="") -> None:
     """Write ``name`` to the URL; the default value is left out so links stay short."""
     value = "" if value is None else str(value)
     if value and value != str(default):
-        st.query_params[name] = value
+        url_put(name, value)
     elif name in st.query_params:
         del st.query_params[name]
+
+
+def url_put(name: str, value: str) -> None:
+    """``st.query_params[name] = value``, unless it already says so: every assignment sends the browser a
+    message, changed or not (three per run of the Explore page, each handled by the server's one event loop)."""
+    if st.query_params.get(name) != value:
+        st.query_params[name] = value
 
 
 def url_int(name: str, default: int, low: int, high: int) -> int:

@@ -169,8 +169,10 @@ def draw(figure, frame: pd.DataFrame, record: dict, name: str) -> Drawing:
 
 
 def download_buttons(drawing: Drawing, key: str) -> None:
-    left, right = st.columns(2)
-    left.download_button("Numbers (CSV)", drawing.csv, f"{drawing.name}.csv", "text/csv",
+    # One row of its own rather than two columns: a block per column was two more messages to the browser
+    # on every rerun of every session.
+    row = st.container(horizontal=True)
+    row.download_button("Numbers (CSV)", drawing.csv, f"{drawing.name}.csv", "text/csv",
                          key=f"{key}-csv", on_click="ignore")
-    right.download_button("Numbers (JSON)", drawing.json, f"{drawing.name}.json", "application/json",
+    row.download_button("Numbers (JSON)", drawing.json, f"{drawing.name}.json", "application/json",
                           key=f"{key}-json", on_click="ignore")

@@ -18,7 +18,7 @@ from mlm_core.training import experiment_results as results
 from mlm_core.training.experiment_presets import Preset, presets
 from mlm_core.views.experiments import experiment_report, interval_chart
 from mlm_core.views.html import escape_markdown
-from ui.common import show_error
+from ui.common import show_error, url_put
 from ui.corpus import CorpusChoice
 from ui.identity import current_owner
 
@@ -112,7 +112,7 @@ def start(store, plan: dict, corpus: CorpusChoice) -> None:
 
 def set_followed(experiment_id: str) -> None:
     st.session_state[FOLLOW_KEY] = experiment_id
-    st.query_params[QUERY_KEY] = experiment_id
+    url_put(QUERY_KEY, experiment_id)
 
 
 def followed() -> str | None:

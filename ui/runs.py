@@ -52,7 +52,7 @@ from mlm_core.training.streaming import preparing_text
 from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown, token_chips
 from mlm_core.views.reports import html_report
-from ui.common import blank_gaps, show_error
+from ui.common import blank_gaps, show_error, url_put
 from ui.identity import current_owner
 from ui.models import pick_model
 
@@ -142,7 +142,7 @@ def followed_run(store: RunStore) -> str | None:
 
 def set_followed(run_id: str) -> None:
     st.session_state[FOLLOW_KEY] = run_id
-    st.query_params["run"] = run_id
+    url_put("run", run_id)
 
 
 def stop_following() -> None:

@@ -18,7 +18,7 @@ from mlm_core.links import MaskingSetting
 from mlm_core.masking import EXCLUDE_RULES, MAIN_STRATEGIES, PROTECT_RULES, STRATEGIES, Corruption
 from mlm_core.settings import ParamSpec
 from mlm_core.views.html import escape_markdown
-from ui.common import url_ignored, url_set
+from ui.common import url_ignored, url_put, url_set
 
 NONE = links.NONE_LABEL  # the first choice of every strategy list
 SPLIT_PARAMS = tuple(f.name for f in dataclasses.fields(Corruption))  # in the 80/10/10 expander
@@ -57,7 +57,7 @@ def write_link(setting: MaskingSetting, prefix: str, fields: Sequence[str]) -> N
         del st.query_params[stale]
     for name, value in written.items():
         if name.startswith(params):
-            st.query_params[name] = value
+            url_put(name, value)
     for field in fields:
         url_set(f"{prefix}{field}", written.get(f"{prefix}{field}", ""))
 
