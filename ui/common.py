@@ -210,7 +210,12 @@ def share_panel(page: str, report: str | Callable[[], str] | None = None, file_n
     ``report`` is the view as a standalone HTML page, or a function that builds it when the button
     is pressed; ``note`` says what the link cannot carry (an upload, a very long text).
     """
-    with st.expander("Share this view: link" + (" and handout" if report is not None else "")):
+    with st.expander("Share this view: link" + (" and handout" if report is not None else ""),
+                     key=share_key(page), on_change="rerun") as panel:
+        # Drawn only while open: every element is sent to the browser on every rerun, folded away or not, and
+        # a class of 30 reruns the page at once (the server's time per rerun is mostly Streamlit's per element).
+        if not panel.open:
+            return
         st.caption("Copy the link (button at the right of the box): opening it reproduces this view.")
         st.code(share_link(page), language=None, wrap_lines=True)
         if note:
@@ -219,3 +224,8 @@ def share_panel(page: str, report: str | Callable[[], str] | None = None, file_n
             data = report if callable(report) else report.encode("utf-8")
             st.download_button("Download this view as a standalone HTML report", data, file_name=file_name,
                                mime="text/html", key=f"{page}-report", on_click="ignore")
+
+
+def share_key(page: str) -> str:
+    """The session-state key of ``page``'s share panel: True while it is open."""
+    return f"{page}-share"

@@ -146,16 +146,11 @@ def masking_controls(key: str = "mask", default: str = "random"):
         f"**{n}**: {h}" for n, h in STRATEGY_HELP.items()))
     values = {} if name == links.NONE else strategy_params(name, key, own_language=False)
     language = param_widget(links.LANGUAGE, f"{key}-language", link.language)
-    with st.expander("Privacy, protection and context exclusion"):
-        privacy_on = st.checkbox("Privacy: replace names, addresses, places, e-mails, phone numbers and numbers first",
-                                 link.privacy, key=f"{key}-privacy",
-                                 help="Personal data is replaced by placeholders before the model or any strategy "
-                                 "sees the text (privacy masking, link field privacy). Names and places are found by "
-                                 "spaCy's English recogniser, loaded the first time it is needed (a few seconds).")
-        protect = st.multiselect("Never mask", PROTECT_RULES, default=list(link.protect), key=f"{key}-protect",
-                                 help="No strategy may choose these words; they also leave the maskable tokens α "
-                                 "counts (protection rules, link field protect).")
-        exclude = exclude_select("Remove from the context (attention exclusion)", link, f"{key}-exclude")
+    # Drawn only while open, as the share panel (ui.common.share_panel); folded, the link holds their values.
+    privacy_on, protect, exclude = link.privacy, list(link.protect), link.exclude
+    with st.expander("Privacy, protection and context exclusion", key=f"{key}-more", on_change="rerun") as more:
+        if more.open:
+            privacy_on, protect, exclude = _exclusion_widgets(link, key)
     seed_key = f"{key}-seed"
     if seed_key not in st.session_state:  # first run: the seed comes from the link
         st.session_state[seed_key] = link.seed
@@ -171,6 +166,20 @@ def masking_controls(key: str = "mask", default: str = "random"):
     strategy = setting.build()
     write_link(setting, "", PANEL_FIELDS)
     return strategy, seed
+
+
+def _exclusion_widgets(link: MaskingSetting, key: str) -> tuple[bool, list[str], str]:
+    """The folded part of the masking panel: privacy, never-mask rules, context exclusion."""
+    privacy_on = st.checkbox("Privacy: replace names, addresses, places, e-mails, phone numbers and numbers first",
+                             link.privacy, key=f"{key}-privacy",
+                             help="Personal data is replaced by placeholders before the model or any strategy "
+                             "sees the text (privacy masking, link field privacy). Names and places are found by "
+                             "spaCy's English recogniser, loaded the first time it is needed (a few seconds).")
+    protect = st.multiselect("Never mask", PROTECT_RULES, default=list(link.protect), key=f"{key}-protect",
+                             help="No strategy may choose these words; they also leave the maskable tokens α "
+                             "counts (protection rules, link field protect).")
+    exclude = exclude_select("Remove from the context (attention exclusion)", link, f"{key}-exclude")
+    return privacy_on, protect, exclude
 
 
 def added_note(exploration, strategy) -> str | None:

@@ -14,6 +14,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 from support import REPO
+from support.apptest import open_share_panel
 from support.apptest import shown_errors as errors
 
 import ui.batch
@@ -247,7 +248,7 @@ def test_hostile_url_values_fall_back_with_a_message(tiny_model_dir):
 def test_share_panel_has_the_link_and_says_uploads_stay_out(tiny_model_dir):
     app = upload(open_page(tiny_model_dir), "s.txt", SENTENCES)
     app.number_input(key="batch-seeds").set_value(3).run()
-    (link,) = [c.value for c in app.code]
+    link = open_share_panel(app, "batch")
     assert link.startswith("/batch?") and "seeds=3" in link and "corpus=upload" in link
     assert any("cannot travel in a link" in c.value for c in app.caption)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support.apptest import open_app_page
+from support.apptest import open_app_page, open_share_panel
 from support.apptest import shown_errors as errors
 
 from mlm_core.explain.compare import Side, compare
@@ -52,6 +52,7 @@ def test_identical_sides_say_no_difference(tiny_model_dir):
     assert charts_shown(app) == 0  # neither the difference bars nor the attention map
     assert list(summary(app)["side"]) == ["A", "B"]
     assert not errors(app)
+    open_share_panel(app, "compare")
     assert app.get("download_button"), "no report download"
 
 
@@ -150,7 +151,7 @@ def test_share_link_and_hostile_values(tiny_model_dir):
     assert "link's a_seed='--5'" in said and "link's layer=" in said and "link's topk='99'" in said
     assert app.number_input(key="a_seed").value == 0 and app.slider(key="topk").value == 5
     app.number_input(key="b_seed").set_value(3).run()
-    (link,) = [c.value for c in app.code]
+    link = open_share_panel(app, "compare")
     assert link.startswith("/compare?") and "b_seed=3" in link and "a_seed" not in link
     assert "Download this view as a standalone HTML report" in [b.proto.label for b in app.get("download_button")]
 

@@ -12,6 +12,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 from support import REPO
+from support.apptest import open_share_panel
 from support.apptest import shown_errors as errors
 
 from mlm_core.explain.predict import fill_text, predict
@@ -259,7 +260,7 @@ def test_hostile_strategy_parameter_falls_back_with_a_message(tiny_model_dir):
 def test_share_panel_has_the_link_and_a_report(tiny_model_dir):
     app = run_app(text="the cat [MASK] on the mat", model=str(tiny_model_dir))
     app.slider(key="top_k").set_value(3).run()
-    (link,) = [c.value for c in app.code]
+    link = open_share_panel(app, "explore")
     assert link.startswith("/explore?") and "top_k=3" in link and "text=the%20cat%20%5BMASK%5D" in link
     labels = [b.proto.label for b in app.get("download_button")]
     assert "Download this view as a standalone HTML report" in labels
@@ -308,3 +309,34 @@ def test_a_link_to_a_run_by_id_opens_it(tiny_model_dir, tmp_path, monkeypatch):
     assert any("no run" in e.lower() for e in errors(missing))  # a clear message, no traceback
     path = run_app("the cat [MASK] on the mat .", model="run:../../etc")
     assert errors(path) and not charts(path)
+
+
+def test_the_folded_privacy_panel_keeps_what_the_link_and_the_user_set(tiny_model_dir):
+    """The privacy/protection/exclusion widgets are drawn only while their panel is open; folded, the
+    settings still apply and stay in the link, and opening it shows them."""
+    app = AppTest.from_file(APP, default_timeout=120)
+    for key, value in {"text": "the cat sat on the mat .", "model": str(tiny_model_dir), "strategy": "random",
+                       "p_mlm_probability": "0.9", "protect": "stopwords", "exclude": "punctuation"}.items():
+        app.query_params[key] = value
+    app.run()
+    assert not app.exception and not errors(app)
+    assert not app.multiselect and not [s for s in app.selectbox if s.key == "mask-exclude"]  # folded: not drawn
+    masked = [chip for chip in app.markdown if "masked" in chip.value]
+    assert app.query_params["protect"] == "stopwords" and app.query_params["exclude"] == "punctuation"
+
+    app.session_state["mask-more"] = True  # opened, as a click on it would
+    app.run()
+    assert app.multiselect(key="mask-protect").value == ["stopwords"]
+    assert app.selectbox(key="mask-exclude").value == "punctuation"
+    assert [chip.value for chip in app.markdown if "masked" in chip.value] == [m.value for m in masked]
+    app.multiselect(key="mask-protect").set_value(["stopwords", "numbers"]).run()
+    app.checkbox(key="mask-privacy").check().run()
+
+    app.session_state["mask-more"] = False  # folded again: the new settings hold, from the link
+    app.run()
+    assert not app.multiselect
+    assert set(app.query_params["protect"].split(",")) == {"stopwords", "numbers"} and app.query_params["privacy"] == "1"
+    app.session_state["mask-more"] = True
+    app.run()
+    assert set(app.multiselect(key="mask-protect").value) == {"stopwords", "numbers"}
+    assert app.checkbox(key="mask-privacy").value is True

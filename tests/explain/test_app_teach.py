@@ -6,7 +6,7 @@ import json
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support.apptest import open_app_page
+from support.apptest import open_app_page, open_share_panel
 from support.apptest import shown_errors as errors
 
 from ui.teach import LESSON, VIEWS, load_lesson
@@ -110,7 +110,7 @@ def test_step_text_and_seed_round_trip(tiny_model_dir):
     assert not errors(app)
     query = {key: app.query_params[key] for key in app.query_params}
     assert (query["step"], query["text"], query["seed"]) == ("2", "the dog sat on the big mat in the house", "2")
-    (link,) = [c.value for c in app.code]
+    link = open_share_panel(app, "teach")
     assert link.startswith("/teach?") and "seed=2" in link and "step=2" in link
 
     again = run_page(query)  # a fresh session with only the link

@@ -41,6 +41,19 @@ def open_why_tab(app: AppTest, panel: str) -> AppTest:
     return app
 
 
+def open_share_panel(app: AppTest, page: str) -> str:
+    """Open ``page``'s "Share this view" panel as a click would (it is drawn only while open), rerun, and
+    return the link it shows."""
+    from ui.common import share_key
+
+    assert not app.code, "the folded share panel draws nothing"
+    app.session_state[share_key(page)] = True
+    app.run()
+    assert not app.exception, app.exception
+    (link,) = [c.value for c in app.code]
+    return link
+
+
 def clear_streamlit_caches() -> None:
     """Caches leak between AppTests in one process; tests clear them before and after."""
     st.cache_data.clear()

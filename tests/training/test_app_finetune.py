@@ -11,7 +11,7 @@ import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from support.apptest import clear_streamlit_caches, kill_running_jobs, open_app_page
+from support.apptest import clear_streamlit_caches, kill_running_jobs, open_app_page, open_share_panel
 from support.apptest import shown_errors as errors
 from support.corpora import corpus_bytes
 
@@ -273,7 +273,7 @@ def test_every_setting_round_trips_through_the_url(store, tiny_model_dir):
     assert len(blocks) == 3 and blocks == [c.value for c in again.caption if c.value.startswith("Block ")]
     chips = [m.value for m in app.markdown if 'title="' in m.value]
     assert chips == [m.value for m in again.markdown if 'title="' in m.value]  # the same corrupted examples
-    (code,) = [c.value for c in again.code]
+    code = open_share_panel(again, "finetune")
     assert code.startswith("/finetune?") and "schedule=linear" in code
     assert any("cannot travel in a link" in c.value for c in again.caption)
 
