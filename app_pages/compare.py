@@ -17,6 +17,7 @@ from ui.compare import (
     summary_panel,
     table_frame,
 )
+from ui.drawn import for_chart
 
 st.title("Compare")
 st.caption("Same text, two settings. Positions masked on both sides are compared; a position masked on one "
@@ -75,8 +76,8 @@ if old.strip():
         st.markdown(f"Variant: `{swap.variant.replace('`', '')}`")
         st.dataframe(swap.table, hide_index=True, key="swap-table")
         first = swap.table[swap.table["mask"] == 1]
-        st.plotly_chart(charts.change_bars(first["token"], first["change"], "Largest changes at the first mask"),
-                        key="swap-chart")
+        st.plotly_chart(for_chart(charts.change_bars(first["token"], first["change"],
+                                                     "Largest changes at the first mask")), key="swap-chart")
     except MaskLabError as exc:
         show_error(exc)
 

@@ -131,8 +131,8 @@ with output:
         with columns[n % len(columns)]:
             # The same result in every session that typed this sentence: its charts are drawn once (ui.drawn).
             figure = drawn(result, ("topk", n, title),
-                           lambda guess=guess, title=title: charts.topk_bars(guess, title, height=300))
-            st.plotly_chart(for_chart(figure), key=f"topk-{n}")
+                           lambda guess=guess, title=title: for_chart(charts.topk_bars(guess, title, height=300)))
+            st.plotly_chart(figure, key=f"topk-{n}")
     if rest:
         st.caption(f"Charts for the first {len(charted)} masks (this server draws at most {len(charted)} per "
                    f"page); the other {len(rest)} are in this table.")
@@ -142,7 +142,7 @@ with output:
         with st.expander(f"How often does this strategy choose each token? ({FREQUENCY_DRAWS} draws)"):
             with st.spinner(f"Drawing the strategy {FREQUENCY_DRAWS} times …"):
                 strip_tokens, frequency = chosen_frequency(loaded, text, strategy, seed)
-            st.plotly_chart(charts.frequency_strip(strip_tokens.tokens, frequency, FREQUENCY_DRAWS),
+            st.plotly_chart(for_chart(charts.frequency_strip(strip_tokens.tokens, frequency, FREQUENCY_DRAWS)),
                             key="frequency")
 
 st.subheader("Why?")

@@ -57,6 +57,7 @@ from mlm_core.views.html import escape_markdown
 from mlm_core.views.reports import batch_report
 from ui.common import UrlField, blank_gaps, checked_by, corpus_url_fields, show_error
 from ui.corpus import CorpusChoice
+from ui.drawn import for_chart
 from ui.strategy import masking_controls
 
 PAGE_MAX_SENTENCES = 5000  # the page evaluates at most this many; the CLI has no such limit
@@ -309,11 +310,12 @@ def results_panel() -> None:
                          horizontal=True, key="batch-image")
         config = {"displaylogo": False, "toImageButtonOptions": {"format": image, "filename": "masklab-batch",
                                                                  "scale": 2}}
-        st.plotly_chart(charts.category_bars(summary, metric), config=config, key="batch-categories")
+        st.plotly_chart(for_chart(charts.category_bars(summary, metric)), config=config, key="batch-categories")
         if summary.groupby("series")["rate"].nunique().max() > 1:
             category = st.selectbox("Category of the rate curves", list(dict.fromkeys(summary["category"])),
                                     key="batch-curve-category")
-            st.plotly_chart(charts.rate_curves(summary, metric, category), config=config, key="batch-rates-chart")
+            st.plotly_chart(for_chart(charts.rate_curves(summary, metric, category)), config=config,
+                            key="batch-rates-chart")
         st.caption(f"{CI_NOTE} {POS_NOTE}")
         st.subheader("Hardest sentences and tokens")
         st.caption("Each sentence once, under the configuration and seed where it was hardest (with the mean "

@@ -19,6 +19,7 @@ from mlm_core.model.loading import LoadedModel
 from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown
 from ui.common import show_error
+from ui.drawn import for_chart
 from ui.models import load_with_message, pick_model
 from ui.strategy import (
     NONE,
@@ -140,7 +141,7 @@ def difference_panel(result: Comparison):
         labels = [f"{p} {t}" for p, t in zip(shared["position"], shared["compared token"])]
         figure = charts.difference_bars(labels, shared["p A"], shared["p B"],
                                         title="Probability of the compared token, B − A (positions masked on both)")
-        st.plotly_chart(figure, key="difference")
+        st.plotly_chart(for_chart(figure), key="difference")
     else:
         st.info("No position is masked on both sides, so nothing can be compared one to one: give both sides "
                 "the same strategy and seed, or type [MASK] in the text.")
@@ -179,5 +180,5 @@ def attention_panel(result: Comparison, view: str, layer: int):
         return None
     figure = charts.attention_heatmap(matrix, result.tokens, highlight=result.positions, diverging=True,
                                       title=f"{view} attention, layer {layer}: B − A (red: B attends more)")
-    st.plotly_chart(figure, key="attention-difference")
+    st.plotly_chart(for_chart(figure), key="attention-difference")
     return figure

@@ -151,21 +151,34 @@ class _Serialised(BaseFigure):
 
 
 def for_chart(figure: BaseFigure) -> BaseFigure:
-    """What to give ``st.plotly_chart`` for ``figure``: its dict, made once for as long as the figure lives.
+    """What to give ``st.plotly_chart`` for ``figure``: its dict without plotly's template, made once for as
+    long as the figure lives (a figure already in this form is returned as it is).
 
     Figures passed here are never changed afterwards (drawings are shared and read only), and Streamlit
     only serialises the dict. It is kept on the figure itself (plotly figures are not hashable); two
     sessions that show a new figure at the same moment may each make it, harmlessly.
+
+    Why without the template: the app draws every chart in Streamlit's theme, which replaces plotly's
+    (the page looked the same to the pixel without it, in Chromium). The template was 7 of the 12 kB of a
+    12-token attention heatmap and 213 of its 245 lists and dicts: bytes every rerun of every session
+    serialised, hashed and sent, and objects that kept drawings held for the garbage collector to walk
+    (a full collection took 100-130 ms of the interpreter lock in a class of 30). Reports keep it: they
+    draw their own figures (``mlm_core.views.reports``).
     """
+    if isinstance(figure, _Serialised):
+        return figure
     form = getattr(figure, "_serialised_form", None)
     if form is None:
-        form = figure._serialised_form = _Serialised(figure.to_dict())
+        spec = figure.to_dict()
+        spec.get("layout", {}).pop("template", None)
+        form = figure._serialised_form = _Serialised(spec)
     return form
 
 
 def draw(figure, frame: pd.DataFrame, record: dict, name: str) -> Drawing:
-    """A chart with the numbers behind it: the table (CSV) and the table plus its settings (JSON)."""
-    return Drawing(figure, frame, record, name)
+    """A chart with the numbers behind it: the table (CSV) and the table plus its settings (JSON). The
+    chart is kept in the form ``st.plotly_chart`` reads (``for_chart``), not as the plotly figure."""
+    return Drawing(None if figure is None else for_chart(figure), frame, record, name)
 
 
 def download_buttons(drawing: Drawing, key: str) -> None:

@@ -53,6 +53,7 @@ from mlm_core.views import charts
 from mlm_core.views.html import escape_markdown, token_chips
 from mlm_core.views.reports import html_report
 from ui.common import blank_gaps, show_error, url_put
+from ui.drawn import for_chart
 from ui.identity import current_owner
 from ui.models import pick_model
 
@@ -240,7 +241,7 @@ def run_curves(metrics: list[dict], key: str) -> None:
     columns = st.columns(2)
     for n, (title, part) in enumerate(charts_):
         with columns[n % 2]:
-            st.plotly_chart(charts.metric_curves(part, title), key=f"{key}-{n}")
+            st.plotly_chart(for_chart(charts.metric_curves(part, title)), key=f"{key}-{n}")
 
 
 # ----------------------------------------------------------------------------- runs page
@@ -275,7 +276,7 @@ def compare(store: RunStore, records: list[RunRecord]) -> None:
             figure = charts.metric_curves(frame[frame.metric == title], title, series="run")
             figures.append((title, figure))
             with columns[n % 2]:
-                st.plotly_chart(figure, key=f"compare-{n}")
+                st.plotly_chart(for_chart(figure), key=f"compare-{n}")
     table = config_table({labels[r.id]: r.config for r in records}, reveal=reveal_to_browsers)
     only = st.toggle("Only the settings that differ", value=False, key="compare-only")
     rows = table[table["differs"]] if only else table

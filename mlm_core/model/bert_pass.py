@@ -103,8 +103,9 @@ class _Plan(NamedTuple):
     """Every parameter and setting ``bert_pass`` reads of one model, looked up once per model.
 
     Why: reaching them through the module tree on every pass (``nn.Module.__getattr__``, some 240
-    lookups, and the activations called as modules) cost 0.4 ms of a 4.3 ms prediction. The Parameter
-    objects themselves are kept, so data laid out anew (``model.layout``) is seen.
+    lookups, and the activations called as modules) cost about 0.28 ms of a 4.1 ms pass (side by side in
+    one process, a 12-token sentence, the default model). The Parameter objects themselves are kept, so
+    data laid out anew (``model.layout``) is seen.
     """
 
     word_embeddings: torch.Tensor

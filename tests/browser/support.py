@@ -109,8 +109,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(tmp_path_factory, home=None, **extra_env: str):
-    """``streamlit run app.py`` on a free port, a process of its own; yields its URL once /_stcore/health answers.
+def streamlit_server(tmp_path_factory, home=None, script: str = "app.py", **extra_env: str):
+    """``streamlit run app.py`` (or ``script``, a path in the checkout) on a free port, a process of its own;
+    yields its URL once /_stcore/health answers.
 
     Its MASKLAB_HOME (run store, batch result cache) is ``home``, else an empty temporary folder: the
     tests never see or touch the user's runs, and every batch analysis is computed, not read from a
@@ -122,7 +123,7 @@ def streamlit_server(tmp_path_factory, home=None, **extra_env: str):
            "MASKLAB_HOME": str(home or tmp_path_factory.mktemp("masklab-home-app")), **extra_env}
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "streamlit", "run", "app.py",
+            sys.executable, "-m", "streamlit", "run", script,
             "--server.headless", "true",
             "--server.port", str(port),
             "--server.address", "127.0.0.1",

@@ -66,10 +66,13 @@ def test_a_result_keeps_only_its_latest_drawings():
 def test_draw_writes_the_numbers_as_before():
     frame = pd.DataFrame({"token": ["=1+1", "cat"], "score": [0.5, -0.25]})
     record = {"tokens": ["=1+1", "cat"], "note": "é"}
-    drawing = draw("figure", frame, record, "attribution-ig")
+    import plotly.graph_objects as go
+
+    figure = go.Figure(go.Bar(x=[0.5, -0.25], y=["=1+1", "cat"]))
+    drawing = draw(figure, frame, record, "attribution-ig")
     assert drawing.csv() == spreadsheet_csv(frame).encode()  # formula-like cells neutralised
     assert drawing.json() == json.dumps(record, ensure_ascii=False, indent=1).encode()
-    assert (drawing.figure, drawing.frame, drawing.name) == ("figure", frame, "attribution-ig")
+    assert (drawing.figure, drawing.frame, drawing.name) == (module.for_chart(figure), frame, "attribution-ig")
 
 
 def test_large_drawings_are_not_kept_and_kept_ones_stay_under_the_byte_budget():
@@ -146,8 +149,14 @@ def test_a_shown_figure_serialises_as_the_figure_itself_once():
     assert module.for_chart(figure) is form  # made once, then kept on the figure
     # What st.plotly_chart does with it: the dict it asks for, then JSON without validating again.
     spec = plotly.tools.return_figure_from_figure_or_data(form, validate_figure=True)
-    assert plotly.io.to_json(spec, validate=False) == plotly.io.to_json(figure, validate=False)
+    sent = json.loads(plotly.io.to_json(spec, validate=False))
+    whole = json.loads(plotly.io.to_json(figure, validate=False))
+    assert "template" in whole["layout"] and "template" not in sent["layout"]  # the app's theme draws it
+    del whole["layout"]["template"]
+    assert sent == whole  # everything else as the figure says
+    assert module.for_chart(form) is form  # already in the form st.plotly_chart reads
     assert "_serialised_form" not in figure.to_json()  # the kept form is not part of the figure
+    assert "template" in figure.to_dict()["layout"]  # the figure itself is left as it was (reports use it)
 
 
 def test_a_drawing_size_grows_with_its_table():
