@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -117,7 +118,7 @@ class EvalConfig:
     def rate_param(self) -> str:
         return RATE_PARAM.get(self.strategy, "mlm_probability")
 
-    @property
+    @functools.cached_property  # the strategy is parsed anew to find it: asked for with every sentence's row
     def rate(self) -> float:
         """The masking rate: mlm_probability, or the rule-based share of matching words."""
         return float(getattr(strategy_from_params(self.strategy, dict(self.params)), self.rate_param))
@@ -151,7 +152,7 @@ class EvalConfig:
             parts.append("heads off " + links.format_heads_off(self.heads_off))
         return " ".join(parts)
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
         """A short unique name, e.g. ``random p=0.3 exclude punctuation``."""
         head, *rest = self.series.split(" ", 1)
