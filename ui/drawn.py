@@ -162,8 +162,9 @@ def for_chart(figure: BaseFigure) -> BaseFigure:
     (the page looked the same to the pixel without it, in Chromium). The template was 7 of the 12 kB of a
     12-token attention heatmap and 213 of its 245 lists and dicts: bytes every rerun of every session
     serialised, hashed and sent, and objects that kept drawings held for the garbage collector to walk
-    (a full collection took 100-130 ms of the interpreter lock in a class of 30). Reports keep it: they
-    draw their own figures (``mlm_core.views.reports``).
+    (its full collections took 48-129 ms of the interpreter lock during a class of 30, most of what they
+    walked the templates' small lists). Reports keep it: they draw their own figures
+    (``mlm_core.views.reports``).
     """
     if isinstance(figure, _Serialised):
         return figure
@@ -186,6 +187,6 @@ def download_buttons(drawing: Drawing, key: str) -> None:
     # on every rerun of every session.
     row = st.container(horizontal=True)
     row.download_button("Numbers (CSV)", drawing.csv, f"{drawing.name}.csv", "text/csv",
-                         key=f"{key}-csv", on_click="ignore")
+                        key=f"{key}-csv", on_click="ignore")
     row.download_button("Numbers (JSON)", drawing.json, f"{drawing.name}.json", "application/json",
-                          key=f"{key}-json", on_click="ignore")
+                        key=f"{key}-json", on_click="ignore")
