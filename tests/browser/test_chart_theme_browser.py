@@ -9,6 +9,11 @@ import pytest
 
 from .support import settle, streamlit_server
 
+# Plotly lays out a grid of subplots 8 px lower in some loads of the very same figure, template or not
+# (3 of 16 loads, measured): each form is loaded this many times, and a chart passes when some load of
+# one looks exactly like some load of the other.
+LOADS = 4
+
 
 @pytest.fixture(scope="module")
 def theme_url(chromium_path, tmp_path_factory):
@@ -28,10 +33,16 @@ def chart_images(page, url: str) -> list[bytes]:
 def test_charts_sent_without_the_template_look_the_same(page, theme_url, artifacts):
     from PIL import Image, ImageChops
 
-    figures = chart_images(page, f"{theme_url}/?form=figure")
-    sent = chart_images(page, f"{theme_url}/?form=sent")
-    assert len(figures) == len(sent) == 3
-    for n, (theirs, ours) in enumerate(zip(figures, sent)):
-        a, b = (Image.open(io.BytesIO(png)).convert("RGB") for png in (theirs, ours))
-        (artifacts / f"chart-theme-{n}.png").write_bytes(ours)
-        assert a.size == b.size and ImageChops.difference(a, b).getbbox() is None, f"chart {n} looks different"
+    def image(png: bytes):
+        return Image.open(io.BytesIO(png)).convert("RGB")
+
+    def same(a, b) -> bool:
+        return a.size == b.size and ImageChops.difference(a, b).getbbox() is None
+
+    loads = {form: [[image(png) for png in chart_images(page, f"{theme_url}/?form={form}")] for _ in range(LOADS)]
+             for form in ("figure", "sent")}
+    assert all(len(shown) == 3 for shown in loads["figure"] + loads["sent"])
+    for n in range(3):
+        theirs, ours = [shown[n] for shown in loads["figure"]], [shown[n] for shown in loads["sent"]]
+        ours[0].save(artifacts / f"chart-theme-{n}.png")
+        assert any(same(a, b) for a in theirs for b in ours), f"chart {n} looks different"
