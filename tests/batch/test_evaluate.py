@@ -13,7 +13,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import subprocess
 import tracemalloc
 
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_VOCAB, TINY_WORDS
-from support import REPO
+from support import REPO, free_port
 
 from mlm_core.cli import main
 from mlm_core.errors import EvaluationCancelled, InputError
@@ -399,9 +398,7 @@ def test_accelerate_launch_splits_the_file_and_gathers_the_same_result(tiny_mode
     corpus = tmp_path / "s.txt"
     corpus.write_text("\n".join(random_sentences(9, seed=4)) + "\n")
     args = ["evaluate", str(corpus), "--model", str(tiny_model_dir), "--seeds", "2", "--json", "--no-pll"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())
     root = REPO
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}

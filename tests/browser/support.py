@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from support import REPO
+from support import REPO, free_port
 
 EXCEPTION = "[data-testid='stException']"
 RUNNING = "[data-testid='stStatusWidgetRunningIcon'], [data-testid='stStatusWidgetRunningManIcon']"
@@ -100,12 +99,6 @@ def select_option(page, label: str, option: str) -> None:
 def texts(locator) -> list[str]:
     """textContent of every match (SVG text, as in Plotly's axes, has no innerText)."""
     return locator.evaluate_all("els => els.map(e => e.textContent)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from support import REPO
+from support import REPO, free_port
 
 from mlm_core.cli.app import config_flags, streamlit_command
 from mlm_core.resources import APP_PACKAGE, app_root, app_script, asset, streamlit_config
@@ -229,12 +228,6 @@ def test_masklab_app_applies_the_config_toml_from_any_folder_and_the_user_option
     expected = {f"{s}.{n}": v for s, options in declared.items() for n, v in options.items()}
     assert effective == {**expected, "theme.base": "dark", "server.port": 8600}
     assert config_flags(streamlit_config())[:2] == ["--server.fileWatcherType", "none"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_masklab_app_serves_the_installed_app_from_another_folder(installed, tmp_path):

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,18 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import REPO, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "assets" / "demo_corpus.txt"
 TRAIN_FLAGS = ["--corpus", str(CORPUS), "--steps", "4", "--batch", "4", "--seq-len", "16", "--eval-every", "1",
                "--eval-blocks", "16", "--json"]
 RELATIVE_TOLERANCE = 1e-4
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
