@@ -5,6 +5,7 @@ categories, scores, protected positions).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -125,25 +126,30 @@ class TokenBatch:
         """Pad ``records`` to one ``(B, T)`` batch; ``scores``/``protected`` give one entry per record."""
         if not records:
             raise InputError("No text to mask.")
-        length = max(len(r) for r in records)
-        shape = (len(records), length)
-        ids = torch.full(shape, pad_id, dtype=torch.long)
-        special = torch.ones(shape, dtype=torch.bool)
-        word_ids = torch.full(shape, -1, dtype=torch.long)
-        categories = torch.full(shape, CATEGORY_CODES[SPECIAL], dtype=torch.int8)
+        # Filled through flat (row, column) indexes: four small tensors per record took most of masking
+        # a batch analysis's sentences (17 of 32 ms for 400 sentences).
+        lengths = [len(r) for r in records]
+        shape = (len(records), max(lengths))
+        total = sum(lengths)
+        rows = np.repeat(np.arange(len(records)), lengths)
+        columns = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        chain = itertools.chain.from_iterable
+
+        def padded(values, fill, dtype) -> torch.Tensor:
+            array = np.full(shape, fill, dtype=dtype)
+            array[rows, columns] = np.fromiter(values, dtype=dtype, count=total)
+            return torch.from_numpy(array)
+
+        ids = padded(chain(r.ids for r in records), pad_id, np.int64)
+        special = padded(chain(r.special for r in records), True, np.bool_)
+        word_ids = padded((-1 if w is None else w for w in chain(r.word_ids for r in records)), -1, np.int64)
+        categories = padded((CATEGORY_CODES.get(c, -1) for c in chain(r.categories for r in records)),
+                            CATEGORY_CODES[SPECIAL], np.int8)
         score_tensor = torch.zeros(shape, dtype=torch.float32) if scores is not None else None
         protect = torch.zeros(shape, dtype=torch.bool)
         words = []
         for b, record in enumerate(records):
-            n = len(record)
-            ids[b, :n] = torch.tensor(record.ids, dtype=torch.long)
-            special[b, :n] = torch.tensor(record.special, dtype=torch.bool)
-            word_ids[b, :n] = torch.tensor(
-                [-1 if w is None else w for w in record.word_ids], dtype=torch.long
-            )
-            categories[b, :n] = torch.tensor(
-                [CATEGORY_CODES.get(c, -1) for c in record.categories], dtype=torch.int8
-            )
+            n = lengths[b]
             words.append(_word_texts(record))
             if scores is not None and scores[b] is not None:
                 row = torch.as_tensor(np.asarray(scores[b], dtype=np.float32))
@@ -152,7 +158,8 @@ class TokenBatch:
                 score_tensor[b, :n] = row
             if protected is not None:
                 positions = checked_positions(protected[b], n, "Protected position")
-                protect[b, positions] = True
+                if positions:
+                    protect[b, positions] = True
         return cls(
             ids=ids,
             special=special,
@@ -161,7 +168,7 @@ class TokenBatch:
             words=tuple(words),
             scores=score_tensor,
             protected=protect,
-            lengths=tuple(len(r) for r in records),
+            lengths=tuple(lengths),
         )
 
     @classmethod
