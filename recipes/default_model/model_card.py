@@ -234,7 +234,8 @@ Small (22.7 M parameters) and trained briefly, on a shared two-core CPU, on text
 still mostly dictionaries, old novels and film dialogue: it knows everyday words and some common facts but is far weaker than BERT-base; it
 prefers frequent words; its vocabulary is uncased. Held-out accuracy was still rising when
 training stopped: the recipe runs unchanged on a GPU (`--device cuda`, bf16), where many more
-steps fit in minutes. Use a hub model (e.g. `bert-base-uncased`) when a network is available
+steps fit in minutes; `gpu_kit.py` packs the encoder and corpus for a machine without network, and
+`gpu_phase.sh` runs one phase there in a single call. Use a hub model (e.g. `bert-base-uncased`) when a network is available
 and quality matters more than size.
 """
     (OUT / "MODEL_CARD.md").write_text(card)

