@@ -4,7 +4,7 @@
 # MINUTES, and leave the log, metrics.jsonl and the adapters in $OUT for evaluate.py back here.
 #
 #   MINUTES (default 7)  TOKENS per batch (32768)  LR (1e-3)  WARMUP steps (100)
-#   DECAY: share of the time the learning rate decays to zero over (0.5)  EVAL_EVERY steps (200)
+#   DECAY: share of the time the learning rate decays to zero over (0.5)  EVAL_EVERY steps (1000)
 #   DEVICE (cuda; cpu for a rehearsal here)  KIT (.gpu_kit)
 # Extra arguments go to train.py.
 set -euo pipefail
@@ -22,5 +22,5 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || ec
 PYTHONUNBUFFERED=1 python3 recipes/default_model/train.py --base "$kit/base" --corpus "$corpus" \
     --device "${DEVICE:-cuda}" --minutes "${MINUTES:-7}" --tokens-per-batch "${TOKENS:-32768}" \
     --lr "${LR:-1e-3}" --warmup "${WARMUP:-100}" --decay-fraction "${DECAY:-0.5}" \
-    --eval-every "${EVAL_EVERY:-200}" --init-adapter assets/default_model/adapter.safetensors \
+    --eval-every "${EVAL_EVERY:-1000}" --init-adapter assets/default_model/adapter.safetensors \
     --out "$out/run" "$@" 2>&1 | tee "$out/train.log"
