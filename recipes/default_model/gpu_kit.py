@@ -39,7 +39,9 @@ ENCODER_FILES = ("config.json", "special_tokens_map.json", "tokenizer.json", "to
 
 def build(corpus: Path, kit: Path) -> None:
     if kit.exists():
-        shutil.rmtree(kit)
+        if any(kit.iterdir()) and not (kit / "base" / "config.json").is_file():
+            sys.exit(f"{kit} holds something other than a kit: choose an empty or new folder")
+        shutil.rmtree(kit)  # an earlier kit: rebuilt whole
     (kit / "base").mkdir(parents=True)
     source = base_encoder_dir()
     for name in ENCODER_FILES:
@@ -56,8 +58,8 @@ def travelling_bytes(kit: Path) -> int:
     """What a device call sends: the files git does not ignore, and the kit."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             check=True, capture_output=True).stdout.split(b"\0")
-    tree = sum((ROOT / name.decode()).stat().st_size for name in listed if name and (ROOT / name.decode()).is_file())
-    return tree + sum(path.stat().st_size for path in kit.rglob("*") if path.is_file())
+    files = [ROOT / name.decode() for name in listed if name] + list(kit.rglob("*"))
+    return sum(path.stat().st_size for path in files if path.is_file())
 
 
 def main() -> None:

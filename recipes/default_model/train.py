@@ -43,6 +43,7 @@ from mlm_core.model.default_model import (  # noqa: E402
     load_adapter,
     save_adapter,
 )
+from mlm_core.text.tokens import CONTENT, word_category  # noqa: E402
 
 
 class LoRALinear(nn.Module):
@@ -109,8 +110,6 @@ def content_weights(tokenizer, boost: float) -> torch.Tensor:
     puts about two thirds of its masks elsewhere (63% on an everyday sentence; a boost of 3 brings
     that to 35%, ``tests/models/test_recipe_masking.py``).
     """
-    from mlm_core.text.tokens import CONTENT, word_category
-
     weights = torch.ones(len(tokenizer))
     for token, index in tokenizer.get_vocab().items():
         piece = token.removeprefix("##")

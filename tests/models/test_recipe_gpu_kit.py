@@ -3,6 +3,7 @@ training reads back there must be the installed encoder (to float16 rounding) an
 
 import lzma
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import BertForMaskedLM
@@ -31,3 +32,16 @@ def test_the_kit_holds_the_encoder_in_half_precision_and_the_corpus_unchanged(tm
     assert embeddings.dtype == torch.float32
     expected = installed["embeddings.word_embeddings.weight"].to(torch.float16).float()
     assert torch.equal(embeddings.detach(), expected)
+
+
+def test_a_folder_that_is_not_a_kit_is_never_removed(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.txt").write_text("A line.\n")
+    (corpus / "heldout.txt").write_text("Another.\n")
+    precious = tmp_path / "work"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="something other than a kit"):
+        gpu_kit.build(corpus, precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
