@@ -7,7 +7,8 @@ How it runs: texts are read in chunks of ``CHUNK_SENTENCES`` (a list or any iter
 file streams), tokenized once per chunk (one tokenizer call, ``tokenize_many``), masked together with
 each sentence's own seed (``mask_each``), sorted by length and packed into batches of at most
 ``max_tokens`` (rows x longest row) to limit padding; logits are computed only at the predicted
-positions (``model.forward``, the explorer's and the trainer's pass); PLL masks each token in turn
+positions (``model.forward``, the explorer's and the trainer's pass, whose ``chosen_logits`` projects
+the masks of consecutive passes onto the vocabulary together); PLL masks each token in turn
 (``model.forward.in_turn_logits``). Aggregates live in memory (a few numbers per configuration and
 category); per-sentence and per-token rows go straight to CSV files in the cache entry, so memory
 stays bounded by the chunk, not the file.
@@ -70,7 +71,7 @@ from mlm_core.masking import (
     prepare_text,
 )
 from mlm_core.model.batching import pack
-from mlm_core.model.forward import head_gates, in_turn_logits, run
+from mlm_core.model.forward import chosen_logits, head_gates, in_turn_logits
 from mlm_core.model.loading import LoadedModel
 from mlm_core.text.privacy import PrivacyMasking
 from mlm_core.text.tokens import Tokens, tokenize_many
@@ -86,6 +87,11 @@ MAX_BATCH_ROWS = 512
 # a bound of a half ran within the noise of a fifth, so it stays. A GPU pays little for padding and much
 # per pass: there a pass may be half padding.
 PADDING_WASTE = {"cpu": 0.2, "cuda": 0.5}
+# Rows of (M, V) logits ranked together (``_Engine._rank``): 16 x 30,522 floats of the default model are 2 MB,
+# which stay in a core's L2 cache. Ranked whole, 50-280 masks (6-34 MB) went out to memory on each of ranking's
+# passes over them. 400 demo sentences in benchmarks/evaluate.py's blocks of 100, the same results bit for bit:
+# 563 -> 544 ms back to back; 156.9 -> 155.1 ms a block when the pipeline runs between blocks (its caches lost).
+RANK_ROWS = 16
 ProgressFn = Callable[[int, int | None, str], None]  # (done, total or None, what is running); see evaluate
 
 
@@ -243,15 +249,33 @@ class _Engine:
         waste = PADDING_WASTE.get(self.loaded.device.type, PADDING_WASTE["cpu"])
         return pack(lengths, self.max_tokens, waste, max_rows=MAX_BATCH_ROWS)
 
-    def _score(self, ids: np.ndarray, attention: np.ndarray, chosen: np.ndarray, targets: np.ndarray, gates):
-        """Rank, log p and first guess of ``targets`` (M,) at the chosen positions of (B, T) (see ``_rank``)."""
+    def _pass_input(self, masked: list, lengths: list[int], batch: list[int]):
+        """(input_ids, attention_mask, chosen) of one pass over the masked sentences ``batch``, padded to its longest."""
+        width = max(lengths[i] for i in batch)
+        ids = np.full((len(batch), width), self.vocab.pad_token_id or 0, dtype=np.int64)
+        attention = np.zeros((len(batch), width), dtype=np.int64)
+        chosen = np.zeros((len(batch), width), dtype=bool)
+        for row, i in enumerate(batch):
+            _, result, positions = masked[i]
+            ids[row, : lengths[i]] = result.input_ids
+            attention[row, : lengths[i]] = ~result.attention_exclude
+            chosen[row, positions] = True
         device = self.loaded.device
-        logits, _ = run(self.loaded, torch.from_numpy(ids).to(device), torch.from_numpy(attention).to(device),
-                        torch.from_numpy(chosen).to(device), gates=gates)  # (M, V)
-        return self._rank(logits, targets)
+        return tuple(torch.from_numpy(array).to(device) for array in (ids, attention, chosen))
 
     def _rank(self, logits: torch.Tensor, targets: np.ndarray):
-        """Rank (1 = first choice), log p and first guess of ``targets`` (M,) under ``logits`` (M, V)."""
+        """Rank (1 = first choice), log p and first guess of ``targets`` (M,) under ``logits`` (M, V).
+
+        Ranked ``RANK_ROWS`` rows at a time: ranking reads the logits some nine times over (log-sum-exp,
+        comparisons, counts, maximum), and a block of rows that fits a core's cache is read from there.
+        """
+        if len(logits) <= RANK_ROWS:
+            return self._rank_rows(logits, targets)
+        parts = [self._rank_rows(logits[start : start + RANK_ROWS], targets[start : start + RANK_ROWS])
+                 for start in range(0, len(logits), RANK_ROWS)]
+        return tuple(np.concatenate(columns) for columns in zip(*parts))
+
+    def _rank_rows(self, logits: torch.Tensor, targets: np.ndarray):
         device = logits.device
         targets = torch.from_numpy(targets).to(device)
         with torch.inference_mode():  # the logits are inference tensors: changed in place below
@@ -329,27 +353,22 @@ class _Engine:
         predictions: dict[int, tuple] = {}
         lengths = [len(r.tokens) if len(c) else 0 for r, _, c in masked]
         with_chosen = [i for i, n in enumerate(lengths) if n]
-        for batch in self._batches([lengths[i] for i in with_chosen]):
-            batch = [with_chosen[i] for i in batch]
-            width = max(lengths[i] for i in batch)
-            ids = np.full((len(batch), width), self.vocab.pad_token_id or 0, dtype=np.int64)
-            attention = np.zeros((len(batch), width), dtype=np.int64)
-            chosen = np.zeros((len(batch), width), dtype=bool)
-            for row, i in enumerate(batch):
-                _, result, positions = masked[i]
-                ids[row, : lengths[i]] = result.input_ids
-                attention[row, : lengths[i]] = ~result.attention_exclude
-                chosen[row, positions] = True
-            targets = np.concatenate([masked[i][1].labels[masked[i][2]] for i in batch])
-            rank, log_p, guess = self._score(ids, attention, chosen, targets, pair.gates)
+        batches = [[with_chosen[i] for i in batch] for batch in self._batches([lengths[i] for i in with_chosen])]
+
+        def passes():
+            for batch in batches:
+                yield self._pass_input(masked, lengths, batch)
+                self._tick(sum(lengths[i] for i in batch), what)  # asked for the next pass: this one has run
+
+        for indexes, logits in chosen_logits(self.loaded, passes(), gates=pair.gates):  # (M, V): the passes' masks
+            done = [i for k in indexes for i in batches[k]]
+            rank, log_p, guess = self._rank(logits, np.concatenate([masked[i][1].labels[masked[i][2]] for i in done]))
             start = 0
-            for i in batch:
+            for i in done:
                 count = len(masked[i][2])
                 predictions[i] = (rank[start : start + count], log_p[start : start + count], guess[start : start + count])
                 start += count
-            self._tick(sum(lengths[i] for i in batch), what)
-            planned -= sum(lengths[i] for i in batch)
-        self._tick(planned, what)  # skipped texts and those with nothing chosen
+        self._tick(planned - sum(lengths), what)  # skipped texts and those with nothing chosen
         tokenizer = self.loaded.tokenizer
         predicted_tokens = []  # (groups, rank, log p) of each sentence's: counted in one go below
         for i, (record, result, positions) in enumerate(masked):

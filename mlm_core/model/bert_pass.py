@@ -170,11 +170,14 @@ def bert_pass(
     attention_mask: torch.Tensor | None = None,
     chosen=None,
     output_attentions: bool = False,
+    head: bool = True,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """(logits, attentions) as ``model(input_ids=..., attention_mask=..., output_attentions=...)`` gives them.
 
     ``chosen`` indexes (B, T) as in ``forward.model_output``: logits (M, V) at those positions only;
-    None: (B, T, V). Attentions, when asked: one (B, H, T, T) tensor per layer.
+    None: (B, T, V). Attentions, when asked: one (B, H, T, T) tensor per layer. ``head=False`` stops
+    before the prediction head: the final hidden states (M, D) or (B, T, D) instead of logits, for
+    ``head_logits`` to finish, later and together with other passes' rows (``forward.chosen_logits``).
 
     With ``chosen``, two kinds of rows are never computed, since nothing that is returned depends on
     them (``rows_to_compute``): padding and excluded tokens that are not chosen (no query attends to
@@ -219,8 +222,18 @@ def bert_pass(
         hidden = _norm(_linear(inner, layer.out) + hidden, layer.out_norm)
     if chosen is None:
         hidden = hidden.view(batch, length, -1)
+    return (head_logits(model, hidden) if head else hidden), (tuple(attentions) if output_attentions else None)
+
+
+def head_logits(model: BertForMaskedLM, hidden: torch.Tensor) -> torch.Tensor:
+    """The prediction head on final hidden states (..., D): transform, then the vocabulary projection (..., V).
+
+    Row by row the same numbers whichever rows are stacked together (the matrix library's kernels for
+    two rows or more do not mix rows), so rows of several passes may be projected at once.
+    """
+    plan = _plan(model)
     hidden = _norm(plan.transform_activation(_linear(hidden, plan.transform)), plan.transform_norm)
-    return _linear(hidden, plan.decoder), (tuple(attentions) if output_attentions else None)
+    return _linear(hidden, plan.decoder)
 
 
 def rows_to_compute(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, chosen, output_attentions: bool

@@ -10,6 +10,8 @@ trainer all get their logits here, so one position scores the same wherever it i
 * ``run``: the shared model's pass, under ``loaded.lock`` and ``inference_mode``, with head
   gates when asked; ``forward``: one sentence, logits and attentions (L, H, T, T), batched with the
   sentences other sessions send at the same moment (``model.batching``).
+* ``chosen_logits``: ``run`` over many passes, their vocabulary projections done together
+  (the batch analysis).
 * ``in_turn_logits``: mask each token in turn (pseudo-log-likelihood, probes, batch PLL).
 * ``head_gates``/``heads_gated``: switch attention heads off. transformers 5 has no
   ``head_mask``: forward hooks multiply each head's output by its gate, as ``head_mask`` did.
@@ -35,6 +37,7 @@ from mlm_core.model.families import attention_output_projection, head_entry, lay
 from mlm_core.model.loading import LoadedModel
 
 IN_TURN_BATCH = 32  # copies of a sentence per forward pass when each token is masked in turn
+HEAD_ROWS = 128  # chosen rows gathered from consecutive passes before one vocabulary projection (chosen_logits)
 
 # ----------------------------------------------------------------------------- logits at chosen positions
 
@@ -140,6 +143,49 @@ def forward(
 # ----------------------------------------------------------------------------- each token masked in turn
 
 
+def chosen_logits(
+    loaded: LoadedModel,
+    passes: Iterable[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]],
+    *,
+    gates: torch.Tensor | None = None,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """``run`` on each pass ``(input_ids, attention_mask, chosen)``: yields (indexes of consecutive passes,
+    their float32 logits (M, V) stacked in that order), each pass's rows exactly as ``run`` gives them.
+
+    Why not ``run`` pass by pass: the vocabulary projection reads the whole output matrix (V x D, 47 MB
+    for the default model) each time, and with the few dozen masks of a batch-analysis pass reading it
+    took longer than multiplying. A BERT pass without head gates (``bert_pass``) stops before the
+    prediction head, and the rows of consecutive passes are projected together once ``HEAD_ROWS`` are
+    gathered (benchmarks/evaluate.py's blocks of 100 sentences, 3-4 passes of some 47 masks each: 583 ->
+    568 ms for 400 back to back, 155.1 -> 151.0 ms a block when the pipeline runs between blocks). Other
+    models, and passes with head gates, yield pass by pass.
+    """
+    pending: list[tuple[int, torch.Tensor]] = []
+
+    def projected() -> tuple[list[int], torch.Tensor]:
+        with loaded.lock, torch.inference_mode():
+            logits = bert_pass.head_logits(loaded.model, torch.cat([hidden for _, hidden in pending]))
+        indexes = [index for index, _ in pending]
+        pending.clear()
+        return indexes, logits.float()
+
+    for index, (input_ids, attention_mask, chosen) in enumerate(passes):
+        with loaded.lock, torch.inference_mode():  # applies() and the pass under one hold: no hook comes between
+            plain = gates is None and bert_pass.applies(loaded.model)
+            if plain:
+                hidden, _ = bert_pass.bert_pass(loaded.model, input_ids, attention_mask, chosen, head=False)
+        if plain:
+            pending.append((index, hidden))
+            if sum(len(rows) for _, rows in pending) >= HEAD_ROWS:
+                yield projected()
+            continue
+        if pending:
+            yield projected()
+        yield [index], run(loaded, input_ids, attention_mask, chosen, gates=gates)[0]
+    if pending:
+        yield projected()
+
+
 def in_turn_logits(
     loaded: LoadedModel,
     copies: Sequence[tuple[Sequence[int], int, np.ndarray | None]],
@@ -150,8 +196,9 @@ def in_turn_logits(
     """Each copy ``(ids (T,), position, attended (T,) or None)`` with its position masked alone.
 
     Copies of different lengths are padded; ``batches`` groups copy indexes into passes (default:
-    ``IN_TURN_BATCH`` at a time, in order). Yields, per pass, (copy indexes, float32 logits (P, V)
-    at each copy's masked position). Example (pseudo-log-likelihood of one sentence)::
+    ``IN_TURN_BATCH`` at a time, in order). Yields (copy indexes, float32 logits (P, V) at each copy's
+    masked position), a pass or several at a time (``chosen_logits``). Example (pseudo-log-likelihood
+    of one sentence)::
 
         for rows, logits in in_turn_logits(m, [(ids, p, None) for p in positions]):
             log_p = torch.log_softmax(logits, -1)  # row k: positions[rows[k]] masked
@@ -159,24 +206,27 @@ def in_turn_logits(
     if batches is None:
         batches = (range(start, min(start + IN_TURN_BATCH, len(copies)))
                    for start in range(0, len(copies), IN_TURN_BATCH))
+    batches = [list(batch) for batch in batches]
     pad = loaded.tokenizer.pad_token_id or 0
-    for batch in batches:
-        batch = list(batch)
-        width = max(len(copies[i][0]) for i in batch)
-        ids = np.full((len(batch), width), pad, dtype=np.int64)
-        attended = np.zeros((len(batch), width), dtype=np.int64)
-        positions = np.empty(len(batch), dtype=np.int64)
-        for row, i in enumerate(batch):
-            sentence, position, keep = copies[i]
-            ids[row, : len(sentence)] = sentence
-            attended[row, : len(sentence)] = 1 if keep is None else keep
-            positions[row] = position
-        ids[np.arange(len(batch)), positions] = loaded.mask_token_id
-        rows = torch.arange(len(batch), device=loaded.device)
-        chosen = (rows, torch.from_numpy(positions).to(loaded.device))
-        logits, _ = run(loaded, torch.from_numpy(ids).to(loaded.device), torch.from_numpy(attended).to(loaded.device),
-                        chosen, gates=gates)
-        yield batch, logits
+
+    def passes():
+        for batch in batches:
+            width = max(len(copies[i][0]) for i in batch)
+            ids = np.full((len(batch), width), pad, dtype=np.int64)
+            attended = np.zeros((len(batch), width), dtype=np.int64)
+            positions = np.empty(len(batch), dtype=np.int64)
+            for row, i in enumerate(batch):
+                sentence, position, keep = copies[i]
+                ids[row, : len(sentence)] = sentence
+                attended[row, : len(sentence)] = 1 if keep is None else keep
+                positions[row] = position
+            ids[np.arange(len(batch)), positions] = loaded.mask_token_id
+            rows = torch.arange(len(batch), device=loaded.device)
+            yield (torch.from_numpy(ids).to(loaded.device), torch.from_numpy(attended).to(loaded.device),
+                   (rows, torch.from_numpy(positions).to(loaded.device)))
+
+    for indexes, logits in chosen_logits(loaded, passes(), gates=gates):
+        yield [i for k in indexes for i in batches[k]], logits
 
 
 # ----------------------------------------------------------------------------- head gates

@@ -172,3 +172,54 @@ def test_another_family_is_left_to_transformers():
                            intermediate_size=64, max_position_embeddings=40)
     with torch.inference_mode():
         assert not bert_pass.applies(RobertaForMaskedLM(config).eval())
+
+
+def passes_of(loaded, texts: list[str], per_pass: int, seed: int = 0):
+    """(input_ids, attention_mask, chosen) passes of ``per_pass`` tokenized texts, a few tokens of each chosen."""
+    generator = torch.Generator().manual_seed(seed)
+    passes = []
+    for start in range(0, len(texts), per_pass):
+        rows = [tokenize(loaded.tokenizer, text).ids for text in texts[start : start + per_pass]]
+        width = max(map(len, rows))
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for row, sentence in enumerate(rows):
+            ids[row, : len(sentence)], mask[row, : len(sentence)] = torch.tensor(sentence), 1
+        chosen = mask.bool() & (torch.rand(ids.shape, generator=generator) < 0.2)
+        chosen[:, 1] = True  # at least one a sentence
+        passes.append((ids, mask, chosen))
+    return passes
+
+
+@pytest.mark.parametrize("head_rows", [1, 7, 10_000])
+def test_passes_projected_together_get_the_logits_each_pass_gets_alone(default_loaded, monkeypatch, head_rows):
+    from mlm_core.model import forward
+    from mlm_core.resources import asset
+
+    monkeypatch.setattr(forward, "HEAD_ROWS", head_rows)
+    texts = [line for line in asset("demo_corpus.txt").read_text().splitlines() if line.strip()][:40]
+    passes = passes_of(default_loaded, texts, per_pass=6) + passes_of(default_loaded, texts[:1], per_pass=1)
+    alone = [run(default_loaded, ids, mask, chosen)[0] for ids, mask, chosen in passes]
+    gathered = list(forward.chosen_logits(default_loaded, iter(passes)))
+    assert [k for indexes, _ in gathered for k in indexes] == list(range(len(passes)))
+    if head_rows == 10_000:
+        assert len(gathered) == 1  # every pass's rows in one projection
+    together = torch.cat([logits for _, logits in gathered])
+    assert together.dtype == torch.float32 and together.shape == torch.cat(alone).shape
+    start = 0
+    for own in alone:  # bit for bit, but for a pass of one row: the library multiplies a lone row another way
+        mine = together[start : start + len(own)]
+        assert torch.equal(mine, own) if len(own) > 1 else torch.allclose(mine, own, atol=1e-5)
+        start += len(own)
+
+
+def test_passes_with_head_gates_go_one_by_one(tiny_loaded):
+    from mlm_core.model.forward import chosen_logits
+
+    passes = passes_of(tiny_loaded, ["the cat sat on the mat.", "the dog ran.", "a red tree!"], per_pass=2)
+    gates = head_gates(tiny_loaded, [(0, 0)])
+    gathered = list(chosen_logits(tiny_loaded, iter(passes), gates=gates))
+    assert [indexes for indexes, _ in gathered] == [[0], [1]]
+    for (ids, mask, chosen), (_, logits) in zip(passes, gathered):
+        assert torch.equal(logits, run(tiny_loaded, ids, mask, chosen, gates=gates)[0])
+    assert not torch.equal(gathered[0][1], run(tiny_loaded, *passes[0])[0])  # the gates took effect
