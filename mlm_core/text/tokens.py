@@ -132,6 +132,14 @@ def _special_frame(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 @lru_cache(maxsize=8)
+def _frame_tokens(tokenizer) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """The token strings of ``_special_frame``'s ids, and of the mask token's id."""
+    prefix, suffix = _special_frame(tokenizer)
+    return (tuple(tokenizer.convert_ids_to_tokens(list(prefix))), tuple(tokenizer.convert_ids_to_tokens(list(suffix))),
+            tokenizer.convert_ids_to_tokens(tokenizer.mask_token_id))
+
+
+@lru_cache(maxsize=8)
 def stopwords(language: str = DEFAULT_LANGUAGE) -> frozenset[str]:
     """spaCy's stopword list for ``language`` (ISO 639-1, ``languages.LANGUAGES``; no model needed).
 
@@ -276,6 +284,7 @@ def tokenize_many(tokenizer, texts: Sequence[str], language: str = DEFAULT_LANGU
             split_special_tokens=True,  # typed [CLS] or </s> stays text
             return_offsets_mapping=True,
         ) if pieces_to_encode else None
+        encodings = encoded.encodings if encoded is not None else []
         results: list[Tokens | InputError] = []
         next_piece = 0
         for text, plan in zip(texts, plans):
@@ -283,7 +292,7 @@ def tokenize_many(tokenizer, texts: Sequence[str], language: str = DEFAULT_LANGU
                 results.append(plan)
                 continue
             try:
-                results.append(_assemble(tokenizer, text, plan, encoded, next_piece, language))
+                results.append(_assemble(tokenizer, text, plan, encodings, next_piece, language))
             except InputError as exc:
                 results.append(exc)
             next_piece += sum(1 for start, end, is_mask in plan if not is_mask and start != end)
@@ -307,47 +316,51 @@ def _pieces(text: str, pattern: re.Pattern | None) -> list[tuple[int, int, bool]
     return pieces
 
 
-def _assemble(tokenizer, text: str, pieces, encoded, next_piece: int, language: str) -> Tokens:
-    """The ``Tokens`` of ``text`` from its pieces, the encoded ones read from ``encoded`` from index
-    ``next_piece`` on. Called under the tokenizer's lock."""
+def _assemble(tokenizer, text: str, pieces, encodings, next_piece: int, language: str) -> Tokens:
+    """The ``Tokens`` of ``text`` from its pieces, the encoded ones read from ``encodings`` (the fast
+    tokenizer's own objects: no per-item lookups) from index ``next_piece`` on. Called under the
+    tokenizer's lock."""
     mask_id = tokenizer.mask_token_id
     prefix, suffix = _special_frame(tokenizer)
-    ids, offsets, word_ids = [], [], []
+    prefix_tokens, suffix_tokens, mask_token = _frame_tokens(tokenizer)
+    ids, tokens, offsets, word_ids = [], list(prefix_tokens), [], []
     word_base = 0
+    plain = text.isascii()  # no combining marks to stretch a span over (``_with_marks``)
     for start, end, is_mask in pieces:
         if is_mask:
             ids.append(mask_id)
+            tokens.append(mask_token)
             offsets.append((start, end))
             word_ids.append(word_base)
             word_base += 1
             continue
         if start == end:
             continue
-        piece_words = encoded.word_ids(next_piece)
-        piece_offsets = _with_marks(text, start, end, encoded["offset_mapping"][next_piece])
-        for token_id, span, word in zip(encoded["input_ids"][next_piece], piece_offsets, piece_words):
-            ids.append(token_id)
-            offsets.append(span)
-            word_ids.append(None if word is None else word_base + word)
+        encoding = encodings[next_piece]
+        piece_words = encoding.word_ids
+        ids.extend(encoding.ids)
+        tokens.extend(encoding.tokens)
+        offsets.extend([(start + s, start + e) for s, e in encoding.offsets] if plain
+                       else _with_marks(text, start, end, encoding.offsets))
+        word_ids.extend(None if word is None else word_base + word for word in piece_words)
         used = [w for w in piece_words if w is not None]
         word_base += (max(used) + 1) if used else 0
         next_piece += 1
     if not ids:
         raise NothingToMaskError("Nothing to mask: the text produced no tokens for this model.")
-    tokens = tokenizer.convert_ids_to_tokens(list(prefix) + ids + list(suffix))
+    tokens.extend(suffix_tokens)
     word_ids = segmented_word_ids(text, language, ids, offsets, word_ids, mask_id)
 
     word_spans: dict[int, list[int]] = {}
     for (s, e), word in zip(offsets, word_ids):
-        span = word_spans.setdefault(word, [s, e])
-        span[0], span[1] = min(span[0], s), max(span[1], e)
-    categories = []
-    for token_id, word in zip(ids, word_ids):
-        if token_id == mask_id:
-            categories.append(CONTENT)  # unknown until predicted; counts as a content slot
+        span = word_spans.get(word)
+        if span is None:
+            word_spans[word] = [s, e]
         else:
-            s, e = word_spans[word]
-            categories.append(word_category(text[s:e], language))
+            span[0], span[1] = min(span[0], s), max(span[1], e)
+    word_categories = {word: word_category(text[s:e], language) for word, (s, e) in word_spans.items()}
+    # a mask's word is unknown until predicted: it counts as a content slot
+    categories = [CONTENT if token_id == mask_id else word_categories[word] for token_id, word in zip(ids, word_ids)]
 
     n_prefix, n_suffix = len(prefix), len(suffix)
     return Tokens(
