@@ -228,8 +228,9 @@ def bert_pass(
 def head_logits(model: BertForMaskedLM, hidden: torch.Tensor) -> torch.Tensor:
     """The prediction head on final hidden states (..., D): transform, then the vocabulary projection (..., V).
 
-    Row by row the same numbers whichever rows are stacked together (the matrix library's kernels for
-    two rows or more do not mix rows), so rows of several passes may be projected at once.
+    Each row gets the same numbers whichever other rows are stacked with it, as long as there are two or
+    more (a lone row goes through a matrix-vector kernel that rounds differently), so the rows of several
+    passes may be projected at once (``tests/models/test_bert_pass.py`` checks it on the default model).
     """
     plan = _plan(model)
     hidden = _norm(plan.transform_activation(_linear(hidden, plan.transform)), plan.transform_norm)

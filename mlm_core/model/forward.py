@@ -140,7 +140,7 @@ def forward(
     return gatherer_for(loaded).submit(loaded, request)
 
 
-# ----------------------------------------------------------------------------- each token masked in turn
+# ----------------------------------------------------------------------------- many passes, one projection
 
 
 def chosen_logits(
@@ -150,7 +150,9 @@ def chosen_logits(
     gates: torch.Tensor | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """``run`` on each pass ``(input_ids, attention_mask, chosen)``: yields (indexes of consecutive passes,
-    their float32 logits (M, V) stacked in that order), each pass's rows exactly as ``run`` gives them.
+    their float32 logits (M, V) stacked in that order). Each pass's rows are ``run``'s, bit for bit where
+    the pass has two or more (the matrix library multiplies a lone row with another kernel, which rounds
+    differently).
 
     Why not ``run`` pass by pass: the vocabulary projection reads the whole output matrix (V x D, 47 MB
     for the default model) each time, and with the few dozen masks of a batch-analysis pass reading it
@@ -184,6 +186,9 @@ def chosen_logits(
         yield [index], run(loaded, input_ids, attention_mask, chosen, gates=gates)[0]
     if pending:
         yield projected()
+
+
+# ----------------------------------------------------------------------------- each token masked in turn
 
 
 def in_turn_logits(
