@@ -83,10 +83,13 @@ MAX_BATCH_ROWS = 512
 # Padding is compute thrown away; each pass also costs a fixed few ms of a small model's Python on the CPU.
 # 400 demo sentences in blocks of 100 (benchmarks/evaluate.py, 2 threads): without this bound 8,005 padded
 # tokens in 8 passes (41% padding), 1.80 s; at a fifth 5,639 in 14 passes (16%), 1.45 s; at a tenth
-# 4,994 in 28 passes, 1.58 s. Since BERT's pass keeps padding out of its linear layers (model.bert_pass)
-# a bound of a half ran within the noise of a fifth, so it stays. A GPU pays little for padding and much
-# per pass: there a pass may be half padding.
-PADDING_WASTE = {"cpu": 0.2, "cuda": 0.5}
+# 4,994 in 28 passes, 1.58 s. BERT's pass keeps padding out of its linear layers (model.bert_pass) and
+# projects the masks of several passes at once (forward.chosen_logits), so fewer, fuller passes now win:
+# at 0.35 instead of 0.2, 6,820 padded tokens in 8 passes instead of 5,639 in 14, and a block of 100 took
+# 127.7 instead of 133.3 ms with the pipeline run between blocks; back to back, the paired median of ten
+# runs was 0.95 of the time for blocks of 100 and 1.00 for one call of 1,024 sentences. A GPU pays little
+# for padding and much per pass: there a pass may be half padding.
+PADDING_WASTE = {"cpu": 0.35, "cuda": 0.5}
 # Rows of (M, V) logits ranked together (``_Engine._rank``): 16 x 30,522 floats of the default model are 2 MB,
 # which stay in a core's L2 cache. Ranked whole, 50-280 masks (6-34 MB) went out to memory on each of ranking's
 # passes over them. 400 demo sentences in benchmarks/evaluate.py's blocks of 100, the same results bit for bit:

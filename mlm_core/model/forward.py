@@ -37,7 +37,9 @@ from mlm_core.model.families import attention_output_projection, head_entry, lay
 from mlm_core.model.loading import LoadedModel
 
 IN_TURN_BATCH = 32  # copies of a sentence per forward pass when each token is masked in turn
-HEAD_ROWS = 128  # chosen rows gathered from consecutive passes before one vocabulary projection (chosen_logits)
+# Logits one vocabulary projection of chosen_logits may produce: rows of consecutive passes are gathered up to
+# this (274 rows of the default model's 30,522 words), which bounds the memory a batch analysis holds at once.
+HEAD_LOGITS_BYTES = 32 * 2**20
 
 # ----------------------------------------------------------------------------- logits at chosen positions
 
@@ -157,11 +159,13 @@ def chosen_logits(
     Why not ``run`` pass by pass: the vocabulary projection reads the whole output matrix (V x D, 47 MB
     for the default model) each time, and with the few dozen masks of a batch-analysis pass reading it
     took longer than multiplying. A BERT pass without head gates (``bert_pass``) stops before the
-    prediction head, and the rows of consecutive passes are projected together once ``HEAD_ROWS`` are
-    gathered (benchmarks/evaluate.py's blocks of 100 sentences, 3-4 passes of some 47 masks each: 583 ->
-    568 ms for 400 back to back, 155.1 -> 151.0 ms a block when the pipeline runs between blocks). Other
+    prediction head, and the rows of consecutive passes are projected together once their logits would
+    fill ``HEAD_LOGITS_BYTES`` (benchmarks/evaluate.py's blocks of 100 sentences, 3-4 passes of some 47
+    masks each: 583 -> 568 ms for 400 back to back, 155.1 -> 151.0 ms a block when the pipeline runs
+    between blocks, at 128 rows a projection; 133.3 -> 130.9 ms with every block's masks in one). Other
     models, and passes with head gates, yield pass by pass.
     """
+    rows_per_projection = max(2, HEAD_LOGITS_BYTES // (4 * loaded.model.config.vocab_size))
     pending: list[tuple[int, torch.Tensor]] = []
 
     def projected() -> tuple[list[int], torch.Tensor]:
@@ -178,7 +182,7 @@ def chosen_logits(
                 hidden, _ = bert_pass.bert_pass(loaded.model, input_ids, attention_mask, chosen, head=False)
         if plain:
             pending.append((index, hidden))
-            if sum(len(rows) for _, rows in pending) >= HEAD_ROWS:
+            if sum(len(rows) for _, rows in pending) >= rows_per_projection:
                 yield projected()
             continue
         if pending:
