@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_VOCAB, TINY_WORDS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import REPO, free_port
 
 from mlm_core.cli import main
@@ -431,3 +433,35 @@ def test_the_model_fingerprint_is_kept_until_a_weight_changes(tiny_loaded):
         with torch.no_grad():
             weight.copy_(original)
     assert model_fingerprint(tiny_loaded) == first  # read again: the same weights, the same fingerprint
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+def reference_rank(scores: list[float], target: int, never_guessed: set[int]) -> tuple[int, int]:
+    """(rank, first guess) by the definition: candidates are every token but the never-guessed ones, the original
+    always included; the guess is the first best candidate; the rank counts candidates that score higher, and tied
+    candidates with a smaller id."""
+    candidates = [v for v in range(len(scores)) if v not in never_guessed or v == target]
+    best = max(scores[v] for v in candidates)
+    guess = min(v for v in candidates if scores[v] == best)
+    rank = 1 + sum(scores[v] > scores[target] or (scores[v] == scores[target] and v < target) for v in candidates)
+    return rank, guess
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_ranks_and_guesses_follow_the_definition_ties_included(data):
+    """Small whole-number scores make ties common; more rows than one ranking block, so blocks are joined."""
+    vocab = data.draw(st.integers(6, 40))
+    rows = data.draw(st.integers(1, 2 * ev.engine.RANK_ROWS + 3))
+    scores = data.draw(st.lists(st.lists(st.integers(-3, 3).map(float), min_size=vocab, max_size=vocab),
+                                min_size=rows, max_size=rows))
+    targets = np.array(data.draw(st.lists(st.integers(0, vocab - 1), min_size=rows, max_size=rows)), dtype=np.int64)
+    never_guessed = sorted(data.draw(st.sets(st.integers(0, vocab - 1), max_size=3)))
+    logits = torch.tensor(scores)
+    rank, log_p, guess = ev.engine.rank_targets(logits.clone(), targets, torch.tensor(never_guessed, dtype=torch.long))
+    expected = [reference_rank(row, int(t), set(never_guessed)) for row, t in zip(scores, targets)]
+    assert rank.tolist() == [r for r, _ in expected]
+    assert guess.tolist() == [g for _, g in expected]
+    np.testing.assert_allclose(log_p, torch.log_softmax(logits, -1)[torch.arange(rows), targets].numpy(), atol=1e-6)
