@@ -166,7 +166,9 @@ def _rank_rows(logits: torch.Tensor, targets: np.ndarray, never_guessed: torch.T
         log_p = (own - torch.logsumexp(logits, dim=-1, keepdim=True))[:, 0]  # no (M, V) log-softmax kept
         logits[:, never_guessed] = -math.inf  # never a guess ...
         logits.scatter_(1, targets[:, None], own)  # ... except the original itself (e.g. [UNK])
-        guess = logits.max(1).indices  # argmax's answer (the first maximum), in about 0.6 of its time here
+        # The first maximum, as argmax gives it. On the CPU numpy's argmax is vectorised and torch's (max with
+        # indices) is not: 65 instead of 200 µs for 16 rows of the default model.
+        guess = np.argmax(logits.numpy(), 1) if logits.device.type == "cpu" else logits.max(1).indices.cpu().numpy()
         # Whom the original beats, from the signs of (logits - own): +1 above it, 0 level, -1 below. Summed as
         # floats the counts are exact (whole numbers under 2**24) and took 0.4 of the time of counting two
         # comparisons (logits > own, logits == own): 166 instead of 420 µs for 16 rows of the default model.
@@ -178,7 +180,7 @@ def _rank_rows(logits: torch.Tensor, targets: np.ndarray, never_guessed: torch.T
         if len(tied):  # ties rank in argmax order: the tied tokens with a smaller id come first
             earlier = torch.arange(signs.shape[1], device=device)[None, :] < targets[tied, None]
             rank[tied] += count_true((signs[tied] == 0) & earlier, 1)
-    return rank.cpu().numpy(), log_p.cpu().numpy(), guess.cpu().numpy()
+    return rank.cpu().numpy(), log_p.cpu().numpy(), guess
 
 
 class _Engine:
