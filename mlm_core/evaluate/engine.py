@@ -151,10 +151,8 @@ def rank_targets(logits: torch.Tensor, targets: np.ndarray, never_guessed: torch
     Ranked ``RANK_ROWS`` rows at a time: ranking reads the logits several times over (log-sum-exp,
     maximum, signs, sums), and a block of rows that fits a core's cache is read from there.
     """
-    if len(logits) <= RANK_ROWS:
-        return _rank_rows(logits, targets, never_guessed)
     parts = [_rank_rows(logits[start : start + RANK_ROWS], targets[start : start + RANK_ROWS], never_guessed)
-             for start in range(0, len(logits), RANK_ROWS)]
+             for start in range(0, max(len(logits), 1), RANK_ROWS)]  # no rows: one empty block
     return tuple(np.concatenate(columns) for columns in zip(*parts))
 
 

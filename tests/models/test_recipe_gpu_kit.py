@@ -12,11 +12,16 @@ from mlm_core.model.default_model import base_encoder_dir
 from recipes.default_model import gpu_kit
 
 
+def write_corpus(folder, train: str, heldout: str):
+    """A corpus folder as build_corpus.py leaves it: train.txt and heldout.txt."""
+    folder.mkdir()
+    (folder / "train.txt").write_text(train)
+    (folder / "heldout.txt").write_text(heldout)
+    return folder
+
+
 def test_the_kit_holds_the_encoder_in_half_precision_and_the_corpus_unchanged(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "train.txt").write_text("The cat sat on the mat.\nIt rained all day.\n")
-    (corpus / "heldout.txt").write_text("A held-out line.\n")
+    corpus = write_corpus(tmp_path / "corpus", "The cat sat on the mat.\nIt rained all day.\n", "A held-out line.\n")
     kit = tmp_path / "kit"
     gpu_kit.build(corpus, kit)
 
@@ -35,10 +40,7 @@ def test_the_kit_holds_the_encoder_in_half_precision_and_the_corpus_unchanged(tm
 
 
 def test_a_folder_that_is_not_a_kit_is_never_removed(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "train.txt").write_text("A line.\n")
-    (corpus / "heldout.txt").write_text("Another.\n")
+    corpus = write_corpus(tmp_path / "corpus", "A line.\n", "Another.\n")
     precious = tmp_path / "work"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
